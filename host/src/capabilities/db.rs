@@ -1,0 +1,164 @@
+//! The `db` capability: one DML statement per call, on the event's
+//! transaction, with typed parameters and rows.
+//!
+//! Guest mistakes (a denied statement, bad SQL, a constraint, a cap) come
+//! back as the WIT `error` and never trap. Calling `db` outside an event
+//! (from `describe`) is an `unavailable` error.
+
+use super::HostState;
+use crate::bindings::switchyard::plugin::db::{self, Error, Rows, Value};
+use crate::database::{Tx, value_size};
+use crate::sql_gate;
+
+/// Per-instance `db` state.
+#[derive(Debug, Default)]
+pub struct DbState {
+    /// The event's transaction, present only during `handle`.
+    pub tx: Option<Tx>,
+    /// Statements run during the current call (recorded only when asked).
+    pub statements: Vec<StatementRecord>,
+    /// Statements run during the current call (always counted).
+    pub count: usize,
+    record: bool,
+}
+
+impl DbState {
+    pub(crate) fn begin(&mut self, record: bool) {
+        self.statements.clear();
+        self.count = 0;
+        self.record = record;
+    }
+}
+
+/// One statement a plugin ran, for `switchyard plugin test` and debugging.
+#[derive(Debug, Clone)]
+pub struct StatementRecord {
+    /// The SQL text.
+    pub sql: String,
+    /// Its parameters.
+    pub params: Vec<Value>,
+    /// What happened.
+    pub result: StatementResult,
+}
+
+/// The result of one recorded statement.
+#[derive(Debug, Clone)]
+pub enum StatementResult {
+    /// `execute`: rows changed.
+    Changed(u64),
+    /// `query`: rows returned (DML with `RETURNING` also changed them).
+    Returned(usize),
+    /// The error the plugin received.
+    Failed(String),
+}
+
+impl HostState {
+    /// Gate, cap and count a statement; `Err` is what the plugin receives.
+    fn admit(&mut self, sql: &str, params: &[Value]) -> Result<(), Error> {
+        let limits = &self.env.limits;
+        if self.db.count >= limits.max_statements {
+            return Err(Error::Limit(format!(
+                "more than {} statements in one event",
+                limits.max_statements
+            )));
+        }
+        sql_gate::check(sql, limits.max_sql_bytes).map_err(|e| match e {
+            sql_gate::GateError::TooLong { .. } => Error::Limit(e.to_string()),
+            _ => Error::Denied(e.to_string()),
+        })?;
+        if params.len() > limits.max_params {
+            return Err(Error::Limit(format!(
+                "{} parameters, over the limit of {}",
+                params.len(),
+                limits.max_params
+            )));
+        }
+        let bytes: usize = params.iter().map(value_size).sum();
+        if bytes > limits.max_param_bytes {
+            return Err(Error::Limit(format!(
+                "parameters total {bytes} bytes, over the limit of {}",
+                limits.max_param_bytes
+            )));
+        }
+        self.db.count += 1;
+        Ok(())
+    }
+
+    fn record(&mut self, sql: &str, params: &[Value], result: StatementResult) {
+        if self.db.record {
+            self.db.statements.push(StatementRecord {
+                sql: sql.to_string(),
+                params: params.to_vec(),
+                result,
+            });
+        }
+    }
+}
+
+fn no_transaction() -> Error {
+    Error::Unavailable(
+        "no database transaction: db is only available while handling an event (not in describe)"
+            .to_string(),
+    )
+}
+
+impl db::Host for HostState {
+    async fn execute(
+        &mut self,
+        sql: String,
+        params: Vec<Value>,
+    ) -> wasmtime::Result<Result<u64, Error>> {
+        let result = match self.admit(&sql, &params) {
+            Err(e) => Err(e),
+            Ok(()) => match self.db.tx.as_mut() {
+                None => Err(no_transaction()),
+                Some(tx) => tx.execute(&sql, &params).await,
+            },
+        };
+        let summary = match &result {
+            Ok(n) => StatementResult::Changed(*n),
+            Err(e) => StatementResult::Failed(describe_error(e)),
+        };
+        self.record(&sql, &params, summary);
+        Ok(result)
+    }
+
+    async fn query(
+        &mut self,
+        sql: String,
+        params: Vec<Value>,
+    ) -> wasmtime::Result<Result<Rows, Error>> {
+        let result = match self.admit(&sql, &params) {
+            Err(e) => Err(e),
+            Ok(()) => {
+                let limits = self.env.limits.clone();
+                match self.db.tx.as_mut() {
+                    None => Err(no_transaction()),
+                    Some(tx) => tx.query(&sql, &params, &limits).await,
+                }
+            }
+        };
+        let summary = match &result {
+            Ok(rows) => StatementResult::Returned(rows.rows.len()),
+            Err(e) => StatementResult::Failed(describe_error(e)),
+        };
+        self.record(&sql, &params, summary);
+        Ok(result)
+    }
+}
+
+/// One line describing a `db` error, for logs and reports.
+pub fn describe_error(e: &Error) -> String {
+    match e {
+        Error::Denied(m) => format!("denied: {m}"),
+        Error::Invalid(m) => format!("invalid: {m}"),
+        Error::Constraint(c) => format!(
+            "{:?} constraint {} violated: {}",
+            c.kind,
+            c.name.as_deref().unwrap_or("(unnamed)"),
+            c.message
+        ),
+        Error::Limit(m) => format!("limit: {m}"),
+        Error::Unavailable(m) => format!("unavailable: {m}"),
+    }
+}

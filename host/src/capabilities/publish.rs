@@ -1,0 +1,235 @@
+//! The `publish` capability: messages are captured per event, checked
+//! against the plugin's grants and caps, and stamped with the host's
+//! headers (`event-id`, and `request-id` carried over from the incoming
+//! event). The caller decides what happens to them after the outcome: the
+//! router writes them to the outbox in the event's transaction;
+//! `switchyard plugin test` prints them.
+
+use super::HostState;
+use crate::bindings::switchyard::plugin::publish::{self, Error, Message};
+use crate::event::EventContext;
+use std::sync::Arc;
+
+/// A message a plugin published, as it will be produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutMessage {
+    /// Destination topic.
+    pub topic: String,
+    /// Record key.
+    pub key: Option<Vec<u8>>,
+    /// Record value.
+    pub payload: Vec<u8>,
+    /// Headers: the plugin's, then `event-id` and `request-id` from the host.
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// Explicit partition.
+    pub partition: Option<i32>,
+}
+
+impl OutMessage {
+    /// The first header called `name` as UTF-8 text.
+    pub fn header_str(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| v.as_deref())
+            .and_then(|v| std::str::from_utf8(v).ok())
+    }
+}
+
+/// Topic patterns a plugin may publish to: exact names, or patterns where
+/// `*` matches any run of characters (`notification.*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grants {
+    patterns: Vec<String>,
+}
+
+impl Grants {
+    /// Grants for exactly these patterns.
+    pub fn new(patterns: Vec<String>) -> Self {
+        Self { patterns }
+    }
+
+    /// Every topic.
+    pub fn all() -> Self {
+        Self::new(vec!["*".to_string()])
+    }
+
+    /// The patterns.
+    pub fn patterns(&self) -> &[String] {
+        &self.patterns
+    }
+
+    /// Whether `topic` is granted.
+    pub fn allows(&self, topic: &str) -> bool {
+        self.patterns.iter().any(|p| glob_match(p, topic))
+    }
+}
+
+/// `*`-only glob matching.
+fn glob_match(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (first, rest) = (parts[0], &parts[1..]);
+    let Some(mut remaining) = text.strip_prefix(first) else {
+        return false;
+    };
+    let last = rest[rest.len() - 1];
+    for middle in &rest[..rest.len() - 1] {
+        match remaining.find(middle) {
+            Some(i) => remaining = &remaining[i + middle.len()..],
+            None => return false,
+        }
+    }
+    remaining.len() >= last.len() && remaining.ends_with(last)
+}
+
+/// Kafka's rule for topic names.
+pub fn valid_topic_name(topic: &str) -> bool {
+    !topic.is_empty()
+        && topic.len() <= 249
+        && topic != "."
+        && topic != ".."
+        && topic
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+}
+
+/// Per-instance `publish` state.
+#[derive(Debug, Default)]
+pub struct PublishState {
+    /// Messages captured during the current call.
+    pub messages: Vec<OutMessage>,
+    /// Sends refused during the current call (denied, over a cap, invalid).
+    pub refused: Vec<String>,
+    event: Option<Arc<EventContext>>,
+}
+
+impl PublishState {
+    pub(crate) fn begin(&mut self, event: Option<Arc<EventContext>>) {
+        self.messages.clear();
+        self.refused.clear();
+        self.event = event;
+    }
+}
+
+/// Headers the host sets itself; a plugin's own values are replaced.
+const HOST_HEADERS: [&str; 2] = ["event-id", "request-id"];
+
+impl HostState {
+    fn check_message(&self, m: &Message) -> Result<(), Error> {
+        let limits = &self.env.limits;
+        let Some(ctx) = self.publish.event.as_ref() else {
+            return Err(Error::Invalid(
+                "publish is only available while handling an event (not in describe)".to_string(),
+            ));
+        };
+        if !valid_topic_name(&m.topic) {
+            return Err(Error::Invalid(format!(
+                "{:?} is not a valid Kafka topic name (1-249 of [a-zA-Z0-9._-])",
+                m.topic
+            )));
+        }
+        if !self.env.grants.allows(&m.topic) {
+            return Err(Error::Denied(format!(
+                "topic {} is not granted to plugin {} (granted: {}); add it to the plugin's `publish` list in the routing config",
+                m.topic,
+                ctx.plugin,
+                self.env.grants.patterns().join(", ")
+            )));
+        }
+        if self.publish.messages.len() >= limits.max_publishes {
+            return Err(Error::Limit(format!(
+                "more than {} messages for one event",
+                limits.max_publishes
+            )));
+        }
+        let size = m.payload.len()
+            + m.key.as_ref().map_or(0, Vec::len)
+            + m.headers
+                .iter()
+                .map(|h| h.name.len() + h.value.as_ref().map_or(0, Vec::len))
+                .sum::<usize>();
+        if size > limits.max_publish_bytes {
+            return Err(Error::Limit(format!(
+                "message of {size} bytes, over the limit of {} bytes",
+                limits.max_publish_bytes
+            )));
+        }
+        if m.partition.is_some_and(|p| p < 0) {
+            return Err(Error::Invalid(format!(
+                "partition {:?} is negative",
+                m.partition
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl publish::Host for HostState {
+    async fn send(&mut self, message: Message) -> wasmtime::Result<Result<(), Error>> {
+        if let Err(e) = self.check_message(&message) {
+            let reason = match &e {
+                Error::Denied(m) | Error::Limit(m) | Error::Invalid(m) => m.clone(),
+            };
+            tracing::warn!(plugin = %self.env.name, topic = %message.topic, %reason, "publish refused");
+            self.publish.refused.push(reason);
+            return Ok(Err(e));
+        }
+        let Some(ctx) = self.publish.event.clone() else {
+            return Ok(Err(Error::Invalid("no event".to_string())));
+        };
+        let mut headers: Vec<(String, Option<Vec<u8>>)> = message
+            .headers
+            .into_iter()
+            .filter(|h| !HOST_HEADERS.contains(&h.name.as_str()))
+            .map(|h| (h.name, h.value))
+            .collect();
+        let n = self.publish.messages.len();
+        headers.push((
+            "event-id".to_string(),
+            Some(ctx.message_event_id(n).into_bytes()),
+        ));
+        if let Some(request_id) = &ctx.request_id {
+            headers.push(("request-id".to_string(), Some(request_id.clone().into_bytes())));
+        }
+        self.publish.messages.push(OutMessage {
+            topic: message.topic,
+            key: message.key,
+            payload: message.payload,
+            headers,
+            partition: message.partition,
+        });
+        Ok(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        let g = Grants::new(vec!["notification.*".into(), "create-user-response".into()]);
+        assert!(g.allows("notification.send.email"));
+        assert!(g.allows("create-user-response"));
+        assert!(!g.allows("create-user"));
+        assert!(!g.allows("notification"));
+        assert!(Grants::all().allows("anything"));
+        assert!(glob_match("a*b*c", "axxbyyc"));
+        assert!(!glob_match("a*b*c", "axxbyy"));
+        assert!(glob_match("*-response", "create-user-response"));
+        assert!(!Grants::new(vec![]).allows("x"));
+    }
+
+    #[test]
+    fn topic_names() {
+        assert!(valid_topic_name("user.registered.v1"));
+        assert!(valid_topic_name("USER_CREATED"));
+        assert!(!valid_topic_name(""));
+        assert!(!valid_topic_name("has space"));
+        assert!(!valid_topic_name(".."));
+        assert!(!valid_topic_name(&"x".repeat(250)));
+    }
+}

@@ -1,0 +1,835 @@
+//! The service database: PostgreSQL or SQLite, chosen by URL.
+//!
+//! Every event runs inside one [`Tx`]; the `db` capability executes the
+//! plugin's statements on it and the caller commits or rolls back from the
+//! outcome. Values cross the boundary as the WIT `value` variant and are
+//! bound as native types, so `$1` can be a `uuid`, a `date` or a
+//! `timestamptz` on PostgreSQL without casts in the plugin's SQL.
+
+use crate::bindings::switchyard::plugin::db::{
+    ConstraintKind, ConstraintViolation, Error as DbError, Rows, Value,
+};
+use crate::limits::Limits;
+use futures_util::TryStreamExt;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow, PgTypeInfo};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
+use sqlx::{Column, Postgres, Row, Sqlite, TypeInfo, ValueRef};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Which database engine a URL points to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// PostgreSQL (`postgres://` or `postgresql://`).
+    Postgres,
+    /// SQLite (`sqlite:` file path or `sqlite::memory:`).
+    Sqlite,
+}
+
+impl Backend {
+    /// The name used in logs and output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Postgres => "postgres",
+            Backend::Sqlite => "sqlite",
+        }
+    }
+}
+
+/// Errors opening or preparing the database.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The URL is neither PostgreSQL nor SQLite.
+    #[error(
+        "unsupported database URL `{0}`: use postgres://user@host/db or sqlite:path/to/file.db (sqlite::memory: for a throwaway one)"
+    )]
+    UnsupportedUrl(String),
+    /// Connecting failed.
+    #[error("cannot connect to the {backend} database at {url}: {source}")]
+    Connect {
+        /// Backend name.
+        backend: &'static str,
+        /// The URL with any password removed.
+        url: String,
+        /// The driver's error.
+        source: sqlx::Error,
+    },
+    /// A plugin migration failed.
+    #[error("migration {id} of plugin {plugin} failed: {source}")]
+    Migration {
+        /// Plugin name.
+        plugin: String,
+        /// Migration id.
+        id: String,
+        /// The driver's error.
+        source: sqlx::Error,
+    },
+    /// A migration that was applied before has different SQL now.
+    #[error(
+        "migration {id} of plugin {plugin} was applied before with different SQL (checksum {applied}, now {now}); shipped migrations must never change: add a new migration instead"
+    )]
+    MigrationChanged {
+        /// Plugin name.
+        plugin: String,
+        /// Migration id.
+        id: String,
+        /// Checksum recorded when it was applied.
+        applied: String,
+        /// Checksum of the SQL now shipped.
+        now: String,
+    },
+    /// Any other database failure during setup.
+    #[error("database setup failed: {0}")]
+    Other(#[from] sqlx::Error),
+}
+
+/// A connection pool on the service database.
+#[derive(Debug, Clone)]
+pub enum Database {
+    /// PostgreSQL pool.
+    Postgres(sqlx::PgPool),
+    /// SQLite pool.
+    Sqlite(sqlx::SqlitePool),
+}
+
+/// Remove the password from a URL before it is printed.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme_end + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl Database {
+    /// Open a pool for `url`; `max_connections` bounds PostgreSQL
+    /// connections. SQLite files are created when missing and use WAL.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, SetupError> {
+        let backend = backend_of(url)?;
+        let connect_err = |source| SetupError::Connect {
+            backend: backend.name(),
+            url: redact_url(url),
+            source,
+        };
+        match backend {
+            Backend::Postgres => {
+                let options = PgConnectOptions::from_str(url).map_err(connect_err)?;
+                let pool = PgPoolOptions::new()
+                    .max_connections(max_connections.max(1))
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_with(options)
+                    .await
+                    .map_err(connect_err)?;
+                Ok(Database::Postgres(pool))
+            }
+            Backend::Sqlite => {
+                let memory = url.contains(":memory:") || url.contains("mode=memory");
+                let options = SqliteConnectOptions::from_str(url)
+                    .map_err(connect_err)?
+                    .create_if_missing(true)
+                    .foreign_keys(true)
+                    .busy_timeout(Duration::from_secs(5));
+                let options = if memory {
+                    options
+                } else {
+                    options.journal_mode(SqliteJournalMode::Wal)
+                };
+                // SQLite has one writer: a single connection serialises
+                // transactions instead of failing them with SQLITE_BUSY, and
+                // an in-memory database only exists on its one connection.
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .min_connections(1)
+                    .idle_timeout(None)
+                    .max_lifetime(None)
+                    .connect_with(options)
+                    .await
+                    .map_err(connect_err)?;
+                Ok(Database::Sqlite(pool))
+            }
+        }
+    }
+
+    /// Which engine this is.
+    pub fn backend(&self) -> Backend {
+        match self {
+            Database::Postgres(_) => Backend::Postgres,
+            Database::Sqlite(_) => Backend::Sqlite,
+        }
+    }
+
+    /// Start a transaction for one event.
+    pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
+        Ok(match self {
+            Database::Postgres(pool) => Tx::Postgres(pool.begin().await?),
+            Database::Sqlite(pool) => Tx::Sqlite(pool.begin().await?),
+        })
+    }
+
+    /// Run a script of several statements outside any plugin sandbox (host
+    /// setup and migrations only).
+    pub async fn run_script(&self, sql: &str) -> Result<(), sqlx::Error> {
+        use sqlx::Executor;
+        match self {
+            Database::Postgres(pool) => pool.execute(sql).await.map(|_| ()),
+            Database::Sqlite(pool) => pool.execute(sql).await.map(|_| ()),
+        }
+    }
+
+    /// Close the pool, waiting for connections to be returned.
+    pub async fn close(&self) {
+        match self {
+            Database::Postgres(pool) => pool.close().await,
+            Database::Sqlite(pool) => pool.close().await,
+        }
+    }
+}
+
+/// Which backend a URL names.
+pub fn backend_of(url: &str) -> Result<Backend, SetupError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Backend::Postgres)
+    } else if url.starts_with("sqlite:") {
+        Ok(Backend::Sqlite)
+    } else {
+        Err(SetupError::UnsupportedUrl(redact_url(url)))
+    }
+}
+
+/// One event's transaction.
+#[derive(Debug)]
+pub enum Tx {
+    /// On PostgreSQL.
+    Postgres(sqlx::Transaction<'static, Postgres>),
+    /// On SQLite.
+    Sqlite(sqlx::Transaction<'static, Sqlite>),
+}
+
+/// A `NULL` parameter whose type PostgreSQL infers from the statement (OID
+/// 0, "unspecified"), so NULL fits any column.
+struct UntypedNull;
+
+impl sqlx::Type<Postgres> for UntypedNull {
+    fn type_info() -> PgTypeInfo {
+        PgTypeInfo::with_oid(sqlx::postgres::types::Oid(0))
+    }
+}
+
+impl sqlx::Encode<'_, Postgres> for UntypedNull {
+    fn encode_by_ref(
+        &self,
+        _buf: &mut sqlx::postgres::PgArgumentBuffer,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        Ok(sqlx::encode::IsNull::Yes)
+    }
+}
+
+type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
+type SqliteQuery<'q> = sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
+
+fn bind_pg<'q>(mut q: PgQuery<'q>, params: &[Value]) -> Result<PgQuery<'q>, DbError> {
+    for (i, p) in params.iter().enumerate() {
+        q = match p {
+            Value::Null => q.bind(UntypedNull),
+            Value::Boolean(b) => q.bind(*b),
+            Value::Int(n) => q.bind(*n),
+            Value::Float(f) => q.bind(*f),
+            Value::Text(s) => q.bind(s.clone()),
+            Value::Bytes(b) => q.bind(b.clone()),
+            Value::Json(s) => q.bind(parse_json(i, s)?),
+            Value::Uuid(s) => q.bind(parse_uuid(i, s)?),
+            Value::Timestamp(us) => q.bind(parse_timestamp(i, *us)?),
+            Value::Date(s) => q.bind(parse_date(i, s)?),
+        };
+    }
+    Ok(q)
+}
+
+fn bind_sqlite<'q>(mut q: SqliteQuery<'q>, params: &[Value]) -> Result<SqliteQuery<'q>, DbError> {
+    for (i, p) in params.iter().enumerate() {
+        q = match p {
+            Value::Null => q.bind(Option::<i64>::None),
+            Value::Boolean(b) => q.bind(*b),
+            Value::Int(n) => q.bind(*n),
+            Value::Float(f) => q.bind(*f),
+            Value::Text(s) => q.bind(s.clone()),
+            Value::Bytes(b) => q.bind(b.clone()),
+            // Validated, then stored as text so that both backends read
+            // back the same representation.
+            Value::Json(s) => q.bind(parse_json(i, s)?.to_string()),
+            Value::Uuid(s) => q.bind(parse_uuid(i, s)?.hyphenated().to_string()),
+            Value::Timestamp(us) => q.bind(parse_timestamp(i, *us)?),
+            Value::Date(s) => q.bind(parse_date(i, s)?.format("%Y-%m-%d").to_string()),
+        };
+    }
+    Ok(q)
+}
+
+fn parse_json(i: usize, s: &str) -> Result<serde_json::Value, DbError> {
+    serde_json::from_str(s)
+        .map_err(|e| DbError::Invalid(format!("parameter ${} is not valid JSON: {e}", i + 1)))
+}
+
+fn parse_uuid(i: usize, s: &str) -> Result<uuid::Uuid, DbError> {
+    uuid::Uuid::parse_str(s)
+        .map_err(|e| DbError::Invalid(format!("parameter ${} is not a UUID: {e}", i + 1)))
+}
+
+fn parse_timestamp(i: usize, micros: i64) -> Result<chrono::DateTime<chrono::Utc>, DbError> {
+    chrono::DateTime::from_timestamp_micros(micros).ok_or_else(|| {
+        DbError::Invalid(format!(
+            "parameter ${} is out of the timestamp range: {micros} µs",
+            i + 1
+        ))
+    })
+}
+
+fn parse_date(i: usize, s: &str) -> Result<chrono::NaiveDate, DbError> {
+    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|e| {
+        DbError::Invalid(format!(
+            "parameter ${} is not a date YYYY-MM-DD: {s:?} ({e})",
+            i + 1
+        ))
+    })
+}
+
+impl Tx {
+    /// Run one statement that returns no rows.
+    ///
+    /// On PostgreSQL the statement runs under a savepoint so that a failed
+    /// statement leaves the transaction usable for the plugin's next one.
+    pub async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, DbError> {
+        match self {
+            Tx::Postgres(tx) => {
+                savepoint(tx).await?;
+                let q = bind_pg(sqlx::query(sql), params);
+                let result = match q {
+                    Ok(q) => q.execute(&mut **tx).await.map_err(map_error),
+                    Err(e) => Err(e),
+                };
+                finish_savepoint(tx, result.is_ok()).await?;
+                result.map(|r| r.rows_affected())
+            }
+            Tx::Sqlite(tx) => {
+                let q = bind_sqlite(sqlx::query(sql), params)?;
+                q.execute(&mut **tx)
+                    .await
+                    .map(|r| r.rows_affected())
+                    .map_err(map_error)
+            }
+        }
+    }
+
+    /// Run one statement and collect at most `limits.max_rows` rows and
+    /// `limits.max_result_bytes` bytes; more is an error, not a truncation.
+    pub async fn query(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+        limits: &Limits,
+    ) -> Result<Rows, DbError> {
+        match self {
+            Tx::Postgres(tx) => {
+                savepoint(tx).await?;
+                let result = match bind_pg(sqlx::query(sql), params) {
+                    Ok(q) => {
+                        let mut stream = q.fetch(&mut **tx);
+                        let mut collector = Collector::new(limits);
+                        loop {
+                            match stream.try_next().await {
+                                Ok(Some(row)) => {
+                                    if let Err(e) = collector.push_pg(&row) {
+                                        break Err(e);
+                                    }
+                                }
+                                Ok(None) => break Ok(collector.finish()),
+                                Err(e) => break Err(map_error(e)),
+                            }
+                        }
+                    }
+                    Err(e) => Err(e),
+                };
+                finish_savepoint(tx, result.is_ok()).await?;
+                result
+            }
+            Tx::Sqlite(tx) => {
+                let q = bind_sqlite(sqlx::query(sql), params)?;
+                let mut stream = q.fetch(&mut **tx);
+                let mut collector = Collector::new(limits);
+                while let Some(row) = stream.try_next().await.map_err(map_error)? {
+                    collector.push_sqlite(&row)?;
+                }
+                Ok(collector.finish())
+            }
+        }
+    }
+
+    /// Commit the event's work.
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        match self {
+            Tx::Postgres(tx) => tx.commit().await,
+            Tx::Sqlite(tx) => tx.commit().await,
+        }
+    }
+
+    /// Roll the event's work back.
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        match self {
+            Tx::Postgres(tx) => tx.rollback().await,
+            Tx::Sqlite(tx) => tx.rollback().await,
+        }
+    }
+}
+
+async fn savepoint(tx: &mut sqlx::Transaction<'static, Postgres>) -> Result<(), DbError> {
+    sqlx::query("SAVEPOINT switchyard_stmt")
+        .execute(&mut **tx)
+        .await
+        .map(|_| ())
+        .map_err(map_error)
+}
+
+async fn finish_savepoint(
+    tx: &mut sqlx::Transaction<'static, Postgres>,
+    ok: bool,
+) -> Result<(), DbError> {
+    let sql = if ok {
+        "RELEASE SAVEPOINT switchyard_stmt"
+    } else {
+        "ROLLBACK TO SAVEPOINT switchyard_stmt"
+    };
+    sqlx::query(sql)
+        .execute(&mut **tx)
+        .await
+        .map(|_| ())
+        .map_err(map_error)
+}
+
+/// Accumulates result rows under the host's caps.
+struct Collector<'a> {
+    limits: &'a Limits,
+    columns: Option<Vec<String>>,
+    rows: Vec<Vec<Value>>,
+    bytes: usize,
+}
+
+impl<'a> Collector<'a> {
+    fn new(limits: &'a Limits) -> Self {
+        Self {
+            limits,
+            columns: None,
+            rows: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    fn admit(&mut self, names: impl FnOnce() -> Vec<String>) -> Result<(), DbError> {
+        if self.rows.len() >= self.limits.max_rows {
+            return Err(DbError::Limit(format!(
+                "the query returned more than {} rows; add a LIMIT or narrow the WHERE clause",
+                self.limits.max_rows
+            )));
+        }
+        if self.columns.is_none() {
+            self.columns = Some(names());
+        }
+        Ok(())
+    }
+
+    fn add_row(&mut self, row: Vec<Value>) -> Result<(), DbError> {
+        self.bytes += row.iter().map(value_size).sum::<usize>();
+        if self.bytes > self.limits.max_result_bytes {
+            return Err(DbError::Limit(format!(
+                "the query returned more than {} bytes; select fewer columns or rows",
+                self.limits.max_result_bytes
+            )));
+        }
+        self.rows.push(row);
+        Ok(())
+    }
+
+    fn push_pg(&mut self, row: &PgRow) -> Result<(), DbError> {
+        self.admit(|| row.columns().iter().map(|c| c.name().to_string()).collect())?;
+        let cells = (0..row.len())
+            .map(|i| pg_cell(row, i))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.add_row(cells)
+    }
+
+    fn push_sqlite(&mut self, row: &SqliteRow) -> Result<(), DbError> {
+        self.admit(|| row.columns().iter().map(|c| c.name().to_string()).collect())?;
+        let cells = (0..row.len())
+            .map(|i| sqlite_cell(row, i))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.add_row(cells)
+    }
+
+    fn finish(self) -> Rows {
+        Rows {
+            columns: self.columns.unwrap_or_default(),
+            rows: self.rows,
+        }
+    }
+}
+
+/// Approximate bytes a value occupies, for the result-size cap.
+pub fn value_size(v: &Value) -> usize {
+    match v {
+        Value::Null | Value::Boolean(_) => 1,
+        Value::Int(_) | Value::Float(_) | Value::Timestamp(_) => 8,
+        Value::Text(s) | Value::Json(s) | Value::Uuid(s) | Value::Date(s) => s.len(),
+        Value::Bytes(b) => b.len(),
+    }
+}
+
+fn decode_err(column: &str, e: impl std::fmt::Display) -> DbError {
+    DbError::Invalid(format!("cannot read column {column}: {e}"))
+}
+
+fn pg_cell(row: &PgRow, i: usize) -> Result<Value, DbError> {
+    let column = &row.columns()[i];
+    let name = column.name();
+    let raw = row.try_get_raw(i).map_err(|e| decode_err(name, e))?;
+    if raw.is_null() {
+        return Ok(Value::Null);
+    }
+    let type_name = column.type_info().name().to_string();
+    let err = |e| decode_err(name, e);
+    Ok(match type_name.as_str() {
+        "BOOL" => Value::Boolean(row.try_get(i).map_err(err)?),
+        "INT2" => Value::Int(i64::from(row.try_get::<i16, _>(i).map_err(err)?)),
+        "INT4" => Value::Int(i64::from(row.try_get::<i32, _>(i).map_err(err)?)),
+        "INT8" => Value::Int(row.try_get(i).map_err(err)?),
+        "FLOAT4" => Value::Float(f64::from(row.try_get::<f32, _>(i).map_err(err)?)),
+        "FLOAT8" => Value::Float(row.try_get(i).map_err(err)?),
+        "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" | "CHAR" | "CITEXT" => {
+            Value::Text(row.try_get(i).map_err(err)?)
+        }
+        "BYTEA" => Value::Bytes(row.try_get(i).map_err(err)?),
+        "JSON" | "JSONB" => {
+            Value::Json(row.try_get::<serde_json::Value, _>(i).map_err(err)?.to_string())
+        }
+        "UUID" => Value::Uuid(
+            row.try_get::<uuid::Uuid, _>(i)
+                .map_err(err)?
+                .hyphenated()
+                .to_string(),
+        ),
+        "TIMESTAMPTZ" => Value::Timestamp(
+            row.try_get::<chrono::DateTime<chrono::Utc>, _>(i)
+                .map_err(err)?
+                .timestamp_micros(),
+        ),
+        "TIMESTAMP" => Value::Timestamp(
+            row.try_get::<chrono::NaiveDateTime, _>(i)
+                .map_err(err)?
+                .and_utc()
+                .timestamp_micros(),
+        ),
+        "DATE" => Value::Date(
+            row.try_get::<chrono::NaiveDate, _>(i)
+                .map_err(err)?
+                .format("%Y-%m-%d")
+                .to_string(),
+        ),
+        "VOID" => Value::Null,
+        other => {
+            return Err(DbError::Invalid(format!(
+                "column {name} has type {other}, which plugins cannot read yet: cast it in the query, e.g. {name}::text or {name}::float8"
+            )));
+        }
+    })
+}
+
+fn sqlite_cell(row: &SqliteRow, i: usize) -> Result<Value, DbError> {
+    let column = &row.columns()[i];
+    let name = column.name();
+    let raw = row.try_get_raw(i).map_err(|e| decode_err(name, e))?;
+    if raw.is_null() {
+        return Ok(Value::Null);
+    }
+    // The storage class of this value, not the column's declared type.
+    let storage = raw.type_info().name().to_string();
+    let declared = column.type_info().name().to_ascii_uppercase();
+    let err = |e| decode_err(name, e);
+    Ok(match storage.as_str() {
+        "INTEGER" | "BOOLEAN" if declared == "BOOLEAN" => {
+            Value::Boolean(row.try_get::<i64, _>(i).map_err(err)? != 0)
+        }
+        "INTEGER" | "BOOLEAN" => Value::Int(row.try_get(i).map_err(err)?),
+        "REAL" => Value::Float(row.try_get(i).map_err(err)?),
+        "BLOB" => Value::Bytes(row.try_get(i).map_err(err)?),
+        _ => Value::Text(row.try_get(i).map_err(err)?),
+    })
+}
+
+/// Map a driver error to the WIT error the plugin sees.
+pub fn map_error(e: sqlx::Error) -> DbError {
+    match e {
+        sqlx::Error::Database(db) => {
+            let message = db.message().to_string();
+            let name = db.constraint().map(str::to_string);
+            let constraint = |kind| {
+                DbError::Constraint(ConstraintViolation {
+                    kind,
+                    name: name.clone(),
+                    message: message.clone(),
+                })
+            };
+            match db.kind() {
+                sqlx::error::ErrorKind::UniqueViolation => constraint(ConstraintKind::Unique),
+                sqlx::error::ErrorKind::ForeignKeyViolation => {
+                    constraint(ConstraintKind::ForeignKey)
+                }
+                sqlx::error::ErrorKind::NotNullViolation => constraint(ConstraintKind::NotNull),
+                sqlx::error::ErrorKind::CheckViolation => constraint(ConstraintKind::Check),
+                _ => {
+                    let code = db.code().map(|c| c.to_string()).unwrap_or_default();
+                    classify_code(&code, message)
+                }
+            }
+        }
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => DbError::Unavailable(e.to_string()),
+        other => DbError::Invalid(other.to_string()),
+    }
+}
+
+/// Classify a SQLSTATE (PostgreSQL) or SQLite result code.
+fn classify_code(code: &str, message: String) -> DbError {
+    match code {
+        // insufficient_privilege: the database enforced a grant.
+        "42501" => DbError::Denied(message),
+        // query_canceled: statement_timeout.
+        "57014" => DbError::Limit(format!("statement timeout: {message}")),
+        // serialization failure, deadlock: safe to retry.
+        "40001" | "40P01" => DbError::Unavailable(message),
+        // SQLite busy / locked.
+        "5" | "6" | "261" | "262" | "517" => DbError::Unavailable(message),
+        c if c.starts_with("08") || c.starts_with("53") || c.starts_with("57P") => {
+            DbError::Unavailable(message)
+        }
+        _ if code.is_empty() => DbError::Invalid(message),
+        _ => DbError::Invalid(format!("{message} (SQLSTATE {code})")),
+    }
+}
+
+/// A plugin migration as the host applies it.
+#[derive(Debug, Clone)]
+pub struct MigrationSql {
+    /// Identifier, unique within the plugin.
+    pub id: String,
+    /// PostgreSQL script.
+    pub postgres: String,
+    /// SQLite script.
+    pub sqlite: String,
+}
+
+impl Database {
+    /// Apply the plugin's migrations that have not been applied yet, in
+    /// order, each in its own transaction, and record them in
+    /// `switchyard_migrations`. Returns the ids applied now.
+    pub async fn migrate(
+        &self,
+        plugin: &str,
+        migrations: &[MigrationSql],
+    ) -> Result<Vec<String>, SetupError> {
+        self.run_script(
+            "CREATE TABLE IF NOT EXISTS switchyard_migrations (
+                plugin TEXT NOT NULL,
+                id TEXT NOT NULL,
+                checksum TEXT NOT NULL,
+                applied_at TEXT NOT NULL,
+                PRIMARY KEY (plugin, id)
+            )",
+        )
+        .await?;
+        let mut applied_now = Vec::new();
+        for m in migrations {
+            let script = match self.backend() {
+                Backend::Postgres => &m.postgres,
+                Backend::Sqlite => &m.sqlite,
+            };
+            let checksum = crate::runtime::short_hash(script.as_bytes());
+            let recorded = self.migration_checksum(plugin, &m.id).await?;
+            match recorded {
+                Some(applied) if applied == checksum => continue,
+                Some(applied) => {
+                    return Err(SetupError::MigrationChanged {
+                        plugin: plugin.to_string(),
+                        id: m.id.clone(),
+                        applied,
+                        now: checksum,
+                    });
+                }
+                None => {}
+            }
+            let failed = |source| SetupError::Migration {
+                plugin: plugin.to_string(),
+                id: m.id.clone(),
+                source,
+            };
+            let now = chrono::Utc::now().to_rfc3339();
+            match self {
+                Database::Postgres(pool) => {
+                    use sqlx::Executor;
+                    let mut tx = pool.begin().await.map_err(failed)?;
+                    // Two routers starting together must not both migrate.
+                    tx.execute("LOCK TABLE switchyard_migrations IN EXCLUSIVE MODE")
+                        .await
+                        .map_err(failed)?;
+                    let again: Option<String> = sqlx::query_scalar(
+                        "SELECT checksum FROM switchyard_migrations WHERE plugin = $1 AND id = $2",
+                    )
+                    .bind(plugin)
+                    .bind(&m.id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(failed)?;
+                    if again.is_none() {
+                        tx.execute(script.as_str()).await.map_err(failed)?;
+                        sqlx::query("INSERT INTO switchyard_migrations (plugin, id, checksum, applied_at) VALUES ($1, $2, $3, $4)")
+                            .bind(plugin).bind(&m.id).bind(&checksum).bind(&now)
+                            .execute(&mut *tx).await.map_err(failed)?;
+                        applied_now.push(m.id.clone());
+                    }
+                    tx.commit().await.map_err(failed)?;
+                }
+                Database::Sqlite(pool) => {
+                    use sqlx::Executor;
+                    let mut tx = pool.begin().await.map_err(failed)?;
+                    tx.execute(script.as_str()).await.map_err(failed)?;
+                    sqlx::query("INSERT INTO switchyard_migrations (plugin, id, checksum, applied_at) VALUES ($1, $2, $3, $4)")
+                        .bind(plugin).bind(&m.id).bind(&checksum).bind(&now)
+                        .execute(&mut *tx).await.map_err(failed)?;
+                    tx.commit().await.map_err(failed)?;
+                    applied_now.push(m.id.clone());
+                }
+            }
+        }
+        Ok(applied_now)
+    }
+
+    async fn migration_checksum(&self, plugin: &str, id: &str) -> Result<Option<String>, SetupError> {
+        let sql = "SELECT checksum FROM switchyard_migrations WHERE plugin = $1 AND id = $2";
+        Ok(match self {
+            Database::Postgres(pool) => {
+                sqlx::query_scalar(sql)
+                    .bind(plugin)
+                    .bind(id)
+                    .fetch_optional(pool)
+                    .await?
+            }
+            Database::Sqlite(pool) => {
+                sqlx::query_scalar(sql)
+                    .bind(plugin)
+                    .bind(id)
+                    .fetch_optional(pool)
+                    .await?
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords_only() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db:5432/x"),
+            "postgres://app:***@db:5432/x"
+        );
+        assert_eq!(redact_url("postgres://app@db/x"), "postgres://app@db/x");
+        assert_eq!(redact_url("sqlite:data.db"), "sqlite:data.db");
+    }
+
+    #[test]
+    fn picks_backend_from_url() {
+        assert_eq!(backend_of("postgresql://x/y").ok(), Some(Backend::Postgres));
+        assert_eq!(backend_of("sqlite::memory:").ok(), Some(Backend::Sqlite));
+        let err = backend_of("mysql://x").err().map(|e| e.to_string());
+        assert!(err.is_some_and(|m| m.contains("use postgres://")));
+    }
+
+    #[tokio::test]
+    async fn sqlite_round_trips_typed_values() -> anyhow::Result<()> {
+        let db = Database::connect("sqlite::memory:", 1).await?;
+        db.run_script(
+            "CREATE TABLE t (b BOOLEAN, i INTEGER, f REAL, s TEXT, j TEXT, u TEXT, ts TEXT, d TEXT, x BLOB)",
+        )
+        .await?;
+        let mut tx = db.begin().await?;
+        let params = vec![
+            Value::Boolean(true),
+            Value::Int(-7),
+            Value::Float(1.5),
+            Value::Text("احمد".into()),
+            Value::Json(r#"{"a":1}"#.into()),
+            Value::Uuid("0b9e4a52-8f7e-4a8e-9d3c-2f1d2b7c9a10".into()),
+            Value::Timestamp(1_700_000_000_123_456),
+            Value::Date("1990-01-01".into()),
+            Value::Bytes(vec![0, 1, 2]),
+        ];
+        let n = tx
+            .execute(
+                "INSERT INTO t VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                &params,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        assert_eq!(n, 1);
+        let rows = tx
+            .query("SELECT b, i, f, s, x FROM t", &[], &Limits::default())
+            .await
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        assert_eq!(rows.columns, vec!["b", "i", "f", "s", "x"]);
+        assert!(matches!(rows.rows[0][0], Value::Boolean(true)));
+        assert!(matches!(rows.rows[0][1], Value::Int(-7)));
+        assert!(matches!(&rows.rows[0][3], Value::Text(s) if s == "احمد"));
+        assert!(matches!(&rows.rows[0][4], Value::Bytes(b) if b == &vec![0, 1, 2]));
+        tx.rollback().await?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn sqlite_reports_unique_violation_and_row_cap() -> anyhow::Result<()> {
+        let db = Database::connect("sqlite::memory:", 1).await?;
+        db.run_script("CREATE TABLE u (k TEXT PRIMARY KEY)").await?;
+        let mut tx = db.begin().await?;
+        for k in ["a", "b", "c"] {
+            tx.execute("INSERT INTO u VALUES ($1)", &[Value::Text(k.into())])
+                .await
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        }
+        let dup = tx
+            .execute("INSERT INTO u VALUES ($1)", &[Value::Text("a".into())])
+            .await;
+        assert!(matches!(
+            dup,
+            Err(DbError::Constraint(ConstraintViolation { kind: ConstraintKind::Unique, .. }))
+        ));
+        let limits = Limits {
+            max_rows: 2,
+            ..Limits::default()
+        };
+        let capped = tx.query("SELECT k FROM u", &[], &limits).await;
+        assert!(matches!(capped, Err(DbError::Limit(m)) if m.contains("more than 2 rows")));
+        Ok(())
+    }
+}

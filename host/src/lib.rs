@@ -1,0 +1,26 @@
+//! # Switchyard
+//!
+//! A WebAssembly-plugin event router: one host process consumes Kafka
+//! topics and hands each event to sandboxed WebAssembly components chosen
+//! by a routing config, through the WIT interface in `wit/plugin.wit`.
+//!
+//! The library is organised by what lives where:
+//! - [`runtime`]: the wasmtime engine, plugin loading and the workers that
+//!   run events on reused or per-event instances;
+//! - [`capabilities`]: what plugins import — `db`, `publish`, `config`,
+//!   `log` — one module each;
+//! - [`database`]: PostgreSQL or SQLite, per-event transactions, typed
+//!   values, plugin migrations;
+//! - [`sql_gate`]: which SQL a plugin may send;
+//! - [`limits`]: per-plugin resource limits;
+//! - [`event`]: the host's view of a consumed event;
+//! - [`plugin_test`]: `switchyard plugin test`, the plugin author's loop.
+
+pub mod bindings;
+pub mod capabilities;
+pub mod database;
+pub mod event;
+pub mod limits;
+pub mod plugin_test;
+pub mod runtime;
+pub mod sql_gate;

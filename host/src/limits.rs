@@ -1,0 +1,74 @@
+//! Per-plugin resource limits and their defaults.
+//!
+//! The defaults follow DESIGN.md's sandbox section: a deadline per call
+//! enforced by epoch interruption, 64 MiB of linear memory, and caps on
+//! everything the host allocates on the guest's behalf (SQL text, result
+//! rows and bytes, publish size and count). Every cap is checked before the
+//! host allocates or does the work.
+
+use serde::{Deserialize, Serialize};
+
+/// How often the engine's epoch advances. Deadlines are counted in these
+/// ticks, so a call overruns its deadline by at most one tick.
+pub const EPOCH_TICK_MS: u64 = 10;
+
+/// Resource limits for one plugin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Wall-clock budget of one call into the plugin (`handle`, or
+    /// `describe` and the component's start), in milliseconds. Example:
+    /// `deadline_ms = 500`.
+    pub deadline_ms: u64,
+    /// Linear memory cap per instance, in bytes. Example:
+    /// `memory_bytes = 67108864`.
+    pub memory_bytes: usize,
+    /// Longest SQL text accepted by `db`, in bytes.
+    pub max_sql_bytes: usize,
+    /// Most parameters accepted per statement.
+    pub max_params: usize,
+    /// Most bytes of parameter values per statement.
+    pub max_param_bytes: usize,
+    /// Most rows a query may return.
+    pub max_rows: usize,
+    /// Most bytes a query may return.
+    pub max_result_bytes: usize,
+    /// Most statements per event.
+    pub max_statements: usize,
+    /// Largest message (key + value + headers) `publish` accepts, in bytes.
+    pub max_publish_bytes: usize,
+    /// Most messages one event may publish.
+    pub max_publishes: usize,
+    /// Most log lines one event may write; further lines are dropped and
+    /// counted.
+    pub max_log_lines: usize,
+    /// Recycle a reused instance after this many events (0: never), to
+    /// bound whatever state a plugin accumulates by mistake.
+    pub recycle_after_events: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            deadline_ms: 1_000,
+            memory_bytes: 64 << 20,
+            max_sql_bytes: 64 << 10,
+            max_params: 1_000,
+            max_param_bytes: 4 << 20,
+            max_rows: 10_000,
+            max_result_bytes: 8 << 20,
+            max_statements: 1_000,
+            max_publish_bytes: 1 << 20,
+            max_publishes: 100,
+            max_log_lines: 100,
+            recycle_after_events: 100_000,
+        }
+    }
+}
+
+impl Limits {
+    /// The deadline in epoch ticks (rounded up, at least one).
+    pub fn deadline_ticks(&self) -> u64 {
+        self.deadline_ms.div_ceil(EPOCH_TICK_MS).max(1)
+    }
+}

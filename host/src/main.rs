@@ -1,0 +1,136 @@
+//! The `switchyard` command.
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use switchyard::limits::Limits;
+use switchyard::plugin_test::{self, TestOptions};
+
+/// Switchyard: a WebAssembly-plugin event router for Kafka.
+#[derive(Debug, Parser)]
+#[command(name = "switchyard", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Work with plugins.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginCommand {
+    /// Run a plugin on events and show everything it did: the outcome and
+    /// its reason, the SQL it ran, the rows it changed and the messages it
+    /// would publish.
+    ///
+    /// Exit status: 0 when every event committed (done or skipped), 1 when
+    /// one did not (retry, rejected or a failure), 2 when the run could not
+    /// start (plugin, event file or database).
+    #[command(after_help = "Examples:
+  switchyard plugin test target/wasm32-wasip2/plugin/profile_creation.wasm \\
+      --event plugins/profile-creation/examples/create-user.json
+  echo '{\"topic\": \"user.created\", \"value\": {\"userId\": \"u1\"}}' | \\
+      switchyard plugin test stats_increment.wasm --event - --json
+  switchyard plugin test welcome_notification.wasm --event ev.json \\
+      --settings '{\"subject\": \"Hello {name}\"}' --database postgres://postgres@127.0.0.1/dev")]
+    Test(TestArgs),
+}
+
+#[derive(Debug, Args)]
+struct TestArgs {
+    /// The plugin component (`.wasm` built for wasm32-wasip2).
+    plugin: PathBuf,
+    /// Event file (JSON object or array of objects); `-` reads standard
+    /// input. Repeat to run several files in order on the same database.
+    #[arg(long = "event", short = 'e', required = true)]
+    events: Vec<PathBuf>,
+    /// Database URL; the default is a throwaway in-memory SQLite.
+    #[arg(long, default_value = "sqlite::memory:", env = "SWITCHYARD_DATABASE_URL")]
+    database: String,
+    /// The plugin's settings as a JSON object, as under the plugin's
+    /// `settings` in the routing config.
+    #[arg(long, default_value = "{}")]
+    settings: String,
+    /// Topic patterns the plugin may publish to (`*` matches any run of
+    /// characters). Repeatable; the default grants every topic.
+    #[arg(long = "grant", default_value = "*")]
+    grants: Vec<String>,
+    /// Deadline per call in milliseconds.
+    #[arg(long)]
+    deadline_ms: Option<u64>,
+    /// Print one JSON document instead of the readable report.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Command::Plugin(PluginCommand::Test(args)) => {
+            init_logging("warn,switchyard::plugin=off");
+            match runtime.block_on(plugin_test_cmd(args)) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+    }
+}
+
+async fn plugin_test_cmd(args: TestArgs) -> anyhow::Result<ExitCode> {
+    let settings: serde_json::Value =
+        serde_json::from_str(&args.settings).context("--settings is not valid JSON")?;
+    let serde_json::Value::Object(settings) = settings else {
+        anyhow::bail!("--settings must be a JSON object, like '{{\"subject\": \"Hi {{name}}\"}}'");
+    };
+    let mut limits = Limits::default();
+    if let Some(ms) = args.deadline_ms {
+        limits.deadline_ms = ms;
+    }
+    let options = TestOptions {
+        plugin: args.plugin,
+        events: args.events,
+        database: args.database,
+        settings,
+        grants: args.grants,
+        limits,
+    };
+    let report = plugin_test::run(&options).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report.json)?);
+    } else {
+        print!("{}", plugin_test::render_text(&report.json));
+    }
+    Ok(if report.all_committed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Log to stderr; `RUST_LOG` overrides `default`.
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,687 @@
+//! `switchyard plugin test`: run one plugin on one or more events against
+//! a database, and show everything it did — the outcome and its reason, the
+//! SQL it ran, the rows it changed and every message it would publish.
+//!
+//! Events are JSON files:
+//!
+//! ```json
+//! {"topic": "create-user", "key": "req-1", "headers": {"request-id": "r-1"},
+//!  "value": {"requestId": "req-1", "firstName": "احمد"}}
+//! ```
+//!
+//! or `"value_raw": "<text>"` instead of `value` for bytes that are not
+//! JSON. A file may also hold an array of such events, run in order on
+//! the same database (a `user.created` before its `interview.created`).
+
+use crate::bindings::switchyard::plugin::db::Value;
+use crate::capabilities::PluginEnv;
+use crate::capabilities::db::StatementResult;
+use crate::capabilities::log::{LogLine, Stream};
+use crate::capabilities::publish::{Grants, OutMessage};
+use crate::database::{Backend, Database, Tx, redact_url};
+use crate::event::{Event, EventContext};
+use crate::limits::Limits;
+use crate::runtime::{CallOptions, Invocation, LoadedPlugin, PluginWorker, Runtime};
+use serde::Deserialize;
+use serde_json::{Map, Value as Json, json};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// One event as written in an event file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventFile {
+    /// Topic the event comes from.
+    pub topic: String,
+    /// Record key, if any.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Headers, name to text value.
+    #[serde(default)]
+    pub headers: Map<String, Json>,
+    /// The value as JSON (serialised compactly as the payload).
+    #[serde(default)]
+    pub value: Option<Json>,
+    /// The value as raw text, for payloads that are not JSON.
+    #[serde(default)]
+    pub value_raw: Option<String>,
+    /// Partition (default 0).
+    #[serde(default)]
+    pub partition: Option<i32>,
+    /// Offset (default: the event's position in the run).
+    #[serde(default)]
+    pub offset: Option<i64>,
+}
+
+/// Why an event file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum EventFileError {
+    /// Unreadable.
+    #[error("{file}: cannot read: {error}")]
+    Read {
+        /// File name.
+        file: String,
+        /// The I/O error.
+        error: std::io::Error,
+    },
+    /// Not JSON or not the expected shape.
+    #[error("{file}:{line}:{column}: {message}")]
+    Parse {
+        /// File name.
+        file: String,
+        /// Line, 1-based.
+        line: usize,
+        /// Column, 1-based.
+        column: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// The shape is right but the content is not.
+    #[error("{file}: event {index}: {message}")]
+    Invalid {
+        /// File name.
+        file: String,
+        /// Position in the file, 1-based.
+        index: usize,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Parse the text of an event file (one event or an array of events).
+pub fn parse_events(file: &str, text: &str) -> Result<Vec<Event>, EventFileError> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        Many(Vec<EventFile>),
+        One(EventFile),
+    }
+    let parsed: OneOrMany = serde_json::from_str(text).map_err(|e| {
+        let hint = if e.is_data() {
+            " (expected {\"topic\": \"...\", \"key\": \"...\" | null, \"headers\": {\"name\": \"value\"}, \"value\": <any JSON>} or \"value_raw\": \"<text>\" instead of value, or an array of those)"
+        } else {
+            ""
+        };
+        EventFileError::Parse {
+            file: file.to_string(),
+            line: e.line(),
+            column: e.column(),
+            message: format!("{e}{hint}"),
+        }
+    })?;
+    let files = match parsed {
+        OneOrMany::Many(v) => v,
+        OneOrMany::One(e) => vec![e],
+    };
+    files
+        .into_iter()
+        .enumerate()
+        .map(|(i, f)| to_event(file, i, f))
+        .collect()
+}
+
+fn to_event(file: &str, i: usize, f: EventFile) -> Result<Event, EventFileError> {
+    let invalid = |message: String| EventFileError::Invalid {
+        file: file.to_string(),
+        index: i + 1,
+        message,
+    };
+    let payload = match (f.value, f.value_raw) {
+        (Some(_), Some(_)) => {
+            return Err(invalid("give either `value` or `value_raw`, not both".into()));
+        }
+        (None, None) => {
+            return Err(invalid(
+                "missing `value` (any JSON) or `value_raw` (text); use \"value_raw\": \"\" for a tombstone"
+                    .into(),
+            ));
+        }
+        (Some(v), None) => serde_json::to_vec(&v)
+            .map_err(|e| invalid(format!("cannot serialise `value`: {e}")))?,
+        (None, Some(raw)) => raw.into_bytes(),
+    };
+    let mut headers = Vec::with_capacity(f.headers.len());
+    for (name, value) in f.headers {
+        let value = match value {
+            Json::String(s) => Some(s.into_bytes()),
+            Json::Null => None,
+            other => Some(other.to_string().into_bytes()),
+        };
+        headers.push((name, value));
+    }
+    if f.topic.is_empty() {
+        return Err(invalid("`topic` is empty".into()));
+    }
+    Ok(Event {
+        topic: f.topic,
+        partition: f.partition.unwrap_or(0),
+        offset: f.offset.unwrap_or(i as i64),
+        timestamp_ms: Some(chrono::Utc::now().timestamp_millis()),
+        key: f.key.map(String::into_bytes),
+        payload,
+        headers,
+    })
+}
+
+/// Read and parse an event file, `-` for standard input.
+pub fn read_events(path: &Path) -> Result<Vec<Event>, EventFileError> {
+    let name = path.display().to_string();
+    let text = if name == "-" {
+        std::io::read_to_string(std::io::stdin())
+    } else {
+        std::fs::read_to_string(path)
+    }
+    .map_err(|error| EventFileError::Read {
+        file: if name == "-" { "<stdin>".into() } else { name.clone() },
+        error,
+    })?;
+    parse_events(if name == "-" { "<stdin>" } else { &name }, &text)
+}
+
+/// Options of a `plugin test` run.
+#[derive(Debug, Clone)]
+pub struct TestOptions {
+    /// The plugin's `.wasm`.
+    pub plugin: PathBuf,
+    /// Event files, run in order.
+    pub events: Vec<PathBuf>,
+    /// Database URL (`sqlite::memory:` for a throwaway one).
+    pub database: String,
+    /// The plugin's settings, a JSON object.
+    pub settings: Map<String, Json>,
+    /// Publish grants (patterns).
+    pub grants: Vec<String>,
+    /// Limits.
+    pub limits: Limits,
+}
+
+/// What a run found, ready to print.
+#[derive(Debug)]
+pub struct TestReport {
+    /// The whole report as JSON (`--json`).
+    pub json: Json,
+    /// Whether every event's transaction committed.
+    pub all_committed: bool,
+}
+
+/// Run the plugin on the events; errors are setup failures (plugin not
+/// loadable, database unreachable, bad event file).
+pub async fn run(options: &TestOptions) -> anyhow::Result<TestReport> {
+    let mut events = Vec::new();
+    for file in &options.events {
+        events.extend(read_events(file)?);
+    }
+    let runtime = Runtime::new(crate::runtime::RuntimeOptions {
+        max_instances: 16,
+        ..Default::default()
+    })?;
+    let name = options
+        .plugin
+        .file_stem()
+        .map(|s| s.to_string_lossy().replace('_', "-"))
+        .unwrap_or_else(|| "plugin".into());
+    let env = PluginEnv {
+        name: name.as_str().into(),
+        limits: options.limits.clone(),
+        grants: Grants::new(options.grants.clone()),
+        settings: Arc::new(options.settings.clone()),
+    };
+    let plugin = runtime.load_file(&options.plugin, env).await?;
+    let db = Database::connect(&options.database, 2).await?;
+    let applied = db.migrate(&plugin.info.name, &plugin.info.migrations).await?;
+
+    let mut worker = PluginWorker::new(plugin.clone());
+    let mut reports = Vec::new();
+    let mut all_committed = true;
+    for event in &events {
+        let report = run_one(&db, &mut worker, &plugin, event).await?;
+        all_committed &= report["committed"].as_bool().unwrap_or(false);
+        reports.push(report);
+    }
+    db.close().await;
+    let json = json!({
+        "plugin": {
+            "name": plugin.info.name,
+            "version": plugin.info.version,
+            "file": plugin.source,
+            "hash": plugin.hash,
+            "size_bytes": plugin.size,
+            "compile_ms": plugin.compile_time.as_secs_f64() * 1000.0,
+            "grants": plugin.env.grants.patterns(),
+            "settings": Json::Object((*plugin.env.settings).clone()),
+        },
+        "database": {
+            "url": redact_url(&options.database),
+            "backend": db.backend().name(),
+            "migrations_applied": applied,
+        },
+        "events": reports,
+    });
+    Ok(TestReport {
+        json,
+        all_committed,
+    })
+}
+
+async fn run_one(
+    db: &Database,
+    worker: &mut PluginWorker,
+    plugin: &LoadedPlugin,
+    event: &Event,
+) -> anyhow::Result<Json> {
+    let mut tx = db.begin().await?;
+    let before = snapshot(db.backend(), &mut tx).await?;
+    let ctx = Arc::new(EventContext::new("plugin-test", &plugin.info.name, event));
+    let (invocation, tx) = worker
+        .handle(
+            ctx,
+            event,
+            tx,
+            CallOptions {
+                record: true,
+                ..CallOptions::default()
+            },
+        )
+        .await;
+    let Some(mut tx) = tx else {
+        anyhow::bail!("the event's transaction was lost by the host (a bug): nothing committed");
+    };
+    let after = snapshot(db.backend(), &mut tx).await?;
+    let committed = invocation.outcome.commits();
+    if committed {
+        tx.commit().await?;
+    } else {
+        tx.rollback().await?;
+    }
+    Ok(event_report(event, &invocation, diff(&before, &after), committed))
+}
+
+type Snapshot = BTreeMap<String, Result<Vec<Json>, String>>;
+
+/// Every row of every user table, read inside the event's transaction
+/// (switchyard's own tables excluded). Tables over the row cap are named
+/// but not diffed.
+async fn snapshot(backend: Backend, tx: &mut Tx) -> anyhow::Result<Snapshot> {
+    let list = match backend {
+        Backend::Sqlite => {
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name NOT LIKE 'switchyard_%' ORDER BY name"
+        }
+        Backend::Postgres => {
+            "SELECT table_name::text FROM information_schema.tables WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' AND table_name NOT LIKE 'switchyard\\_%' ORDER BY 1"
+        }
+    };
+    let limits = Limits::default();
+    let tables = tx
+        .query(list, &[], &limits)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot list tables: {e:?}"))?;
+    let mut out = Snapshot::new();
+    for row in tables.rows {
+        let Some(Value::Text(table)) = row.into_iter().next() else {
+            continue;
+        };
+        let sql = format!("SELECT * FROM \"{}\"", table.replace('"', "\"\""));
+        let rows = match tx.query(&sql, &[], &limits).await {
+            Ok(rows) => Ok(rows
+                .rows
+                .into_iter()
+                .map(|cells| {
+                    Json::Object(
+                        rows.columns
+                            .iter()
+                            .cloned()
+                            .zip(cells.iter().map(value_json))
+                            .collect(),
+                    )
+                })
+                .collect()),
+            Err(e) => Err(crate::capabilities::db::describe_error(&e)),
+        };
+        out.insert(table, rows);
+    }
+    Ok(out)
+}
+
+/// Rows added and removed per table (an update is one of each).
+fn diff(before: &Snapshot, after: &Snapshot) -> Json {
+    let mut tables = Map::new();
+    for (table, rows_after) in after {
+        let rows_before = before.get(table);
+        let entry = match (rows_before, rows_after) {
+            (Some(Ok(b)), Ok(a)) => {
+                let added: Vec<Json> = a.iter().filter(|r| !b.contains(r)).cloned().collect();
+                let removed: Vec<Json> = b.iter().filter(|r| !a.contains(r)).cloned().collect();
+                if added.is_empty() && removed.is_empty() {
+                    continue;
+                }
+                json!({"added": added, "removed": removed})
+            }
+            (None, Ok(a)) if a.is_empty() => continue,
+            (None, Ok(a)) => json!({"added": a, "removed": []}),
+            (_, Err(e)) | (Some(Err(e)), _) => json!({"not_compared": e}),
+        };
+        tables.insert(table.clone(), entry);
+    }
+    Json::Object(tables)
+}
+
+/// A SQL value as JSON for reports.
+pub fn value_json(v: &Value) -> Json {
+    match v {
+        Value::Null => Json::Null,
+        Value::Boolean(b) => json!(b),
+        Value::Int(i) => json!(i),
+        Value::Float(f) => json!(f),
+        Value::Text(s) | Value::Uuid(s) | Value::Date(s) => json!(s),
+        Value::Json(s) => serde_json::from_str(s).unwrap_or_else(|_| json!(s)),
+        Value::Bytes(b) => json!(format!("\\x{}", hex(b))),
+        Value::Timestamp(us) => match chrono::DateTime::from_timestamp_micros(*us) {
+            Some(t) => json!(t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+            None => json!(us),
+        },
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Bytes as text when they are UTF-8, as `\x..` hex otherwise.
+fn bytes_json(b: &[u8]) -> Json {
+    match std::str::from_utf8(b) {
+        Ok(s) => json!(s),
+        Err(_) => json!(format!("\\x{}", hex(b))),
+    }
+}
+
+fn message_json(m: &OutMessage) -> Json {
+    let value = match serde_json::from_slice::<Json>(&m.payload) {
+        Ok(v) => json!({"value": v}),
+        Err(_) => json!({"value_raw": bytes_json(&m.payload)}),
+    };
+    let mut obj = json!({
+        "topic": m.topic,
+        "key": m.key.as_deref().map(bytes_json),
+        "partition": m.partition,
+        "headers": m.headers.iter().map(|(n, v)| (n.clone(), v.as_deref().map_or(Json::Null, bytes_json))).collect::<Map<_, _>>(),
+    });
+    if let (Some(o), Json::Object(v)) = (obj.as_object_mut(), value) {
+        o.extend(v);
+    }
+    obj
+}
+
+fn log_json(l: &LogLine) -> Json {
+    let source = match l.stream {
+        Stream::Log => "log",
+        Stream::Stdout => "stdout",
+        Stream::Stderr => "stderr",
+    };
+    json!({"level": l.level, "source": source, "message": l.message})
+}
+
+fn event_report(event: &Event, inv: &Invocation, changes: Json, committed: bool) -> Json {
+    let statements: Vec<Json> = inv
+        .statements
+        .iter()
+        .map(|s| {
+            let (kind, detail) = match &s.result {
+                StatementResult::Changed(n) => ("changed", json!(n)),
+                StatementResult::Returned(n) => ("returned", json!(n)),
+                StatementResult::Failed(e) => ("error", json!(e)),
+            };
+            json!({
+                "sql": s.sql,
+                "params": s.params.iter().map(value_json).collect::<Vec<_>>(),
+                kind: detail,
+            })
+        })
+        .collect();
+    json!({
+        "event": {
+            "topic": event.topic,
+            "partition": event.partition,
+            "offset": event.offset,
+            "key": event.key.as_deref().map(bytes_json),
+            "headers": event.headers.iter().map(|(n, v)| (n.clone(), v.as_deref().map_or(Json::Null, bytes_json))).collect::<Map<_, _>>(),
+            "payload_bytes": event.payload.len(),
+        },
+        "outcome": {"kind": inv.outcome.kind(), "reason": inv.outcome.reason()},
+        "committed": committed,
+        "elapsed_ms": inv.elapsed.as_secs_f64() * 1000.0,
+        "fresh_instance": inv.fresh_instance,
+        "statements": statements,
+        "changes": changes,
+        "published": if committed { inv.messages.iter().map(message_json).collect::<Vec<_>>() } else { Vec::new() },
+        "discarded_publishes": if committed { Vec::new() } else { inv.messages.iter().map(message_json).collect::<Vec<_>>() },
+        "refused_publishes": inv.refused_publishes,
+        "logs": inv.logs.iter().map(log_json).collect::<Vec<_>>(),
+        "dropped_logs": inv.dropped_logs,
+    })
+}
+
+/// Render the report for people.
+pub fn render_text(report: &Json) -> String {
+    let mut out = String::new();
+    let p = &report["plugin"];
+    let _ = writeln!(
+        out,
+        "plugin   {} {}  ({}, sha256 {}, {} KiB, compiled in {:.0} ms)",
+        s(&p["name"]),
+        s(&p["version"]),
+        s(&p["file"]),
+        s(&p["hash"]),
+        p["size_bytes"].as_u64().unwrap_or(0) / 1024,
+        p["compile_ms"].as_f64().unwrap_or(0.0),
+    );
+    let d = &report["database"];
+    let applied: Vec<String> = d["migrations_applied"]
+        .as_array()
+        .map(|a| a.iter().map(s).collect())
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "database {} ({}){}",
+        s(&d["url"]),
+        s(&d["backend"]),
+        if applied.is_empty() {
+            String::new()
+        } else {
+            format!(", migrations applied: {}", applied.join(", "))
+        }
+    );
+    let events = report["events"].as_array().cloned().unwrap_or_default();
+    for (i, e) in events.iter().enumerate() {
+        let ev = &e["event"];
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "── event {} ── {} [partition {}, offset {}] key {}",
+            i + 1,
+            s(&ev["topic"]),
+            ev["partition"],
+            ev["offset"],
+            ev["key"]
+        );
+        let o = &e["outcome"];
+        let _ = writeln!(
+            out,
+            "outcome  {}{}   ({:.2} ms{}) → {}",
+            s(&o["kind"]).to_uppercase(),
+            o["reason"]
+                .as_str()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default(),
+            e["elapsed_ms"].as_f64().unwrap_or(0.0),
+            if e["fresh_instance"].as_bool() == Some(true) {
+                ", new instance"
+            } else {
+                ""
+            },
+            if e["committed"].as_bool() == Some(true) {
+                "committed"
+            } else {
+                "rolled back"
+            }
+        );
+        let statements = e["statements"].as_array().cloned().unwrap_or_default();
+        if !statements.is_empty() {
+            let _ = writeln!(out, "sql");
+            for (n, st) in statements.iter().enumerate() {
+                let sql = s(&st["sql"]);
+                let sql = sql.split_whitespace().collect::<Vec<_>>().join(" ");
+                let _ = writeln!(out, "  {}. {}", n + 1, sql);
+                if let Some(params) = st["params"].as_array().filter(|p| !p.is_empty()) {
+                    let rendered: Vec<String> = params
+                        .iter()
+                        .enumerate()
+                        .map(|(k, v)| format!("${}={}", k + 1, v))
+                        .collect();
+                    let _ = writeln!(out, "     {}", rendered.join("  "));
+                }
+                let result = if let Some(n) = st.get("changed") {
+                    format!("{n} row(s) changed")
+                } else if let Some(n) = st.get("returned") {
+                    format!("{n} row(s) returned")
+                } else {
+                    format!("ERROR {}", s(&st["error"]))
+                };
+                let _ = writeln!(out, "     → {result}");
+            }
+        }
+        if let Some(changes) = e["changes"].as_object().filter(|c| !c.is_empty()) {
+            let label = if e["committed"].as_bool() == Some(true) {
+                "rows changed"
+            } else {
+                "rows it would have changed (rolled back)"
+            };
+            let _ = writeln!(out, "{label}");
+            for (table, c) in changes {
+                let _ = writeln!(out, "  {table}");
+                for r in c["removed"].as_array().into_iter().flatten() {
+                    let _ = writeln!(out, "    - {r}");
+                }
+                for r in c["added"].as_array().into_iter().flatten() {
+                    let _ = writeln!(out, "    + {r}");
+                }
+                if let Some(why) = c.get("not_compared") {
+                    let _ = writeln!(out, "    (not compared: {})", s(why));
+                }
+            }
+        }
+        for (field, label) in [
+            ("published", "published"),
+            ("discarded_publishes", "would have published (discarded: rolled back)"),
+        ] {
+            let msgs = e[field].as_array().cloned().unwrap_or_default();
+            if msgs.is_empty() {
+                continue;
+            }
+            let _ = writeln!(out, "{label} ({})", msgs.len());
+            for m in msgs {
+                let partition = m["partition"]
+                    .as_i64()
+                    .map_or("by key".to_string(), |p| p.to_string());
+                let _ = writeln!(
+                    out,
+                    "  → {}  key {}  partition {}",
+                    s(&m["topic"]),
+                    m["key"],
+                    partition
+                );
+                if let Some(h) = m["headers"].as_object() {
+                    let hs: Vec<String> = h.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    let _ = writeln!(out, "    headers {}", hs.join("  "));
+                }
+                let value = m.get("value").or_else(|| m.get("value_raw"));
+                if let Some(v) = value {
+                    let _ = writeln!(out, "    {v}");
+                }
+            }
+        }
+        for r in e["refused_publishes"].as_array().into_iter().flatten() {
+            let _ = writeln!(out, "publish refused: {}", s(r));
+        }
+        let logs = e["logs"].as_array().cloned().unwrap_or_default();
+        if !logs.is_empty() {
+            let _ = writeln!(out, "log");
+            for l in logs {
+                let _ = writeln!(
+                    out,
+                    "  {:5} [{}] {}",
+                    s(&l["level"]),
+                    s(&l["source"]),
+                    s(&l["message"])
+                );
+            }
+        }
+        if e["dropped_logs"].as_u64().unwrap_or(0) > 0 {
+            let _ = writeln!(out, "  ({} log lines dropped over the cap)", e["dropped_logs"]);
+        }
+    }
+    out
+}
+
+/// A JSON string without quotes, other values as JSON.
+fn s(v: &Json) -> String {
+    match v {
+        Json::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_value_and_value_raw() -> anyhow::Result<()> {
+        let events = parse_events(
+            "t.json",
+            r#"[{"topic": "a", "key": "k", "headers": {"request-id": "r1"}, "value": {"x": "احمد"}},
+                {"topic": "b", "value_raw": "not json"}]"#,
+        )?;
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].payload, r#"{"x":"احمد"}"#.as_bytes());
+        assert_eq!(events[0].header_str("request-id"), Some("r1"));
+        assert_eq!(events[0].key.as_deref(), Some(&b"k"[..]));
+        assert_eq!(events[1].payload, b"not json");
+        assert_eq!(events[1].offset, 1);
+        Ok(())
+    }
+
+    #[test]
+    fn errors_name_file_line_and_column() {
+        let err = parse_events("bad.json", "{\n  \"topic\": \"a\",\n  \"vaule\": 1\n}")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.starts_with("bad.json:3:"), "{err}");
+        assert!(err.contains("vaule"), "{err}");
+        let err = parse_events("x.json", r#"{"topic": "a"}"#)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("missing `value`"), "{err}");
+        let err = parse_events("x.json", r#"{"topic": "a", "value": 1, "value_raw": "1"}"#)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("not both"), "{err}");
+    }
+
+    #[test]
+    fn diff_reports_updates_as_removed_and_added() {
+        let mut before = Snapshot::new();
+        let mut after = Snapshot::new();
+        before.insert("t".into(), Ok(vec![json!({"id": 1, "n": 1}), json!({"id": 2, "n": 5})]));
+        after.insert("t".into(), Ok(vec![json!({"id": 1, "n": 2}), json!({"id": 2, "n": 5})]));
+        after.insert("empty".into(), Ok(vec![]));
+        let d = diff(&before, &after);
+        assert_eq!(d["t"]["removed"], json!([{"id": 1, "n": 1}]));
+        assert_eq!(d["t"]["added"], json!([{"id": 1, "n": 2}]));
+        assert!(d.get("empty").is_none());
+    }
+}

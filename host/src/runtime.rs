@@ -1,0 +1,665 @@
+//! The plugin runtime: one wasmtime [`Engine`], plugins compiled once and
+//! cached pre-instantiated, and [`PluginWorker`]s that run events on them.
+//!
+//! Sandbox defaults (DESIGN.md): Cranelift, guard pages, the pooling
+//! allocator, epoch interruption with a ticker every
+//! [`EPOCH_TICK_MS`](crate::limits::EPOCH_TICK_MS) and a deadline per call,
+//! `StoreLimits` per plugin, and a WASI context that grants nothing.
+//!
+//! A worker keeps one live instance and reuses it across events (about 10x
+//! cheaper than a fresh instance per event, see DESIGN.md); it recycles the
+//! instance after a trap, a limit hit, `recycle_after_events` events or a
+//! new plugin version, and never reuses a store after a trap.
+//! [`Isolation::PerEvent`] gives every event a fresh instance instead.
+
+use crate::bindings::{Plugin, PluginPre, switchyard::plugin::types};
+use crate::capabilities::db::StatementRecord;
+use crate::capabilities::log::LogLine;
+use crate::capabilities::publish::OutMessage;
+use crate::capabilities::{HostState, PluginEnv};
+use crate::database::{MigrationSql, Tx};
+use crate::event::{Event, EventContext};
+use crate::limits::EPOCH_TICK_MS;
+use sha2::Digest;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+
+/// The first 12 hex digits of a SHA-256: how versions are named in logs.
+pub fn short_hash(bytes: &[u8]) -> String {
+    let digest = sha2::Sha256::digest(bytes);
+    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Engine-wide settings.
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    /// Component instances the pool holds at once (live instances across
+    /// all workers, plus those being loaded).
+    pub max_instances: u32,
+    /// The largest `memory_bytes` any plugin may be given.
+    pub max_memory_bytes: usize,
+    /// Use the pooling allocator (fast instantiation); off falls back to
+    /// on-demand allocation, for machines that refuse the address-space
+    /// reservation.
+    pub pooling: bool,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        Self {
+            max_instances: 256,
+            max_memory_bytes: 256 << 20,
+            pooling: true,
+        }
+    }
+}
+
+/// Why a plugin file could not be loaded. The running version, if any,
+/// stays in service.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("{source_name}: cannot read the plugin file: {error}")]
+    Read {
+        /// File name.
+        source_name: String,
+        /// The I/O error.
+        error: std::io::Error,
+    },
+    /// Not a component (a core module, a truncated file, not wasm at all).
+    #[error("{source_name}: not a valid WebAssembly component: {reason}")]
+    NotAComponent {
+        /// File name.
+        source_name: String,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+    /// A component, but not of the plugin world.
+    #[error("{source_name}: does not implement the switchyard:plugin/plugin world: {reason}")]
+    WrongWorld {
+        /// File name.
+        source_name: String,
+        /// The mismatch.
+        reason: String,
+    },
+    /// Instantiation (start functions) or `describe` failed.
+    #[error("{source_name}: failed to start: {reason}")]
+    Start {
+        /// File name.
+        source_name: String,
+        /// The trap or error.
+        reason: String,
+    },
+}
+
+/// What a plugin version says about itself.
+#[derive(Debug, Clone)]
+pub struct PluginInfo {
+    /// Name reported by `describe`.
+    pub name: String,
+    /// Version reported by `describe`.
+    pub version: String,
+    /// Schema migrations, in order.
+    pub migrations: Vec<MigrationSql>,
+}
+
+/// A compiled, pre-instantiated plugin version.
+pub struct LoadedPlugin {
+    /// What `describe` returned.
+    pub info: PluginInfo,
+    /// Content hash of the file (12 hex digits).
+    pub hash: String,
+    /// Where it was loaded from.
+    pub source: String,
+    /// Size of the file in bytes.
+    pub size: usize,
+    /// Time spent compiling.
+    pub compile_time: Duration,
+    /// Limits, grants and settings.
+    pub env: Arc<PluginEnv>,
+    pre: PluginPre<HostState>,
+    engine: Engine,
+}
+
+impl std::fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPlugin")
+            .field("name", &self.env.name)
+            .field("version", &self.info.version)
+            .field("hash", &self.hash)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Stops the epoch ticker thread when dropped.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The engine, the linker with every capability, and the epoch ticker.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    options: RuntimeOptions,
+    _ticker: EpochTicker,
+}
+
+impl Runtime {
+    /// Build the engine and start the epoch ticker.
+    pub fn new(options: RuntimeOptions) -> anyhow::Result<Self> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        config.wasm_component_model(true);
+        config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        if options.pooling {
+            let n = options.max_instances.max(1);
+            let mut pool = PoolingAllocationConfig::default();
+            pool.total_component_instances(n)
+                .total_core_instances(n.saturating_mul(8))
+                .total_memories(n.saturating_mul(2))
+                .total_tables(n.saturating_mul(4))
+                .total_stacks(n)
+                .max_core_instances_per_component(16)
+                .max_memories_per_component(4)
+                .max_tables_per_component(8)
+                .max_memory_size(options.max_memory_bytes);
+            config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        }
+        let engine = Engine::new(&config).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot create the WebAssembly engine: {e:#}{}",
+                if options.pooling {
+                    " (the pooling allocator reserves address space up front; lower `max_instances` or turn `pooling` off)"
+                } else {
+                    ""
+                }
+            )
+        })?;
+        let mut linker = Linker::new(&engine);
+        crate::capabilities::add_to_linker(&mut linker)
+            .map_err(|e| anyhow::anyhow!("cannot link the plugin capabilities: {e:#}"))?;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticker_engine = engine.clone();
+        let ticker_stop = stop.clone();
+        std::thread::Builder::new()
+            .name("switchyard-epoch".into())
+            .spawn(move || {
+                while !ticker_stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(EPOCH_TICK_MS));
+                    ticker_engine.increment_epoch();
+                }
+            })?;
+        Ok(Self {
+            engine,
+            linker,
+            options,
+            _ticker: EpochTicker { stop },
+        })
+    }
+
+    /// The options this runtime was built with.
+    pub fn options(&self) -> &RuntimeOptions {
+        &self.options
+    }
+
+    /// Load a plugin from a file.
+    pub async fn load_file(
+        &self,
+        path: &Path,
+        env: PluginEnv,
+    ) -> Result<Arc<LoadedPlugin>, LoadError> {
+        let source_name = path.display().to_string();
+        let bytes = tokio::fs::read(path).await.map_err(|error| LoadError::Read {
+            source_name: source_name.clone(),
+            error,
+        })?;
+        self.load_bytes(bytes, source_name, env).await
+    }
+
+    /// Compile `bytes`, check the plugin world, start one instance and ask
+    /// it to `describe` itself. Compilation runs on a blocking thread, off
+    /// the event path.
+    pub async fn load_bytes(
+        &self,
+        bytes: Vec<u8>,
+        source_name: String,
+        env: PluginEnv,
+    ) -> Result<Arc<LoadedPlugin>, LoadError> {
+        check_component_header(&bytes).map_err(|reason| LoadError::NotAComponent {
+            source_name: source_name.clone(),
+            reason,
+        })?;
+        if env.limits.memory_bytes > self.options.max_memory_bytes {
+            return Err(LoadError::Start {
+                source_name,
+                reason: format!(
+                    "memory_bytes {} is over the runtime's max_memory_bytes {}",
+                    env.limits.memory_bytes, self.options.max_memory_bytes
+                ),
+            });
+        }
+        let hash = short_hash(&bytes);
+        let size = bytes.len();
+        let engine = self.engine.clone();
+        let started = Instant::now();
+        let component = tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
+            .await
+            .map_err(|e| LoadError::NotAComponent {
+                source_name: source_name.clone(),
+                reason: format!("compiler task failed: {e}"),
+            })?
+            .map_err(|e| LoadError::NotAComponent {
+                source_name: source_name.clone(),
+                reason: format!("{e:#}"),
+            })?;
+        let compile_time = started.elapsed();
+        let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld {
+            source_name: source_name.clone(),
+            reason: format!("{e:#}"),
+        };
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(wrong_world)?;
+        let pre = PluginPre::new(instance_pre).map_err(wrong_world)?;
+        let env = Arc::new(env);
+
+        // Instantiate once to run start functions and `describe`, under the
+        // plugin's deadline and memory cap.
+        let start_err = |reason: String| LoadError::Start {
+            source_name: source_name.clone(),
+            reason,
+        };
+        let mut store = new_store(&self.engine, env.clone());
+        store.data_mut().begin_call(None, false);
+        arm_deadline(&mut store);
+        let plugin = match pre.instantiate_async(&mut store).await {
+            Ok(p) => p,
+            Err(e) => return Err(start_err(failure_of(&store, &e).to_string())),
+        };
+        arm_deadline(&mut store);
+        let described = match plugin.call_describe(&mut store).await {
+            Ok(info) => info,
+            Err(e) => return Err(start_err(format!("describe: {}", failure_of(&store, &e)))),
+        };
+        let info = PluginInfo {
+            name: described.name,
+            version: described.version,
+            migrations: described
+                .migrations
+                .into_iter()
+                .map(|m| MigrationSql {
+                    id: m.id,
+                    postgres: m.postgres,
+                    sqlite: m.sqlite,
+                })
+                .collect(),
+        };
+        Ok(Arc::new(LoadedPlugin {
+            info,
+            hash,
+            source: source_name,
+            size,
+            compile_time,
+            env,
+            pre,
+            engine: self.engine.clone(),
+        }))
+    }
+}
+
+/// Reject what is obviously not a component before the compiler sees it,
+/// with a message that says what to do.
+fn check_component_header(bytes: &[u8]) -> Result<(), String> {
+    const MAGIC: &[u8; 4] = b"\0asm";
+    if bytes.len() < 8 {
+        return Err(format!(
+            "the file is {} bytes long: truncated or still being written",
+            bytes.len()
+        ));
+    }
+    if &bytes[..4] != MAGIC {
+        return Err("the file does not start with the WebAssembly magic bytes".to_string());
+    }
+    if bytes[4..8] == [1, 0, 0, 0] {
+        return Err(
+            "this is a core WebAssembly module, not a component: build the plugin with `--target wasm32-wasip2`"
+                .to_string(),
+        );
+    }
+    Ok(())
+}
+
+fn new_store(engine: &Engine, env: Arc<PluginEnv>) -> Store<HostState> {
+    let mut store = Store::new(engine, HostState::new(env));
+    store.limiter(|s| &mut s.limits);
+    // Check the deadline at every tick and yield to the executor meanwhile,
+    // so a busy plugin does not hold a runtime thread for its whole budget.
+    store.epoch_deadline_callback(|mut ctx| {
+        let data = ctx.data_mut();
+        if Instant::now() >= data.deadline {
+            data.deadline_hit = true;
+            Ok(wasmtime::UpdateDeadline::Interrupt)
+        } else {
+            Ok(wasmtime::UpdateDeadline::Yield(1))
+        }
+    });
+    store
+}
+
+/// Start the deadline of one call (instantiation, `describe` or `handle`).
+fn arm_deadline(store: &mut Store<HostState>) {
+    let budget = Duration::from_millis(store.data().env.limits.deadline_ms);
+    let data = store.data_mut();
+    data.deadline = Instant::now() + budget;
+    data.deadline_hit = false;
+    store.set_epoch_deadline(1);
+}
+
+/// Why a call into a plugin failed (the instance is discarded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The call ran past its deadline.
+    Deadline {
+        /// The deadline in milliseconds.
+        deadline_ms: u64,
+    },
+    /// Linear memory growth past the cap.
+    Memory {
+        /// The cap in bytes.
+        limit_bytes: usize,
+    },
+    /// Any other trap (panic, unreachable, stack overflow, ...).
+    Trap(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Deadline { deadline_ms } => write!(
+                f,
+                "deadline exceeded: the call ran longer than {deadline_ms} ms and was interrupted"
+            ),
+            Failure::Memory { limit_bytes } => write!(
+                f,
+                "memory limit exceeded: the plugin tried to grow past {limit_bytes} bytes"
+            ),
+            Failure::Trap(reason) => write!(f, "trap: {reason}"),
+        }
+    }
+}
+
+fn failure_of(store: &Store<HostState>, e: &wasmtime::Error) -> Failure {
+    let data = store.data();
+    if data.deadline_hit || e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt)
+    {
+        return Failure::Deadline {
+            deadline_ms: data.env.limits.deadline_ms,
+        };
+    }
+    let text = format!("{e:#}");
+    if text.contains("forcing trap when growing memory") {
+        return Failure::Memory {
+            limit_bytes: data.env.limits.memory_bytes,
+        };
+    }
+    // The first line names the trap; the rest is the wasm backtrace.
+    Failure::Trap(text.lines().next().unwrap_or("unknown trap").to_string())
+}
+
+/// What became of an event in one plugin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Handled: commit.
+    Done,
+    /// Nothing to do: commit, never retried nor dead-lettered.
+    Skipped(String),
+    /// Transient: roll back and retry with backoff.
+    Retry(String),
+    /// Invalid: roll back and dead-letter.
+    Rejected(String),
+    /// The plugin trapped or hit a limit: roll back; retried a bounded
+    /// number of times, then dead-lettered.
+    Failed(Failure),
+}
+
+impl Outcome {
+    /// `done`, `skipped`, `retry`, `rejected` or `failed`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Outcome::Done => "done",
+            Outcome::Skipped(_) => "skipped",
+            Outcome::Retry(_) => "retry",
+            Outcome::Rejected(_) => "rejected",
+            Outcome::Failed(_) => "failed",
+        }
+    }
+
+    /// The reason, if the outcome has one.
+    pub fn reason(&self) -> Option<String> {
+        match self {
+            Outcome::Done => None,
+            Outcome::Skipped(r) | Outcome::Retry(r) | Outcome::Rejected(r) => Some(r.clone()),
+            Outcome::Failed(f) => Some(f.to_string()),
+        }
+    }
+
+    /// Whether the event's transaction should commit.
+    pub fn commits(&self) -> bool {
+        matches!(self, Outcome::Done | Outcome::Skipped(_))
+    }
+}
+
+impl From<types::Outcome> for Outcome {
+    fn from(o: types::Outcome) -> Self {
+        match o {
+            types::Outcome::Done => Outcome::Done,
+            types::Outcome::Skipped(r) => Outcome::Skipped(r),
+            types::Outcome::Retry(r) => Outcome::Retry(r),
+            types::Outcome::Rejected(r) => Outcome::Rejected(r),
+        }
+    }
+}
+
+/// Everything one call of `handle` produced.
+#[derive(Debug)]
+pub struct Invocation {
+    /// The outcome.
+    pub outcome: Outcome,
+    /// Messages to produce if the transaction commits.
+    pub messages: Vec<OutMessage>,
+    /// Statements run (only when [`CallOptions::record`] is set).
+    pub statements: Vec<StatementRecord>,
+    /// Statements run (always counted).
+    pub statement_count: usize,
+    /// Log lines (only when [`CallOptions::record`] is set).
+    pub logs: Vec<LogLine>,
+    /// Log lines dropped over the cap.
+    pub dropped_logs: usize,
+    /// Publishes the host refused (the plugin got an error for each).
+    pub refused_publishes: Vec<String>,
+    /// Time inside the plugin, instantiation included.
+    pub elapsed: Duration,
+    /// Whether this call started a new instance.
+    pub fresh_instance: bool,
+}
+
+/// How instances are shared between events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Isolation {
+    /// One live instance reused across events (recycled after a trap, a
+    /// limit hit, a reload or `recycle_after_events`).
+    #[default]
+    Reuse,
+    /// A fresh instance for every event.
+    PerEvent,
+}
+
+/// Options of one call.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CallOptions {
+    /// Record statements and log lines in the [`Invocation`].
+    pub record: bool,
+    /// Instance sharing.
+    pub isolation: Isolation,
+}
+
+struct Live {
+    store: Store<HostState>,
+    plugin: Plugin,
+    events: u64,
+}
+
+/// Runs events on one plugin version, one at a time, keeping a live
+/// instance between events. One worker per plugin per ordered lane.
+pub struct PluginWorker {
+    plugin: Arc<LoadedPlugin>,
+    live: Option<Live>,
+    /// Instances started so far (for metrics and tests).
+    pub instances_started: u64,
+}
+
+impl PluginWorker {
+    /// A worker for `plugin`; the first event starts an instance.
+    pub fn new(plugin: Arc<LoadedPlugin>) -> Self {
+        Self {
+            plugin,
+            live: None,
+            instances_started: 0,
+        }
+    }
+
+    /// The version this worker runs.
+    pub fn plugin(&self) -> &Arc<LoadedPlugin> {
+        &self.plugin
+    }
+
+    /// Switch to another version; the next event starts a new instance.
+    pub fn swap(&mut self, plugin: Arc<LoadedPlugin>) {
+        self.plugin = plugin;
+        self.live = None;
+    }
+
+    async fn instantiate(&mut self) -> Result<Live, Failure> {
+        let mut store = new_store(&self.plugin.engine, self.plugin.env.clone());
+        store.data_mut().begin_call(None, false);
+        arm_deadline(&mut store);
+        self.instances_started += 1;
+        match self.plugin.pre.instantiate_async(&mut store).await {
+            Ok(plugin) => Ok(Live {
+                store,
+                plugin,
+                events: 0,
+            }),
+            Err(e) => Err(failure_of(&store, &e)),
+        }
+    }
+
+    /// Handle one event inside `tx`. The transaction comes back with the
+    /// invocation; the caller commits it if [`Outcome::commits`] and rolls
+    /// it back otherwise. It is always returned; the `Option` only guards
+    /// against a host bug, and a missing transaction must be treated as
+    /// rolled back (dropping a transaction rolls it back).
+    pub async fn handle(
+        &mut self,
+        ctx: Arc<EventContext>,
+        event: &Event,
+        tx: Tx,
+        options: CallOptions,
+    ) -> (Invocation, Option<Tx>) {
+        let started = Instant::now();
+        let fresh_instance = self.live.is_none() || options.isolation == Isolation::PerEvent;
+        let mut live = match self.live.take() {
+            Some(live) if options.isolation == Isolation::Reuse => live,
+            _ => match self.instantiate().await {
+                Ok(live) => live,
+                Err(failure) => {
+                    let invocation = Invocation {
+                        outcome: Outcome::Failed(failure),
+                        messages: Vec::new(),
+                        statements: Vec::new(),
+                        statement_count: 0,
+                        logs: Vec::new(),
+                        dropped_logs: 0,
+                        refused_publishes: Vec::new(),
+                        elapsed: started.elapsed(),
+                        fresh_instance: true,
+                    };
+                    return (invocation, Some(tx));
+                }
+            },
+        };
+
+        let data = live.store.data_mut();
+        data.begin_call(Some(ctx), options.record);
+        data.db.tx = Some(tx);
+        arm_deadline(&mut live.store);
+        let deadline = Duration::from_millis(self.plugin.env.limits.deadline_ms);
+        // Epochs only interrupt wasm code; this outer timeout also bounds
+        // time spent in host calls (a slow statement), dropping the call.
+        let outer = deadline * 2 + Duration::from_secs(1);
+        let wit_event = event.to_wit();
+        let result =
+            tokio::time::timeout(outer, live.plugin.call_handle(&mut live.store, &wit_event)).await;
+
+        let outcome = match result {
+            Ok(Ok(outcome)) => Outcome::from(outcome),
+            Ok(Err(e)) => Outcome::Failed(failure_of(&live.store, &e)),
+            Err(_elapsed) => Outcome::Failed(Failure::Deadline {
+                deadline_ms: self.plugin.env.limits.deadline_ms,
+            }),
+        };
+        let data = live.store.data_mut();
+        let tx = data.db.tx.take();
+        let (logs, dropped_logs) = data.log.finish();
+        let invocation = Invocation {
+            messages: std::mem::take(&mut data.publish.messages),
+            refused_publishes: std::mem::take(&mut data.publish.refused),
+            statements: std::mem::take(&mut data.db.statements),
+            statement_count: data.db.count,
+            logs,
+            dropped_logs,
+            elapsed: started.elapsed(),
+            fresh_instance,
+            outcome,
+        };
+        live.events += 1;
+        let recycle_after = self.plugin.env.limits.recycle_after_events;
+        let keep = !matches!(invocation.outcome, Outcome::Failed(_))
+            && options.isolation == Isolation::Reuse
+            && (recycle_after == 0 || live.events < recycle_after);
+        if keep {
+            self.live = Some(live);
+        }
+        (invocation, tx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_check_explains_core_modules_and_truncation() {
+        let core = b"\0asm\x01\0\0\0rest";
+        assert!(check_component_header(core).is_err_and(|m| m.contains("wasm32-wasip2")));
+        assert!(check_component_header(b"\0as").is_err_and(|m| m.contains("truncated")));
+        assert!(check_component_header(b"PK\x03\x04zzzz").is_err_and(|m| m.contains("magic")));
+        assert!(check_component_header(b"\0asm\x0d\0\x01\0").is_ok());
+    }
+
+    #[test]
+    fn hashes_are_short_and_stable() {
+        assert_eq!(short_hash(b"abc"), "ba7816bf8f01");
+    }
+}
