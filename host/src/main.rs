@@ -60,6 +60,10 @@ struct TestArgs {
     /// characters). Repeatable; the default grants every topic.
     #[arg(long = "grant", default_value = "*")]
     grants: Vec<String>,
+    /// SQL script to run before the events, after the plugin's migrations
+    /// (fixture rows). Repeatable.
+    #[arg(long)]
+    setup: Vec<PathBuf>,
     /// Deadline per call in milliseconds.
     #[arg(long)]
     deadline_ms: Option<u64>,
@@ -82,7 +86,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Plugin(PluginCommand::Test(args)) => {
-            init_logging("warn,switchyard::plugin=off");
+            init_logging("warn,switchyard::plugin=off,switchyard::capabilities=off");
             match runtime.block_on(plugin_test_cmd(args)) {
                 Ok(code) => code,
                 Err(e) => {
@@ -111,6 +115,7 @@ async fn plugin_test_cmd(args: TestArgs) -> anyhow::Result<ExitCode> {
         settings,
         grants: args.grants,
         limits,
+        setup: args.setup,
     };
     let report = plugin_test::run(&options).await?;
     if args.json {

@@ -157,7 +157,8 @@ fn to_event(file: &str, i: usize, f: EventFile) -> Result<Event, EventFileError>
     Ok(Event {
         topic: f.topic,
         partition: f.partition.unwrap_or(0),
-        offset: f.offset.unwrap_or(i as i64),
+        // Without an explicit offset, `run` numbers events in run order.
+        offset: f.offset.unwrap_or(-1),
         timestamp_ms: Some(chrono::Utc::now().timestamp_millis()),
         key: f.key.map(String::into_bytes),
         payload,
@@ -195,6 +196,9 @@ pub struct TestOptions {
     pub grants: Vec<String>,
     /// Limits.
     pub limits: Limits,
+    /// SQL scripts run before the events, after the plugin's migrations
+    /// (fixtures such as the `customers` a role-mapping event refers to).
+    pub setup: Vec<PathBuf>,
 }
 
 /// What a run found, ready to print.
@@ -212,6 +216,11 @@ pub async fn run(options: &TestOptions) -> anyhow::Result<TestReport> {
     let mut events = Vec::new();
     for file in &options.events {
         events.extend(read_events(file)?);
+    }
+    for (i, event) in events.iter_mut().enumerate() {
+        if event.offset < 0 {
+            event.offset = i as i64;
+        }
     }
     let runtime = Runtime::new(crate::runtime::RuntimeOptions {
         max_instances: 16,
@@ -231,6 +240,13 @@ pub async fn run(options: &TestOptions) -> anyhow::Result<TestReport> {
     let plugin = runtime.load_file(&options.plugin, env).await?;
     let db = Database::connect(&options.database, 2).await?;
     let applied = db.migrate(&plugin.info.name, &plugin.info.migrations).await?;
+    for script in &options.setup {
+        let sql = std::fs::read_to_string(script)
+            .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", script.display()))?;
+        db.run_script(&sql)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}: setup SQL failed: {e}", script.display()))?;
+    }
 
     let mut worker = PluginWorker::new(plugin.clone());
     let mut reports = Vec::new();
@@ -648,7 +664,7 @@ mod tests {
         assert_eq!(events[0].header_str("request-id"), Some("r1"));
         assert_eq!(events[0].key.as_deref(), Some(&b"k"[..]));
         assert_eq!(events[1].payload, b"not json");
-        assert_eq!(events[1].offset, 1);
+        assert_eq!(events[1].offset, -1, "numbered later, in run order");
         Ok(())
     }
 

@@ -412,8 +412,17 @@ fn failure_of(store: &Store<HostState>, e: &wasmtime::Error) -> Failure {
             limit_bytes: data.env.limits.memory_bytes,
         };
     }
-    // The first line names the trap; the rest is the wasm backtrace.
-    Failure::Trap(text.lines().next().unwrap_or("unknown trap").to_string())
+    // Name the trap itself (`unreachable`, stack overflow, ...) rather
+    // than the generic "error while executing" context around it.
+    let trap = match e.downcast_ref::<wasmtime::Trap>() {
+        Some(trap) => trap.to_string(),
+        None => e
+            .chain()
+            .last()
+            .map(|root| root.to_string())
+            .unwrap_or_else(|| "unknown trap".to_string()),
+    };
+    Failure::Trap(trap)
 }
 
 /// What became of an event in one plugin.
@@ -614,7 +623,13 @@ impl PluginWorker {
 
         let outcome = match result {
             Ok(Ok(outcome)) => Outcome::from(outcome),
-            Ok(Err(e)) => Outcome::Failed(failure_of(&live.store, &e)),
+            Ok(Err(e)) => Outcome::Failed(match failure_of(&live.store, &e) {
+                Failure::Trap(trap) => match live.store.data_mut().log.panic_message() {
+                    Some(panic) => Failure::Trap(format!("{trap}; the plugin {panic}")),
+                    None => Failure::Trap(trap),
+                },
+                other => other,
+            }),
             Err(_elapsed) => Outcome::Failed(Failure::Deadline {
                 deadline_ms: self.plugin.env.limits.deadline_ms,
             }),

@@ -49,7 +49,13 @@ struct Shared {
     lines: Vec<LogLine>,
     stdout: Vec<u8>,
     stderr: Vec<u8>,
+    /// The last stderr lines of the call, kept regardless of the cap so
+    /// that a trap can be explained by the panic message before it.
+    recent_stderr: std::collections::VecDeque<String>,
 }
+
+/// How many recent stderr lines are kept for explaining a trap.
+const RECENT_STDERR: usize = 8;
 
 /// Per-store log state; cloned handles feed WASI stdout and stderr.
 #[derive(Debug, Clone)]
@@ -80,6 +86,7 @@ impl LogState {
                 lines: Vec::new(),
                 stdout: Vec::new(),
                 stderr: Vec::new(),
+                recent_stderr: std::collections::VecDeque::new(),
             })),
         }
     }
@@ -98,6 +105,32 @@ impl LogState {
         s.lines.clear();
         s.stdout.clear();
         s.stderr.clear();
+        s.recent_stderr.clear();
+    }
+
+    /// The panic message the guest printed during this call, if any:
+    /// Rust's panic hook writes `thread '..' panicked at file:line:col:`
+    /// and then the message to stderr before the trap.
+    pub(crate) fn panic_message(&mut self) -> Option<String> {
+        let mut s = self.lock();
+        let pending = std::mem::take(&mut s.stderr);
+        if !pending.is_empty() {
+            let text = String::from_utf8_lossy(&pending).into_owned();
+            emit(&mut s, Stream::Stderr, None, text);
+        }
+        let lines: Vec<&String> = s.recent_stderr.iter().collect();
+        let at = lines.iter().rposition(|l| l.contains("panicked at"))?;
+        let location = lines[at]
+            .split("panicked at ")
+            .nth(1)
+            .unwrap_or("")
+            .trim_end_matches(':');
+        let message: Vec<&str> = lines[at + 1..]
+            .iter()
+            .map(|l| l.as_str())
+            .take_while(|l| !l.starts_with("note:"))
+            .collect();
+        Some(format!("panicked at {location}: {}", message.join(" ")))
     }
 
     /// Keep lines of the current call for the caller.
@@ -155,6 +188,22 @@ impl LogState {
 
 /// Write one line to tracing (and the capture), respecting the cap.
 fn emit(s: &mut Shared, stream: Stream, level: Option<Level>, mut message: String) {
+    if stream != Stream::Log && message.trim().is_empty() {
+        return;
+    }
+    if stream == Stream::Stderr {
+        if s.recent_stderr.len() == RECENT_STDERR {
+            s.recent_stderr.pop_front();
+        }
+        let mut kept = message.clone();
+        kept.truncate(
+            (0..=kept.len().min(512))
+                .rev()
+                .find(|&i| kept.is_char_boundary(i))
+                .unwrap_or(0),
+        );
+        s.recent_stderr.push_back(kept);
+    }
     if s.written >= s.max_lines {
         s.dropped += 1;
         return;

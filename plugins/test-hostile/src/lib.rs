@@ -1,0 +1,124 @@
+//! A plugin that misbehaves on request, for the runtime and sandbox tests.
+//!
+//! The event's JSON payload says what to do: `{"do": "<action>", ...}`.
+//! - `ok`: return done;
+//! - `count`: log how many events this instance has handled (shows
+//!   instance reuse vs per-event isolation);
+//! - `panic`, `loop`, `oom`, `recurse`: trap, spin forever, grow memory
+//!   without bound, overflow the stack;
+//! - `sql` with `"sql"` and optional `"params"` (strings): run it and return
+//!   done, or rejected with the database error;
+//! - `publish` with `"topic"`, `"bytes"` and `"count"`: publish that many
+//!   messages of that size; rejected with the first refusal;
+//! - `print`: write to stdout and stderr;
+//! - `retry`, `reject`, `skip`: return that outcome.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use switchyard_plugin::{Event, Outcome, PluginInfo, db, publish};
+
+static HANDLED: AtomicU64 = AtomicU64::new(0);
+
+struct Hostile;
+
+#[derive(serde::Deserialize)]
+struct Command {
+    #[serde(rename = "do")]
+    action: String,
+    #[serde(default)]
+    sql: String,
+    #[serde(default)]
+    params: Vec<String>,
+    #[serde(default)]
+    topic: String,
+    #[serde(default)]
+    bytes: usize,
+    #[serde(default = "one")]
+    count: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+#[allow(unconditional_recursion)]
+fn recurse(depth: u64) -> u64 {
+    let frame = [depth; 64];
+    recurse(depth + 1).wrapping_add(std::hint::black_box(frame)[0])
+}
+
+impl switchyard_plugin::Guest for Hostile {
+    fn describe() -> PluginInfo {
+        switchyard_plugin::info(
+            "test-hostile",
+            env!("CARGO_PKG_VERSION"),
+            vec![switchyard_plugin::migration(
+                "0001-create-hostile-marks",
+                "CREATE TABLE IF NOT EXISTS hostile_marks (id TEXT PRIMARY KEY, note TEXT NOT NULL)",
+                "CREATE TABLE IF NOT EXISTS hostile_marks (id TEXT PRIMARY KEY, note TEXT NOT NULL)",
+            )],
+        )
+    }
+
+    fn handle(ev: Event) -> Outcome {
+        let n = HANDLED.fetch_add(1, Ordering::Relaxed) + 1;
+        switchyard_plugin::run(|| {
+            let cmd: Command = ev.json()?;
+            match cmd.action.as_str() {
+                "ok" => Ok(Outcome::Done),
+                "count" => {
+                    switchyard_plugin::log::info(&format!("handled {n}"));
+                    Ok(Outcome::Done)
+                }
+                "panic" => panic!("asked to panic"),
+                "loop" => {
+                    let mut x: u64 = 0;
+                    loop {
+                        x = std::hint::black_box(x.wrapping_add(1));
+                    }
+                }
+                "oom" => {
+                    let mut hoard: Vec<Vec<u8>> = Vec::new();
+                    loop {
+                        hoard.push(vec![1u8; 1 << 20]);
+                        std::hint::black_box(&hoard);
+                    }
+                }
+                "recurse" => {
+                    std::hint::black_box(recurse(0));
+                    Ok(Outcome::Done)
+                }
+                "sql" => {
+                    let params: Vec<db::Value> =
+                        cmd.params.iter().map(|p| p.as_str().into()).collect();
+                    match db::query(&cmd.sql, &params) {
+                        Ok(rows) => {
+                            switchyard_plugin::log::info(&format!("{} rows", rows.rows.len()));
+                            Ok(Outcome::Done)
+                        }
+                        Err(e) => Ok(switchyard_plugin::rejected(e.reason())),
+                    }
+                }
+                "publish" => {
+                    let body = "x".repeat(cmd.bytes);
+                    for _ in 0..cmd.count {
+                        if let Err(e) = publish::json(&cmd.topic, None, &body) {
+                            return Ok(switchyard_plugin::rejected(e.reason()));
+                        }
+                    }
+                    Ok(Outcome::Done)
+                }
+                "print" => {
+                    println!("to stdout");
+                    eprintln!("to stderr");
+                    Ok(Outcome::Done)
+                }
+                "retry" => Ok(switchyard_plugin::retry("asked to retry")),
+                "reject" => Ok(switchyard_plugin::rejected("asked to reject")),
+                "skip" => Ok(switchyard_plugin::skipped("asked to skip")),
+                other => Ok(switchyard_plugin::rejected(format!("unknown action {other}"))),
+            }
+        })
+    }
+}
+
+switchyard_plugin::export_plugin!(Hostile);

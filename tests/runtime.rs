@@ -1,0 +1,292 @@
+//! The runtime against a plugin that misbehaves on request
+//! (`plugins/test-hostile`): every guest failure is an outcome with a
+//! reason, never a host panic; a failed instance is never reused; effects
+//! of a failed or rejected event are rolled back.
+
+mod common;
+
+use common::{Harness, plugin_path};
+use serde_json::json;
+use std::sync::Arc;
+use switchyard::capabilities::PluginEnv;
+use switchyard::capabilities::publish::Grants;
+use switchyard::database::Backend;
+use switchyard::limits::Limits;
+use switchyard::runtime::{Failure, LoadError, Outcome, Runtime, RuntimeOptions};
+
+const PLUGIN: &str = "test-hostile";
+
+fn tight_limits() -> Limits {
+    Limits {
+        deadline_ms: 100,
+        memory_bytes: 16 << 20,
+        ..Limits::default()
+    }
+}
+
+async fn hostile(backend: Backend) -> Harness {
+    Harness::with_env(
+        PLUGIN,
+        backend,
+        serde_json::Map::new(),
+        tight_limits(),
+        Grants::new(vec!["allowed.*".into()]),
+    )
+    .await
+}
+
+async fn insert_mark(h: &mut Harness, id: &str) -> Outcome {
+    h.send(
+        "t",
+        None,
+        &[],
+        json!({"do": "sql", "sql": "INSERT INTO hostile_marks (id, note) VALUES ($1, $2) RETURNING id", "params": [id, "n"]}),
+    )
+    .await
+    .outcome
+}
+
+async fn traps_are_outcomes_and_the_instance_is_replaced(backend: Backend) {
+    let mut h = hostile(backend).await;
+    let first = h.send("t", None, &[], json!({"do": "ok"})).await;
+    assert_eq!(first.outcome, Outcome::Done);
+    assert!(first.fresh_instance);
+
+    let panic = h.send("t", None, &[], json!({"do": "panic"})).await;
+    match &panic.outcome {
+        Outcome::Failed(Failure::Trap(reason)) => {
+            assert!(reason.contains("unreachable"), "{reason}");
+            assert!(reason.contains("asked to panic"), "panic message kept: {reason}");
+        }
+        other => panic!("expected a trap, got {other:?}"),
+    }
+    // The trapped store is gone: the next event runs on a new instance.
+    let after = h.send("t", None, &[], json!({"do": "ok"})).await;
+    assert_eq!(after.outcome, Outcome::Done);
+    assert!(after.fresh_instance, "a trapped instance must not be reused");
+    assert_eq!(h.worker.instances_started, 2);
+}
+
+async fn deadline_interrupts_an_endless_loop(backend: Backend) {
+    let mut h = hostile(backend).await;
+    let started = std::time::Instant::now();
+    let inv = h.send("t", None, &[], json!({"do": "loop"})).await;
+    assert_eq!(
+        inv.outcome,
+        Outcome::Failed(Failure::Deadline { deadline_ms: 100 })
+    );
+    // Within twice the deadline (generous for a loaded CI machine: the
+    // point is that it ends, not the exact figure).
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert_eq!(
+        h.send("t", None, &[], json!({"do": "ok"})).await.outcome,
+        Outcome::Done
+    );
+}
+
+async fn memory_cap_stops_a_memory_bomb(backend: Backend) {
+    let mut h = hostile(backend).await;
+    let inv = h.send("t", None, &[], json!({"do": "oom"})).await;
+    assert_eq!(
+        inv.outcome,
+        Outcome::Failed(Failure::Memory {
+            limit_bytes: 16 << 20
+        })
+    );
+    let inv = h.send("t", None, &[], json!({"do": "recurse"})).await;
+    assert!(
+        matches!(&inv.outcome, Outcome::Failed(Failure::Trap(_))),
+        "{:?}",
+        inv.outcome
+    );
+}
+
+async fn instances_are_reused_unless_isolated(backend: Backend) {
+    let mut h = hostile(backend).await;
+    for n in 1..=3 {
+        let inv = h.send("t", None, &[], json!({"do": "count"})).await;
+        let lines: Vec<&str> = inv.logs.iter().map(|l| l.message.as_str()).collect();
+        assert!(lines.is_empty(), "logs are recorded only on request");
+        assert_eq!(inv.fresh_instance, n == 1);
+    }
+    assert_eq!(h.worker.instances_started, 1);
+
+    let mut h = hostile(backend).await.per_event();
+    h.options.record = true;
+    for _ in 0..3 {
+        let inv = h.send("t", None, &[], json!({"do": "count"})).await;
+        let lines: Vec<&str> = inv.logs.iter().map(|l| l.message.as_str()).collect();
+        assert_eq!(lines, vec!["handled 1"], "each event sees a fresh instance");
+    }
+    assert_eq!(h.worker.instances_started, 3);
+}
+
+async fn rejected_and_failed_events_roll_back(backend: Backend) {
+    let mut h = hostile(backend).await;
+    assert_eq!(insert_mark(&mut h, "a").await, Outcome::Done);
+    // A duplicate key is a constraint error the plugin turns into a
+    // rejection; nothing of that event stays.
+    let dup = insert_mark(&mut h, "a").await;
+    assert!(
+        matches!(&dup, Outcome::Rejected(r) if r.contains("Unique")),
+        "{dup:?}"
+    );
+    assert_eq!(h.count("hostile_marks").await, 1);
+}
+
+async fn sql_gate_refuses_non_dml(backend: Backend) {
+    let mut h = hostile(backend).await;
+    for (sql, expect) in [
+        ("DROP TABLE hostile_marks", "DROP statements are not allowed"),
+        ("SELECT 1; DELETE FROM hostile_marks", "several statements"),
+        ("BEGIN", "BEGIN statements are not allowed"),
+        ("SET statement_timeout = 0", "SET statements are not allowed"),
+        ("SELECT pg_read_file('/etc/passwd')", "pg_read_file is not allowed"),
+    ] {
+        let inv = h.send("t", None, &[], json!({"do": "sql", "sql": sql})).await;
+        assert!(
+            matches!(&inv.outcome, Outcome::Rejected(r) if r.contains(expect)),
+            "{sql}: {:?}",
+            inv.outcome
+        );
+    }
+    assert_eq!(h.count("hostile_marks").await, 0);
+}
+
+async fn publish_grants_and_caps(backend: Backend) {
+    let mut h = hostile(backend).await;
+    let ok = h
+        .send(
+            "t",
+            None,
+            &[("request-id", "req-9")],
+            json!({"do": "publish", "topic": "allowed.out", "bytes": 10, "count": 2}),
+        )
+        .await;
+    assert_eq!(ok.outcome, Outcome::Done);
+    assert_eq!(ok.messages.len(), 2);
+    for m in &ok.messages {
+        assert_eq!(m.header_str("request-id"), Some("req-9"));
+        assert!(m.header_str("event-id").is_some_and(|id| id.len() == 36));
+    }
+    assert_ne!(
+        ok.messages[0].header_str("event-id"),
+        ok.messages[1].header_str("event-id")
+    );
+
+    let denied = h
+        .send("t", None, &[], json!({"do": "publish", "topic": "secret", "bytes": 1}))
+        .await;
+    assert!(
+        matches!(&denied.outcome, Outcome::Rejected(r) if r.contains("not granted")),
+        "{:?}",
+        denied.outcome
+    );
+    assert_eq!(denied.refused_publishes.len(), 1);
+
+    let huge = h
+        .send(
+            "t",
+            None,
+            &[],
+            json!({"do": "publish", "topic": "allowed.big", "bytes": 2 << 20}),
+        )
+        .await;
+    assert!(
+        matches!(&huge.outcome, Outcome::Rejected(r) if r.contains("over the limit")),
+        "{:?}",
+        huge.outcome
+    );
+    let many = h
+        .send(
+            "t",
+            None,
+            &[],
+            json!({"do": "publish", "topic": "allowed.x", "bytes": 1, "count": 101}),
+        )
+        .await;
+    assert!(
+        matches!(&many.outcome, Outcome::Rejected(r) if r.contains("more than 100 messages")),
+        "{:?}",
+        many.outcome
+    );
+}
+
+async fn stdout_and_stderr_go_to_the_log(backend: Backend) {
+    let mut h = hostile(backend).await;
+    h.options.record = true;
+    let inv = h.send("t", None, &[], json!({"do": "print"})).await;
+    let lines: Vec<(String, String)> = inv
+        .logs
+        .iter()
+        .map(|l| (l.level.clone(), l.message.clone()))
+        .collect();
+    assert_eq!(
+        lines,
+        vec![
+            ("info".to_string(), "to stdout".to_string()),
+            ("warn".to_string(), "to stderr".to_string())
+        ]
+    );
+}
+
+on_both_backends!(
+    traps_are_outcomes_and_the_instance_is_replaced,
+    deadline_interrupts_an_endless_loop,
+    memory_cap_stops_a_memory_bomb,
+    instances_are_reused_unless_isolated,
+    rejected_and_failed_events_roll_back,
+    sql_gate_refuses_non_dml,
+    publish_grants_and_caps,
+    stdout_and_stderr_go_to_the_log,
+);
+
+#[tokio::test]
+async fn bad_files_are_refused_with_a_reason() {
+    let runtime = Runtime::new(RuntimeOptions {
+        max_instances: 4,
+        ..RuntimeOptions::default()
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let env = || PluginEnv::permissive("x");
+    let good = std::fs::read(plugin_path(PLUGIN)).unwrap_or_default();
+
+    let truncated = good[..good.len() / 2].to_vec();
+    let err = runtime
+        .load_bytes(truncated, "half.wasm".into(), env())
+        .await
+        .err();
+    assert!(
+        matches!(&err, Some(LoadError::NotAComponent { source_name, .. }) if source_name == "half.wasm"),
+        "{err:?}"
+    );
+
+    let core_module = b"\0asm\x01\0\0\0".to_vec();
+    let err = runtime
+        .load_bytes(core_module, "core.wasm".into(), env())
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("wasm32-wasip2"), "{err}");
+
+    // An empty component is valid WebAssembly but exports nothing.
+    let empty_component = b"\0asm\x0d\0\x01\0".to_vec();
+    let err = runtime
+        .load_bytes(empty_component, "empty.wasm".into(), env())
+        .await
+        .err();
+    assert!(
+        matches!(&err, Some(LoadError::WrongWorld { .. })),
+        "{err:?}"
+    );
+
+    let loaded = runtime
+        .load_bytes(good, "good.wasm".into(), env())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(loaded.info.name, "test-hostile");
+    assert_eq!(loaded.info.migrations.len(), 1);
+    assert_eq!(loaded.hash.len(), 12);
+    let _: Arc<_> = loaded;
+}
