@@ -32,6 +32,17 @@ impl Event {
             .and_then(|v| std::str::from_utf8(v).ok())
     }
 
+    /// Bytes of key, value and headers.
+    pub fn size(&self) -> usize {
+        self.payload.len()
+            + self.key.as_ref().map_or(0, Vec::len)
+            + self
+                .headers
+                .iter()
+                .map(|(n, v)| n.len() + v.as_ref().map_or(0, Vec::len))
+                .sum::<usize>()
+    }
+
     /// The WIT record passed to `handle`.
     pub fn to_wit(&self) -> types::Event {
         types::Event {

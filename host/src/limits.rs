@@ -23,6 +23,11 @@ pub struct Limits {
     /// Linear memory cap per instance, in bytes. Example:
     /// `memory_bytes = 67108864`.
     pub memory_bytes: usize,
+    /// Largest event (key + value + headers) handed to the plugin, in
+    /// bytes; a larger one is rejected by the host before the plugin runs,
+    /// so an oversized record cannot exhaust the plugin's memory. Kafka's
+    /// own default record limit is about 1 MB.
+    pub max_event_bytes: usize,
     /// Longest SQL text accepted by `db`, in bytes.
     pub max_sql_bytes: usize,
     /// Most parameters accepted per statement.
@@ -52,6 +57,7 @@ impl Default for Limits {
         Self {
             deadline_ms: 1_000,
             memory_bytes: 64 << 20,
+            max_event_bytes: 4 << 20,
             max_sql_bytes: 64 << 10,
             max_params: 1_000,
             max_param_bytes: 4 << 20,

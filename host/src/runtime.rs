@@ -587,25 +587,32 @@ impl PluginWorker {
         options: CallOptions,
     ) -> (Invocation, Option<Tx>) {
         let started = Instant::now();
+        let empty = |outcome: Outcome, fresh_instance: bool| Invocation {
+            outcome,
+            messages: Vec::new(),
+            statements: Vec::new(),
+            statement_count: 0,
+            logs: Vec::new(),
+            dropped_logs: 0,
+            refused_publishes: Vec::new(),
+            elapsed: started.elapsed(),
+            fresh_instance,
+        };
+        let size = event.size();
+        let max_event_bytes = self.plugin.env.limits.max_event_bytes;
+        if size > max_event_bytes {
+            let reason = format!(
+                "event of {size} bytes is over plugin {}'s max_event_bytes of {max_event_bytes}; raise the plugin's limits.max_event_bytes if such events are legitimate",
+                self.plugin.env.name
+            );
+            return (empty(Outcome::Rejected(reason), false), Some(tx));
+        }
         let fresh_instance = self.live.is_none() || options.isolation == Isolation::PerEvent;
         let mut live = match self.live.take() {
             Some(live) if options.isolation == Isolation::Reuse => live,
             _ => match self.instantiate().await {
                 Ok(live) => live,
-                Err(failure) => {
-                    let invocation = Invocation {
-                        outcome: Outcome::Failed(failure),
-                        messages: Vec::new(),
-                        statements: Vec::new(),
-                        statement_count: 0,
-                        logs: Vec::new(),
-                        dropped_logs: 0,
-                        refused_publishes: Vec::new(),
-                        elapsed: started.elapsed(),
-                        fresh_instance: true,
-                    };
-                    return (invocation, Some(tx));
-                }
+                Err(failure) => return (empty(Outcome::Failed(failure), true), Some(tx)),
             },
         };
 

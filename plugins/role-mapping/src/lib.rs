@@ -45,6 +45,15 @@
 //! customers: `customerName` in the event is informational), and
 //! `customer_users`, see [`POSTGRES_SCHEMA`].
 //!
+//! ## Examples
+//!
+//! `examples/*.json` hold one event each (`{topic, key, headers, value}`).
+//! The two SME examples name customer
+//! `cust-7d1e2f40-5a8b-4c3d-9e21-0f6a7b8c9d01`: insert it into `customers`
+//! first, or they are skipped as "customer not found"; the institution
+//! examples have no customer account. The status and role changes are
+//! about the SME user (`auth0|65f1c2a9e4b0a1b2c3d4e5f6`).
+//!
 //! Event fields this plugin does not use (`role`, `customerName`,
 //! `timestamp`, `previousStatus`, `previousRole`, `changedBy`) are ignored.
 
@@ -367,20 +376,24 @@ impl switchyard_plugin::Guest for RoleMappingPlugin {
     }
 
     fn handle(ev: Event) -> Outcome {
-        switchyard_plugin::run(|| {
-            let settings: Json = switchyard_plugin::config::settings().map_err(rejected)?;
-            let mapping = parse_settings(&settings).map_err(rejected)?;
-            match ev.topic.as_str() {
-                "USER_CREATED" => user_created(&ev, &mapping),
-                "USER_STATUS_CHANGED" => user_status_changed(&ev),
-                "USER_ROLE_CHANGED" => user_role_changed(&ev, &mapping),
-                other => Err(rejected(format!(
-                    "role-mapping does not handle topic {other:?} \
-                     (expected USER_CREATED, USER_STATUS_CHANGED or USER_ROLE_CHANGED)"
-                ))),
-            }
+        switchyard_plugin::run(|| match ev.topic.as_str() {
+            "USER_CREATED" => user_created(&ev, &mapping()?),
+            "USER_STATUS_CHANGED" => user_status_changed(&ev),
+            "USER_ROLE_CHANGED" => user_role_changed(&ev, &mapping()?),
+            other => Err(rejected(format!(
+                "role-mapping does not handle topic {other:?} \
+                 (expected USER_CREATED, USER_STATUS_CHANGED or USER_ROLE_CHANGED)"
+            ))),
         })
     }
+}
+
+/// The mapping from the current settings; bad settings reject the event.
+/// Only the events that use the mapping read it, so a broken mapping does
+/// not hold up status changes.
+fn mapping() -> Flow<Mapping> {
+    let settings: Json = switchyard_plugin::config::settings().map_err(rejected)?;
+    parse_settings(&settings).map_err(rejected)
 }
 
 switchyard_plugin::export_plugin!(RoleMappingPlugin);
