@@ -53,8 +53,18 @@ async fn role_mapping_maps_the_four_user_types(backend: Backend) {
     let expected = [
         ("SME_USER", "CUSTOMER_USER", "SME", false),
         ("SME_OWNER", "CUSTOMER_ADMIN", "SME", true),
-        ("INSTITUTION_USER", "CUSTOMER_USER", "FINANCIAL_INSTITUTION", false),
-        ("INSTITUTION_ADMIN", "CUSTOMER_ADMIN", "FINANCIAL_INSTITUTION", true),
+        (
+            "INSTITUTION_USER",
+            "CUSTOMER_USER",
+            "FINANCIAL_INSTITUTION",
+            false,
+        ),
+        (
+            "INSTITUTION_ADMIN",
+            "CUSTOMER_ADMIN",
+            "FINANCIAL_INSTITUTION",
+            true,
+        ),
     ];
     for (i, (event_type, ..)) in expected.iter().enumerate() {
         let inv = h
@@ -92,7 +102,12 @@ async fn role_mapping_maps_the_four_user_types(backend: Backend) {
 async fn role_mapping_skips_and_rejects_per_contract(backend: Backend) {
     let mut h = role_mapping(backend).await;
     let first = h
-        .send("USER_CREATED", None, &[], user_created("auth0|a", "SME_USER", Some("cust-1")))
+        .send(
+            "USER_CREATED",
+            None,
+            &[],
+            user_created("auth0|a", "SME_USER", Some("cust-1")),
+        )
         .await;
     assert_outcome(&first, "done");
 
@@ -101,30 +116,53 @@ async fn role_mapping_skips_and_rejects_per_contract(backend: Backend) {
     again["name"] = json!("Someone Else");
     let inv = h.send("USER_CREATED", None, &[], again).await;
     assert_outcome(&inv, "skipped");
-    let row = &h.rows("SELECT name, role FROM customer_users WHERE user_id = 'auth0|a'").await[0];
+    let row = &h
+        .rows("SELECT name, role FROM customer_users WHERE user_id = 'auth0|a'")
+        .await[0];
     assert_eq!(row["name"], json!("Amélie Durand"));
     assert_eq!(row["role"], json!("CUSTOMER_USER"));
 
     // Unknown customer: skipped with a warning, no row.
     h.options.record = true;
     let inv = h
-        .send("USER_CREATED", None, &[], user_created("auth0|b", "SME_USER", Some("cust-missing")))
+        .send(
+            "USER_CREATED",
+            None,
+            &[],
+            user_created("auth0|b", "SME_USER", Some("cust-missing")),
+        )
         .await;
     assert_outcome(&inv, "skipped");
-    assert!(inv.logs.iter().any(|l| l.level == "warn" && l.message.contains("cust-missing")));
+    assert!(
+        inv.logs
+            .iter()
+            .any(|l| l.level == "warn" && l.message.contains("cust-missing"))
+    );
     h.options.record = false;
 
     // No customerAccountId: created without one.
     let inv = h
-        .send("USER_CREATED", None, &[], user_created("auth0|c", "INSTITUTION_USER", None))
+        .send(
+            "USER_CREATED",
+            None,
+            &[],
+            user_created("auth0|c", "INSTITUTION_USER", None),
+        )
         .await;
     assert_outcome(&inv, "done");
-    let row = &h.rows("SELECT customer_account_id FROM customer_users WHERE user_id = 'auth0|c'").await[0];
+    let row = &h
+        .rows("SELECT customer_account_id FROM customer_users WHERE user_id = 'auth0|c'")
+        .await[0];
     assert_eq!(row["customer_account_id"], Json::Null);
 
     // Unknown userType, missing userId or email: rejected.
     let inv = h
-        .send("USER_CREATED", None, &[], user_created("auth0|d", "SUPER_USER", Some("cust-1")))
+        .send(
+            "USER_CREATED",
+            None,
+            &[],
+            user_created("auth0|d", "SUPER_USER", Some("cust-1")),
+        )
         .await;
     assert_outcome(&inv, "rejected");
     assert!(reason(&inv).contains("SUPER_USER"), "{}", reason(&inv));
@@ -141,26 +179,44 @@ async fn role_mapping_skips_and_rejects_per_contract(backend: Backend) {
 async fn role_mapping_applies_status_and_role_changes(backend: Backend) {
     let mut h = role_mapping(backend).await;
     assert_outcome(
-        &h.send("USER_CREATED", None, &[], user_created("auth0|a", "SME_USER", Some("cust-1"))).await,
+        &h.send(
+            "USER_CREATED",
+            None,
+            &[],
+            user_created("auth0|a", "SME_USER", Some("cust-1")),
+        )
+        .await,
         "done",
     );
     let status = json!({
         "userId": "auth0|a", "previousStatus": "ACTIVE", "newStatus": "SUSPENDED",
         "userType": "SME_USER", "changedBy": "admin|1", "timestamp": "2024-05-15T10:00:00.000Z"
     });
-    assert_outcome(&h.send("USER_STATUS_CHANGED", None, &[], status.clone()).await, "done");
-    let row = &h.rows("SELECT status FROM customer_users WHERE user_id = 'auth0|a'").await[0];
+    assert_outcome(
+        &h.send("USER_STATUS_CHANGED", None, &[], status.clone())
+            .await,
+        "done",
+    );
+    let row = &h
+        .rows("SELECT status FROM customer_users WHERE user_id = 'auth0|a'")
+        .await[0];
     assert_eq!(row["status"], json!("SUSPENDED"));
 
     let mut unknown = status.clone();
     unknown["userId"] = json!("auth0|nobody");
-    assert_outcome(&h.send("USER_STATUS_CHANGED", None, &[], unknown).await, "skipped");
+    assert_outcome(
+        &h.send("USER_STATUS_CHANGED", None, &[], unknown).await,
+        "skipped",
+    );
 
     let role = json!({
         "userId": "auth0|a", "previousRole": "SME_USER", "newRole": "SME_OWNER",
         "userType": "SME_USER", "changedBy": "admin|1", "timestamp": "2024-05-16T10:00:00.000Z"
     });
-    assert_outcome(&h.send("USER_ROLE_CHANGED", None, &[], role.clone()).await, "done");
+    assert_outcome(
+        &h.send("USER_ROLE_CHANGED", None, &[], role.clone()).await,
+        "done",
+    );
     let row = &h
         .rows("SELECT role, user_type, is_company_owner, status FROM customer_users WHERE user_id = 'auth0|a'")
         .await[0];
@@ -176,18 +232,37 @@ async fn role_mapping_applies_status_and_role_changes(backend: Backend) {
     assert!(reason(&inv).contains("EMPEROR"));
     let mut unknown = role;
     unknown["userId"] = json!("auth0|nobody");
-    assert_outcome(&h.send("USER_ROLE_CHANGED", None, &[], unknown).await, "skipped");
+    assert_outcome(
+        &h.send("USER_ROLE_CHANGED", None, &[], unknown).await,
+        "skipped",
+    );
 }
 
 async fn role_mapping_takes_its_mapping_from_settings(backend: Backend) {
     let settings = json!({"mapping": {
         "SME_USER": {"role": "VIEWER", "userType": "SME", "isCompanyOwner": false}
     }});
-    let Json::Object(settings) = settings else { unreachable!() };
-    let mut h = Harness::with_env("role-mapping", backend, settings, Limits::default(), Grants::all()).await;
-    h.exec("INSERT INTO customers (id, name) VALUES ('cust-1', 'x')").await;
+    let Json::Object(settings) = settings else {
+        unreachable!()
+    };
+    let mut h = Harness::with_env(
+        "role-mapping",
+        backend,
+        settings,
+        Limits::default(),
+        Grants::all(),
+    )
+    .await;
+    h.exec("INSERT INTO customers (id, name) VALUES ('cust-1', 'x')")
+        .await;
     assert_outcome(
-        &h.send("USER_CREATED", None, &[], user_created("auth0|a", "SME_USER", Some("cust-1"))).await,
+        &h.send(
+            "USER_CREATED",
+            None,
+            &[],
+            user_created("auth0|a", "SME_USER", Some("cust-1")),
+        )
+        .await,
         "done",
     );
     let row = &h.rows("SELECT role FROM customer_users").await[0];
@@ -213,7 +288,12 @@ fn response_of(inv: &Invocation) -> Json {
         .iter()
         .filter(|m| m.topic == "create-user-response")
         .collect();
-    assert_eq!(msgs.len(), 1, "one reply on create-user-response: {:?}", inv.messages);
+    assert_eq!(
+        msgs.len(),
+        1,
+        "one reply on create-user-response: {:?}",
+        inv.messages
+    );
     message_value(msgs[0])
 }
 
@@ -258,7 +338,12 @@ async fn profile_creation_creates_and_replies(backend: Backend) {
 
     // The same request again: the same reply, no new row.
     let again = h
-        .send("create-user", None, &[], create_user("req-1", "ahmad@example.com", 1234567890))
+        .send(
+            "create-user",
+            None,
+            &[],
+            create_user("req-1", "ahmad@example.com", 1234567890),
+        )
         .await;
     assert_outcome(&again, "done");
     assert_eq!(response_of(&again), reply);
@@ -268,19 +353,35 @@ async fn profile_creation_creates_and_replies(backend: Backend) {
 async fn profile_creation_answers_conflicts_and_validation(backend: Backend) {
     let mut h = Harness::new("profile-creation", backend).await;
     assert_outcome(
-        &h.send("create-user", None, &[], create_user("req-1", "ahmad@example.com", 1234567890)).await,
+        &h.send(
+            "create-user",
+            None,
+            &[],
+            create_user("req-1", "ahmad@example.com", 1234567890),
+        )
+        .await,
         "done",
     );
     for (request, what) in [
-        (create_user("req-2", "ahmad@example.com", 1111111111), "email"),
-        (create_user("req-3", "other@example.com", 1234567890), "nationalCode"),
+        (
+            create_user("req-2", "ahmad@example.com", 1111111111),
+            "email",
+        ),
+        (
+            create_user("req-3", "other@example.com", 1234567890),
+            "nationalCode",
+        ),
     ] {
         let inv = h.send("create-user", None, &[], request).await;
         assert_outcome(&inv, "done");
         let reply = response_of(&inv);
         assert_eq!(reply["error"]["code"], json!("CONFLICT"), "{what}: {reply}");
         assert!(reply["requestId"].is_string());
-        assert!(reply["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert!(
+            reply["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
         assert!(reply.get("id").is_none());
     }
     let mut bad_email = create_user("req-4", "not-an-email", 2222222222);
@@ -300,7 +401,11 @@ async fn profile_creation_answers_conflicts_and_validation(backend: Backend) {
         let inv = h.send("create-user", None, &[], request).await;
         assert_outcome(&inv, "done");
         let reply = response_of(&inv);
-        assert_eq!(reply["error"]["code"], json!("VALIDATION"), "{field}: {reply}");
+        assert_eq!(
+            reply["error"]["code"],
+            json!("VALIDATION"),
+            "{field}: {reply}"
+        );
         let message = reply["error"]["message"].as_str().unwrap_or_default();
         assert!(message.contains(field), "{field}: {message}");
     }
@@ -329,12 +434,20 @@ async fn profile_creation_answers_nestjs_request_reply(backend: Backend) {
         .await;
     assert_outcome(&inv, "done");
     let reply = response_of(&inv);
-    let nest: Vec<_> = inv.messages.iter().filter(|m| m.topic == "create-user.reply").collect();
+    let nest: Vec<_> = inv
+        .messages
+        .iter()
+        .filter(|m| m.topic == "create-user.reply")
+        .collect();
     assert_eq!(nest.len(), 1, "{:?}", inv.messages);
     let n = nest[0];
     assert_eq!(n.partition, Some(3));
     assert_eq!(n.header_str("kafka_correlationId"), Some("corr-42"));
-    assert!(n.headers.iter().any(|(name, _)| name == "kafka_nest-is-disposed"));
+    assert!(
+        n.headers
+            .iter()
+            .any(|(name, _)| name == "kafka_nest-is-disposed")
+    );
     assert_eq!(message_value(n), reply);
 }
 
@@ -349,7 +462,8 @@ fn stats_user_created(event_id: &str, user: &str) -> Json {
 }
 
 fn interview_created(event_id: Option<&str>, user: &str) -> Json {
-    let mut v = json!({"eventType": "interview.created", "userId": user, "data": {"interviewId": "iv-1"}});
+    let mut v =
+        json!({"eventType": "interview.created", "userId": user, "data": {"interviewId": "iv-1"}});
     if let Some(id) = event_id {
         v["eventId"] = json!(id);
     }
@@ -366,7 +480,11 @@ fn media_uploaded(event_id: Option<&str>, user: &str, size: Json) -> Json {
 
 async fn stats_counts_and_dedupes(backend: Backend) {
     let mut h = Harness::new("stats-increment", backend).await;
-    assert_outcome(&h.send("user.created", None, &[], stats_user_created("e0", "u1")).await, "done");
+    assert_outcome(
+        &h.send("user.created", None, &[], stats_user_created("e0", "u1"))
+            .await,
+        "done",
+    );
     let row = &h
         .rows("SELECT user_id, interviews_created, storage_used, max_interviews, max_storage FROM user_stats")
         .await[0];
@@ -374,54 +492,173 @@ async fn stats_counts_and_dedupes(backend: Backend) {
         *row,
         json!({"user_id": "u1", "interviews_created": 0, "storage_used": 0, "max_interviews": 10, "max_storage": 5368709120i64})
     );
-    assert_outcome(&h.send("interview.created", None, &[], interview_created(Some("e1"), "u1")).await, "done");
+    assert_outcome(
+        &h.send(
+            "interview.created",
+            None,
+            &[],
+            interview_created(Some("e1"), "u1"),
+        )
+        .await,
+        "done",
+    );
     // The same eventId again (an upstream duplicate) counts once.
-    assert_outcome(&h.send("interview.created", None, &[], interview_created(Some("e1"), "u1")).await, "skipped");
-    assert_outcome(&h.send("interview.created", None, &[], interview_created(None, "u1")).await, "done");
-    assert_outcome(&h.send("media.uploaded", None, &[], media_uploaded(Some("e2"), "u1", json!(1048576))).await, "done");
-    assert_outcome(&h.send("media.uploaded", None, &[], media_uploaded(Some("e2"), "u1", json!(1048576))).await, "skipped");
-    let row = &h.rows("SELECT interviews_created, storage_used FROM user_stats").await[0];
-    assert_eq!(*row, json!({"interviews_created": 2, "storage_used": 1048576}));
+    assert_outcome(
+        &h.send(
+            "interview.created",
+            None,
+            &[],
+            interview_created(Some("e1"), "u1"),
+        )
+        .await,
+        "skipped",
+    );
+    assert_outcome(
+        &h.send(
+            "interview.created",
+            None,
+            &[],
+            interview_created(None, "u1"),
+        )
+        .await,
+        "done",
+    );
+    assert_outcome(
+        &h.send(
+            "media.uploaded",
+            None,
+            &[],
+            media_uploaded(Some("e2"), "u1", json!(1048576)),
+        )
+        .await,
+        "done",
+    );
+    assert_outcome(
+        &h.send(
+            "media.uploaded",
+            None,
+            &[],
+            media_uploaded(Some("e2"), "u1", json!(1048576)),
+        )
+        .await,
+        "skipped",
+    );
+    let row = &h
+        .rows("SELECT interviews_created, storage_used FROM user_stats")
+        .await[0];
+    assert_eq!(
+        *row,
+        json!({"interviews_created": 2, "storage_used": 1048576})
+    );
     // user.created again: skipped, counters untouched.
-    assert_outcome(&h.send("user.created", None, &[], stats_user_created("e9", "u1")).await, "skipped");
+    assert_outcome(
+        &h.send("user.created", None, &[], stats_user_created("e9", "u1"))
+            .await,
+        "skipped",
+    );
     assert_eq!(h.count("user_stats").await, 1);
 }
 
 async fn stats_retries_unknown_users_and_rejects_bad_sizes(backend: Backend) {
     let mut h = Harness::new("stats-increment", backend).await;
-    let inv = h.send("interview.created", None, &[], interview_created(Some("e1"), "ghost")).await;
+    let inv = h
+        .send(
+            "interview.created",
+            None,
+            &[],
+            interview_created(Some("e1"), "ghost"),
+        )
+        .await;
     assert_outcome(&inv, "retry");
     assert!(reason(&inv).contains("ghost"));
     // The retry rolled back the dedupe marker: once the user exists, the
     // same event counts.
-    assert_outcome(&h.send("user.created", None, &[], stats_user_created("e0", "ghost")).await, "done");
-    assert_outcome(&h.send("interview.created", None, &[], interview_created(Some("e1"), "ghost")).await, "done");
+    assert_outcome(
+        &h.send("user.created", None, &[], stats_user_created("e0", "ghost"))
+            .await,
+        "done",
+    );
+    assert_outcome(
+        &h.send(
+            "interview.created",
+            None,
+            &[],
+            interview_created(Some("e1"), "ghost"),
+        )
+        .await,
+        "done",
+    );
     for size in [json!(-5), json!(null), json!("12"), json!(1.5)] {
-        let inv = h.send("media.uploaded", None, &[], media_uploaded(None, "ghost", size.clone())).await;
+        let inv = h
+            .send(
+                "media.uploaded",
+                None,
+                &[],
+                media_uploaded(None, "ghost", size.clone()),
+            )
+            .await;
         assert_outcome(&inv, "rejected");
-        assert!(reason(&inv).contains("fileSize"), "{size}: {}", reason(&inv));
+        assert!(
+            reason(&inv).contains("fileSize"),
+            "{size}: {}",
+            reason(&inv)
+        );
     }
     let mut missing = media_uploaded(None, "ghost", json!(1));
-    missing["data"].as_object_mut().map(|o| o.remove("fileSize"));
-    assert_outcome(&h.send("media.uploaded", None, &[], missing).await, "rejected");
-    let row = &h.rows("SELECT interviews_created, storage_used FROM user_stats").await[0];
+    missing["data"]
+        .as_object_mut()
+        .map(|o| o.remove("fileSize"));
+    assert_outcome(
+        &h.send("media.uploaded", None, &[], missing).await,
+        "rejected",
+    );
+    let row = &h
+        .rows("SELECT interviews_created, storage_used FROM user_stats")
+        .await[0];
     assert_eq!(*row, json!({"interviews_created": 1, "storage_used": 0}));
 }
 
 async fn stats_publishes_each_quota_crossing_once(backend: Backend) {
     let mut h = Harness::new("stats-increment", backend).await;
-    assert_outcome(&h.send("user.created", None, &[], stats_user_created("e0", "u1")).await, "done");
-    h.exec("UPDATE user_stats SET max_interviews = 2, max_storage = 100").await;
+    assert_outcome(
+        &h.send("user.created", None, &[], stats_user_created("e0", "u1"))
+            .await,
+        "done",
+    );
+    h.exec("UPDATE user_stats SET max_interviews = 2, max_storage = 100")
+        .await;
     let mut crossings = Vec::new();
     for i in 0..4 {
-        let inv = h.send("interview.created", None, &[], interview_created(Some(&format!("i{i}")), "u1")).await;
+        let inv = h
+            .send(
+                "interview.created",
+                None,
+                &[],
+                interview_created(Some(&format!("i{i}")), "u1"),
+            )
+            .await;
         assert_outcome(&inv, "done");
-        crossings.extend(inv.messages.iter().map(|m| (m.topic.clone(), message_key(m), message_value(m))));
+        crossings.extend(
+            inv.messages
+                .iter()
+                .map(|m| (m.topic.clone(), message_key(m), message_value(m))),
+        );
     }
     for (i, size) in [60, 60, 60].iter().enumerate() {
-        let inv = h.send("media.uploaded", None, &[], media_uploaded(Some(&format!("m{i}")), "u1", json!(size))).await;
+        let inv = h
+            .send(
+                "media.uploaded",
+                None,
+                &[],
+                media_uploaded(Some(&format!("m{i}")), "u1", json!(size)),
+            )
+            .await;
         assert_outcome(&inv, "done");
-        crossings.extend(inv.messages.iter().map(|m| (m.topic.clone(), message_key(m), message_value(m))));
+        crossings.extend(
+            inv.messages
+                .iter()
+                .map(|m| (m.topic.clone(), message_key(m), message_value(m))),
+        );
     }
     assert_eq!(
         crossings,
@@ -463,7 +700,12 @@ const REGISTERED_HEADERS: [(&str, &str); 4] = [
 async fn welcome_sends_exactly_one_welcome(backend: Backend) {
     let mut h = Harness::new("welcome-notification", backend).await;
     let inv = h
-        .send("user.registered.v1", Some("u1"), &REGISTERED_HEADERS, registered("u1", "maria@example.com", 1))
+        .send(
+            "user.registered.v1",
+            Some("u1"),
+            &REGISTERED_HEADERS,
+            registered("u1", "maria@example.com", 1),
+        )
         .await;
     assert_outcome(&inv, "done");
     assert_eq!(inv.messages.len(), 1);
@@ -480,7 +722,9 @@ async fn welcome_sends_exactly_one_welcome(backend: Backend) {
             "variables": {"name": "María José Fernández"}
         })
     );
-    let row = &h.rows("SELECT user_id, email, source_event_id, sent_at FROM welcome_notifications").await[0];
+    let row = &h
+        .rows("SELECT user_id, email, source_event_id, sent_at FROM welcome_notifications")
+        .await[0];
     assert_eq!(row["user_id"], json!("u1"));
     assert_eq!(row["email"], json!("maria@example.com"));
     assert_eq!(row["source_event_id"], json!("evt-u1"));
@@ -488,12 +732,22 @@ async fn welcome_sends_exactly_one_welcome(backend: Backend) {
 
     // The same user again, by either topic: no second welcome.
     let dup = h
-        .send("user.registered.v1", Some("u1"), &REGISTERED_HEADERS, registered("u1", "maria@example.com", 1))
+        .send(
+            "user.registered.v1",
+            Some("u1"),
+            &REGISTERED_HEADERS,
+            registered("u1", "maria@example.com", 1),
+        )
         .await;
     assert_outcome(&dup, "skipped");
     assert!(dup.messages.is_empty());
     let other = h
-        .send("notification.send.welcome", None, &[], json!({"userId": "u1", "email": "maria@example.com"}))
+        .send(
+            "notification.send.welcome",
+            None,
+            &[],
+            json!({"userId": "u1", "email": "maria@example.com"}),
+        )
         .await;
     assert_outcome(&other, "skipped");
     assert!(other.messages.is_empty());
@@ -501,7 +755,12 @@ async fn welcome_sends_exactly_one_welcome(backend: Backend) {
 
     // Seed 003's gateway event for a new user.
     let inv = h
-        .send("notification.send.welcome", None, &[], json!({"userId": "u2", "email": "sam@example.com", "name": "Sam"}))
+        .send(
+            "notification.send.welcome",
+            None,
+            &[],
+            json!({"userId": "u2", "email": "sam@example.com", "name": "Sam"}),
+        )
         .await;
     assert_outcome(&inv, "done");
     let v = message_value(&inv.messages[0]);
@@ -512,27 +771,63 @@ async fn welcome_sends_exactly_one_welcome(backend: Backend) {
 
 async fn welcome_rejects_bad_email_and_versions(backend: Backend) {
     let mut h = Harness::new("welcome-notification", backend).await;
-    let inv = h.send("user.registered.v1", None, &[], registered("u1", "not an email", 1)).await;
+    let inv = h
+        .send(
+            "user.registered.v1",
+            None,
+            &[],
+            registered("u1", "not an email", 1),
+        )
+        .await;
     assert_outcome(&inv, "rejected");
     assert!(reason(&inv).contains("email"));
-    let inv = h.send("user.registered.v1", None, &[], registered("u1", "a@example.com", 2)).await;
+    let inv = h
+        .send(
+            "user.registered.v1",
+            None,
+            &[],
+            registered("u1", "a@example.com", 2),
+        )
+        .await;
     assert_outcome(&inv, "rejected");
     assert!(reason(&inv).contains('2'), "{}", reason(&inv));
     let inv = h
-        .send("notification.send.welcome", None, &[], json!({"userId": "u3", "email": "@nope"}))
+        .send(
+            "notification.send.welcome",
+            None,
+            &[],
+            json!({"userId": "u3", "email": "@nope"}),
+        )
         .await;
     assert_outcome(&inv, "rejected");
     assert_eq!(h.count("welcome_notifications").await, 0);
 }
 
 async fn welcome_subject_comes_from_settings(backend: Backend) {
-    let Json::Object(settings) = json!({"subject": "¡Hola {name}!"}) else { unreachable!() };
-    let mut h = Harness::with_env("welcome-notification", backend, settings, Limits::default(), Grants::all()).await;
+    let Json::Object(settings) = json!({"subject": "¡Hola {name}!"}) else {
+        unreachable!()
+    };
+    let mut h = Harness::with_env(
+        "welcome-notification",
+        backend,
+        settings,
+        Limits::default(),
+        Grants::all(),
+    )
+    .await;
     let inv = h
-        .send("notification.send.welcome", None, &[], json!({"userId": "u1", "email": "a@example.com", "name": "Lía"}))
+        .send(
+            "notification.send.welcome",
+            None,
+            &[],
+            json!({"userId": "u1", "email": "a@example.com", "name": "Lía"}),
+        )
         .await;
     assert_outcome(&inv, "done");
-    assert_eq!(message_value(&inv.messages[0])["subject"], json!("¡Hola Lía!"));
+    assert_eq!(
+        message_value(&inv.messages[0])["subject"],
+        json!("¡Hola Lía!")
+    );
 }
 
 // ─────────────────────────────── hostile inputs ────────────────────────────
@@ -541,7 +836,9 @@ async fn welcome_subject_comes_from_settings(backend: Backend) {
 /// with a reason: never a trap, never a commit.
 async fn hostile_inputs_are_rejected_with_a_reason(backend: Backend) {
     let huge = "x".repeat(10 << 20);
-    let cases: Vec<(&str, &str, Vec<Vec<u8>>, &[&str])> = vec![
+    /// Plugin, topic, payloads, and the tables that must stay empty.
+    type Case<'a> = (&'a str, &'a str, Vec<Vec<u8>>, &'a [&'a str]);
+    let cases: Vec<Case> = vec![
         (
             "role-mapping",
             "USER_CREATED",
@@ -596,20 +893,38 @@ async fn hostile_inputs_are_rejected_with_a_reason(backend: Backend) {
         for payload in payloads {
             let preview = String::from_utf8_lossy(&payload[..payload.len().min(60)]).into_owned();
             let inv = h.send_raw(topic, None, &[], payload).await;
-            assert_eq!(inv.outcome.kind(), "rejected", "{plugin} on {preview:?}: {:?}", inv.outcome);
+            assert_eq!(
+                inv.outcome.kind(),
+                "rejected",
+                "{plugin} on {preview:?}: {:?}",
+                inv.outcome
+            );
             let why = reason(&inv);
             assert!(!why.trim().is_empty(), "{plugin}: a rejection says why");
-            assert!(why.len() < 4096, "{plugin}: the reason is a line, not the payload ({} bytes)", why.len());
+            assert!(
+                why.len() < 4096,
+                "{plugin}: the reason is a line, not the payload ({} bytes)",
+                why.len()
+            );
         }
         for table in tables {
-            assert_eq!(h.count(table).await, 0, "{plugin}: nothing committed in {table}");
+            assert_eq!(
+                h.count(table).await,
+                0,
+                "{plugin}: nothing committed in {table}"
+            );
         }
     }
 }
 
 /// Unknown topics are a routing mistake: rejected, never silently done.
 async fn unknown_topics_are_rejected(backend: Backend) {
-    for plugin in ["role-mapping", "profile-creation", "stats-increment", "welcome-notification"] {
+    for plugin in [
+        "role-mapping",
+        "profile-creation",
+        "stats-increment",
+        "welcome-notification",
+    ] {
         let mut h = Harness::new(plugin, backend).await;
         let inv = h.send("some.other.topic", None, &[], json!({})).await;
         assert!(

@@ -56,14 +56,20 @@ async fn traps_are_outcomes_and_the_instance_is_replaced(backend: Backend) {
     match &panic.outcome {
         Outcome::Failed(Failure::Trap(reason)) => {
             assert!(reason.contains("unreachable"), "{reason}");
-            assert!(reason.contains("asked to panic"), "panic message kept: {reason}");
+            assert!(
+                reason.contains("asked to panic"),
+                "panic message kept: {reason}"
+            );
         }
         other => panic!("expected a trap, got {other:?}"),
     }
     // The trapped store is gone: the next event runs on a new instance.
     let after = h.send("t", None, &[], json!({"do": "ok"})).await;
     assert_eq!(after.outcome, Outcome::Done);
-    assert!(after.fresh_instance, "a trapped instance must not be reused");
+    assert!(
+        after.fresh_instance,
+        "a trapped instance must not be reused"
+    );
     assert_eq!(h.worker.instances_started, 2);
 }
 
@@ -137,13 +143,24 @@ async fn rejected_and_failed_events_roll_back(backend: Backend) {
 async fn sql_gate_refuses_non_dml(backend: Backend) {
     let mut h = hostile(backend).await;
     for (sql, expect) in [
-        ("DROP TABLE hostile_marks", "DROP statements are not allowed"),
+        (
+            "DROP TABLE hostile_marks",
+            "DROP statements are not allowed",
+        ),
         ("SELECT 1; DELETE FROM hostile_marks", "several statements"),
         ("BEGIN", "BEGIN statements are not allowed"),
-        ("SET statement_timeout = 0", "SET statements are not allowed"),
-        ("SELECT pg_read_file('/etc/passwd')", "pg_read_file is not allowed"),
+        (
+            "SET statement_timeout = 0",
+            "SET statements are not allowed",
+        ),
+        (
+            "SELECT pg_read_file('/etc/passwd')",
+            "pg_read_file is not allowed",
+        ),
     ] {
-        let inv = h.send("t", None, &[], json!({"do": "sql", "sql": sql})).await;
+        let inv = h
+            .send("t", None, &[], json!({"do": "sql", "sql": sql}))
+            .await;
         assert!(
             matches!(&inv.outcome, Outcome::Rejected(r) if r.contains(expect)),
             "{sql}: {:?}",
@@ -175,7 +192,12 @@ async fn publish_grants_and_caps(backend: Backend) {
     );
 
     let denied = h
-        .send("t", None, &[], json!({"do": "publish", "topic": "secret", "bytes": 1}))
+        .send(
+            "t",
+            None,
+            &[],
+            json!({"do": "publish", "topic": "secret", "bytes": 1}),
+        )
         .await;
     assert!(
         matches!(&denied.outcome, Outcome::Rejected(r) if r.contains("not granted")),

@@ -516,9 +516,11 @@ fn pg_cell(row: &PgRow, i: usize) -> Result<Value, DbError> {
             Value::Text(row.try_get(i).map_err(err)?)
         }
         "BYTEA" => Value::Bytes(row.try_get(i).map_err(err)?),
-        "JSON" | "JSONB" => {
-            Value::Json(row.try_get::<serde_json::Value, _>(i).map_err(err)?.to_string())
-        }
+        "JSON" | "JSONB" => Value::Json(
+            row.try_get::<serde_json::Value, _>(i)
+                .map_err(err)?
+                .to_string(),
+        ),
         "UUID" => Value::Uuid(
             row.try_get::<uuid::Uuid, _>(i)
                 .map_err(err)?
@@ -724,7 +726,11 @@ impl Database {
         Ok(applied_now)
     }
 
-    async fn migration_checksum(&self, plugin: &str, id: &str) -> Result<Option<String>, SetupError> {
+    async fn migration_checksum(
+        &self,
+        plugin: &str,
+        id: &str,
+    ) -> Result<Option<String>, SetupError> {
         let sql = "SELECT checksum FROM switchyard_migrations WHERE plugin = $1 AND id = $2";
         Ok(match self {
             Database::Postgres(pool) => {
@@ -822,7 +828,10 @@ mod tests {
             .await;
         assert!(matches!(
             dup,
-            Err(DbError::Constraint(ConstraintViolation { kind: ConstraintKind::Unique, .. }))
+            Err(DbError::Constraint(ConstraintViolation {
+                kind: ConstraintKind::Unique,
+                ..
+            }))
         ));
         let limits = Limits {
             max_rows: 2,

@@ -89,7 +89,8 @@ pub struct EventContext {
 }
 
 /// Namespace for the UUIDv5 `event-id`s of published messages.
-const EVENT_ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x5d1c_7a2e_6b0f_4c39_9e8a_1f2b_3c4d_5e6f);
+const EVENT_ID_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x5d1c_7a2e_6b0f_4c39_9e8a_1f2b_3c4d_5e6f);
 
 impl EventContext {
     /// Context for `event` handled by `plugin` in consumer group `group`.
@@ -110,9 +111,12 @@ impl EventContext {
 
     /// The `event-id` of the `n`-th message this invocation publishes.
     pub fn message_event_id(&self, n: usize) -> String {
-        uuid::Uuid::new_v5(&EVENT_ID_NAMESPACE, format!("{}/{n}", self.origin).as_bytes())
-            .hyphenated()
-            .to_string()
+        uuid::Uuid::new_v5(
+            &EVENT_ID_NAMESPACE,
+            format!("{}/{n}", self.origin).as_bytes(),
+        )
+        .hyphenated()
+        .to_string()
     }
 }
 

@@ -50,7 +50,11 @@ struct TestArgs {
     #[arg(long = "event", short = 'e', required = true)]
     events: Vec<PathBuf>,
     /// Database URL; the default is a throwaway in-memory SQLite.
-    #[arg(long, default_value = "sqlite::memory:", env = "SWITCHYARD_DATABASE_URL")]
+    #[arg(
+        long,
+        default_value = "sqlite::memory:",
+        env = "SWITCHYARD_DATABASE_URL"
+    )]
     database: String,
     /// The plugin's settings as a JSON object, as under the plugin's
     /// `settings` in the routing config.

@@ -92,13 +92,15 @@ pub enum EventFileError {
 
 /// Parse the text of an event file (one event or an array of events).
 pub fn parse_events(file: &str, text: &str) -> Result<Vec<Event>, EventFileError> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        Many(Vec<EventFile>),
-        One(EventFile),
-    }
-    let parsed: OneOrMany = serde_json::from_str(text).map_err(|e| {
+    // Decide by the first character rather than with an untagged enum, so
+    // that serde's error keeps its line and column.
+    let many = text.trim_start().starts_with('[');
+    let parsed = if many {
+        serde_json::from_str::<Vec<EventFile>>(text)
+    } else {
+        serde_json::from_str::<EventFile>(text).map(|e| vec![e])
+    };
+    let files = parsed.map_err(|e| {
         let hint = if e.is_data() {
             " (expected {\"topic\": \"...\", \"key\": \"...\" | null, \"headers\": {\"name\": \"value\"}, \"value\": <any JSON>} or \"value_raw\": \"<text>\" instead of value, or an array of those)"
         } else {
@@ -111,10 +113,6 @@ pub fn parse_events(file: &str, text: &str) -> Result<Vec<Event>, EventFileError
             message: format!("{e}{hint}"),
         }
     })?;
-    let files = match parsed {
-        OneOrMany::Many(v) => v,
-        OneOrMany::One(e) => vec![e],
-    };
     files
         .into_iter()
         .enumerate()
@@ -130,7 +128,9 @@ fn to_event(file: &str, i: usize, f: EventFile) -> Result<Event, EventFileError>
     };
     let payload = match (f.value, f.value_raw) {
         (Some(_), Some(_)) => {
-            return Err(invalid("give either `value` or `value_raw`, not both".into()));
+            return Err(invalid(
+                "give either `value` or `value_raw`, not both".into(),
+            ));
         }
         (None, None) => {
             return Err(invalid(
@@ -138,8 +138,9 @@ fn to_event(file: &str, i: usize, f: EventFile) -> Result<Event, EventFileError>
                     .into(),
             ));
         }
-        (Some(v), None) => serde_json::to_vec(&v)
-            .map_err(|e| invalid(format!("cannot serialise `value`: {e}")))?,
+        (Some(v), None) => {
+            serde_json::to_vec(&v).map_err(|e| invalid(format!("cannot serialise `value`: {e}")))?
+        }
         (None, Some(raw)) => raw.into_bytes(),
     };
     let mut headers = Vec::with_capacity(f.headers.len());
@@ -175,7 +176,11 @@ pub fn read_events(path: &Path) -> Result<Vec<Event>, EventFileError> {
         std::fs::read_to_string(path)
     }
     .map_err(|error| EventFileError::Read {
-        file: if name == "-" { "<stdin>".into() } else { name.clone() },
+        file: if name == "-" {
+            "<stdin>".into()
+        } else {
+            name.clone()
+        },
         error,
     })?;
     parse_events(if name == "-" { "<stdin>" } else { &name }, &text)
@@ -239,7 +244,9 @@ pub async fn run(options: &TestOptions) -> anyhow::Result<TestReport> {
     };
     let plugin = runtime.load_file(&options.plugin, env).await?;
     let db = Database::connect(&options.database, 2).await?;
-    let applied = db.migrate(&plugin.info.name, &plugin.info.migrations).await?;
+    let applied = db
+        .migrate(&plugin.info.name, &plugin.info.migrations)
+        .await?;
     for script in &options.setup {
         let sql = std::fs::read_to_string(script)
             .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", script.display()))?;
@@ -311,7 +318,12 @@ async fn run_one(
     } else {
         tx.rollback().await?;
     }
-    Ok(event_report(event, &invocation, diff(&before, &after), committed))
+    Ok(event_report(
+        event,
+        &invocation,
+        diff(&before, &after),
+        committed,
+    ))
 }
 
 type Snapshot = BTreeMap<String, Result<Vec<Json>, String>>;
@@ -589,7 +601,10 @@ pub fn render_text(report: &Json) -> String {
         }
         for (field, label) in [
             ("published", "published"),
-            ("discarded_publishes", "would have published (discarded: rolled back)"),
+            (
+                "discarded_publishes",
+                "would have published (discarded: rolled back)",
+            ),
         ] {
             let msgs = e[field].as_array().cloned().unwrap_or_default();
             if msgs.is_empty() {
@@ -634,7 +649,11 @@ pub fn render_text(report: &Json) -> String {
             }
         }
         if e["dropped_logs"].as_u64().unwrap_or(0) > 0 {
-            let _ = writeln!(out, "  ({} log lines dropped over the cap)", e["dropped_logs"]);
+            let _ = writeln!(
+                out,
+                "  ({} log lines dropped over the cap)",
+                e["dropped_logs"]
+            );
         }
     }
     out
@@ -692,8 +711,14 @@ mod tests {
     fn diff_reports_updates_as_removed_and_added() {
         let mut before = Snapshot::new();
         let mut after = Snapshot::new();
-        before.insert("t".into(), Ok(vec![json!({"id": 1, "n": 1}), json!({"id": 2, "n": 5})]));
-        after.insert("t".into(), Ok(vec![json!({"id": 1, "n": 2}), json!({"id": 2, "n": 5})]));
+        before.insert(
+            "t".into(),
+            Ok(vec![json!({"id": 1, "n": 1}), json!({"id": 2, "n": 5})]),
+        );
+        after.insert(
+            "t".into(),
+            Ok(vec![json!({"id": 1, "n": 2}), json!({"id": 2, "n": 5})]),
+        );
         after.insert("empty".into(), Ok(vec![]));
         let d = diff(&before, &after);
         assert_eq!(d["t"]["removed"], json!([{"id": 1, "n": 1}]));

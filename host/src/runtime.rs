@@ -221,10 +221,12 @@ impl Runtime {
         env: PluginEnv,
     ) -> Result<Arc<LoadedPlugin>, LoadError> {
         let source_name = path.display().to_string();
-        let bytes = tokio::fs::read(path).await.map_err(|error| LoadError::Read {
-            source_name: source_name.clone(),
-            error,
-        })?;
+        let bytes = tokio::fs::read(path)
+            .await
+            .map_err(|error| LoadError::Read {
+                source_name: source_name.clone(),
+                error,
+            })?;
         self.load_bytes(bytes, source_name, env).await
     }
 
@@ -269,7 +271,10 @@ impl Runtime {
             source_name: source_name.clone(),
             reason: format!("{e:#}"),
         };
-        let instance_pre = self.linker.instantiate_pre(&component).map_err(wrong_world)?;
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(wrong_world)?;
         let pre = PluginPre::new(instance_pre).map_err(wrong_world)?;
         let env = Arc::new(env);
 
@@ -400,8 +405,7 @@ impl std::fmt::Display for Failure {
 
 fn failure_of(store: &Store<HostState>, e: &wasmtime::Error) -> Failure {
     let data = store.data();
-    if data.deadline_hit || e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt)
-    {
+    if data.deadline_hit || e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
         return Failure::Deadline {
             deadline_ms: data.env.limits.deadline_ms,
         };

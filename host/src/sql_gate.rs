@@ -313,11 +313,11 @@ mod tests {
             ("RESET ROLE", GateError::NotDml("RESET".into())),
             ("DROP TABLE t", GateError::NotDml("DROP".into())),
             ("CREATE TABLE t (a int)", GateError::NotDml("CREATE".into())),
+            ("COPY t FROM PROGRAM 'id'", GateError::NotDml("COPY".into())),
             (
-                "COPY t FROM PROGRAM 'id'",
-                GateError::NotDml("COPY".into()),
+                "PRAGMA foreign_keys = OFF",
+                GateError::NotDml("PRAGMA".into()),
             ),
-            ("PRAGMA foreign_keys = OFF", GateError::NotDml("PRAGMA".into())),
             ("ATTACH 'x.db' AS x", GateError::NotDml("ATTACH".into())),
             ("SELECT 1; SELECT 2", GateError::MultipleStatements),
             ("SELECT 1;DROP TABLE t;", GateError::MultipleStatements),
@@ -330,7 +330,10 @@ mod tests {
                 "SELECT set_config('role', 'postgres', true)",
                 GateError::ForbiddenFunction("set_config".into()),
             ),
-            ("SELECT 'unterminated", GateError::Unterminated("string literal")),
+            (
+                "SELECT 'unterminated",
+                GateError::Unterminated("string literal"),
+            ),
             ("SELECT 1 /* open", GateError::Unterminated("block comment")),
         ];
         for (sql, want) in cases {

@@ -101,15 +101,19 @@ impl Drop for TestDb {
         // own.
         let admin = pg_admin_url();
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
                 return;
             };
             rt.block_on(async move {
                 use sqlx::Connection;
                 if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                        .execute(&mut conn)
-                        .await;
+                    let _ =
+                        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                            .execute(&mut conn)
+                            .await;
                 }
             });
         })
@@ -136,7 +140,14 @@ impl Harness {
     /// Load `plugin` (crate name) with default limits and all topics
     /// granted, on a fresh database of `backend`, migrations applied.
     pub async fn new(plugin: &str, backend: Backend) -> Self {
-        Self::with_env(plugin, backend, Map::new(), Limits::default(), Grants::all()).await
+        Self::with_env(
+            plugin,
+            backend,
+            Map::new(),
+            Limits::default(),
+            Grants::all(),
+        )
+        .await
     }
 
     /// Like [`Harness::new`] with settings, limits and grants.
@@ -233,14 +244,20 @@ impl Harness {
     /// Run one event in its own transaction: commit when the outcome
     /// commits, roll back otherwise (as the router does).
     pub async fn send_event(&mut self, event: &Event) -> Invocation {
-        let tx = self.db.begin().await.unwrap_or_else(|e| panic!("begin: {e}"));
+        let tx = self
+            .db
+            .begin()
+            .await
+            .unwrap_or_else(|e| panic!("begin: {e}"));
         let ctx = Arc::new(EventContext::new("test", &self.plugin.info.name, event));
         let (invocation, tx) = self.worker.handle(ctx, event, tx, self.options).await;
         let tx = tx.unwrap_or_else(|| panic!("the host lost the transaction"));
         if invocation.outcome.commits() {
             tx.commit().await.unwrap_or_else(|e| panic!("commit: {e}"));
         } else {
-            tx.rollback().await.unwrap_or_else(|e| panic!("rollback: {e}"));
+            tx.rollback()
+                .await
+                .unwrap_or_else(|e| panic!("rollback: {e}"));
         }
         invocation
     }
@@ -248,7 +265,11 @@ impl Harness {
     /// Rows of a query as JSON objects (booleans normalised across
     /// backends: SQLite's 0/1 in a BOOLEAN column reads as a boolean).
     pub async fn rows(&self, sql: &str) -> Vec<Json> {
-        let mut tx = self.db.begin().await.unwrap_or_else(|e| panic!("begin: {e}"));
+        let mut tx = self
+            .db
+            .begin()
+            .await
+            .unwrap_or_else(|e| panic!("begin: {e}"));
         let rows = tx
             .query(sql, &[], &Limits::default())
             .await
@@ -270,7 +291,9 @@ impl Harness {
 
     /// `SELECT count(*)` of a table.
     pub async fn count(&self, table: &str) -> i64 {
-        let rows = self.rows(&format!("SELECT count(*) AS n FROM {table}")).await;
+        let rows = self
+            .rows(&format!("SELECT count(*) AS n FROM {table}"))
+            .await;
         rows.first().and_then(|r| r["n"].as_i64()).unwrap_or(-1)
     }
 }
@@ -287,7 +310,9 @@ pub fn message_value(m: &switchyard::capabilities::publish::OutMessage) -> Json 
 
 /// A message's key as text.
 pub fn message_key(m: &switchyard::capabilities::publish::OutMessage) -> Option<String> {
-    m.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned())
+    m.key
+        .as_ref()
+        .map(|k| String::from_utf8_lossy(k).into_owned())
 }
 
 /// Generate a `#[tokio::test]` per backend for an `async fn(Backend)`.

@@ -192,7 +192,10 @@ impl publish::Host for HostState {
             Some(ctx.message_event_id(n).into_bytes()),
         ));
         if let Some(request_id) = &ctx.request_id {
-            headers.push(("request-id".to_string(), Some(request_id.clone().into_bytes())));
+            headers.push((
+                "request-id".to_string(),
+                Some(request_id.clone().into_bytes()),
+            ));
         }
         self.publish.messages.push(OutMessage {
             topic: message.topic,

@@ -115,7 +115,9 @@ impl switchyard_plugin::Guest for Hostile {
                 "retry" => Ok(switchyard_plugin::retry("asked to retry")),
                 "reject" => Ok(switchyard_plugin::rejected("asked to reject")),
                 "skip" => Ok(switchyard_plugin::skipped("asked to skip")),
-                other => Ok(switchyard_plugin::rejected(format!("unknown action {other}"))),
+                other => Ok(switchyard_plugin::rejected(format!(
+                    "unknown action {other}"
+                ))),
             }
         })
     }
