@@ -129,6 +129,16 @@ enum ErrorCode {
     Conflict,
 }
 
+impl ErrorCode {
+    /// The code as it appears in replies.
+    fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Validation => "VALIDATION",
+            ErrorCode::Conflict => "CONFLICT",
+        }
+    }
+}
+
 /// `error` of an error reply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 struct ErrorBody {
@@ -403,7 +413,9 @@ fn reply<T: Serialize>(ev: &Event, request_id: &str, body: &T) -> Flow<()> {
     ) {
         Ok(Some(target)) => {
             if target.partition.is_none() && ev.header("kafka_replyPartition").is_some() {
-                log::warn("kafka_replyPartition is not an integer: partition left to the key");
+                log::warn(
+                    "kafka_replyPartition is not an integer: the producer picks the partition",
+                );
             }
             publish::send(&nest_message(&target, payload))?;
         }
@@ -415,7 +427,10 @@ fn reply<T: Serialize>(ev: &Event, request_id: &str, body: &T) -> Flow<()> {
 
 /// Answer with an error reply; the event is done.
 fn reply_error(ev: &Event, request_id: &str, code: ErrorCode, message: String) -> Flow<Outcome> {
-    log::info(&format!("request {request_id}: {code:?}: {message}"));
+    log::info(&format!(
+        "request {request_id}: {}: {message}",
+        code.as_str()
+    ));
     let body = ErrorReply {
         request_id: request_id.to_string(),
         error: ErrorBody { code, message },
@@ -795,6 +810,9 @@ mod tests {
             serde_json::to_value(ErrorCode::Validation).unwrap(),
             json!("VALIDATION")
         );
+        for code in [ErrorCode::Validation, ErrorCode::Conflict] {
+            assert_eq!(serde_json::to_value(code).unwrap(), json!(code.as_str()));
+        }
     }
 
     #[test]

@@ -26,6 +26,13 @@
 //!   `newRole` → **rejected**; unknown user → **skipped**.
 //! - Any other topic → **rejected** (a routing mistake).
 //!
+//! A `customerAccountId` that is absent, `null` or `""` stores
+//! `customer_account_id = NULL` without any check. Event fields this plugin
+//! does not use (`role`, `customerName`, `timestamp`, `previousStatus`,
+//! `previousRole`, `changedBy`, and `userType` of the change events) are
+//! ignored; `newStatus` is stored as sent (the status vocabulary belongs to
+//! the emitting services).
+//!
 //! The payload is checked (required fields, known user type) before the
 //! database is consulted: an invalid event is dead-lettered even when it
 //! is about a user that already exists.
@@ -36,8 +43,11 @@
 //! "isCompanyOwner": bool}, ...}}`. When `mapping` is absent the four
 //! default rows apply (SME_USER, SME_OWNER, INSTITUTION_USER,
 //! INSTITUTION_ADMIN); when it is given it **replaces** the defaults, so an
-//! operator can also remove a user type. A malformed mapping rejects the
-//! event with a reason naming the setting (`mapping.SME_USER.role`, ...).
+//! operator can also remove a user type. Every entry needs all three
+//! fields and no others (a misspelt key is an error, not a silent
+//! default). A malformed or empty mapping rejects the events that need it
+//! (`USER_CREATED`, `USER_ROLE_CHANGED`; status changes do not read it)
+//! with a reason naming the setting (`mapping.SME_USER.role`, ...).
 //!
 //! ## Tables
 //!
@@ -50,12 +60,10 @@
 //! `examples/*.json` hold one event each (`{topic, key, headers, value}`).
 //! The two SME examples name customer
 //! `cust-7d1e2f40-5a8b-4c3d-9e21-0f6a7b8c9d01`: insert it into `customers`
-//! first, or they are skipped as "customer not found"; the institution
+//! first (`examples/customers.sql` does), or they are skipped as "customer
+//! not found"; the institution
 //! examples have no customer account. The status and role changes are
 //! about the SME user (`auth0|65f1c2a9e4b0a1b2c3d4e5f6`).
-//!
-//! Event fields this plugin does not use (`role`, `customerName`,
-//! `timestamp`, `previousStatus`, `previousRole`, `changedBy`) are ignored.
 
 use std::collections::BTreeMap;
 
