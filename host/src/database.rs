@@ -134,6 +134,14 @@ impl Database {
             }
             Backend::Sqlite => {
                 let memory = url.contains(":memory:") || url.contains("mode=memory");
+                if !memory {
+                    // `sqlite:dir/file.db`: create the directory too.
+                    let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+                    let path = path.split('?').next().unwrap_or(path);
+                    if let Some(dir) = std::path::Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
+                        std::fs::create_dir_all(dir).map_err(|e| connect_err(sqlx::Error::Io(e)))?;
+                    }
+                }
                 let options = SqliteConnectOptions::from_str(url)
                     .map_err(connect_err)?
                     .create_if_missing(true)
@@ -309,7 +317,29 @@ impl Tx {
     /// On PostgreSQL the statement runs under a savepoint so that a failed
     /// statement leaves the transaction usable for the plugin's next one.
     pub async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, DbError> {
+        self.execute_with(sql, params, true).await
+    }
+
+    /// Run one host statement (markers, outbox): no savepoint, since a
+    /// failure there fails the whole event's transaction anyway.
+    pub async fn execute_host(&mut self, sql: &str, params: &[Value]) -> Result<u64, DbError> {
+        self.execute_with(sql, params, false).await
+    }
+
+    async fn execute_with(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+        use_savepoint: bool,
+    ) -> Result<u64, DbError> {
         match self {
+            Tx::Postgres(tx) if !use_savepoint => {
+                let q = bind_pg(sqlx::query(sql), params)?;
+                q.execute(&mut **tx)
+                    .await
+                    .map(|r| r.rows_affected())
+                    .map_err(map_error)
+            }
             Tx::Postgres(tx) => {
                 savepoint(tx).await?;
                 let q = bind_pg(sqlx::query(sql), params);

@@ -14,13 +14,26 @@
 //! - [`sql_gate`]: which SQL a plugin may send;
 //! - [`limits`]: per-plugin resource limits;
 //! - [`event`]: the host's view of a consumed event;
-//! - [`plugin_test`]: `switchyard plugin test`, the plugin author's loop.
+//! - [`plugin_test`]: `switchyard plugin test`, the plugin author's loop;
+//! - [`config`]: the routing config; [`routes`]: the route table;
+//! - [`consumer`]: the group consumer and its ordered lanes;
+//! - [`pipeline`]: one event in one lane — marker, plugin, outbox,
+//!   retries, dead letters;
+//! - [`outbox`]: the outbox table and its relay; [`kafka`]: client
+//!   settings; [`app`]: `switchyard run` and `switchyard check`.
 
+pub mod app;
 pub mod bindings;
 pub mod capabilities;
+pub mod config;
+pub mod consumer;
 pub mod database;
 pub mod event;
+pub mod kafka;
 pub mod limits;
+pub mod outbox;
+pub mod pipeline;
 pub mod plugin_test;
+pub mod routes;
 pub mod runtime;
 pub mod sql_gate;

@@ -17,9 +17,55 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the router: consume the config's topics, hand events to the
+    /// plugins, commit their effects exactly once, produce their messages.
+    ///
+    /// Stops gracefully on SIGINT or SIGTERM: stops fetching, finishes the
+    /// events in hand, flushes the outbox, commits offsets, exits 0.
+    #[command(after_help = "Examples:
+  switchyard run --config config/switchyard.toml
+  switchyard run --config config/switchyard.toml --brokers 127.0.0.1:9092 \\
+      --database postgres://postgres@127.0.0.1/switchyard
+  SWITCHYARD_LOG=debug switchyard run --config config/switchyard.toml")]
+    Run(RunArgs),
+    /// Check a routing config and its plugins without starting: parses the
+    /// config (file, line and reason on error) and loads every plugin.
+    #[command(after_help = "Example:
+  switchyard check --config config/switchyard.toml")]
+    Check(RunArgs),
     /// Work with plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The routing config (TOML).
+    #[arg(long, short = 'c', default_value = "config/switchyard.toml")]
+    config: PathBuf,
+    /// Kafka bootstrap servers; overrides `kafka.brokers`.
+    #[arg(long, env = "SWITCHYARD_BROKERS")]
+    brokers: Option<String>,
+    /// Database URL; overrides `database.url`.
+    #[arg(long, env = "SWITCHYARD_DATABASE_URL")]
+    database: Option<String>,
+    /// Directory of the plugin files; overrides `plugins.dir`.
+    #[arg(long, env = "SWITCHYARD_PLUGIN_DIR")]
+    plugin_dir: Option<PathBuf>,
+    /// Log format: `text` or `json`.
+    #[arg(long, default_value = "text", env = "SWITCHYARD_LOG_FORMAT")]
+    log_format: String,
+}
+
+impl RunArgs {
+    fn options(&self) -> switchyard::app::RunOptions {
+        switchyard::app::RunOptions {
+            config: self.config.clone(),
+            brokers: self.brokers.clone(),
+            database: self.database.clone(),
+            plugin_dir: self.plugin_dir.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -89,6 +135,31 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
+        Command::Run(args) => {
+            init_logging_format("info", &args.log_format);
+            let options = args.options();
+            match runtime.block_on(switchyard::app::run(options, shutdown_signal())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Check(args) => {
+            init_logging("warn");
+            match runtime.block_on(switchyard::app::check(&args.options())) {
+                Ok(report) => {
+                    print!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Plugin(PluginCommand::Test(args)) => {
             init_logging("warn,switchyard::plugin=off,switchyard::capabilities=off");
             match runtime.block_on(plugin_test_cmd(args)) {
@@ -134,12 +205,51 @@ async fn plugin_test_cmd(args: TestArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Log to stderr; `RUST_LOG` overrides `default`.
+/// Log to stderr; `SWITCHYARD_LOG` (or `RUST_LOG`) overrides `default`.
 fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    init_logging_format(default, "text");
+}
+
+fn init_logging_format(default: &str, format: &str) {
+    let filter = std::env::var("SWITCHYARD_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .ok()
+        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received; shutting down"),
+        _ = term => tracing::info!("SIGTERM received; shutting down"),
+    }
 }

@@ -494,6 +494,8 @@ pub struct Invocation {
     pub statements: Vec<StatementRecord>,
     /// Statements run (always counted).
     pub statement_count: usize,
+    /// A statement found the database unavailable.
+    pub db_unavailable: bool,
     /// Log lines (only when [`CallOptions::record`] is set).
     pub logs: Vec<LogLine>,
     /// Log lines dropped over the cap.
@@ -596,6 +598,7 @@ impl PluginWorker {
             messages: Vec::new(),
             statements: Vec::new(),
             statement_count: 0,
+            db_unavailable: false,
             logs: Vec::new(),
             dropped_logs: 0,
             refused_publishes: Vec::new(),
@@ -653,6 +656,7 @@ impl PluginWorker {
             refused_publishes: std::mem::take(&mut data.publish.refused),
             statements: std::mem::take(&mut data.db.statements),
             statement_count: data.db.count,
+            db_unavailable: data.db.unavailable,
             logs,
             dropped_logs,
             elapsed: started.elapsed(),

@@ -19,6 +19,10 @@ pub struct DbState {
     pub statements: Vec<StatementRecord>,
     /// Statements run during the current call (always counted).
     pub count: usize,
+    /// Whether a statement of the current call found the database
+    /// unavailable: the router then treats a `retry` or a failure as an
+    /// outage (pause and retry) rather than spend the event's attempts.
+    pub unavailable: bool,
     record: bool,
 }
 
@@ -26,6 +30,7 @@ impl DbState {
     pub(crate) fn begin(&mut self, record: bool) {
         self.statements.clear();
         self.count = 0;
+        self.unavailable = false;
         self.record = record;
     }
 }
@@ -115,6 +120,7 @@ impl db::Host for HostState {
                 Some(tx) => tx.execute(&sql, &params).await,
             },
         };
+        self.db.unavailable |= matches!(result, Err(Error::Unavailable(_)));
         let summary = match &result {
             Ok(n) => StatementResult::Changed(*n),
             Err(e) => StatementResult::Failed(describe_error(e)),
@@ -138,6 +144,7 @@ impl db::Host for HostState {
                 }
             }
         };
+        self.db.unavailable |= matches!(result, Err(Error::Unavailable(_)));
         let summary = match &result {
             Ok(rows) => StatementResult::Returned(rows.rows.len()),
             Err(e) => StatementResult::Failed(describe_error(e)),

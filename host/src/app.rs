@@ -1,0 +1,212 @@
+//! `switchyard run` and `switchyard check`: load the config and the
+//! plugins, prepare the database, then consume until shut down.
+
+use crate::config::Loaded;
+use crate::consumer::{self, Lanes};
+use crate::database::{Database, redact_url};
+use crate::kafka;
+use crate::outbox::{self, Relay};
+use crate::pipeline::{Counters, PluginSlot, RouterState, Shared};
+use crate::routes::RouteTable;
+use crate::runtime::{Runtime, RuntimeOptions};
+use anyhow::Context as _;
+use rdkafka::consumer::Consumer;
+use rdkafka::producer::FutureProducer;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// Where the config is and what the command line overrides.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// The routing config file.
+    pub config: PathBuf,
+    /// `--brokers` / `SWITCHYARD_BROKERS`.
+    pub brokers: Option<String>,
+    /// `--database` / `SWITCHYARD_DATABASE_URL`.
+    pub database: Option<String>,
+    /// `--plugin-dir` / `SWITCHYARD_PLUGIN_DIR`.
+    pub plugin_dir: Option<PathBuf>,
+}
+
+/// Read the config and apply the overrides.
+pub fn load_config(options: &RunOptions) -> anyhow::Result<Loaded> {
+    let mut loaded = Loaded::from_file(&options.config)?;
+    if let Some(b) = &options.brokers {
+        loaded.config.kafka.brokers = b.clone();
+    }
+    if let Some(d) = &options.database {
+        loaded.config.database.url = d.clone();
+    }
+    Ok(loaded)
+}
+
+/// Compile every plugin of the config. Fails on the first that cannot be
+/// loaded, naming it.
+pub async fn load_plugins(
+    runtime: &Runtime,
+    loaded: &Loaded,
+    plugin_dir: Option<&std::path::Path>,
+) -> anyhow::Result<HashMap<String, PluginSlot>> {
+    let mut plugins = HashMap::new();
+    for (name, path, env, isolation) in loaded.plugin_envs(plugin_dir) {
+        let started = Instant::now();
+        let plugin = runtime
+            .load_file(&path, env)
+            .await
+            .with_context(|| format!("plugin {name} (in {})", loaded.path.display()))?;
+        tracing::info!(
+            plugin = %name,
+            version = %plugin.info.version,
+            hash = %plugin.hash,
+            file = %path.display(),
+            compile_ms = plugin.compile_time.as_millis() as u64,
+            load_ms = started.elapsed().as_millis() as u64,
+            "plugin loaded"
+        );
+        plugins.insert(name, PluginSlot { plugin, isolation });
+    }
+    Ok(plugins)
+}
+
+/// `switchyard check`: the config parses and every plugin loads.
+pub async fn check(options: &RunOptions) -> anyhow::Result<String> {
+    let loaded = load_config(options)?;
+    let runtime = Runtime::new(RuntimeOptions {
+        max_instances: 16,
+        ..RuntimeOptions::default()
+    })?;
+    let plugins = load_plugins(&runtime, &loaded, options.plugin_dir.as_deref()).await?;
+    let mut out = format!("{}: OK\n", loaded.path.display());
+    let mut names: Vec<_> = plugins.keys().collect();
+    names.sort();
+    for name in names {
+        let p = &plugins[name].plugin;
+        out.push_str(&format!(
+            "  plugin {name}: {} {} ({}, sha256 {}), publishes to: {}\n",
+            p.info.name,
+            p.info.version,
+            p.source,
+            p.hash,
+            p.env.grants.patterns().join(", ")
+        ));
+    }
+    out.push_str(&format!("  topics: {}\n", loaded.topics().join(", ")));
+    Ok(out)
+}
+
+/// Run the router until `shutdown` resolves: stop fetching, finish the
+/// events in hand, flush the outbox, commit offsets.
+pub async fn run(
+    options: RunOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let loaded = load_config(&options)?;
+    let config = loaded.config.clone();
+    let runtime = Runtime::new(RuntimeOptions {
+        max_instances: config.runtime.max_instances,
+        ..RuntimeOptions::default()
+    })?;
+    let db = Database::connect(&config.database.url, config.database.max_connections)
+        .await
+        .context("opening the database")?;
+    outbox::create_tables(&db)
+        .await
+        .with_context(|| format!("creating switchyard's tables in {}", redact_url(&config.database.url)))?;
+    let plugins = load_plugins(&runtime, &loaded, options.plugin_dir.as_deref()).await?;
+    let mut migrated = std::collections::HashSet::new();
+    for slot in plugins.values() {
+        let info = &slot.plugin.info;
+        if migrated.insert(info.name.clone()) {
+            let applied = db.migrate(&info.name, &info.migrations).await?;
+            if !applied.is_empty() {
+                tracing::info!(plugin = %info.name, migrations = ?applied, "migrations applied");
+            }
+        }
+    }
+    let routes = RouteTable::new(&config.routes);
+    let topics = routes.topics();
+
+    if config.kafka.create_topics_partitions > 0 {
+        let mut wanted = topics.clone();
+        wanted.push(config.dead_letter.topic.clone());
+        for slot in plugins.values() {
+            wanted.extend(
+                slot.plugin
+                    .env
+                    .grants
+                    .patterns()
+                    .iter()
+                    .filter(|p| !p.contains('*'))
+                    .cloned(),
+            );
+        }
+        wanted.sort();
+        wanted.dedup();
+        kafka::create_topics(&config.kafka.brokers, &wanted, config.kafka.create_topics_partitions)
+            .await
+            .context("creating topics")?;
+    }
+
+    let producer: FutureProducer = kafka::producer_config(&config.kafka.brokers, &config.kafka.producer)
+        .create()
+        .context("creating the Kafka producer")?;
+    let wake = Arc::new(Notify::new());
+    let shared = Arc::new(Shared {
+        state: arc_swap::ArcSwap::from_pointee(RouterState { routes, plugins }),
+        db: db.clone(),
+        producer: producer.clone(),
+        dead_letter_topic: config.dead_letter.topic.clone(),
+        group: config.kafka.group.clone(),
+        retry: config.retry.clone(),
+        relay_wake: wake.clone(),
+        counters: Counters::default(),
+    });
+
+    let (stop_relay_tx, stop_relay_rx) = tokio::sync::oneshot::channel::<()>();
+    let relay_task = tokio::spawn(
+        Relay::new(db.clone(), producer.clone(), wake.clone()).run(async {
+            let _ = stop_relay_rx.await;
+        }),
+    );
+
+    let lanes = Lanes::default();
+    let consumer = Arc::new(consumer::create(
+        &kafka::consumer_config(&config.kafka.brokers, &config.kafka.group, &config.kafka.consumer),
+        lanes.clone(),
+    )?);
+    let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&topic_refs)
+        .with_context(|| format!("subscribing to {}", topics.join(", ")))?;
+    tracing::info!(
+        brokers = %config.kafka.brokers,
+        group = %config.kafka.group,
+        database = %redact_url(&config.database.url),
+        topics = %topics.join(","),
+        "switchyard running"
+    );
+
+    consumer::run(consumer.clone(), lanes, shared.clone(), config.runtime.lane_buffer, shutdown).await;
+    tracing::info!("stopping: in-flight events finished; flushing the outbox");
+    let _ = stop_relay_tx.send(());
+    let _ = relay_task.await;
+    let left = Relay::new(db.clone(), producer, wake).drain(Duration::from_secs(10)).await;
+    if left != 0 {
+        tracing::warn!(rows = left, "outbox not empty at shutdown; the rows are sent at the next start");
+    }
+    consumer::commit_stored(&consumer);
+    consumer.unsubscribe();
+    db.close().await;
+    let c = &shared.counters;
+    tracing::info!(
+        done = c.done.load(std::sync::atomic::Ordering::Relaxed),
+        skipped = c.skipped.load(std::sync::atomic::Ordering::Relaxed),
+        duplicates = c.duplicates.load(std::sync::atomic::Ordering::Relaxed),
+        dead_letters = c.dead_letters.load(std::sync::atomic::Ordering::Relaxed),
+        "switchyard stopped"
+    );
+    Ok(())
+}

@@ -1,0 +1,518 @@
+//! The routing config: brokers, database, plugins and routes, in TOML.
+//!
+//! ```toml
+//! [kafka]
+//! brokers = "127.0.0.1:9092"
+//! group = "switchyard"
+//!
+//! [database]
+//! url = "sqlite:switchyard.db"
+//!
+//! [plugins]
+//! dir = "../target/wasm32-wasip2/plugin"
+//!
+//! [plugins.profile-creation]
+//! file = "profile_creation.wasm"
+//! publish = ["create-user-response", "*.reply"]
+//!
+//! [[routes]]
+//! topics = ["create-user"]
+//! plugins = ["profile-creation"]
+//! ```
+//!
+//! Unknown keys and bad values are refused with the file, line and column
+//! and what to change. Paths are relative to the config file.
+
+use crate::capabilities::PluginEnv;
+use crate::capabilities::publish::{Grants, valid_topic_name};
+use crate::limits::Limits;
+use crate::runtime::Isolation;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use toml::Spanned;
+
+/// The whole routing config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Kafka connection and consumer group.
+    pub kafka: KafkaConfig,
+    /// The service database.
+    pub database: DatabaseConfig,
+    /// Where dead letters go.
+    #[serde(default)]
+    pub dead_letter: DeadLetterConfig,
+    /// Retry policy for `retry` outcomes and plugin failures.
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// Engine-wide settings.
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+    /// Plugins by name.
+    pub plugins: PluginsConfig,
+    /// Routes: which topics go to which plugins.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+/// `[kafka]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma separated. Example: `brokers =
+    /// "127.0.0.1:9092"`. Overridden by `--brokers` or
+    /// `SWITCHYARD_BROKERS`.
+    pub brokers: String,
+    /// Consumer group. Example: `group = "switchyard"`.
+    #[serde(default = "default_group")]
+    pub group: String,
+    /// Create missing topics (consumed, dead-letter and exactly-named
+    /// publish grants) at start, with this many partitions; 0 disables.
+    /// Example: `create_topics_partitions = 3`.
+    #[serde(default)]
+    pub create_topics_partitions: i32,
+    /// Extra librdkafka consumer properties. Example:
+    /// `consumer = { "session.timeout.ms" = "6000" }`.
+    #[serde(default)]
+    pub consumer: BTreeMap<String, String>,
+    /// Extra librdkafka producer properties.
+    #[serde(default)]
+    pub producer: BTreeMap<String, String>,
+}
+
+fn default_group() -> String {
+    "switchyard".to_string()
+}
+
+/// `[database]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `postgres://...` or `sqlite:path`. Overridden by `--database` or
+    /// `SWITCHYARD_DATABASE_URL`. Example: `url = "sqlite:switchyard.db"`.
+    pub url: String,
+    /// Pool size (PostgreSQL). Example: `max_connections = 16`.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+}
+
+fn default_max_connections() -> u32 {
+    16
+}
+
+/// `[dead_letter]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterConfig {
+    /// Dead-letter topic. Example: `topic = "switchyard.dlq"`.
+    #[serde(default = "default_dlq")]
+    pub topic: String,
+}
+
+impl Default for DeadLetterConfig {
+    fn default() -> Self {
+        Self {
+            topic: default_dlq(),
+        }
+    }
+}
+
+fn default_dlq() -> String {
+    "switchyard.dlq".to_string()
+}
+
+/// `[retry]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Attempts of one event in one plugin before it is dead-lettered,
+    /// for `retry` outcomes and failures (traps, limits). `rejected` is
+    /// dead-lettered at once. Example: `max_attempts = 5`.
+    pub max_attempts: u32,
+    /// First backoff, doubled at each attempt. Example:
+    /// `initial_backoff_ms = 100`.
+    pub initial_backoff_ms: u64,
+    /// Backoff cap, also for infrastructure outages (database or broker
+    /// down), which are retried without limit. Example:
+    /// `max_backoff_ms = 10000`.
+    pub max_backoff_ms: u64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            initial_backoff_ms: 100,
+            max_backoff_ms: 10_000,
+        }
+    }
+}
+
+/// `[runtime]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Live plugin instances the engine's pool holds (partitions × plugins
+    /// need one each). Example: `max_instances = 1000`.
+    pub max_instances: u32,
+    /// Events buffered per partition before the partition is paused.
+    pub lane_buffer: usize,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            max_instances: 1000,
+            lane_buffer: 512,
+        }
+    }
+}
+
+/// `[plugins]`: a directory and one table per plugin.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PluginsConfig {
+    /// Directory that plugin `file`s are relative to (itself relative to
+    /// the config file). Overridden by `--plugin-dir` or
+    /// `SWITCHYARD_PLUGIN_DIR`. Example: `dir = "plugins"`.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// The plugins, by the name routes use.
+    #[serde(flatten)]
+    pub plugins: BTreeMap<String, PluginConfig>,
+}
+
+/// `[plugins.<name>]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// The component file. Example: `file = "role_mapping.wasm"`.
+    pub file: PathBuf,
+    /// Topics (patterns with `*`) the plugin may publish to. Example:
+    /// `publish = ["notification.*"]`.
+    #[serde(default)]
+    pub publish: Vec<String>,
+    /// The plugin's own settings, handed to it as JSON. Example:
+    /// `settings = { subject = "Welcome, {name}!" }`.
+    #[serde(default)]
+    pub settings: toml::Table,
+    /// Resource limits; unset ones keep their defaults. Example:
+    /// `limits = { deadline_ms = 500 }`.
+    #[serde(default)]
+    pub limits: Limits,
+    /// `reuse` (default) or `per-event`.
+    #[serde(default)]
+    pub isolation: Isolation,
+}
+
+/// `[[routes]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Topics this route consumes. Example: `topics = ["create-user"]`.
+    pub topics: Vec<Spanned<String>>,
+    /// Plugins that handle each matching event, in order. Example:
+    /// `plugins = ["profile-creation"]`.
+    pub plugins: Vec<Spanned<String>>,
+    /// Only events that match this condition take the route.
+    #[serde(default, rename = "match")]
+    pub matches: Option<MatchConfig>,
+    /// Deduplicate on an event id as well as on the Kafka position, so
+    /// upstream duplicates apply once. Example: `dedupe = { field =
+    /// "/eventId" }` or `dedupe = { header = "event-id" }`.
+    #[serde(default)]
+    pub dedupe: Option<KeyConfig>,
+}
+
+/// Where a value comes from: a header or a JSON pointer into the payload.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// Header name. Example: `header = "event-id"`.
+    #[serde(default)]
+    pub header: Option<String>,
+    /// JSON pointer. Example: `field = "/eventId"`.
+    #[serde(default)]
+    pub field: Option<String>,
+}
+
+/// `match = { header = "event-type", equals = "user_registered" }`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MatchConfig {
+    /// Header to compare.
+    #[serde(default)]
+    pub header: Option<String>,
+    /// JSON pointer into the payload to compare.
+    #[serde(default)]
+    pub field: Option<String>,
+    /// The value it must equal (JSON strings compare as text, other JSON
+    /// values by their JSON text).
+    pub equals: String,
+}
+
+/// A config that cannot be used, with where and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}:{line}:{column}: {message}")]
+pub struct ConfigError {
+    /// The config file.
+    pub file: String,
+    /// Line, 1-based.
+    pub line: usize,
+    /// Column, 1-based.
+    pub column: usize,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+/// Line and column (1-based) of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+    (line, column)
+}
+
+/// A loaded, checked config and where it came from.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The parsed config.
+    pub config: Config,
+    /// The file.
+    pub path: PathBuf,
+}
+
+impl Loaded {
+    /// Read and check a config file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.display().to_string(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read the config file: {e}"),
+        })?;
+        Self::from_str(path, &text)
+    }
+
+    /// Parse and check config text that claims to come from `path`.
+    pub fn from_str(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let err_at = |offset: usize, message: String| {
+            let (line, column) = line_col(text, offset);
+            ConfigError {
+                file: file.clone(),
+                line,
+                column,
+                message,
+            }
+        };
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let offset = e.span().map_or(0, |s| s.start);
+            err_at(offset, e.message().trim().to_string())
+        })?;
+        // Semantic checks, pointing at the offending value.
+        let find = |needle: &str| text.find(needle).unwrap_or(0);
+        if config.kafka.brokers.trim().is_empty() {
+            return Err(err_at(find("brokers"), "`kafka.brokers` is empty: give host:port of at least one broker".into()));
+        }
+        if !valid_topic_name(&config.dead_letter.topic) {
+            return Err(err_at(
+                find("[dead_letter]"),
+                format!("`dead_letter.topic` {:?} is not a valid Kafka topic name", config.dead_letter.topic),
+            ));
+        }
+        if config.retry.max_attempts == 0 {
+            return Err(err_at(find("max_attempts"), "`retry.max_attempts` must be at least 1".into()));
+        }
+        for (name, plugin) in &config.plugins.plugins {
+            if plugin.limits.deadline_ms == 0 || plugin.limits.memory_bytes < (1 << 20) {
+                return Err(err_at(
+                    find(&format!("[plugins.{name}]")),
+                    format!("plugin {name}: `limits.deadline_ms` must be > 0 and `limits.memory_bytes` at least 1048576"),
+                ));
+            }
+            for pattern in &plugin.publish {
+                if pattern.is_empty() {
+                    return Err(err_at(find(&format!("[plugins.{name}]")), format!("plugin {name}: an empty `publish` pattern grants nothing: remove it")));
+                }
+            }
+        }
+        if config.routes.is_empty() {
+            return Err(err_at(text.len(), "no `[[routes]]`: add at least one route from topics to plugins".into()));
+        }
+        for route in &config.routes {
+            if route.topics.is_empty() || route.plugins.is_empty() {
+                let at = route.topics.first().or(route.plugins.first()).map_or(0, |s| s.span().start);
+                return Err(err_at(at, "a route needs at least one topic and one plugin".into()));
+            }
+            for topic in &route.topics {
+                if !valid_topic_name(topic.get_ref()) {
+                    return Err(err_at(topic.span().start, format!("{:?} is not a valid Kafka topic name (1-249 of [a-zA-Z0-9._-])", topic.get_ref())));
+                }
+            }
+            for plugin in &route.plugins {
+                if !config.plugins.plugins.contains_key(plugin.get_ref()) {
+                    let known: Vec<&str> = config.plugins.plugins.keys().map(String::as_str).collect();
+                    return Err(err_at(
+                        plugin.span().start,
+                        format!(
+                            "route to unknown plugin {:?}: define [plugins.{}] or use one of: {}",
+                            plugin.get_ref(),
+                            plugin.get_ref(),
+                            known.join(", ")
+                        ),
+                    ));
+                }
+            }
+            for key in route.dedupe.iter().map(|d| (d.header.as_ref(), d.field.as_ref(), "dedupe"))
+                .chain(route.matches.iter().map(|m| (m.header.as_ref(), m.field.as_ref(), "match")))
+            {
+                match key {
+                    (Some(_), None, _) => {}
+                    (None, Some(f), what) if !f.starts_with('/') => {
+                        return Err(err_at(find(f), format!("`{what}.field` {f:?} must be a JSON pointer starting with '/', like \"/eventId\"")));
+                    }
+                    (None, Some(_), _) => {}
+                    (_, _, what) => {
+                        let at = route.topics.first().map_or(0, |s| s.span().start);
+                        return Err(err_at(at, format!("`{what}` needs exactly one of `header` or `field`")));
+                    }
+                }
+            }
+        }
+        Ok(Self {
+            config,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The directory plugin files are relative to: `--plugin-dir` (given as
+    /// `dir_override`), else `plugins.dir` relative to the config file.
+    pub fn plugin_dir(&self, dir_override: Option<&Path>) -> PathBuf {
+        if let Some(dir) = dir_override {
+            return dir.to_path_buf();
+        }
+        let base = self.path.parent().map(Path::to_path_buf).unwrap_or_default();
+        match &self.config.plugins.dir {
+            Some(dir) => base.join(dir),
+            None => base,
+        }
+    }
+
+    /// Every plugin's file path and its environment (limits, grants,
+    /// settings as JSON).
+    pub fn plugin_envs(&self, dir_override: Option<&Path>) -> Vec<(String, PathBuf, PluginEnv, Isolation)> {
+        let dir = self.plugin_dir(dir_override);
+        self.config
+            .plugins
+            .plugins
+            .iter()
+            .map(|(name, p)| {
+                let settings = match serde_json::to_value(&p.settings) {
+                    Ok(serde_json::Value::Object(m)) => m,
+                    _ => serde_json::Map::new(),
+                };
+                let env = PluginEnv {
+                    name: name.as_str().into(),
+                    limits: p.limits.clone(),
+                    grants: Grants::new(p.publish.clone()),
+                    settings: Arc::new(settings),
+                };
+                (name.clone(), dir.join(&p.file), env, p.isolation)
+            })
+            .collect()
+    }
+
+    /// Every topic some route consumes, sorted.
+    pub fn topics(&self) -> Vec<String> {
+        let mut topics: Vec<String> = self
+            .config
+            .routes
+            .iter()
+            .flat_map(|r| r.topics.iter().map(|t| t.get_ref().clone()))
+            .collect();
+        topics.sort();
+        topics.dedup();
+        topics
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[kafka]
+brokers = "127.0.0.1:9092"
+
+[database]
+url = "sqlite::memory:"
+
+[plugins.welcome]
+file = "welcome_notification.wasm"
+publish = ["notification.send.email"]
+settings = { subject = "Hi {name}" }
+limits = { deadline_ms = 250 }
+
+[[routes]]
+topics = ["user.registered.v1", "notification.send.welcome"]
+plugins = ["welcome"]
+dedupe = { header = "event-id" }
+"#;
+
+    fn load(text: &str) -> Result<Loaded, ConfigError> {
+        Loaded::from_str(Path::new("config/test.toml"), text)
+    }
+
+    #[test]
+    fn parses_a_good_config_with_defaults() -> Result<(), ConfigError> {
+        let loaded = load(GOOD)?;
+        let c = &loaded.config;
+        assert_eq!(c.kafka.group, "switchyard");
+        assert_eq!(c.dead_letter.topic, "switchyard.dlq");
+        assert_eq!(c.retry, RetryConfig::default());
+        let welcome = &c.plugins.plugins["welcome"];
+        assert_eq!(welcome.limits.deadline_ms, 250);
+        assert_eq!(welcome.limits.memory_bytes, Limits::default().memory_bytes);
+        assert_eq!(loaded.topics(), vec!["notification.send.welcome", "user.registered.v1"]);
+        let envs = loaded.plugin_envs(None);
+        assert_eq!(envs[0].1, Path::new("config/welcome_notification.wasm"));
+        assert_eq!(envs[0].2.settings["subject"], "Hi {name}");
+        assert!(envs[0].2.grants.allows("notification.send.email"));
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_line_and_column() {
+        let text = GOOD.replace("dedupe = {", "dedup = {");
+        let err = load(&text).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.starts_with("config/test.toml:18:"), "{err}");
+        assert!(err.contains("unknown field `dedup`"), "{err}");
+    }
+
+    #[test]
+    fn routes_to_unknown_plugins_are_refused_where_they_are() {
+        let text = GOOD.replace("plugins = [\"welcome\"]", "plugins = [\"welcom\"]");
+        let err = load(&text).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.starts_with("config/test.toml:17:12:"), "{err}");
+        assert!(err.contains("unknown plugin \"welcom\""), "{err}");
+        assert!(err.contains("welcome"), "lists the known plugins: {err}");
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        for (from, to, expect) in [
+            ("deadline_ms = 250", "deadline_ms = \"fast\"", "invalid type"),
+            ("deadline_ms = 250", "deadline_ms = 0", "deadline_ms"),
+            ("\"user.registered.v1\"", "\"user registered\"", "not a valid Kafka topic name"),
+            ("header = \"event-id\"", "field = \"eventId\"", "JSON pointer"),
+            ("brokers = \"127.0.0.1:9092\"", "brokers = \"\"", "kafka.brokers"),
+        ] {
+            let text = GOOD.replace(from, to);
+            let err = load(&text).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains(expect), "{to}: {err}");
+            assert!(err.starts_with("config/test.toml:"), "{err}");
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! The consumer: one rdkafka consumer in the group, one ordered lane per
+//! assigned partition, bounded buffers, offsets stored only after an
+//! event's work is durable.
+//!
+//! - **Order** is kept per partition: a lane handles its events one at a
+//!   time; different partitions run concurrently.
+//! - **Back-pressure**: each lane buffers `lane_buffer` events; when one is
+//!   full its partition is paused (the consumer keeps polling, so it stays
+//!   in the group) and resumed once the lane has room again.
+//! - **Rebalances**: revoked partitions' lanes are cancelled; they finish
+//!   or abandon the event in hand and never store another offset. Effects
+//!   are keyed by the processed-marker, so the new owner redoing an event
+//!   whose effects already committed finds a duplicate and skips it.
+
+use crate::event::Event;
+use crate::kafka::to_event;
+use crate::pipeline::{EventEnd, Lane, Shared};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::TopicPartitionList;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+type Tp = (String, i32);
+
+/// A running lane as the consumer sees it.
+struct LaneHandle {
+    tx: mpsc::Sender<Event>,
+    cancel: Arc<AtomicBool>,
+    paused: Arc<AtomicBool>,
+    overflow: VecDeque<Event>,
+    join: JoinHandle<()>,
+}
+
+/// Lanes by partition, shared with the rebalance callback.
+#[derive(Default, Clone)]
+pub struct Lanes(Arc<Mutex<HashMap<Tp, LaneHandle>>>);
+
+impl Lanes {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Tp, LaneHandle>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Rebalance callbacks.
+pub struct RouterContext {
+    lanes: Lanes,
+}
+
+impl ClientContext for RouterContext {}
+
+impl ConsumerContext for RouterContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                let mut lanes = self.lanes.lock();
+                for e in tpl.elements() {
+                    if let Some(lane) = lanes.remove(&(e.topic().to_string(), e.partition())) {
+                        lane.cancel.store(true, Ordering::Relaxed);
+                    }
+                }
+                tracing::info!(partitions = tpl.count(), "partitions revoked; their lanes stop");
+            }
+            Rebalance::Assign(tpl) => {
+                tracing::info!(partitions = tpl.count(), "partitions assigned");
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+}
+
+/// The group consumer.
+pub type RouterConsumer = StreamConsumer<RouterContext>;
+
+/// Create the consumer with its rebalance context.
+pub fn create(config: &rdkafka::ClientConfig, lanes: Lanes) -> anyhow::Result<RouterConsumer> {
+    Ok(config.create_with_context(RouterContext { lanes })?)
+}
+
+fn tpl_of(tp: &Tp) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(&tp.0, tp.1);
+    tpl
+}
+
+fn spawn_lane(
+    tp: &Tp,
+    shared: &Arc<Shared>,
+    consumer: &Arc<RouterConsumer>,
+    room: &mpsc::UnboundedSender<Tp>,
+    buffer: usize,
+) -> LaneHandle {
+    let (tx, mut rx) = mpsc::channel::<Event>(buffer.max(1));
+    let cancel = Arc::new(AtomicBool::new(false));
+    let paused = Arc::new(AtomicBool::new(false));
+    let mut lane = Lane::new(shared.clone(), cancel.clone());
+    let consumer = consumer.clone();
+    let room = room.clone();
+    let (lane_cancel, lane_paused, tp_owned) = (cancel.clone(), paused.clone(), tp.clone());
+    let join = tokio::spawn(async move {
+        while let Some(event) = rx.recv().await {
+            if lane_cancel.load(Ordering::Relaxed) {
+                break;
+            }
+            if lane_paused.load(Ordering::Relaxed) && rx.len() <= buffer / 2 {
+                let _ = room.send(tp_owned.clone());
+            }
+            match lane.process(&event).await {
+                EventEnd::Completed if !lane_cancel.load(Ordering::Relaxed) => {
+                    // The next offset to read: this one is done for good.
+                    if let Err(e) = consumer.store_offset(&event.topic, event.partition, event.offset + 1) {
+                        tracing::debug!(error = %e, topic = %event.topic, partition = event.partition, "offset not stored (partition no longer assigned)");
+                    }
+                }
+                EventEnd::Completed => break,
+                EventEnd::Abandoned => break,
+            }
+        }
+    });
+    LaneHandle {
+        tx,
+        cancel,
+        paused,
+        overflow: VecDeque::new(),
+        join,
+    }
+}
+
+/// Consume until `shutdown` resolves, then stop the lanes: each finishes
+/// (or abandons) the event in hand; buffered events are left for the next
+/// owner of the partition, since their offsets were never stored.
+pub async fn run(
+    consumer: Arc<RouterConsumer>,
+    lanes: Lanes,
+    shared: Arc<Shared>,
+    lane_buffer: usize,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let (room_tx, mut room_rx) = mpsc::unbounded_channel::<Tp>();
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            Some(tp) = room_rx.recv() => {
+                let mut map = lanes.lock();
+                if let Some(lane) = map.get_mut(&tp) {
+                    while let Some(ev) = lane.overflow.pop_front() {
+                        if let Err(mpsc::error::TrySendError::Full(ev)) = lane.tx.try_send(ev) {
+                            lane.overflow.push_front(ev);
+                            break;
+                        }
+                    }
+                    if lane.overflow.is_empty() && lane.paused.swap(false, Ordering::Relaxed) {
+                        if let Err(e) = consumer.resume(&tpl_of(&tp)) {
+                            tracing::warn!(error = %e, topic = %tp.0, partition = tp.1, "cannot resume partition");
+                        }
+                    }
+                }
+            }
+            msg = consumer.recv() => {
+                let event = match msg {
+                    Ok(m) => to_event(&m),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Kafka consumer error (librdkafka retries by itself)");
+                        continue;
+                    }
+                };
+                let tp = (event.topic.clone(), event.partition);
+                let mut map = lanes.lock();
+                let lane = map
+                    .entry(tp.clone())
+                    .or_insert_with(|| spawn_lane(&tp, &shared, &consumer, &room_tx, lane_buffer));
+                if !lane.overflow.is_empty() {
+                    lane.overflow.push_back(event);
+                    continue;
+                }
+                if let Err(mpsc::error::TrySendError::Full(event)) = lane.tx.try_send(event) {
+                    lane.overflow.push_back(event);
+                    if !lane.paused.swap(true, Ordering::Relaxed) {
+                        tracing::debug!(topic = %tp.0, partition = tp.1, "lane full; partition paused");
+                        if let Err(e) = consumer.pause(&tpl_of(&tp)) {
+                            tracing::warn!(error = %e, "cannot pause partition");
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let handles: Vec<LaneHandle> = lanes.lock().drain().map(|(_, h)| h).collect();
+    for h in &handles {
+        h.cancel.store(true, Ordering::Relaxed);
+    }
+    for h in handles {
+        drop(h.tx);
+        if let Err(e) = h.join.await {
+            tracing::error!(error = %e, "a lane ended abnormally");
+        }
+    }
+}
+
+/// Commit the stored offsets now (at shutdown).
+pub fn commit_stored(consumer: &RouterConsumer) {
+    match consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+        Ok(()) => tracing::info!("offsets committed"),
+        Err(rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+        Err(e) => tracing::warn!(error = %e, "final offset commit failed; the group resumes from the last committed offsets (effects are deduplicated)"),
+    }
+}

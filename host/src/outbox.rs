@@ -1,0 +1,410 @@
+//! The outbox: messages a plugin published are written to
+//! `switchyard_outbox` in the event's transaction, and a relay produces
+//! them afterwards (idempotent producer, `acks=all`), deleting each row
+//! only once its delivery is confirmed. A crash between commit and produce
+//! loses nothing (the rows wait); a crash between produce and delete sends
+//! a row twice, with the same `event-id` header for consumers to dedupe.
+//!
+//! Also here: the router's own tables (`switchyard_processed` markers and
+//! the outbox), created at start.
+
+use crate::bindings::switchyard::plugin::db::{Error as DbError, Value};
+use crate::capabilities::publish::OutMessage;
+use crate::database::{Backend, Database, Tx};
+use crate::kafka::to_headers;
+use crate::limits::Limits;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+const POSTGRES_TABLES: &str = "
+CREATE TABLE IF NOT EXISTS switchyard_processed (
+    consumer_group text NOT NULL,
+    plugin text NOT NULL,
+    dedupe_key text NOT NULL,
+    topic text NOT NULL,
+    kafka_partition integer NOT NULL,
+    kafka_offset bigint NOT NULL,
+    outcome text NOT NULL,
+    processed_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (consumer_group, plugin, dedupe_key)
+);
+CREATE TABLE IF NOT EXISTS switchyard_outbox (
+    id bigserial PRIMARY KEY,
+    topic text NOT NULL,
+    msg_key bytea,
+    payload bytea NOT NULL,
+    headers text NOT NULL,
+    msg_partition integer,
+    created_at timestamptz NOT NULL DEFAULT now()
+);";
+
+const SQLITE_TABLES: &str = "
+CREATE TABLE IF NOT EXISTS switchyard_processed (
+    consumer_group TEXT NOT NULL,
+    plugin TEXT NOT NULL,
+    dedupe_key TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    kafka_partition INTEGER NOT NULL,
+    kafka_offset INTEGER NOT NULL,
+    outcome TEXT NOT NULL,
+    processed_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    PRIMARY KEY (consumer_group, plugin, dedupe_key)
+);
+CREATE TABLE IF NOT EXISTS switchyard_outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    msg_key BLOB,
+    payload BLOB NOT NULL,
+    headers TEXT NOT NULL,
+    msg_partition INTEGER,
+    created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP
+);";
+
+/// Create the router's tables if they are missing.
+pub async fn create_tables(db: &Database) -> Result<(), sqlx::Error> {
+    db.run_script(match db.backend() {
+        Backend::Postgres => POSTGRES_TABLES,
+        Backend::Sqlite => SQLITE_TABLES,
+    })
+    .await
+}
+
+/// Record that `plugin` handled the event with this dedupe key. Returns
+/// `false` when it already had: a duplicate, to be skipped.
+pub async fn mark_processed(
+    tx: &mut Tx,
+    group: &str,
+    plugin: &str,
+    dedupe_key: &str,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    outcome: &str,
+) -> Result<bool, DbError> {
+    let n = tx
+        .execute_host(
+            "INSERT INTO switchyard_processed (consumer_group, plugin, dedupe_key, topic, kafka_partition, kafka_offset, outcome) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+            &[
+                Value::Text(group.to_string()),
+                Value::Text(plugin.to_string()),
+                Value::Text(dedupe_key.to_string()),
+                Value::Text(topic.to_string()),
+                Value::Int(i64::from(partition)),
+                Value::Int(offset),
+                Value::Text(outcome.to_string()),
+            ],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+/// Write the messages into the outbox, in the event's transaction.
+pub async fn enqueue(tx: &mut Tx, messages: &[OutMessage]) -> Result<(), DbError> {
+    for m in messages {
+        tx.execute_host(
+            "INSERT INTO switchyard_outbox (topic, msg_key, payload, headers, msg_partition) VALUES ($1, $2, $3, $4, $5)",
+            &[
+                Value::Text(m.topic.clone()),
+                m.key.clone().map_or(Value::Null, Value::Bytes),
+                Value::Bytes(m.payload.clone()),
+                Value::Text(encode_headers(&m.headers)),
+                m.partition.map_or(Value::Null, |p| Value::Int(i64::from(p))),
+            ],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Headers as JSON `[[name, hex value or null], ...]`: header values are
+/// bytes, and this keeps them exact on both backends.
+pub fn encode_headers(headers: &[(String, Option<Vec<u8>>)]) -> String {
+    let list: Vec<(&str, Option<String>)> = headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_deref().map(hex)))
+        .collect();
+    serde_json::to_string(&list).unwrap_or_else(|_| "[]".to_string())
+}
+
+/// The inverse of [`encode_headers`].
+pub fn decode_headers(text: &str) -> Result<Vec<(String, Option<Vec<u8>>)>, String> {
+    let list: Vec<(String, Option<String>)> =
+        serde_json::from_str(text).map_err(|e| format!("outbox headers are not valid JSON: {e}"))?;
+    list.into_iter()
+        .map(|(n, v)| match v {
+            None => Ok((n, None)),
+            Some(h) => unhex(&h)
+                .map(|b| (n.clone(), Some(b)))
+                .ok_or_else(|| format!("outbox header {n} is not hex")),
+        })
+        .collect()
+}
+
+/// One outbox row.
+#[derive(Debug, Clone)]
+struct Row {
+    id: i64,
+    message: OutMessage,
+}
+
+fn decode_row(cells: Vec<Value>) -> Result<Row, String> {
+    let mut it = cells.into_iter();
+    let mut next = || it.next().unwrap_or(Value::Null);
+    let id = match next() {
+        Value::Int(i) => i,
+        other => return Err(format!("outbox id is {other:?}")),
+    };
+    let topic = match next() {
+        Value::Text(t) => t,
+        other => return Err(format!("outbox topic is {other:?}")),
+    };
+    let key = match next() {
+        Value::Bytes(b) => Some(b),
+        Value::Text(t) => Some(t.into_bytes()),
+        _ => None,
+    };
+    let payload = match next() {
+        Value::Bytes(b) => b,
+        Value::Text(t) => t.into_bytes(),
+        _ => Vec::new(),
+    };
+    let headers = match next() {
+        Value::Text(t) => decode_headers(&t)?,
+        _ => Vec::new(),
+    };
+    let partition = match next() {
+        Value::Int(p) => i32::try_from(p).ok(),
+        _ => None,
+    };
+    Ok(Row {
+        id,
+        message: OutMessage {
+            topic,
+            key,
+            payload,
+            headers,
+            partition,
+        },
+    })
+}
+
+/// Produces outbox rows and deletes them once delivered.
+pub struct Relay {
+    db: Database,
+    producer: FutureProducer,
+    /// Wakes the relay right after a commit that enqueued messages.
+    pub wake: Arc<Notify>,
+    batch: i64,
+}
+
+/// What one relay pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pass {
+    /// Rows produced and deleted.
+    pub delivered: usize,
+    /// Rows whose delivery failed (kept for the next pass).
+    pub failed: usize,
+}
+
+impl Relay {
+    /// A relay over `db` producing with `producer`.
+    pub fn new(db: Database, producer: FutureProducer, wake: Arc<Notify>) -> Self {
+        Self {
+            db,
+            producer,
+            wake,
+            batch: 500,
+        }
+    }
+
+    /// Produce up to one batch of rows, oldest first; delete the delivered
+    /// ones. On PostgreSQL the rows are locked (`SKIP LOCKED`) so that
+    /// several routers on one database never send the same row at once.
+    pub async fn pass(&self) -> anyhow::Result<Pass> {
+        let mut tx = self.db.begin().await?;
+        let sql = match self.db.backend() {
+            Backend::Postgres => "SELECT id, topic, msg_key, payload, headers, msg_partition FROM switchyard_outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "SELECT id, topic, msg_key, payload, headers, msg_partition FROM switchyard_outbox ORDER BY id LIMIT $1",
+        };
+        let limits = Limits {
+            max_rows: usize::try_from(self.batch).unwrap_or(500),
+            max_result_bytes: usize::MAX,
+            ..Limits::default()
+        };
+        let rows = tx
+            .query(sql, &[Value::Int(self.batch)], &limits)
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the outbox: {}", crate::capabilities::db::describe_error(&e)))?;
+        if rows.rows.is_empty() {
+            tx.rollback().await?;
+            return Ok(Pass::default());
+        }
+        let mut pending = Vec::with_capacity(rows.rows.len());
+        let mut failed = 0;
+        for cells in rows.rows {
+            let row = match decode_row(cells) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "undecodable outbox row left in place; fix or delete it by hand");
+                    failed += 1;
+                    continue;
+                }
+            };
+            let m = &row.message;
+            let mut record = FutureRecord::<[u8], [u8]>::to(&m.topic)
+                .payload(&m.payload)
+                .headers(to_headers(&m.headers));
+            if let Some(k) = &m.key {
+                record = record.key(k);
+            }
+            if let Some(p) = m.partition {
+                record = record.partition(p);
+            }
+            match self.producer.send_result(record) {
+                Ok(delivery) => pending.push((row.id, m.topic.clone(), delivery)),
+                Err((e, _)) => {
+                    tracing::warn!(error = %e, topic = %m.topic, "cannot queue outbox message; will retry");
+                    failed += 1;
+                }
+            }
+        }
+        let mut delivered = Vec::with_capacity(pending.len());
+        for (id, topic, delivery) in pending {
+            match delivery.await {
+                Ok(Ok(_)) => delivered.push(id),
+                Ok(Err((e, _))) => {
+                    tracing::warn!(error = %e, %topic, "outbox delivery failed; the row stays and is retried");
+                    failed += 1;
+                }
+                Err(_) => failed += 1,
+            }
+        }
+        for chunk in delivered.chunks(500) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "DELETE FROM switchyard_outbox WHERE id IN ({})",
+                placeholders.join(", ")
+            );
+            let params: Vec<Value> = chunk.iter().map(|id| Value::Int(*id)).collect();
+            tx.execute_host(&sql, &params)
+                .await
+                .map_err(|e| anyhow::anyhow!("deleting delivered outbox rows: {}", crate::capabilities::db::describe_error(&e)))?;
+        }
+        tx.commit().await?;
+        Ok(Pass {
+            delivered: delivered.len(),
+            failed,
+        })
+    }
+
+    /// Rows waiting in the outbox.
+    pub async fn backlog(&self) -> anyhow::Result<i64> {
+        let mut tx = self.db.begin().await?;
+        let rows = tx
+            .query("SELECT count(*) FROM switchyard_outbox", &[], &Limits::default())
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", crate::capabilities::db::describe_error(&e)))?;
+        tx.rollback().await?;
+        Ok(match rows.rows.first().and_then(|r| r.first()) {
+            Some(Value::Int(n)) => *n,
+            _ => 0,
+        })
+    }
+
+    /// Relay until `stop` resolves: a pass after every wake-up, and at
+    /// least every 200 ms; backs off while Kafka or the database is down.
+    pub async fn run(self, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.pass().await {
+                Ok(p) if p.failed == 0 => {
+                    backoff = Duration::from_millis(100);
+                    if p.delivered > 0 {
+                        continue;
+                    }
+                }
+                Ok(p) => {
+                    tracing::warn!(delivered = p.delivered, failed = p.failed, "outbox relay: some messages not delivered; retrying in {backoff:?}");
+                    if sleep_or_stop(backoff, &mut stop).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "outbox relay paused; retrying in {backoff:?}");
+                    if sleep_or_stop(backoff, &mut stop).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    continue;
+                }
+            }
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+    }
+
+    /// Deliver everything that is in the outbox now (shutdown), giving up
+    /// after `timeout`. Returns the rows left.
+    pub async fn drain(&self, timeout: Duration) -> i64 {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
+            match self.pass().await {
+                Ok(p) if p.delivered == 0 && p.failed == 0 => break,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "outbox drain failed");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        self.backlog().await.unwrap_or(-1)
+    }
+}
+
+async fn sleep_or_stop(
+    d: Duration,
+    stop: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> bool {
+    tokio::select! {
+        _ = stop.as_mut() => true,
+        _ = tokio::time::sleep(d) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_round_trip_exactly() {
+        let h = vec![
+            ("event-id".to_string(), Some(b"abc".to_vec())),
+            ("bin".to_string(), Some(vec![0, 255, 10])),
+            ("null".to_string(), None),
+        ];
+        assert_eq!(decode_headers(&encode_headers(&h)), Ok(h));
+        assert!(decode_headers("[[\"x\", \"zz\"]]").is_err());
+    }
+}

@@ -1,0 +1,430 @@
+//! What happens to one event in one ordered lane (one partition): for each
+//! plugin its routes select, one transaction holding the processed-marker,
+//! the plugin's SQL and its outbox rows; retries with backoff; dead letters.
+//!
+//! The outcomes, and what the lane does with them:
+//! - `done`, `skipped`: commit marker + SQL + outbox together (P1, P2);
+//! - duplicate (the marker exists): nothing, the effects are already there;
+//! - `retry`, a trap or a limit: roll back, back off exponentially, try
+//!   again, up to `retry.max_attempts`, then dead-letter;
+//! - `rejected`: roll back and dead-letter at once;
+//! - the database or the broker unavailable: roll back, back off and try
+//!   again without limit and without spending attempts — an outage pauses
+//!   the lane, it never dead-letters a good event (P3).
+//!
+//! A dead letter carries the original key, value and headers plus
+//! `switchyard.*` headers saying why; it is acknowledged by the broker
+//! before the marker is written and the offset moves.
+
+use crate::config::RetryConfig;
+use crate::database::Database;
+use crate::event::{Event, EventContext};
+use crate::kafka::to_headers;
+use crate::outbox;
+use crate::routes::RouteTable;
+use crate::runtime::{CallOptions, Isolation, LoadedPlugin, Outcome, PluginWorker};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tracing::Instrument;
+
+/// A loaded plugin and how its instances are shared.
+#[derive(Debug, Clone)]
+pub struct PluginSlot {
+    /// The version in service.
+    pub plugin: Arc<LoadedPlugin>,
+    /// Instance sharing.
+    pub isolation: Isolation,
+}
+
+/// Routes and plugins in service; swapped whole on reload.
+#[derive(Debug, Default)]
+pub struct RouterState {
+    /// Topic → routes.
+    pub routes: RouteTable,
+    /// Plugin name → version in service.
+    pub plugins: HashMap<String, PluginSlot>,
+}
+
+/// Counters the router keeps (exported by the admin server later).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Plugin invocations that committed (`done`).
+    pub done: AtomicU64,
+    /// `skipped`.
+    pub skipped: AtomicU64,
+    /// Duplicates found by the marker.
+    pub duplicates: AtomicU64,
+    /// Attempts that will be retried.
+    pub retries: AtomicU64,
+    /// Events dead-lettered.
+    pub dead_letters: AtomicU64,
+    /// Pauses for an unavailable database or broker.
+    pub outages: AtomicU64,
+}
+
+/// What every lane shares.
+pub struct Shared {
+    /// Routes and plugins in service.
+    pub state: arc_swap::ArcSwap<RouterState>,
+    /// The service database.
+    pub db: Database,
+    /// Producer for dead letters.
+    pub producer: FutureProducer,
+    /// Dead-letter topic.
+    pub dead_letter_topic: String,
+    /// Consumer group (part of every dedupe key).
+    pub group: String,
+    /// Retry policy.
+    pub retry: RetryConfig,
+    /// Wakes the outbox relay after a commit with messages.
+    pub relay_wake: Arc<Notify>,
+    /// Counters.
+    pub counters: Counters,
+}
+
+/// How an event ended in a lane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventEnd {
+    /// Every selected plugin committed, skipped, found a duplicate or
+    /// dead-lettered it: the offset may be stored.
+    Completed,
+    /// The lane was cancelled (shutdown or partition revoked) before the
+    /// event was finished: the offset must not move.
+    Abandoned,
+}
+
+/// How one plugin's handling of an event ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PluginEnd {
+    Committed(&'static str),
+    Duplicate,
+    DeadLettered,
+    Abandoned,
+}
+
+/// One ordered lane: a worker per plugin, events one at a time.
+pub struct Lane {
+    ctl: LaneCtl,
+    workers: HashMap<String, PluginWorker>,
+}
+
+/// The part of a lane that is shared-borrowed across awaits (it must be
+/// `Sync`; the workers, which own wasmtime stores, are not).
+struct LaneCtl {
+    shared: Arc<Shared>,
+    cancel: Arc<AtomicBool>,
+}
+
+impl Lane {
+    /// A lane that stops between steps once `cancel` is set.
+    pub fn new(shared: Arc<Shared>, cancel: Arc<AtomicBool>) -> Self {
+        Self {
+            ctl: LaneCtl { shared, cancel },
+            workers: HashMap::new(),
+        }
+    }
+}
+
+impl LaneCtl {
+    fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
+
+    /// Sleep `d`, waking early if the lane is cancelled; `true` if it was.
+    async fn pause(&self, d: Duration) -> bool {
+        let step = Duration::from_millis(50);
+        let mut left = d;
+        while !left.is_zero() {
+            if self.cancelled() {
+                return true;
+            }
+            let s = left.min(step);
+            tokio::time::sleep(s).await;
+            left -= s;
+        }
+        self.cancelled()
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let r = &self.shared.retry;
+        let factor = 1u64 << attempt.saturating_sub(1).min(20);
+        Duration::from_millis(r.initial_backoff_ms.saturating_mul(factor).min(r.max_backoff_ms))
+    }
+
+}
+
+impl Lane {
+    /// Run `event` through every plugin its routes select.
+    pub async fn process(&mut self, event: &Event) -> EventEnd {
+        let state = self.ctl.shared.state.load_full();
+        let selected = state.routes.select(event);
+        if selected.is_empty() {
+            tracing::debug!(topic = %event.topic, partition = event.partition, offset = event.offset, "no route matches; skipped");
+        }
+        for sel in selected {
+            let Some(slot) = state.plugins.get(&sel.plugin) else {
+                // The config check makes this unreachable; do not lose
+                // the event over it.
+                tracing::error!(plugin = %sel.plugin, "route to a plugin that is not loaded; event not handled, offset not stored");
+                return EventEnd::Abandoned;
+            };
+            let span = tracing::info_span!(
+                "switchyard.event",
+                plugin = %sel.plugin,
+                topic = %event.topic,
+                partition = event.partition,
+                offset = event.offset,
+                event_id = event.header_str("event-id").unwrap_or(""),
+                request_id = event.header_str("request-id").unwrap_or(""),
+            );
+            let end = self
+                .run_plugin(event, &sel.plugin, &sel.dedupe_key, slot)
+                .instrument(span)
+                .await;
+            if end == PluginEnd::Abandoned {
+                return EventEnd::Abandoned;
+            }
+        }
+        EventEnd::Completed
+    }
+
+    async fn run_plugin(
+        &mut self,
+        event: &Event,
+        name: &str,
+        dedupe_key: &str,
+        slot: &PluginSlot,
+    ) -> PluginEnd {
+        let ctl = &self.ctl;
+        let shared = ctl.shared.clone();
+        let worker = self
+            .workers
+            .entry(name.to_string())
+            .or_insert_with(|| PluginWorker::new(slot.plugin.clone()));
+        if !Arc::ptr_eq(worker.plugin(), &slot.plugin) {
+            worker.swap(slot.plugin.clone());
+        }
+        let ctx = Arc::new(EventContext::new(&shared.group, name, event));
+        let options = CallOptions {
+            record: false,
+            isolation: slot.isolation,
+        };
+        let mut attempts: u32 = 0;
+        let mut outage: u32 = 0;
+        loop {
+            if ctl.cancelled() {
+                return PluginEnd::Abandoned;
+            }
+            // 1. The transaction and the marker.
+            let mut tx = match shared.db.begin().await {
+                Ok(tx) => tx,
+                Err(e) => {
+                    outage += 1;
+                    shared.counters.outages.fetch_add(1, Ordering::Relaxed);
+                    let wait = ctl.backoff(outage);
+                    tracing::warn!(error = %e, "database unavailable; pausing this partition for {wait:?}");
+                    if ctl.pause(wait).await {
+                        return PluginEnd::Abandoned;
+                    }
+                    continue;
+                }
+            };
+            match outbox::mark_processed(
+                &mut tx,
+                &shared.group,
+                name,
+                dedupe_key,
+                &event.topic,
+                event.partition,
+                event.offset,
+                "handled",
+            )
+            .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    let _ = tx.rollback().await;
+                    shared.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(dedupe_key, "duplicate: already handled, skipped");
+                    return PluginEnd::Duplicate;
+                }
+                Err(e) => {
+                    let _ = tx.rollback().await;
+                    outage += 1;
+                    shared.counters.outages.fetch_add(1, Ordering::Relaxed);
+                    let wait = ctl.backoff(outage);
+                    tracing::warn!(error = %crate::capabilities::db::describe_error(&e), "cannot write the processed marker; retrying in {wait:?}");
+                    if ctl.pause(wait).await {
+                        return PluginEnd::Abandoned;
+                    }
+                    continue;
+                }
+            }
+
+            // 2. The plugin, inside the transaction.
+            let worker = match self.workers.get_mut(name) {
+                Some(w) => w,
+                None => return PluginEnd::Abandoned,
+            };
+            let (inv, tx) = worker.handle(ctx.clone(), event, tx, options).await;
+            let Some(mut tx) = tx else {
+                tracing::error!("the host lost the event's transaction (a bug); retrying the event");
+                continue;
+            };
+
+            // 3. Commit or decide.
+            let kind = inv.outcome.kind();
+            if inv.outcome.commits() {
+                let enqueued = outbox::enqueue(&mut tx, &inv.messages).await;
+                let committed = match enqueued {
+                    Ok(()) => tx.commit().await.map_err(|e| e.to_string()),
+                    Err(e) => {
+                        let _ = tx.rollback().await;
+                        Err(crate::capabilities::db::describe_error(&e))
+                    }
+                };
+                match committed {
+                    Ok(()) => {
+                        if !inv.messages.is_empty() {
+                            shared.relay_wake.notify_one();
+                        }
+                        match &inv.outcome {
+                            Outcome::Skipped(reason) => {
+                                shared.counters.skipped.fetch_add(1, Ordering::Relaxed);
+                                tracing::info!(%reason, "skipped");
+                            }
+                            _ => {
+                                shared.counters.done.fetch_add(1, Ordering::Relaxed);
+                                tracing::debug!(messages = inv.messages.len(), statements = inv.statement_count, elapsed_us = inv.elapsed.as_micros() as u64, "done");
+                            }
+                        }
+                        return PluginEnd::Committed(kind);
+                    }
+                    Err(e) => {
+                        outage += 1;
+                        shared.counters.outages.fetch_add(1, Ordering::Relaxed);
+                        let wait = ctl.backoff(outage);
+                        tracing::warn!(error = %e, "commit failed; the event will run again in {wait:?}");
+                        if ctl.pause(wait).await {
+                            return PluginEnd::Abandoned;
+                        }
+                        continue;
+                    }
+                }
+            }
+            let _ = tx.rollback().await;
+            let reason = inv.outcome.reason().unwrap_or_default();
+            match &inv.outcome {
+                Outcome::Retry(_) | Outcome::Failed(_) if inv.db_unavailable => {
+                    outage += 1;
+                    shared.counters.outages.fetch_add(1, Ordering::Relaxed);
+                    let wait = ctl.backoff(outage);
+                    tracing::warn!(%reason, "the database was unavailable to the plugin; retrying in {wait:?} without spending an attempt");
+                    if ctl.pause(wait).await {
+                        return PluginEnd::Abandoned;
+                    }
+                }
+                Outcome::Retry(_) | Outcome::Failed(_) => {
+                    attempts += 1;
+                    if attempts >= shared.retry.max_attempts {
+                        let why = format!("{kind} after {attempts} attempts: {reason}");
+                        return ctl.dead_letter(event, name, dedupe_key, &why, attempts, kind).await;
+                    }
+                    shared.counters.retries.fetch_add(1, Ordering::Relaxed);
+                    let wait = ctl.backoff(attempts);
+                    tracing::warn!(%reason, attempt = attempts, "{kind}; trying again in {wait:?}");
+                    if ctl.pause(wait).await {
+                        return PluginEnd::Abandoned;
+                    }
+                }
+                Outcome::Rejected(_) => {
+                    attempts += 1;
+                    return ctl.dead_letter(event, name, dedupe_key, &reason, attempts, kind).await;
+                }
+                Outcome::Done | Outcome::Skipped(_) => return PluginEnd::Committed(kind),
+            }
+        }
+    }
+
+}
+
+impl LaneCtl {
+    /// Produce the dead letter, wait for the broker's acknowledgement, then
+    /// write the marker so that a redelivery does not dead-letter it again.
+    async fn dead_letter(
+        &self,
+        event: &Event,
+        plugin: &str,
+        dedupe_key: &str,
+        reason: &str,
+        attempts: u32,
+        kind: &str,
+    ) -> PluginEnd {
+        let shared = &self.shared;
+        let mut headers = event.headers.clone();
+        let now = chrono::Utc::now().to_rfc3339();
+        for (name, value) in [
+            ("switchyard.error", reason.to_string()),
+            ("switchyard.outcome", kind.to_string()),
+            ("switchyard.plugin", plugin.to_string()),
+            ("switchyard.origin-topic", event.topic.clone()),
+            ("switchyard.origin-partition", event.partition.to_string()),
+            ("switchyard.origin-offset", event.offset.to_string()),
+            ("switchyard.attempts", attempts.to_string()),
+            ("switchyard.consumer-group", shared.group.clone()),
+            ("switchyard.dead-lettered-at", now),
+        ] {
+            headers.push((name.to_string(), Some(value.into_bytes())));
+        }
+        let mut outage = 0;
+        loop {
+            let mut record = FutureRecord::<[u8], [u8]>::to(&shared.dead_letter_topic)
+                .payload(&event.payload)
+                .headers(to_headers(&headers));
+            if let Some(k) = &event.key {
+                record = record.key(k);
+            }
+            match shared.producer.send(record, Duration::from_secs(30)).await {
+                Ok(_) => break,
+                Err((e, _)) => {
+                    outage += 1;
+                    shared.counters.outages.fetch_add(1, Ordering::Relaxed);
+                    let wait = self.backoff(outage);
+                    tracing::warn!(error = %e, topic = %shared.dead_letter_topic, "cannot write the dead letter; retrying in {wait:?}");
+                    if self.pause(wait).await {
+                        return PluginEnd::Abandoned;
+                    }
+                }
+            }
+        }
+        shared.counters.dead_letters.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(%reason, attempts, dead_letter_topic = %shared.dead_letter_topic, "event dead-lettered");
+        let mut outage = 0;
+        loop {
+            let marked = async {
+                let mut tx = shared.db.begin().await.map_err(|e| e.to_string())?;
+                outbox::mark_processed(&mut tx, &shared.group, plugin, dedupe_key, &event.topic, event.partition, event.offset, "dead-lettered")
+                    .await
+                    .map_err(|e| crate::capabilities::db::describe_error(&e))?;
+                tx.commit().await.map_err(|e| e.to_string())
+            }
+            .await;
+            match marked {
+                Ok(()) => return PluginEnd::DeadLettered,
+                Err(e) => {
+                    outage += 1;
+                    let wait = self.backoff(outage);
+                    tracing::warn!(error = %e, "cannot record the dead letter; retrying in {wait:?}");
+                    if self.pause(wait).await {
+                        // The dead letter is out; a redelivery may send it again.
+                        return PluginEnd::Abandoned;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! The route table: which plugins an event goes to, and the key it is
+//! deduplicated on.
+//!
+//! Built from the config once per (re)load and swapped whole, never
+//! mutated in place.
+
+use crate::config::{KeyConfig, MatchConfig, RouteConfig};
+use crate::event::Event;
+use std::collections::HashMap;
+
+/// Where a value is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// A header, as text.
+    Header(String),
+    /// A JSON pointer into the payload; strings as they are, other values
+    /// as JSON text.
+    Field(String),
+}
+
+impl KeySource {
+    fn from_config(header: Option<&String>, field: Option<&String>) -> Option<Self> {
+        match (header, field) {
+            (Some(h), None) => Some(KeySource::Header(h.clone())),
+            (None, Some(f)) => Some(KeySource::Field(f.clone())),
+            _ => None,
+        }
+    }
+
+    /// Read the value from `event` (`json` is the payload parsed once, if
+    /// it is JSON).
+    pub fn read(&self, event: &Event, json: Option<&serde_json::Value>) -> Option<String> {
+        match self {
+            KeySource::Header(name) => event.header_str(name).map(str::to_string),
+            KeySource::Field(pointer) => match json?.pointer(pointer)? {
+                serde_json::Value::String(s) => Some(s.clone()),
+                serde_json::Value::Null => None,
+                other => Some(other.to_string()),
+            },
+        }
+    }
+
+    fn needs_json(&self) -> bool {
+        matches!(self, KeySource::Field(_))
+    }
+}
+
+/// One route, compiled.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Plugins, in order.
+    pub plugins: Vec<String>,
+    /// Condition: the source must equal the value.
+    pub condition: Option<(KeySource, String)>,
+    /// Event-id dedupe key.
+    pub dedupe: Option<KeySource>,
+}
+
+/// A plugin an event goes to, and its dedupe key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selected {
+    /// Plugin name.
+    pub plugin: String,
+    /// `id:<value>` when the route dedupes on an event id that the event
+    /// has; otherwise `pos:<topic>/<partition>/<offset>`.
+    pub dedupe_key: String,
+}
+
+/// Topic → routes.
+#[derive(Debug, Clone, Default)]
+pub struct RouteTable {
+    by_topic: HashMap<String, Vec<Route>>,
+}
+
+impl RouteTable {
+    /// Compile the config's routes.
+    pub fn new(routes: &[RouteConfig]) -> Self {
+        let mut by_topic: HashMap<String, Vec<Route>> = HashMap::new();
+        for r in routes {
+            let route = Route {
+                plugins: r.plugins.iter().map(|p| p.get_ref().clone()).collect(),
+                condition: r.matches.as_ref().and_then(|m: &MatchConfig| {
+                    KeySource::from_config(m.header.as_ref(), m.field.as_ref())
+                        .map(|s| (s, m.equals.clone()))
+                }),
+                dedupe: r.dedupe.as_ref().and_then(|d: &KeyConfig| {
+                    KeySource::from_config(d.header.as_ref(), d.field.as_ref())
+                }),
+            };
+            for topic in &r.topics {
+                by_topic
+                    .entry(topic.get_ref().clone())
+                    .or_default()
+                    .push(route.clone());
+            }
+        }
+        Self { by_topic }
+    }
+
+    /// Topics with at least one route, sorted.
+    pub fn topics(&self) -> Vec<String> {
+        let mut t: Vec<String> = self.by_topic.keys().cloned().collect();
+        t.sort();
+        t
+    }
+
+    /// The plugins `event` goes to, in route order, each once (the first
+    /// route that names a plugin decides its dedupe key).
+    pub fn select(&self, event: &Event) -> Vec<Selected> {
+        let Some(routes) = self.by_topic.get(&event.topic) else {
+            return Vec::new();
+        };
+        let needs_json = routes.iter().any(|r| {
+            r.dedupe.as_ref().is_some_and(KeySource::needs_json)
+                || r.condition.as_ref().is_some_and(|(s, _)| s.needs_json())
+        });
+        let json = if needs_json {
+            serde_json::from_slice::<serde_json::Value>(&event.payload).ok()
+        } else {
+            None
+        };
+        let position = format!("pos:{}/{}/{}", event.topic, event.partition, event.offset);
+        let mut out: Vec<Selected> = Vec::new();
+        for route in routes {
+            if let Some((source, equals)) = &route.condition
+                && source.read(event, json.as_ref()).as_deref() != Some(equals.as_str())
+            {
+                continue;
+            }
+            let key = route
+                .dedupe
+                .as_ref()
+                .and_then(|d| d.read(event, json.as_ref()))
+                .map_or_else(|| position.clone(), |id| format!("id:{id}"));
+            for plugin in &route.plugins {
+                if !out.iter().any(|s| &s.plugin == plugin) {
+                    out.push(Selected {
+                        plugin: plugin.clone(),
+                        dedupe_key: key.clone(),
+                    });
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Loaded;
+    use std::path::Path;
+
+    fn table(routes: &str) -> RouteTable {
+        let text = format!(
+            "[kafka]\nbrokers = \"b:9092\"\n[database]\nurl = \"sqlite::memory:\"\n[plugins.a]\nfile = \"a.wasm\"\n[plugins.b]\nfile = \"b.wasm\"\n{routes}"
+        );
+        match Loaded::from_str(Path::new("t.toml"), &text) {
+            Ok(l) => RouteTable::new(&l.config.routes),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn event(topic: &str, payload: &str, headers: &[(&str, &str)]) -> Event {
+        Event {
+            topic: topic.into(),
+            partition: 2,
+            offset: 7,
+            payload: payload.as_bytes().to_vec(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), Some(v.as_bytes().to_vec())))
+                .collect(),
+            ..Event::default()
+        }
+    }
+
+    #[test]
+    fn selects_by_topic_with_position_or_id_keys() {
+        let t = table(
+            "[[routes]]\ntopics = [\"x\"]\nplugins = [\"a\", \"b\"]\ndedupe = { field = \"/eventId\" }\n",
+        );
+        let s = t.select(&event("x", r#"{"eventId": "e-1"}"#, &[]));
+        assert_eq!(
+            s,
+            vec![
+                Selected { plugin: "a".into(), dedupe_key: "id:e-1".into() },
+                Selected { plugin: "b".into(), dedupe_key: "id:e-1".into() },
+            ]
+        );
+        // No id in the event: the Kafka position is the key.
+        let s = t.select(&event("x", r#"{}"#, &[]));
+        assert_eq!(s[0].dedupe_key, "pos:x/2/7");
+        assert!(t.select(&event("y", "{}", &[])).is_empty());
+    }
+
+    #[test]
+    fn match_conditions_filter() {
+        let t = table(
+            "[[routes]]\ntopics = [\"x\"]\nplugins = [\"a\"]\nmatch = { header = \"event-type\", equals = \"user_registered\" }\n\n[[routes]]\ntopics = [\"x\"]\nplugins = [\"b\"]\nmatch = { field = \"/v\", equals = \"2\" }\n",
+        );
+        let names = |ev: &Event| t.select(ev).into_iter().map(|s| s.plugin).collect::<Vec<_>>();
+        assert_eq!(names(&event("x", r#"{"v": 1}"#, &[("event-type", "user_registered")])), vec!["a"]);
+        assert_eq!(names(&event("x", r#"{"v": 2}"#, &[])), vec!["b"]);
+        assert!(names(&event("x", "not json", &[])).is_empty());
+    }
+}
