@@ -112,9 +112,12 @@ pub async fn run(
     let db = Database::connect(&config.database.url, config.database.max_connections)
         .await
         .context("opening the database")?;
-    outbox::create_tables(&db)
-        .await
-        .with_context(|| format!("creating switchyard's tables in {}", redact_url(&config.database.url)))?;
+    outbox::create_tables(&db).await.with_context(|| {
+        format!(
+            "creating switchyard's tables in {}",
+            redact_url(&config.database.url)
+        )
+    })?;
     let plugins = load_plugins(&runtime, &loaded, options.plugin_dir.as_deref()).await?;
     let mut migrated = std::collections::HashSet::new();
     for slot in plugins.values() {
@@ -145,14 +148,19 @@ pub async fn run(
         }
         wanted.sort();
         wanted.dedup();
-        kafka::create_topics(&config.kafka.brokers, &wanted, config.kafka.create_topics_partitions)
-            .await
-            .context("creating topics")?;
+        kafka::create_topics(
+            &config.kafka.brokers,
+            &wanted,
+            config.kafka.create_topics_partitions,
+        )
+        .await
+        .context("creating topics")?;
     }
 
-    let producer: FutureProducer = kafka::producer_config(&config.kafka.brokers, &config.kafka.producer)
-        .create()
-        .context("creating the Kafka producer")?;
+    let producer: FutureProducer =
+        kafka::producer_config(&config.kafka.brokers, &config.kafka.producer)
+            .create()
+            .context("creating the Kafka producer")?;
     let wake = Arc::new(Notify::new());
     let shared = Arc::new(Shared {
         state: arc_swap::ArcSwap::from_pointee(RouterState { routes, plugins }),
@@ -166,15 +174,19 @@ pub async fn run(
     });
 
     let (stop_relay_tx, stop_relay_rx) = tokio::sync::oneshot::channel::<()>();
-    let relay_task = tokio::spawn(
-        Relay::new(db.clone(), producer.clone(), wake.clone()).run(async {
+    let relay_task = tokio::spawn(Relay::new(db.clone(), producer.clone(), wake.clone()).run(
+        async {
             let _ = stop_relay_rx.await;
-        }),
-    );
+        },
+    ));
 
     let lanes = Lanes::default();
     let consumer = Arc::new(consumer::create(
-        &kafka::consumer_config(&config.kafka.brokers, &config.kafka.group, &config.kafka.consumer),
+        &kafka::consumer_config(
+            &config.kafka.brokers,
+            &config.kafka.group,
+            &config.kafka.consumer,
+        ),
         lanes.clone(),
     )?);
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -189,13 +201,25 @@ pub async fn run(
         "switchyard running"
     );
 
-    consumer::run(consumer.clone(), lanes, shared.clone(), config.runtime.lane_buffer, shutdown).await;
+    consumer::run(
+        consumer.clone(),
+        lanes,
+        shared.clone(),
+        config.runtime.lane_buffer,
+        shutdown,
+    )
+    .await;
     tracing::info!("stopping: in-flight events finished; flushing the outbox");
     let _ = stop_relay_tx.send(());
     let _ = relay_task.await;
-    let left = Relay::new(db.clone(), producer, wake).drain(Duration::from_secs(10)).await;
+    let left = Relay::new(db.clone(), producer, wake)
+        .drain(Duration::from_secs(10))
+        .await;
     if left != 0 {
-        tracing::warn!(rows = left, "outbox not empty at shutdown; the rows are sent at the next start");
+        tracing::warn!(
+            rows = left,
+            "outbox not empty at shutdown; the rows are sent at the next start"
+        );
     }
     consumer::commit_stored(&consumer);
     consumer.unsubscribe();

@@ -270,7 +270,10 @@ pub struct ConfigError {
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let column = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
     (line, column)
 }
 
@@ -314,46 +317,79 @@ impl Loaded {
         // Semantic checks, pointing at the offending value.
         let find = |needle: &str| text.find(needle).unwrap_or(0);
         if config.kafka.brokers.trim().is_empty() {
-            return Err(err_at(find("brokers"), "`kafka.brokers` is empty: give host:port of at least one broker".into()));
+            return Err(err_at(
+                find("brokers"),
+                "`kafka.brokers` is empty: give host:port of at least one broker".into(),
+            ));
         }
         if !valid_topic_name(&config.dead_letter.topic) {
             return Err(err_at(
                 find("[dead_letter]"),
-                format!("`dead_letter.topic` {:?} is not a valid Kafka topic name", config.dead_letter.topic),
+                format!(
+                    "`dead_letter.topic` {:?} is not a valid Kafka topic name",
+                    config.dead_letter.topic
+                ),
             ));
         }
         if config.retry.max_attempts == 0 {
-            return Err(err_at(find("max_attempts"), "`retry.max_attempts` must be at least 1".into()));
+            return Err(err_at(
+                find("max_attempts"),
+                "`retry.max_attempts` must be at least 1".into(),
+            ));
         }
         for (name, plugin) in &config.plugins.plugins {
             if plugin.limits.deadline_ms == 0 || plugin.limits.memory_bytes < (1 << 20) {
                 return Err(err_at(
                     find(&format!("[plugins.{name}]")),
-                    format!("plugin {name}: `limits.deadline_ms` must be > 0 and `limits.memory_bytes` at least 1048576"),
+                    format!(
+                        "plugin {name}: `limits.deadline_ms` must be > 0 and `limits.memory_bytes` at least 1048576"
+                    ),
                 ));
             }
             for pattern in &plugin.publish {
                 if pattern.is_empty() {
-                    return Err(err_at(find(&format!("[plugins.{name}]")), format!("plugin {name}: an empty `publish` pattern grants nothing: remove it")));
+                    return Err(err_at(
+                        find(&format!("[plugins.{name}]")),
+                        format!(
+                            "plugin {name}: an empty `publish` pattern grants nothing: remove it"
+                        ),
+                    ));
                 }
             }
         }
         if config.routes.is_empty() {
-            return Err(err_at(text.len(), "no `[[routes]]`: add at least one route from topics to plugins".into()));
+            return Err(err_at(
+                text.len(),
+                "no `[[routes]]`: add at least one route from topics to plugins".into(),
+            ));
         }
         for route in &config.routes {
             if route.topics.is_empty() || route.plugins.is_empty() {
-                let at = route.topics.first().or(route.plugins.first()).map_or(0, |s| s.span().start);
-                return Err(err_at(at, "a route needs at least one topic and one plugin".into()));
+                let at = route
+                    .topics
+                    .first()
+                    .or(route.plugins.first())
+                    .map_or(0, |s| s.span().start);
+                return Err(err_at(
+                    at,
+                    "a route needs at least one topic and one plugin".into(),
+                ));
             }
             for topic in &route.topics {
                 if !valid_topic_name(topic.get_ref()) {
-                    return Err(err_at(topic.span().start, format!("{:?} is not a valid Kafka topic name (1-249 of [a-zA-Z0-9._-])", topic.get_ref())));
+                    return Err(err_at(
+                        topic.span().start,
+                        format!(
+                            "{:?} is not a valid Kafka topic name (1-249 of [a-zA-Z0-9._-])",
+                            topic.get_ref()
+                        ),
+                    ));
                 }
             }
             for plugin in &route.plugins {
                 if !config.plugins.plugins.contains_key(plugin.get_ref()) {
-                    let known: Vec<&str> = config.plugins.plugins.keys().map(String::as_str).collect();
+                    let known: Vec<&str> =
+                        config.plugins.plugins.keys().map(String::as_str).collect();
                     return Err(err_at(
                         plugin.span().start,
                         format!(
@@ -365,18 +401,34 @@ impl Loaded {
                     ));
                 }
             }
-            for key in route.dedupe.iter().map(|d| (d.header.as_ref(), d.field.as_ref(), "dedupe"))
-                .chain(route.matches.iter().map(|m| (m.header.as_ref(), m.field.as_ref(), "match")))
+            for key in route
+                .dedupe
+                .iter()
+                .map(|d| (d.header.as_ref(), d.field.as_ref(), "dedupe"))
+                .chain(
+                    route
+                        .matches
+                        .iter()
+                        .map(|m| (m.header.as_ref(), m.field.as_ref(), "match")),
+                )
             {
                 match key {
                     (Some(_), None, _) => {}
                     (None, Some(f), what) if !f.starts_with('/') => {
-                        return Err(err_at(find(f), format!("`{what}.field` {f:?} must be a JSON pointer starting with '/', like \"/eventId\"")));
+                        return Err(err_at(
+                            find(f),
+                            format!(
+                                "`{what}.field` {f:?} must be a JSON pointer starting with '/', like \"/eventId\""
+                            ),
+                        ));
                     }
                     (None, Some(_), _) => {}
                     (_, _, what) => {
                         let at = route.topics.first().map_or(0, |s| s.span().start);
-                        return Err(err_at(at, format!("`{what}` needs exactly one of `header` or `field`")));
+                        return Err(err_at(
+                            at,
+                            format!("`{what}` needs exactly one of `header` or `field`"),
+                        ));
                     }
                 }
             }
@@ -393,7 +445,11 @@ impl Loaded {
         if let Some(dir) = dir_override {
             return dir.to_path_buf();
         }
-        let base = self.path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let base = self
+            .path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
         match &self.config.plugins.dir {
             Some(dir) => base.join(dir),
             None => base,
@@ -402,7 +458,10 @@ impl Loaded {
 
     /// Every plugin's file path and its environment (limits, grants,
     /// settings as JSON).
-    pub fn plugin_envs(&self, dir_override: Option<&Path>) -> Vec<(String, PathBuf, PluginEnv, Isolation)> {
+    pub fn plugin_envs(
+        &self,
+        dir_override: Option<&Path>,
+    ) -> Vec<(String, PathBuf, PluginEnv, Isolation)> {
         let dir = self.plugin_dir(dir_override);
         self.config
             .plugins
@@ -475,7 +534,10 @@ dedupe = { header = "event-id" }
         let welcome = &c.plugins.plugins["welcome"];
         assert_eq!(welcome.limits.deadline_ms, 250);
         assert_eq!(welcome.limits.memory_bytes, Limits::default().memory_bytes);
-        assert_eq!(loaded.topics(), vec!["notification.send.welcome", "user.registered.v1"]);
+        assert_eq!(
+            loaded.topics(),
+            vec!["notification.send.welcome", "user.registered.v1"]
+        );
         let envs = loaded.plugin_envs(None);
         assert_eq!(envs[0].1, Path::new("config/welcome_notification.wasm"));
         assert_eq!(envs[0].2.settings["subject"], "Hi {name}");
@@ -503,11 +565,27 @@ dedupe = { header = "event-id" }
     #[test]
     fn bad_values_are_refused() {
         for (from, to, expect) in [
-            ("deadline_ms = 250", "deadline_ms = \"fast\"", "invalid type"),
+            (
+                "deadline_ms = 250",
+                "deadline_ms = \"fast\"",
+                "invalid type",
+            ),
             ("deadline_ms = 250", "deadline_ms = 0", "deadline_ms"),
-            ("\"user.registered.v1\"", "\"user registered\"", "not a valid Kafka topic name"),
-            ("header = \"event-id\"", "field = \"eventId\"", "JSON pointer"),
-            ("brokers = \"127.0.0.1:9092\"", "brokers = \"\"", "kafka.brokers"),
+            (
+                "\"user.registered.v1\"",
+                "\"user registered\"",
+                "not a valid Kafka topic name",
+            ),
+            (
+                "header = \"event-id\"",
+                "field = \"eventId\"",
+                "JSON pointer",
+            ),
+            (
+                "brokers = \"127.0.0.1:9092\"",
+                "brokers = \"\"",
+                "kafka.brokers",
+            ),
         ] {
             let text = GOOD.replace(from, to);
             let err = load(&text).err().map(|e| e.to_string()).unwrap_or_default();

@@ -15,9 +15,9 @@
 use crate::event::Event;
 use crate::kafka::to_event;
 use crate::pipeline::{EventEnd, Lane, Shared};
+use rdkafka::TopicPartitionList;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::TopicPartitionList;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -62,7 +62,10 @@ impl ConsumerContext for RouterContext {
                         lane.cancel.store(true, Ordering::Relaxed);
                     }
                 }
-                tracing::info!(partitions = tpl.count(), "partitions revoked; their lanes stop");
+                tracing::info!(
+                    partitions = tpl.count(),
+                    "partitions revoked; their lanes stop"
+                );
             }
             Rebalance::Assign(tpl) => {
                 tracing::info!(partitions = tpl.count(), "partitions assigned");
@@ -111,7 +114,9 @@ fn spawn_lane(
             match lane.process(&event).await {
                 EventEnd::Completed if !lane_cancel.load(Ordering::Relaxed) => {
                     // The next offset to read: this one is done for good.
-                    if let Err(e) = consumer.store_offset(&event.topic, event.partition, event.offset + 1) {
+                    if let Err(e) =
+                        consumer.store_offset(&event.topic, event.partition, event.offset + 1)
+                    {
                         tracing::debug!(error = %e, topic = %event.topic, partition = event.partition, "offset not stored (partition no longer assigned)");
                     }
                 }
@@ -154,10 +159,11 @@ pub async fn run(
                             break;
                         }
                     }
-                    if lane.overflow.is_empty() && lane.paused.swap(false, Ordering::Relaxed) {
-                        if let Err(e) = consumer.resume(&tpl_of(&tp)) {
-                            tracing::warn!(error = %e, topic = %tp.0, partition = tp.1, "cannot resume partition");
-                        }
+                    if lane.overflow.is_empty()
+                        && lane.paused.swap(false, Ordering::Relaxed)
+                        && let Err(e) = consumer.resume(&tpl_of(&tp))
+                    {
+                        tracing::warn!(error = %e, topic = %tp.0, partition = tp.1, "cannot resume partition");
                     }
                 }
             }
@@ -206,7 +212,11 @@ pub async fn run(
 pub fn commit_stored(consumer: &RouterConsumer) {
     match consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
         Ok(()) => tracing::info!("offsets committed"),
-        Err(rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
-        Err(e) => tracing::warn!(error = %e, "final offset commit failed; the group resumes from the last committed offsets (effects are deduplicated)"),
+        Err(rdkafka::error::KafkaError::ConsumerCommit(
+            rdkafka::types::RDKafkaErrorCode::NoOffset,
+        )) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "final offset commit failed; the group resumes from the last committed offsets (effects are deduplicated)")
+        }
     }
 }

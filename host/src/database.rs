@@ -136,10 +136,16 @@ impl Database {
                 let memory = url.contains(":memory:") || url.contains("mode=memory");
                 if !memory {
                     // `sqlite:dir/file.db`: create the directory too.
-                    let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+                    let path = url
+                        .trim_start_matches("sqlite://")
+                        .trim_start_matches("sqlite:");
                     let path = path.split('?').next().unwrap_or(path);
-                    if let Some(dir) = std::path::Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
-                        std::fs::create_dir_all(dir).map_err(|e| connect_err(sqlx::Error::Io(e)))?;
+                    if let Some(dir) = std::path::Path::new(path)
+                        .parent()
+                        .filter(|d| !d.as_os_str().is_empty())
+                    {
+                        std::fs::create_dir_all(dir)
+                            .map_err(|e| connect_err(sqlx::Error::Io(e)))?;
                     }
                 }
                 let options = SqliteConnectOptions::from_str(url)

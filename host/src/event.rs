@@ -3,6 +3,9 @@
 
 use crate::bindings::switchyard::plugin::types;
 
+/// Kafka record headers in order; a `None` value is a null header.
+pub type Headers = Vec<(String, Option<Vec<u8>>)>;
+
 /// One Kafka record as the host hands it to plugins.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Event {
@@ -19,7 +22,7 @@ pub struct Event {
     /// Record value; empty for a tombstone.
     pub payload: Vec<u8>,
     /// Record headers in order; a `None` value is a null header.
-    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    pub headers: Headers,
 }
 
 impl Event {

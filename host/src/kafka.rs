@@ -43,7 +43,10 @@ pub fn producer_config(brokers: &str, extra: &BTreeMap<String, String>) -> Clien
         .set("acks", "all")
         .set("linger.ms", "2")
         .set("message.timeout.ms", "30000")
-        .set("client.id", format!("switchyard-{}-producer", std::process::id()));
+        .set(
+            "client.id",
+            format!("switchyard-{}-producer", std::process::id()),
+        );
     for (k, v) in extra {
         c.set(k, v);
     }
@@ -52,7 +55,11 @@ pub fn producer_config(brokers: &str, extra: &BTreeMap<String, String>) -> Clien
 
 /// Create the topics that do not exist yet with `partitions` partitions.
 /// Topics that already exist are left alone.
-pub async fn create_topics(brokers: &str, topics: &[String], partitions: i32) -> anyhow::Result<()> {
+pub async fn create_topics(
+    brokers: &str,
+    topics: &[String],
+    partitions: i32,
+) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()?;
@@ -96,12 +103,13 @@ pub fn to_event(m: &BorrowedMessage<'_>) -> Event {
 
 /// Headers as rdkafka wants them.
 pub fn to_headers(headers: &[(String, Option<Vec<u8>>)]) -> OwnedHeaders {
-    headers
-        .iter()
-        .fold(OwnedHeaders::new_with_capacity(headers.len()), |h, (k, v)| {
+    headers.iter().fold(
+        OwnedHeaders::new_with_capacity(headers.len()),
+        |h, (k, v)| {
             h.insert(Header {
                 key: k,
                 value: v.as_deref(),
             })
-        })
+        },
+    )
 }

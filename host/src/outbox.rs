@@ -11,6 +11,7 @@
 use crate::bindings::switchyard::plugin::db::{Error as DbError, Value};
 use crate::capabilities::publish::OutMessage;
 use crate::database::{Backend, Database, Tx};
+use crate::event::Headers;
 use crate::kafka::to_headers;
 use crate::limits::Limits;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -71,28 +72,38 @@ pub async fn create_tables(db: &Database) -> Result<(), sqlx::Error> {
     .await
 }
 
-/// Record that `plugin` handled the event with this dedupe key. Returns
-/// `false` when it already had: a duplicate, to be skipped.
-pub async fn mark_processed(
-    tx: &mut Tx,
-    group: &str,
-    plugin: &str,
-    dedupe_key: &str,
-    topic: &str,
-    partition: i32,
-    offset: i64,
-    outcome: &str,
-) -> Result<bool, DbError> {
+/// The processed-marker of one event in one plugin: its primary key is
+/// (consumer group, plugin, dedupe key).
+#[derive(Debug, Clone, Copy)]
+pub struct Marker<'a> {
+    /// Consumer group.
+    pub group: &'a str,
+    /// Plugin name.
+    pub plugin: &'a str,
+    /// `id:<event id>` or `pos:<topic>/<partition>/<offset>`.
+    pub dedupe_key: &'a str,
+    /// Source topic.
+    pub topic: &'a str,
+    /// Source partition.
+    pub partition: i32,
+    /// Source offset.
+    pub offset: i64,
+}
+
+/// Record that the plugin handled the event (`outcome`: `handled` or
+/// `dead-lettered`). Returns `false` when the marker already existed: a
+/// duplicate, to be skipped.
+pub async fn mark_processed(tx: &mut Tx, m: Marker<'_>, outcome: &str) -> Result<bool, DbError> {
     let n = tx
         .execute_host(
             "INSERT INTO switchyard_processed (consumer_group, plugin, dedupe_key, topic, kafka_partition, kafka_offset, outcome) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
             &[
-                Value::Text(group.to_string()),
-                Value::Text(plugin.to_string()),
-                Value::Text(dedupe_key.to_string()),
-                Value::Text(topic.to_string()),
-                Value::Int(i64::from(partition)),
-                Value::Int(offset),
+                Value::Text(m.group.to_string()),
+                Value::Text(m.plugin.to_string()),
+                Value::Text(m.dedupe_key.to_string()),
+                Value::Text(m.topic.to_string()),
+                Value::Int(i64::from(m.partition)),
+                Value::Int(m.offset),
                 Value::Text(outcome.to_string()),
             ],
         )
@@ -123,7 +134,7 @@ fn hex(b: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
@@ -143,9 +154,9 @@ pub fn encode_headers(headers: &[(String, Option<Vec<u8>>)]) -> String {
 }
 
 /// The inverse of [`encode_headers`].
-pub fn decode_headers(text: &str) -> Result<Vec<(String, Option<Vec<u8>>)>, String> {
-    let list: Vec<(String, Option<String>)> =
-        serde_json::from_str(text).map_err(|e| format!("outbox headers are not valid JSON: {e}"))?;
+pub fn decode_headers(text: &str) -> Result<Headers, String> {
+    let list: Vec<(String, Option<String>)> = serde_json::from_str(text)
+        .map_err(|e| format!("outbox headers are not valid JSON: {e}"))?;
     list.into_iter()
         .map(|(n, v)| match v {
             None => Ok((n, None)),
@@ -239,8 +250,12 @@ impl Relay {
     pub async fn pass(&self) -> anyhow::Result<Pass> {
         let mut tx = self.db.begin().await?;
         let sql = match self.db.backend() {
-            Backend::Postgres => "SELECT id, topic, msg_key, payload, headers, msg_partition FROM switchyard_outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
-            Backend::Sqlite => "SELECT id, topic, msg_key, payload, headers, msg_partition FROM switchyard_outbox ORDER BY id LIMIT $1",
+            Backend::Postgres => {
+                "SELECT id, topic, msg_key, payload, headers, msg_partition FROM switchyard_outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"
+            }
+            Backend::Sqlite => {
+                "SELECT id, topic, msg_key, payload, headers, msg_partition FROM switchyard_outbox ORDER BY id LIMIT $1"
+            }
         };
         let limits = Limits {
             max_rows: usize::try_from(self.batch).unwrap_or(500),
@@ -250,7 +265,12 @@ impl Relay {
         let rows = tx
             .query(sql, &[Value::Int(self.batch)], &limits)
             .await
-            .map_err(|e| anyhow::anyhow!("reading the outbox: {}", crate::capabilities::db::describe_error(&e)))?;
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "reading the outbox: {}",
+                    crate::capabilities::db::describe_error(&e)
+                )
+            })?;
         if rows.rows.is_empty() {
             tx.rollback().await?;
             return Ok(Pass::default());
@@ -302,9 +322,12 @@ impl Relay {
                 placeholders.join(", ")
             );
             let params: Vec<Value> = chunk.iter().map(|id| Value::Int(*id)).collect();
-            tx.execute_host(&sql, &params)
-                .await
-                .map_err(|e| anyhow::anyhow!("deleting delivered outbox rows: {}", crate::capabilities::db::describe_error(&e)))?;
+            tx.execute_host(&sql, &params).await.map_err(|e| {
+                anyhow::anyhow!(
+                    "deleting delivered outbox rows: {}",
+                    crate::capabilities::db::describe_error(&e)
+                )
+            })?;
         }
         tx.commit().await?;
         Ok(Pass {
@@ -317,7 +340,11 @@ impl Relay {
     pub async fn backlog(&self) -> anyhow::Result<i64> {
         let mut tx = self.db.begin().await?;
         let rows = tx
-            .query("SELECT count(*) FROM switchyard_outbox", &[], &Limits::default())
+            .query(
+                "SELECT count(*) FROM switchyard_outbox",
+                &[],
+                &Limits::default(),
+            )
             .await
             .map_err(|e| anyhow::anyhow!("{}", crate::capabilities::db::describe_error(&e)))?;
         tx.rollback().await?;
@@ -341,7 +368,11 @@ impl Relay {
                     }
                 }
                 Ok(p) => {
-                    tracing::warn!(delivered = p.delivered, failed = p.failed, "outbox relay: some messages not delivered; retrying in {backoff:?}");
+                    tracing::warn!(
+                        delivered = p.delivered,
+                        failed = p.failed,
+                        "outbox relay: some messages not delivered; retrying in {backoff:?}"
+                    );
                     if sleep_or_stop(backoff, &mut stop).await {
                         return;
                     }

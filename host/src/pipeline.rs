@@ -152,9 +152,12 @@ impl LaneCtl {
     fn backoff(&self, attempt: u32) -> Duration {
         let r = &self.shared.retry;
         let factor = 1u64 << attempt.saturating_sub(1).min(20);
-        Duration::from_millis(r.initial_backoff_ms.saturating_mul(factor).min(r.max_backoff_ms))
+        Duration::from_millis(
+            r.initial_backoff_ms
+                .saturating_mul(factor)
+                .min(r.max_backoff_ms),
+        )
     }
-
 }
 
 impl Lane {
@@ -233,18 +236,15 @@ impl Lane {
                     continue;
                 }
             };
-            match outbox::mark_processed(
-                &mut tx,
-                &shared.group,
-                name,
+            let marker = outbox::Marker {
+                group: &shared.group,
+                plugin: name,
                 dedupe_key,
-                &event.topic,
-                event.partition,
-                event.offset,
-                "handled",
-            )
-            .await
-            {
+                topic: &event.topic,
+                partition: event.partition,
+                offset: event.offset,
+            };
+            match outbox::mark_processed(&mut tx, marker, "handled").await {
                 Ok(true) => {}
                 Ok(false) => {
                     let _ = tx.rollback().await;
@@ -272,7 +272,9 @@ impl Lane {
             };
             let (inv, tx) = worker.handle(ctx.clone(), event, tx, options).await;
             let Some(mut tx) = tx else {
-                tracing::error!("the host lost the event's transaction (a bug); retrying the event");
+                tracing::error!(
+                    "the host lost the event's transaction (a bug); retrying the event"
+                );
                 continue;
             };
 
@@ -299,7 +301,12 @@ impl Lane {
                             }
                             _ => {
                                 shared.counters.done.fetch_add(1, Ordering::Relaxed);
-                                tracing::debug!(messages = inv.messages.len(), statements = inv.statement_count, elapsed_us = inv.elapsed.as_micros() as u64, "done");
+                                tracing::debug!(
+                                    messages = inv.messages.len(),
+                                    statements = inv.statement_count,
+                                    elapsed_us = inv.elapsed.as_micros() as u64,
+                                    "done"
+                                );
                             }
                         }
                         return PluginEnd::Committed(kind);
@@ -332,7 +339,9 @@ impl Lane {
                     attempts += 1;
                     if attempts >= shared.retry.max_attempts {
                         let why = format!("{kind} after {attempts} attempts: {reason}");
-                        return ctl.dead_letter(event, name, dedupe_key, &why, attempts, kind).await;
+                        return ctl
+                            .dead_letter(event, name, dedupe_key, &why, attempts, kind)
+                            .await;
                     }
                     shared.counters.retries.fetch_add(1, Ordering::Relaxed);
                     let wait = ctl.backoff(attempts);
@@ -343,13 +352,14 @@ impl Lane {
                 }
                 Outcome::Rejected(_) => {
                     attempts += 1;
-                    return ctl.dead_letter(event, name, dedupe_key, &reason, attempts, kind).await;
+                    return ctl
+                        .dead_letter(event, name, dedupe_key, &reason, attempts, kind)
+                        .await;
                 }
                 Outcome::Done | Outcome::Skipped(_) => return PluginEnd::Committed(kind),
             }
         }
     }
-
 }
 
 impl LaneCtl {
@@ -407,7 +417,15 @@ impl LaneCtl {
         loop {
             let marked = async {
                 let mut tx = shared.db.begin().await.map_err(|e| e.to_string())?;
-                outbox::mark_processed(&mut tx, &shared.group, plugin, dedupe_key, &event.topic, event.partition, event.offset, "dead-lettered")
+                let marker = outbox::Marker {
+                    group: &shared.group,
+                    plugin,
+                    dedupe_key,
+                    topic: &event.topic,
+                    partition: event.partition,
+                    offset: event.offset,
+                };
+                outbox::mark_processed(&mut tx, marker, "dead-lettered")
                     .await
                     .map_err(|e| crate::capabilities::db::describe_error(&e))?;
                 tx.commit().await.map_err(|e| e.to_string())

@@ -184,8 +184,14 @@ mod tests {
         assert_eq!(
             s,
             vec![
-                Selected { plugin: "a".into(), dedupe_key: "id:e-1".into() },
-                Selected { plugin: "b".into(), dedupe_key: "id:e-1".into() },
+                Selected {
+                    plugin: "a".into(),
+                    dedupe_key: "id:e-1".into()
+                },
+                Selected {
+                    plugin: "b".into(),
+                    dedupe_key: "id:e-1".into()
+                },
             ]
         );
         // No id in the event: the Kafka position is the key.
@@ -199,8 +205,20 @@ mod tests {
         let t = table(
             "[[routes]]\ntopics = [\"x\"]\nplugins = [\"a\"]\nmatch = { header = \"event-type\", equals = \"user_registered\" }\n\n[[routes]]\ntopics = [\"x\"]\nplugins = [\"b\"]\nmatch = { field = \"/v\", equals = \"2\" }\n",
         );
-        let names = |ev: &Event| t.select(ev).into_iter().map(|s| s.plugin).collect::<Vec<_>>();
-        assert_eq!(names(&event("x", r#"{"v": 1}"#, &[("event-type", "user_registered")])), vec!["a"]);
+        let names = |ev: &Event| {
+            t.select(ev)
+                .into_iter()
+                .map(|s| s.plugin)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names(&event(
+                "x",
+                r#"{"v": 1}"#,
+                &[("event-type", "user_registered")]
+            )),
+            vec!["a"]
+        );
         assert_eq!(names(&event("x", r#"{"v": 2}"#, &[])), vec!["b"]);
         assert!(names(&event("x", "not json", &[])).is_empty());
     }

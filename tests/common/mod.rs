@@ -265,28 +265,7 @@ impl Harness {
     /// Rows of a query as JSON objects (booleans normalised across
     /// backends: SQLite's 0/1 in a BOOLEAN column reads as a boolean).
     pub async fn rows(&self, sql: &str) -> Vec<Json> {
-        let mut tx = self
-            .db
-            .begin()
-            .await
-            .unwrap_or_else(|e| panic!("begin: {e}"));
-        let rows = tx
-            .query(sql, &[], &Limits::default())
-            .await
-            .unwrap_or_else(|e| panic!("query failed: {e:?}\n{sql}"));
-        let _ = tx.rollback().await;
-        rows.rows
-            .iter()
-            .map(|cells| {
-                Json::Object(
-                    rows.columns
-                        .iter()
-                        .cloned()
-                        .zip(cells.iter().map(value_json))
-                        .collect(),
-                )
-            })
-            .collect()
+        rows_of(&self.db, sql).await
     }
 
     /// `SELECT count(*)` of a table.
@@ -296,6 +275,28 @@ impl Harness {
             .await;
         rows.first().and_then(|r| r["n"].as_i64()).unwrap_or(-1)
     }
+}
+
+/// Rows of a query on `db` as JSON objects.
+pub async fn rows_of(db: &Database, sql: &str) -> Vec<Json> {
+    let mut tx = db.begin().await.unwrap_or_else(|e| panic!("begin: {e}"));
+    let rows = tx
+        .query(sql, &[], &Limits::default())
+        .await
+        .unwrap_or_else(|e| panic!("query failed: {e:?}\n{sql}"));
+    let _ = tx.rollback().await;
+    rows.rows
+        .iter()
+        .map(|cells| {
+            Json::Object(
+                rows.columns
+                    .iter()
+                    .cloned()
+                    .zip(cells.iter().map(value_json))
+                    .collect(),
+            )
+        })
+        .collect()
 }
 
 /// A message's value parsed as JSON.
@@ -336,4 +337,310 @@ macro_rules! on_both_backends {
             )*
         }
     };
+}
+
+/// A Tansu broker on a free local port, killed when dropped.
+pub struct Broker {
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    child: std::process::Child,
+}
+
+/// The Tansu binary: `SWITCHYARD_TANSU`, else `.switchyard/bin/tansu`
+/// (installed by `scripts/broker` and `scripts/test`).
+pub fn tansu_path() -> PathBuf {
+    let path = std::env::var_os("SWITCHYARD_TANSU")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".switchyard/bin/tansu"));
+    assert!(
+        path.exists(),
+        "{} is missing: install the broker with `scripts/broker path` (scripts/test does it)",
+        path.display()
+    );
+    path
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
+impl Broker {
+    /// Start a broker and wait until it accepts connections.
+    pub fn start() -> Self {
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = std::process::Command::new(tansu_path())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start tansu: {e}"));
+        let addr = format!("127.0.0.1:{port}");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(&addr).is_ok() {
+                return Self { addr, child };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let mut child = child;
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("tansu did not start on {addr}");
+    }
+
+    /// Create topics with `partitions` partitions.
+    pub async fn create_topics(&self, topics: &[&str], partitions: i32) {
+        let topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
+        switchyard::kafka::create_topics(&self.addr, &topics, partitions)
+            .await
+            .unwrap_or_else(|e| panic!("creating topics: {e:#}"));
+    }
+
+    /// A producer.
+    pub fn producer(&self) -> rdkafka::producer::FutureProducer {
+        rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &self.addr)
+            .set("linger.ms", "1")
+            .create()
+            .unwrap_or_else(|e| panic!("producer: {e}"))
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Produce one JSON message and wait for its delivery.
+pub async fn produce(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    key: Option<&str>,
+    headers: &[(&str, &str)],
+    value: &[u8],
+) {
+    use rdkafka::message::{Header, OwnedHeaders};
+    let mut h = OwnedHeaders::new();
+    for (k, v) in headers {
+        h = h.insert(Header {
+            key: k,
+            value: Some(*v),
+        });
+    }
+    let mut record = rdkafka::producer::FutureRecord::<str, [u8]>::to(topic)
+        .payload(value)
+        .headers(h);
+    if let Some(k) = key {
+        record = record.key(k);
+    }
+    producer
+        .send(record, std::time::Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}"));
+}
+
+/// One consumed message, owned.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// Topic.
+    pub topic: String,
+    /// Key as text.
+    pub key: Option<String>,
+    /// Value.
+    pub value: Vec<u8>,
+    /// Headers as text.
+    pub headers: Vec<(String, String)>,
+    /// Partition.
+    pub partition: i32,
+}
+
+impl Received {
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The value as JSON.
+    pub fn json(&self) -> Json {
+        serde_json::from_slice(&self.value).unwrap_or(Json::Null)
+    }
+}
+
+/// Read `topics` from the beginning until `done` says enough or `timeout`.
+pub async fn consume_until(
+    broker: &str,
+    topics: &[&str],
+    timeout: std::time::Duration,
+    done: impl Fn(&[Received]) -> bool,
+) -> Vec<Received> {
+    use rdkafka::Message;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::Headers;
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .set("group.id", format!("test-reader-{}", uuid::Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap_or_else(|e| panic!("consumer: {e}"));
+    consumer
+        .subscribe(topics)
+        .unwrap_or_else(|e| panic!("subscribe: {e}"));
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut out = Vec::new();
+    while !done(&out) {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match tokio::time::timeout(left, consumer.recv()).await {
+            Ok(Ok(m)) => out.push(Received {
+                topic: m.topic().to_string(),
+                key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                value: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                headers: m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                (
+                                    h.key.to_string(),
+                                    h.value
+                                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                                        .unwrap_or_default(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                partition: m.partition(),
+            }),
+            Ok(Err(e)) => eprintln!("test consumer: {e}"),
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+/// The `switchyard run` process under test.
+pub struct Router {
+    child: Option<std::process::Child>,
+    /// Its log file.
+    pub log: PathBuf,
+    config: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl Router {
+    /// Start `switchyard run --config <config>` with `env`, logging to
+    /// `log`.
+    pub fn start(config: &std::path::Path, log: &std::path::Path, env: &[(&str, &str)]) -> Self {
+        let mut r = Self {
+            child: None,
+            log: log.to_path_buf(),
+            config: config.to_path_buf(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        r.spawn();
+        r
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap_or_else(|e| panic!("log file: {e}"));
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["run", "--config", &self.config.to_string_lossy()])
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("SWITCHYARD_LOG", "info,switchyard=debug")
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start switchyard: {e}"));
+        self.child = Some(child);
+    }
+
+    /// Start it again after a stop or a kill.
+    pub fn restart(&mut self) {
+        self.spawn();
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for the exit status (at most `timeout`).
+    pub fn terminate(&mut self, timeout: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = c.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        None
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Poll `check` every 100 ms until it returns true or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: std::time::Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }

@@ -1,0 +1,465 @@
+//! The router end to end, as its users run it: the `switchyard` binary, a
+//! real Kafka-protocol broker (Tansu) over TCP, PostgreSQL, and a real
+//! Kafka client producing the seeds' events in their own formats.
+
+mod common;
+
+use common::{Broker, Router, TestDb, consume_until, eventually, produce, rows_of};
+use serde_json::json;
+use std::path::Path;
+use std::time::Duration;
+use switchyard::database::{Backend, Database};
+
+const INPUT_TOPICS: [&str; 9] = [
+    "USER_CREATED",
+    "USER_STATUS_CHANGED",
+    "USER_ROLE_CHANGED",
+    "create-user",
+    "user.created",
+    "interview.created",
+    "media.uploaded",
+    "user.registered.v1",
+    "notification.send.welcome",
+];
+const OUTPUT_TOPICS: [&str; 4] = [
+    "create-user-response",
+    "notification.send.email",
+    "user.quota_exceeded",
+    "switchyard.dlq",
+];
+
+/// The shipped config with this test's broker, database and plugin builds,
+/// and a quick retry policy.
+fn write_config(dir: &Path, broker: &str, db_url: &str) -> std::path::PathBuf {
+    let shipped = std::fs::read_to_string(common::root().join("config/switchyard.toml"))
+        .unwrap_or_else(|e| panic!("config/switchyard.toml: {e}"));
+    let plugin_dir = common::plugin_path("role-mapping")
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let text = shipped
+        .replace(
+            "brokers = \"127.0.0.1:9092\"",
+            &format!("brokers = \"{broker}\""),
+        )
+        .replace(
+            "url = \"sqlite:.switchyard/switchyard.db\"",
+            &format!("url = \"{db_url}\""),
+        )
+        .replace(
+            "dir = \"../target/wasm32-wasip2/plugin\"",
+            &format!("dir = \"{}\"", plugin_dir.display()),
+        )
+        .replace("max_attempts = 5", "max_attempts = 3")
+        .replace("initial_backoff_ms = 100", "initial_backoff_ms = 20")
+        .replace("max_backoff_ms = 10000", "max_backoff_ms = 200");
+    let path = dir.join("switchyard.toml");
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
+    path
+}
+
+async fn setup(partitions: i32) -> (Broker, TestDb, tempfile::TempDir, std::path::PathBuf) {
+    let broker = Broker::start();
+    let mut topics: Vec<&str> = INPUT_TOPICS.to_vec();
+    topics.extend(OUTPUT_TOPICS);
+    broker.create_topics(&topics, partitions).await;
+    let db = TestDb::new(Backend::Postgres).await;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let config = write_config(dir.path(), &broker.addr, &db.url);
+    (broker, db, dir, config)
+}
+
+async fn wait_ready(router: &Router) {
+    let ready = eventually(Duration::from_secs(60), || async {
+        router.log_text().contains("partitions assigned")
+    })
+    .await;
+    assert!(
+        ready,
+        "the router did not join the group:\n{}",
+        router.log_text()
+    );
+}
+
+async fn scalar(db: &Database, sql: &str) -> i64 {
+    rows_of(db, sql)
+        .await
+        .first()
+        .and_then(|r| {
+            r.as_object()
+                .and_then(|o| o.values().next())
+                .and_then(|v| v.as_i64())
+        })
+        .unwrap_or(-1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_events_flow_end_to_end() {
+    let (broker, testdb, dir, config) = setup(3).await;
+    let mut router = Router::start(&config, &dir.path().join("router.log"), &[]);
+    wait_ready(&router).await;
+    let db = Database::connect(&testdb.url, 2)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    db.run_script("INSERT INTO customers (id, name) VALUES ('cust-1', 'Boulangerie Durand SARL')")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let p = broker.producer();
+
+    // Seed 002: a NestJS emit (topic = pattern, value = JSON).
+    let user_created = json!({"userId": "auth0|owner", "name": "Amélie Durand", "email": "amelie@boulangerie.fr",
+        "role": "user", "userType": "SME_OWNER", "customerAccountId": "cust-1", "customerName": "Boulangerie Durand SARL",
+        "timestamp": "2024-05-14T09:30:00.000Z"});
+    produce(
+        &p,
+        "USER_CREATED",
+        None,
+        &[],
+        user_created.to_string().as_bytes(),
+    )
+    .await;
+    // Seed 000: the Persian create-user request.
+    let create_user = json!({"requestId": "req-fa-1", "firstName": "احمد", "lastName": "محمدی", "email": "ahmad@example.com",
+        "nationalCode": 1234567890, "birthDate": "1990-01-01"});
+    produce(
+        &p,
+        "create-user",
+        Some("req-fa-1"),
+        &[],
+        create_user.to_string().as_bytes(),
+    )
+    .await;
+    // Seed 001: a user, an interview delivered twice (same eventId), a file.
+    let stats_user = json!({"eventId": "ev-u", "eventType": "user.created", "timestamp": "2024-03-01T12:00:00Z", "userId": "u-ru",
+        "data": {"keycloakId": "kc", "email": "ivan@example.com", "fullName": "Иван Петров"}});
+    produce(
+        &p,
+        "user.created",
+        Some("u-ru"),
+        &[],
+        stats_user.to_string().as_bytes(),
+    )
+    .await;
+    let interview = json!({"eventId": "ev-i1", "eventType": "interview.created", "userId": "u-ru", "data": {"interviewId": "iv-1"}});
+    produce(
+        &p,
+        "interview.created",
+        Some("u-ru"),
+        &[],
+        interview.to_string().as_bytes(),
+    )
+    .await;
+    produce(
+        &p,
+        "interview.created",
+        Some("u-ru"),
+        &[],
+        interview.to_string().as_bytes(),
+    )
+    .await;
+    let media = json!({"eventId": "ev-m1", "eventType": "media.uploaded", "userId": "u-ru", "data": {"fileId": "f-1", "fileSize": 1048576}});
+    produce(
+        &p,
+        "media.uploaded",
+        Some("u-ru"),
+        &[],
+        media.to_string().as_bytes(),
+    )
+    .await;
+    // Seed 004: the aiokafka envelope with its four headers, sent twice.
+    let registered = json!({"event": "user_registered", "id": "evt-es-1", "ts": 1696599999999i64, "v": 1,
+        "payload": {"user_id": "u-es", "email": "lucia@example.com", "full_name": "Lucía Fernández"}, "source": "auth-svc"});
+    let headers = [
+        ("event-type", "user_registered"),
+        ("event-id", "evt-es-1"),
+        ("content-type", "application/json"),
+        ("request-id", "req-abc-123"),
+    ];
+    produce(
+        &p,
+        "user.registered.v1",
+        Some("u-es"),
+        &headers,
+        registered.to_string().as_bytes(),
+    )
+    .await;
+    produce(
+        &p,
+        "user.registered.v1",
+        Some("u-es"),
+        &headers,
+        registered.to_string().as_bytes(),
+    )
+    .await;
+    // Poison: not JSON, and an unknown EventUserType.
+    produce(
+        &p,
+        "create-user",
+        Some("poison-1"),
+        &[("request-id", "bad-1")],
+        b"{not json",
+    )
+    .await;
+    let mut bad_type = user_created.clone();
+    bad_type["userId"] = json!("auth0|bad");
+    bad_type["userType"] = json!("EMPEROR");
+    produce(
+        &p,
+        "USER_CREATED",
+        None,
+        &[],
+        bad_type.to_string().as_bytes(),
+    )
+    .await;
+
+    let settled = eventually(Duration::from_secs(60), || async {
+        scalar(&db, "SELECT count(*) FROM customer_users").await == 1
+            && scalar(&db, "SELECT count(*) FROM profiles").await == 1
+            && scalar(&db, "SELECT count(*) FROM welcome_notifications").await == 1
+            && scalar(
+                &db,
+                "SELECT coalesce(sum(storage_used), 0)::bigint FROM user_stats",
+            )
+            .await
+                == 1048576
+    })
+    .await;
+    assert!(settled, "effects did not appear:\n{}", router.log_text());
+    let stats = rows_of(
+        &db,
+        "SELECT interviews_created, storage_used FROM user_stats WHERE user_id = 'u-ru'",
+    )
+    .await;
+    assert_eq!(
+        stats,
+        vec![json!({"interviews_created": 1, "storage_used": 1048576})],
+        "the duplicate eventId counted once"
+    );
+    let owner = rows_of(
+        &db,
+        "SELECT role, user_type, is_company_owner FROM customer_users",
+    )
+    .await;
+    assert_eq!(
+        owner,
+        vec![json!({"role": "CUSTOMER_ADMIN", "user_type": "SME", "is_company_owner": true})]
+    );
+    let profile = rows_of(&db, "SELECT id::text AS id, first_name FROM profiles").await;
+    assert_eq!(profile[0]["first_name"], json!("احمد"));
+
+    let out = consume_until(&broker.addr, &OUTPUT_TOPICS, Duration::from_secs(30), |m| {
+        m.iter().filter(|r| r.topic == "switchyard.dlq").count() >= 2
+            && m.iter().any(|r| r.topic == "create-user-response")
+            && m.iter().any(|r| r.topic == "notification.send.email")
+    })
+    .await;
+    let responses: Vec<_> = out
+        .iter()
+        .filter(|r| r.topic == "create-user-response")
+        .collect();
+    assert_eq!(responses.len(), 1, "{out:?}");
+    assert_eq!(responses[0].key.as_deref(), Some("req-fa-1"));
+    assert_eq!(responses[0].json()["id"], profile[0]["id"]);
+    assert_eq!(responses[0].json()["firstName"], json!("احمد"));
+    assert!(responses[0].header("event-id").is_some());
+
+    let emails: Vec<_> = out
+        .iter()
+        .filter(|r| r.topic == "notification.send.email")
+        .collect();
+    assert_eq!(emails.len(), 1, "exactly one welcome: {out:?}");
+    assert_eq!(emails[0].header("request-id"), Some("req-abc-123"));
+    assert_eq!(
+        emails[0].json()["subject"],
+        json!("Welcome, Lucía Fernández!")
+    );
+
+    let dead: Vec<_> = out.iter().filter(|r| r.topic == "switchyard.dlq").collect();
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    let poison = dead
+        .iter()
+        .find(|r| r.value == b"{not json")
+        .unwrap_or_else(|| panic!("{dead:?}"));
+    assert_eq!(poison.key.as_deref(), Some("poison-1"));
+    assert_eq!(
+        poison.header("request-id"),
+        Some("bad-1"),
+        "original headers kept"
+    );
+    assert_eq!(poison.header("switchyard.plugin"), Some("profile-creation"));
+    assert_eq!(
+        poison.header("switchyard.origin-topic"),
+        Some("create-user")
+    );
+    assert_eq!(poison.header("switchyard.outcome"), Some("rejected"));
+    assert_eq!(poison.header("switchyard.attempts"), Some("1"));
+    assert!(poison.header("switchyard.origin-partition").is_some());
+    assert!(
+        poison
+            .header("switchyard.origin-offset")
+            .is_some_and(|o| o.parse::<i64>().is_ok())
+    );
+    assert!(
+        poison
+            .header("switchyard.error")
+            .is_some_and(|e| e.contains("invalid payload"))
+    );
+    let emperor = dead
+        .iter()
+        .find(|r| r.header("switchyard.plugin") == Some("role-mapping"))
+        .unwrap_or_else(|| panic!("{dead:?}"));
+    assert!(
+        emperor
+            .header("switchyard.error")
+            .is_some_and(|e| e.contains("EMPEROR"))
+    );
+
+    let status = router.terminate(Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "graceful exit 0: {status:?}\n{}",
+        router.log_text()
+    );
+    assert!(router.log_text().contains("switchyard stopped"));
+}
+
+/// `kill -9` in the middle of a stream, then a restart: every effect is
+/// counted exactly once, and each quota crossing is published once (by
+/// event id).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_stream_then_restart_counts_exactly_once() {
+    const USERS: usize = 30;
+    const PER_USER: usize = 100;
+    let (broker, testdb, dir, config) = setup(3).await;
+    let mut router = Router::start(&config, &dir.path().join("router.log"), &[]);
+    wait_ready(&router).await;
+    let db = Database::connect(&testdb.url, 2)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let p = broker.producer();
+    for u in 0..USERS {
+        let user = format!("user-{u}");
+        let ev = json!({"eventId": format!("created-{u}"), "eventType": "user.created", "timestamp": "2024-03-01T12:00:00Z",
+            "userId": user, "data": {}});
+        produce(
+            &p,
+            "user.created",
+            Some(&user),
+            &[],
+            ev.to_string().as_bytes(),
+        )
+        .await;
+    }
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            scalar(&db, "SELECT count(*) FROM user_stats").await == USERS as i64
+        })
+        .await,
+        "users not created:\n{}",
+        router.log_text()
+    );
+    // No eventId: these are deduplicated by their Kafka position only.
+    let sends: Vec<_> = (0..USERS * PER_USER)
+        .map(|i| {
+            let user = format!("user-{}", i % USERS);
+            let value = json!({"eventType": "interview.created", "userId": user, "data": {"interviewId": format!("iv-{i}")}}).to_string();
+            (user, value)
+        })
+        .collect();
+    // All at once, so that the router is still busy when it is killed.
+    let deliveries = sends.iter().map(|(user, value)| {
+        p.send(
+            rdkafka::producer::FutureRecord::<str, str>::to("interview.created")
+                .key(user)
+                .payload(value),
+            Duration::from_secs(30),
+        )
+    });
+    for d in futures_util::future::join_all(deliveries).await {
+        d.unwrap_or_else(|(e, _)| panic!("produce: {e}"));
+    }
+    let total = "SELECT coalesce(sum(interviews_created), 0) FROM user_stats";
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            scalar(&db, total).await >= 300
+        })
+        .await,
+        "no progress:\n{}",
+        router.log_text()
+    );
+    router.kill9();
+    let at_kill = scalar(&db, total).await;
+    assert!(
+        at_kill < (USERS * PER_USER) as i64,
+        "the kill came after the stream ended ({at_kill}): nothing was tested"
+    );
+    router.restart();
+    let expected = (USERS * PER_USER) as i64;
+    let finished = eventually(Duration::from_secs(120), || async {
+        scalar(&db, total).await >= expected
+    })
+    .await;
+    assert!(
+        finished,
+        "stalled at {} of {expected} (killed at {at_kill}):\n{}",
+        scalar(&db, total).await,
+        router.log_text()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        scalar(&db, total).await,
+        expected,
+        "every interview counted exactly once"
+    );
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT count(*) FROM switchyard_processed WHERE plugin = 'stats-increment'"
+        )
+        .await,
+        expected + USERS as i64
+    );
+
+    // Each user crossed the interviews quota once (10 → 11): the outbox may
+    // resend after the kill, with the same event-id, never lose one.
+    let out = consume_until(
+        &broker.addr,
+        &["user.quota_exceeded"],
+        Duration::from_secs(30),
+        |m| {
+            let mut ids: Vec<_> = m
+                .iter()
+                .filter_map(|r| r.header("event-id").map(str::to_string))
+                .collect();
+            ids.sort();
+            ids.dedup();
+            ids.len() >= USERS
+        },
+    )
+    .await;
+    let mut by_id = std::collections::HashMap::new();
+    for r in &out {
+        by_id.insert(
+            r.header("event-id").unwrap_or_default().to_string(),
+            r.json(),
+        );
+    }
+    assert_eq!(by_id.len(), USERS, "one quota notice per user, by event id");
+    let mut users: Vec<_> = by_id
+        .values()
+        .map(|v| v["userId"].as_str().unwrap_or_default().to_string())
+        .collect();
+    users.sort();
+    users.dedup();
+    assert_eq!(users.len(), USERS);
+    assert!(
+        by_id
+            .values()
+            .all(|v| v["used"] == json!(11) && v["limit"] == json!(10))
+    );
+    eprintln!(
+        "killed at {at_kill}/{expected}; {} quota messages for {} ids",
+        out.len(),
+        by_id.len()
+    );
+}
