@@ -549,7 +549,7 @@ dedupe = { header = "event-id" }
     fn unknown_keys_are_refused_with_line_and_column() {
         let text = GOOD.replace("dedupe = {", "dedup = {");
         let err = load(&text).err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(err.starts_with("config/test.toml:18:"), "{err}");
+        assert!(err.starts_with("config/test.toml:17:1:"), "{err}");
         assert!(err.contains("unknown field `dedup`"), "{err}");
     }
 
@@ -557,7 +557,7 @@ dedupe = { header = "event-id" }
     fn routes_to_unknown_plugins_are_refused_where_they_are() {
         let text = GOOD.replace("plugins = [\"welcome\"]", "plugins = [\"welcom\"]");
         let err = load(&text).err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(err.starts_with("config/test.toml:17:12:"), "{err}");
+        assert!(err.starts_with("config/test.toml:16:12:"), "{err}");
         assert!(err.contains("unknown plugin \"welcom\""), "{err}");
         assert!(err.contains("welcome"), "lists the known plugins: {err}");
     }
