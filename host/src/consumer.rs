@@ -113,9 +113,11 @@ fn spawn_lane(
             }
             match lane.process(&event).await {
                 EventEnd::Completed if !lane_cancel.load(Ordering::Relaxed) => {
-                    // The next offset to read: this one is done for good.
+                    // This event is done for good. librdkafka's offset store
+                    // takes the offset of the last processed message and
+                    // commits the next one (offset + 1) itself.
                     if let Err(e) =
-                        consumer.store_offset(&event.topic, event.partition, event.offset + 1)
+                        consumer.store_offset(&event.topic, event.partition, event.offset)
                     {
                         tracing::debug!(error = %e, topic = %event.topic, partition = event.partition, "offset not stored (partition no longer assigned)");
                     }

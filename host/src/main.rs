@@ -36,6 +36,38 @@ enum Command {
     /// Work with plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Produce one message to Kafka: the value from standard input, or a
+    /// whole event file (the `plugin test` format, with its topic, key and
+    /// headers).
+    #[command(after_help = "Examples:
+  switchyard produce --event plugins/welcome-notification/examples/user-registered.json
+  echo '{\"userId\": \"u1\", \"email\": \"ana@example.com\"}' | \\
+      switchyard produce notification.send.welcome --key u1 --header request-id=r-1")]
+    Produce(ProduceArgs),
+}
+
+#[derive(Debug, Args)]
+struct ProduceArgs {
+    /// Topic (not needed with --event).
+    topic: Option<String>,
+    /// Record key.
+    #[arg(long)]
+    key: Option<String>,
+    /// Header `name=value`; repeatable.
+    #[arg(long = "header", value_parser = parse_header)]
+    headers: Vec<(String, String)>,
+    /// An event file (JSON object or array) to produce instead of stdin.
+    #[arg(long, conflicts_with = "topic")]
+    event: Option<PathBuf>,
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "SWITCHYARD_BROKERS", default_value = "127.0.0.1:9092")]
+    brokers: String,
+}
+
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("header {s:?} is not name=value"))
 }
 
 #[derive(Debug, Args)]
@@ -160,6 +192,16 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Produce(args) => {
+            init_logging("warn");
+            match runtime.block_on(produce_cmd(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Plugin(PluginCommand::Test(args)) => {
             init_logging("warn,switchyard::plugin=off,switchyard::capabilities=off");
             match runtime.block_on(plugin_test_cmd(args)) {
@@ -203,6 +245,52 @@ async fn plugin_test_cmd(args: TestArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+async fn produce_cmd(args: ProduceArgs) -> anyhow::Result<()> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let events = match (&args.event, &args.topic) {
+        (Some(file), _) => switchyard::plugin_test::read_events(file)?,
+        (None, Some(topic)) => {
+            let value = std::io::read_to_string(std::io::stdin())
+                .context("reading the value from stdin")?;
+            vec![switchyard::event::Event {
+                topic: topic.clone(),
+                key: args.key.clone().map(String::into_bytes),
+                payload: value.trim_end_matches('\n').as_bytes().to_vec(),
+                headers: args
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Some(v.clone().into_bytes())))
+                    .collect(),
+                ..Default::default()
+            }]
+        }
+        (None, None) => anyhow::bail!("give a topic (value on stdin) or --event FILE"),
+    };
+    let producer: FutureProducer =
+        switchyard::kafka::producer_config(&args.brokers, &Default::default())
+            .create()
+            .context("creating the producer")?;
+    for ev in events {
+        let mut record = FutureRecord::<[u8], [u8]>::to(&ev.topic)
+            .payload(&ev.payload)
+            .headers(switchyard::kafka::to_headers(&ev.headers));
+        if let Some(k) = &ev.key {
+            record = record.key(k);
+        }
+        let delivery = producer
+            .send(record, std::time::Duration::from_secs(15))
+            .await
+            .map_err(|(e, _)| {
+                anyhow::anyhow!("producing to {} on {}: {e}", ev.topic, args.brokers)
+            })?;
+        println!(
+            "produced to {} [partition {}] at offset {}",
+            ev.topic, delivery.partition, delivery.offset
+        );
+    }
+    Ok(())
 }
 
 /// Log to stderr; `SWITCHYARD_LOG` (or `RUST_LOG`) overrides `default`.
