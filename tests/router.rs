@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Broker, Router, TestDb, consume_until, eventually, produce, rows_of};
+use common::{Broker, Proxy, Router, TestDb, consume_until, eventually, produce, rows_of};
 use serde_json::json;
 use std::path::Path;
 use std::time::Duration;
@@ -506,4 +506,95 @@ async fn kill_9_mid_stream_then_restart_counts_exactly_once() {
         out.len(),
         by_id.len()
     );
+}
+
+/// The database goes away for a while: the router pauses, retries without
+/// spending any event's attempts, and resumes by itself; nothing is
+/// dead-lettered and nothing is lost or doubled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_outage_pauses_and_resumes_without_dead_letters() {
+    let (broker, testdb, dir, _) = setup(3).await;
+    let pg = testdb
+        .url
+        .split('@')
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or("127.0.0.1:5432")
+        .to_string();
+    let proxy = Proxy::start(&pg).await;
+    let proxied_url = testdb.url.replace(&pg, &proxy.addr);
+    let config = write_config(dir.path(), &broker.addr, &proxied_url);
+    let mut router = Router::start(&config, &dir.path().join("router.log"), &[]);
+    wait_ready(&router).await;
+    let db = Database::connect(&testdb.url, 2)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let p = broker.producer();
+    let user = json!({"eventId": "ev-u", "eventType": "user.created", "timestamp": "2024-03-01T12:00:00Z", "userId": "u1", "data": {}});
+    produce(
+        &p,
+        "user.created",
+        Some("u1"),
+        &[],
+        user.to_string().as_bytes(),
+    )
+    .await;
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            scalar(&db, "SELECT count(*) FROM user_stats").await == 1
+        })
+        .await
+    );
+
+    proxy.cut();
+    for i in 0..50 {
+        let ev = json!({"eventId": format!("ev-{i}"), "eventType": "interview.created", "userId": "u1", "data": {"interviewId": i}});
+        produce(
+            &p,
+            "interview.created",
+            Some(&format!("k{i}")),
+            &[],
+            ev.to_string().as_bytes(),
+        )
+        .await;
+    }
+    // Far longer than the whole retry budget (3 attempts, 200 ms cap).
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        scalar(&db, "SELECT interviews_created FROM user_stats").await,
+        0,
+        "nothing can commit during the outage"
+    );
+    proxy.restore();
+
+    let interviews = "SELECT interviews_created FROM user_stats WHERE user_id = 'u1'";
+    let recovered = eventually(Duration::from_secs(90), || async {
+        scalar(&db, interviews).await >= 50
+    })
+    .await;
+    assert!(
+        recovered,
+        "did not resume ({}):\n{}",
+        scalar(&db, interviews).await,
+        router.log_text()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(scalar(&db, interviews).await, 50);
+    let dead = consume_until(
+        &broker.addr,
+        &["switchyard.dlq"],
+        Duration::from_secs(8),
+        |m| !m.is_empty(),
+    )
+    .await;
+    assert!(
+        dead.is_empty(),
+        "an outage dead-lettered good events: {dead:?}"
+    );
+    assert!(
+        router.log_text().contains("unavailable") || router.log_text().contains("retrying"),
+        "the outage is visible in the log"
+    );
+    let status = router.terminate(Duration::from_secs(30));
+    assert!(status.is_some_and(|s| s.success()));
 }

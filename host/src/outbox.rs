@@ -96,7 +96,7 @@ pub struct Marker<'a> {
 pub async fn mark_processed(tx: &mut Tx, m: Marker<'_>, outcome: &str) -> Result<bool, DbError> {
     let n = tx
         .execute_host(
-            "INSERT INTO switchyard_processed (consumer_group, plugin, dedupe_key, topic, kafka_partition, kafka_offset, outcome) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+            "INSERT INTO switchyard_processed (consumer_group, plugin, dedupe_key, topic, kafka_partition, kafka_offset, outcome, processed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
             &[
                 Value::Text(m.group.to_string()),
                 Value::Text(m.plugin.to_string()),
@@ -105,6 +105,7 @@ pub async fn mark_processed(tx: &mut Tx, m: Marker<'_>, outcome: &str) -> Result
                 Value::Int(i64::from(m.partition)),
                 Value::Int(m.offset),
                 Value::Text(outcome.to_string()),
+                Value::Timestamp(chrono::Utc::now().timestamp_micros()),
             ],
         )
         .await?;

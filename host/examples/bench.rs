@@ -1,0 +1,351 @@
+//! Router benchmark: pushes N events through `switchyard run` (the real
+//! binary, a real Tansu broker over TCP, a real database) with the
+//! `bench-sink` plugin as a no-op and with one upsert per event, and prints
+//! events/s and latency percentiles.
+//!
+//! Run it with `scripts/bench` (which builds everything first):
+//!
+//! ```text
+//! scripts/bench [--events 20000] [--partitions 4] [--database postgres|sqlite] [--modes noop,upsert]
+//! ```
+//!
+//! Latency is measured per event from the producer's send (wall clock) to
+//! the moment the router wrote that event's processed-marker, which is the
+//! first statement of the event's transaction (the commit follows in the
+//! same step). Throughput is events / (last marker − first send).
+
+use serde_json::Value as Json;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use switchyard::database::Database;
+use switchyard::limits::Limits;
+
+struct Args {
+    events: usize,
+    partitions: i32,
+    database: String,
+    modes: Vec<String>,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut args = Args {
+        events: 20_000,
+        partitions: 4,
+        database: "postgres".into(),
+        modes: vec!["noop".into(), "upsert".into()],
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut value = || {
+            it.next()
+                .ok_or_else(|| anyhow::anyhow!("{a} needs a value"))
+        };
+        match a.as_str() {
+            "--events" => args.events = value()?.parse()?,
+            "--partitions" => args.partitions = value()?.parse()?,
+            "--database" => args.database = value()?,
+            "--modes" => args.modes = value()?.split(',').map(str::to_string).collect(),
+            "--help" | "-h" => {
+                println!(
+                    "scripts/bench [--events N] [--partitions P] [--database postgres|sqlite] [--modes noop,upsert]"
+                );
+                std::process::exit(0);
+            }
+            other => anyhow::bail!("unknown argument {other}; see --help"),
+        }
+    }
+    Ok(args)
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn start_broker() -> anyhow::Result<(Killed, String)> {
+    let tansu = std::env::var_os("SWITCHYARD_TANSU")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".switchyard/bin/tansu"));
+    let port = free_port()?;
+    let url = format!("tcp://127.0.0.1:{port}");
+    let child = Command::new(&tansu)
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+            "--storage-engine",
+            "memory://tansu/",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot start {}: {e} (run scripts/broker path)",
+                tansu.display()
+            )
+        })?;
+    let addr = format!("127.0.0.1:{port}");
+    let guard = Killed(child);
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(&addr).is_ok() {
+            return Ok((guard, addr));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    anyhow::bail!("tansu did not start")
+}
+
+async fn scalar(db: &Database, sql: &str) -> anyhow::Result<i64> {
+    let mut tx = db.begin().await?;
+    let rows = tx
+        .query(sql, &[], &Limits::default())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    tx.rollback().await?;
+    Ok(match rows.rows.first().and_then(|r| r.first()) {
+        Some(switchyard::bindings::switchyard::plugin::db::Value::Int(n)) => *n,
+        _ => -1,
+    })
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+async fn run_mode(args: &Args, mode: &str) -> anyhow::Result<Json> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let (_broker, addr) = start_broker()?;
+    switchyard::kafka::create_topics(&addr, &["bench.in".to_string()], args.partitions).await?;
+    let dir = tempfile::tempdir()?;
+
+    // A fresh database.
+    let admin = std::env::var("SWITCHYARD_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let pg_name = format!("switchyard_bench_{}", uuid::Uuid::new_v4().simple());
+    let db_url = if args.database == "sqlite" {
+        format!("sqlite:{}", dir.path().join("bench.db").display())
+    } else {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&admin).await?;
+        sqlx::query(&format!("CREATE DATABASE \"{pg_name}\""))
+            .execute(&mut conn)
+            .await?;
+        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+        format!("{base}/{pg_name}")
+    };
+
+    let plugin_dir = std::env::var_os("SWITCHYARD_PLUGIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/wasm32-wasip2/plugin"));
+    let config = dir.path().join("bench.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[kafka]
+brokers = "{addr}"
+group = "bench"
+[database]
+url = "{db_url}"
+max_connections = 16
+[plugins]
+dir = "{}"
+[plugins.bench]
+file = "bench_sink.wasm"
+settings = {{ mode = "{mode}" }}
+[[routes]]
+topics = ["bench.in"]
+plugins = ["bench"]
+"#,
+            plugin_dir.display()
+        ),
+    )?;
+    let bin = std::env::var_os("SWITCHYARD_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/debug/switchyard"));
+    let log_path = dir.path().join("router.log");
+    let log = std::fs::File::create(&log_path)?;
+    let _router = Killed(
+        Command::new(&bin)
+            .args(["run", "--config", &config.to_string_lossy()])
+            .env("SWITCHYARD_LOG", "warn,switchyard::consumer=info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", bin.display()))?,
+    );
+    let joined = Instant::now();
+    while !std::fs::read_to_string(&log_path)?.contains("partitions assigned") {
+        if joined.elapsed() > Duration::from_secs(60) {
+            anyhow::bail!(
+                "router did not join:\n{}",
+                std::fs::read_to_string(&log_path)?
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let db = Database::connect(&db_url, 2).await?;
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &addr)
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?;
+    let payload = br#"{"eventType":"bench","userId":"u","data":{"n":1}}"#;
+    let started = Instant::now();
+    let mut sent_at = std::collections::HashMap::with_capacity(args.events);
+    let mut deliveries = Vec::with_capacity(args.events);
+    for i in 0..args.events {
+        let key = format!("k{}", i % 1000);
+        let now_us = SystemTime::now().duration_since(UNIX_EPOCH)?.as_micros() as i64;
+        let d = producer.send_result(
+            FutureRecord::<str, [u8]>::to("bench.in")
+                .key(&key)
+                .payload(payload),
+        );
+        match d {
+            Ok(d) => deliveries.push((now_us, d)),
+            Err((e, _)) => anyhow::bail!("produce: {e}"),
+        }
+    }
+    for (t, d) in deliveries {
+        match d.await {
+            Ok(Ok(delivery)) => {
+                sent_at.insert((delivery.partition, delivery.offset), t);
+            }
+            Ok(Err((e, _))) => anyhow::bail!("delivery: {e}"),
+            Err(_) => anyhow::bail!("delivery cancelled"),
+        }
+    }
+    let produced_in = started.elapsed();
+    let total = args.events as i64;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while scalar(&db, "SELECT count(*) FROM switchyard_processed").await? < total {
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "timed out; router log:\n{}",
+                std::fs::read_to_string(&log_path)?
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let wall = started.elapsed();
+
+    // Per-event latency from the markers.
+    let sql = if args.database == "sqlite" {
+        "SELECT kafka_partition, kafka_offset, CAST((julianday(processed_at) - 2440587.5) * 86400000000.0 AS INTEGER) FROM switchyard_processed"
+    } else {
+        "SELECT kafka_partition, kafka_offset, (extract(epoch from processed_at) * 1000000)::bigint FROM switchyard_processed"
+    };
+    let mut tx = db.begin().await?;
+    let limits = Limits {
+        max_rows: usize::MAX,
+        max_result_bytes: usize::MAX,
+        ..Limits::default()
+    };
+    let rows = tx
+        .query(sql, &[], &limits)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    tx.rollback().await?;
+    use switchyard::bindings::switchyard::plugin::db::Value;
+    let mut latencies = Vec::with_capacity(rows.rows.len());
+    let (mut first_sent, mut last_done) = (i64::MAX, i64::MIN);
+    for r in &rows.rows {
+        if let [Value::Int(p), Value::Int(o), Value::Int(done)] = r.as_slice()
+            && let Some(sent) = sent_at.get(&(*p as i32, *o))
+        {
+            latencies.push((*done - *sent) as f64 / 1000.0);
+            first_sent = first_sent.min(*sent);
+            last_done = last_done.max(*done);
+        }
+    }
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    let span_s = (last_done - first_sent) as f64 / 1e6;
+    let upserted = if mode == "upsert" {
+        scalar(
+            &db,
+            "SELECT coalesce(sum(n), 0)::bigint FROM bench_counters",
+        )
+        .await
+        .or_else(|_| Ok::<i64, anyhow::Error>(-1))?
+    } else {
+        0
+    };
+    db.close().await;
+    drop(_router);
+    if args.database != "sqlite" {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&admin).await?;
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS \"{pg_name}\" WITH (FORCE)"
+        ))
+        .execute(&mut conn)
+        .await?;
+    }
+    Ok(serde_json::json!({
+        "mode": mode,
+        "database": args.database,
+        "events": args.events,
+        "partitions": args.partitions,
+        "events_per_s": (args.events as f64 / span_s).round(),
+        "latency_ms": {
+            "p50": percentile(&latencies, 50.0),
+            "p90": percentile(&latencies, 90.0),
+            "p99": percentile(&latencies, 99.0),
+            "max": latencies.last().copied().unwrap_or(f64::NAN),
+        },
+        "produce_s": produced_in.as_secs_f64(),
+        "wall_s": wall.as_secs_f64(),
+        "upserted_total": upserted,
+    }))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    println!(
+        "{:<8} {:<9} {:>8} {:>11} {:>9} {:>9} {:>9}",
+        "mode", "database", "events", "events/s", "p50 ms", "p99 ms", "max ms"
+    );
+    for mode in &args.modes {
+        let r = run_mode(&args, mode).await?;
+        let l = &r["latency_ms"];
+        println!(
+            "{:<8} {:<9} {:>8} {:>11} {:>9.1} {:>9.1} {:>9.1}",
+            mode,
+            args.database,
+            args.events,
+            r["events_per_s"],
+            l["p50"].as_f64().unwrap_or(f64::NAN),
+            l["p99"].as_f64().unwrap_or(f64::NAN),
+            l["max"].as_f64().unwrap_or(f64::NAN),
+        );
+        eprintln!("{r}");
+    }
+    Ok(())
+}
