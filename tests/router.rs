@@ -598,3 +598,105 @@ async fn database_outage_pauses_and_resumes_without_dead_letters() {
     let status = router.terminate(Duration::from_secs(30));
     assert!(status.is_some_and(|s| s.success()));
 }
+
+/// A backlog handled in batches (several events per transaction, a
+/// savepoint each) with poison events in the middle of batches: the good
+/// events apply exactly once, exactly the poison ones are dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_with_poison_in_the_middle_apply_good_events_once() {
+    let (broker, testdb, dir, config) = setup(3).await;
+    let p = broker.producer();
+    // The backlog is there before the router starts, so lanes find full
+    // batches waiting.
+    let user = json!({"eventId": "ev-u", "eventType": "user.created", "timestamp": "2024-03-01T12:00:00Z", "userId": "u1", "data": {}});
+    produce(
+        &p,
+        "user.created",
+        Some("u1"),
+        &[],
+        user.to_string().as_bytes(),
+    )
+    .await;
+    let mut router = Router::start(&config, &dir.path().join("router.log"), &[]);
+    wait_ready(&router).await;
+    let db = Database::connect(&testdb.url, 2)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            scalar(&db, "SELECT count(*) FROM user_stats").await == 1
+        })
+        .await
+    );
+    router.terminate(Duration::from_secs(30));
+
+    let mut expected = 0i64;
+    let mut poison = Vec::new();
+    for i in 0..300i64 {
+        let size = if i % 20 == 7 {
+            poison.push(format!("ev-{i}"));
+            -1
+        } else {
+            expected += i;
+            i
+        };
+        let ev = json!({"eventId": format!("ev-{i}"), "eventType": "media.uploaded", "userId": "u1", "data": {"fileId": i, "fileSize": size}});
+        produce(
+            &p,
+            "media.uploaded",
+            Some(&format!("k{}", i % 5)),
+            &[],
+            ev.to_string().as_bytes(),
+        )
+        .await;
+    }
+    router.restart();
+    let storage = "SELECT storage_used FROM user_stats WHERE user_id = 'u1'";
+    let done = eventually(Duration::from_secs(60), || async {
+        scalar(
+            &db,
+            "SELECT count(*) FROM switchyard_processed WHERE topic = 'media.uploaded'",
+        )
+        .await
+            == 300
+    })
+    .await;
+    assert!(done, "backlog not handled:\n{}", router.log_text());
+    assert_eq!(
+        scalar(&db, storage).await,
+        expected,
+        "every good event counted once"
+    );
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT count(*) FROM switchyard_processed WHERE outcome = 'dead-lettered'"
+        )
+        .await,
+        poison.len() as i64
+    );
+    let dead = consume_until(
+        &broker.addr,
+        &["switchyard.dlq"],
+        Duration::from_secs(30),
+        |m| m.len() >= poison.len(),
+    )
+    .await;
+    let mut dead_ids: Vec<String> = dead
+        .iter()
+        .map(|r| r.json()["eventId"].as_str().unwrap_or_default().to_string())
+        .collect();
+    dead_ids.sort();
+    poison.sort();
+    assert_eq!(dead_ids, poison);
+    assert!(
+        dead.iter()
+            .all(|r| r.header("switchyard.outcome") == Some("rejected"))
+    );
+    assert!(
+        router
+            .log_text()
+            .contains("handling a batch in one transaction"),
+        "the backlog was batched"
+    );
+}

@@ -206,6 +206,7 @@ pub async fn run(
         lanes,
         shared.clone(),
         config.runtime.lane_buffer,
+        config.runtime.batch_size,
         shutdown,
     )
     .await;

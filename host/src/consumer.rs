@@ -14,7 +14,7 @@
 
 use crate::event::Event;
 use crate::kafka::to_event;
-use crate::pipeline::{EventEnd, Lane, Shared};
+use crate::pipeline::{Lane, Shared};
 use rdkafka::TopicPartitionList;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
@@ -95,7 +95,9 @@ fn spawn_lane(
     consumer: &Arc<RouterConsumer>,
     room: &mpsc::UnboundedSender<Tp>,
     buffer: usize,
+    max_batch: usize,
 ) -> LaneHandle {
+    let max_batch = max_batch.max(1);
     let (tx, mut rx) = mpsc::channel::<Event>(buffer.max(1));
     let cancel = Arc::new(AtomicBool::new(false));
     let paused = Arc::new(AtomicBool::new(false));
@@ -104,26 +106,40 @@ fn spawn_lane(
     let room = room.clone();
     let (lane_cancel, lane_paused, tp_owned) = (cancel.clone(), paused.clone(), tp.clone());
     let join = tokio::spawn(async move {
-        while let Some(event) = rx.recv().await {
+        let mut batch: Vec<Event> = Vec::with_capacity(max_batch);
+        while let Some(first) = rx.recv().await {
+            // Take what is already waiting, up to the batch size: one
+            // transaction for all of it when the partition is busy, and no
+            // waiting when it is not.
+            batch.clear();
+            batch.push(first);
+            while batch.len() < max_batch {
+                match rx.try_recv() {
+                    Ok(ev) => batch.push(ev),
+                    Err(_) => break,
+                }
+            }
             if lane_cancel.load(Ordering::Relaxed) {
                 break;
             }
             if lane_paused.load(Ordering::Relaxed) && rx.len() <= buffer / 2 {
                 let _ = room.send(tp_owned.clone());
             }
-            match lane.process(&event).await {
-                EventEnd::Completed if !lane_cancel.load(Ordering::Relaxed) => {
-                    // This event is done for good. librdkafka's offset store
-                    // takes the offset of the last processed message and
-                    // commits the next one (offset + 1) itself.
-                    if let Err(e) =
-                        consumer.store_offset(&event.topic, event.partition, event.offset)
-                    {
-                        tracing::debug!(error = %e, topic = %event.topic, partition = event.partition, "offset not stored (partition no longer assigned)");
-                    }
+            if batch.len() > 1 {
+                tracing::debug!(topic = %tp_owned.0, partition = tp_owned.1, events = batch.len(), "handling a batch in one transaction");
+            }
+            let finished = lane.process_batch(&batch).await;
+            if finished > 0 && !lane_cancel.load(Ordering::Relaxed) {
+                // These events are done for good. librdkafka's offset
+                // store takes the offset of the last processed message and
+                // commits the next one (offset + 1) itself.
+                let last = &batch[finished - 1];
+                if let Err(e) = consumer.store_offset(&last.topic, last.partition, last.offset) {
+                    tracing::debug!(error = %e, topic = %last.topic, partition = last.partition, "offset not stored (partition no longer assigned)");
                 }
-                EventEnd::Completed => break,
-                EventEnd::Abandoned => break,
+            }
+            if finished < batch.len() || lane_cancel.load(Ordering::Relaxed) {
+                break;
             }
         }
     });
@@ -144,6 +160,7 @@ pub async fn run(
     lanes: Lanes,
     shared: Arc<Shared>,
     lane_buffer: usize,
+    max_batch: usize,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -181,7 +198,9 @@ pub async fn run(
                 let mut map = lanes.lock();
                 let lane = map
                     .entry(tp.clone())
-                    .or_insert_with(|| spawn_lane(&tp, &shared, &consumer, &room_tx, lane_buffer));
+                    .or_insert_with(|| {
+                        spawn_lane(&tp, &shared, &consumer, &room_tx, lane_buffer, max_batch)
+                    });
                 if !lane.overflow.is_empty() {
                     lane.overflow.push_back(event);
                     continue;

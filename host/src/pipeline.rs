@@ -195,6 +195,160 @@ impl Lane {
         EventEnd::Completed
     }
 
+    /// Run a batch of consecutive events of this lane's partition in one
+    /// transaction, each event under its own savepoint: the marker, SQL and
+    /// outbox rows of every event still commit together (P1), but the
+    /// commit — PostgreSQL's or SQLite's flush to disk — is paid once per
+    /// batch. Returns how many events, from the start, are finished (their
+    /// offsets may be stored); fewer than all only when the lane was
+    /// cancelled.
+    ///
+    /// Anything other than `done`/`skipped`/duplicate (a retry, a
+    /// rejection, a trap, an outage) commits what the batch holds so far
+    /// and hands the rest to the one-event path, which owns backoff, retry
+    /// budgets and dead letters.
+    pub async fn process_batch(&mut self, events: &[Event]) -> usize {
+        if events.len() == 1 {
+            return usize::from(self.process(&events[0]).await == EventEnd::Completed);
+        }
+        let state = self.ctl.shared.state.load_full();
+        let shared = self.ctl.shared.clone();
+        let mut tx = match shared.db.begin().await {
+            Ok(tx) => tx,
+            Err(_) => return self.process_each(events, 0).await,
+        };
+        let mut wake_relay = false;
+        for (i, event) in events.iter().enumerate() {
+            let selected = state.routes.select(event);
+            for (j, sel) in selected.iter().enumerate() {
+                let Some(slot) = state.plugins.get(&sel.plugin) else {
+                    let _ = tx.rollback().await;
+                    return self.process_each(events, 0).await;
+                };
+                let worker = self
+                    .workers
+                    .entry(sel.plugin.clone())
+                    .or_insert_with(|| PluginWorker::new(slot.plugin.clone()));
+                if !Arc::ptr_eq(worker.plugin(), &slot.plugin) {
+                    worker.swap(slot.plugin.clone());
+                }
+                let fast = async {
+                    tx.execute_host("SAVEPOINT switchyard_event", &[]).await?;
+                    let marker = outbox::Marker {
+                        group: &shared.group,
+                        plugin: &sel.plugin,
+                        dedupe_key: &sel.dedupe_key,
+                        topic: &event.topic,
+                        partition: event.partition,
+                        offset: event.offset,
+                    };
+                    outbox::mark_processed(&mut tx, marker, "handled").await
+                }
+                .await;
+                match fast {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        if tx
+                            .execute_host("ROLLBACK TO SAVEPOINT switchyard_event", &[])
+                            .await
+                            .is_err()
+                        {
+                            drop(tx);
+                            return self.process_each(events, 0).await;
+                        }
+                        shared.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    Err(_) => {
+                        drop(tx);
+                        return self.process_each(events, 0).await;
+                    }
+                }
+                let ctx = Arc::new(EventContext::new(&shared.group, &sel.plugin, event));
+                let options = CallOptions {
+                    record: false,
+                    isolation: slot.isolation,
+                };
+                let Some(worker) = self.workers.get_mut(&sel.plugin) else {
+                    drop(tx);
+                    return self.process_each(events, 0).await;
+                };
+                let (inv, back) = worker.handle(ctx, event, tx, options).await;
+                let Some(back) = back else {
+                    return self.process_each(events, 0).await;
+                };
+                tx = back;
+                let kept = if inv.outcome.commits() && !inv.db_unavailable {
+                    outbox::enqueue(&mut tx, &inv.messages).await.is_ok()
+                        && tx
+                            .execute_host("RELEASE SAVEPOINT switchyard_event", &[])
+                            .await
+                            .is_ok()
+                } else {
+                    false
+                };
+                if kept {
+                    wake_relay |= !inv.messages.is_empty();
+                    match &inv.outcome {
+                        Outcome::Skipped(reason) => {
+                            shared.counters.skipped.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(plugin = %sel.plugin, topic = %event.topic, partition = event.partition, offset = event.offset, %reason, "skipped");
+                        }
+                        _ => {
+                            shared.counters.done.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    continue;
+                }
+                // Not a plain success: keep what came before, and let the
+                // one-event path decide about this plugin and the rest.
+                if tx
+                    .execute_host("ROLLBACK TO SAVEPOINT switchyard_event", &[])
+                    .await
+                    .is_err()
+                {
+                    drop(tx);
+                    return self.process_each(events, 0).await;
+                }
+                if tx.commit().await.is_err() {
+                    return self.process_each(events, 0).await;
+                }
+                if wake_relay {
+                    shared.relay_wake.notify_one();
+                }
+                // Plugins of this event after the failing one, then the
+                // events after it, go the one-event way. Plugins before it
+                // committed with the batch; their markers make a rerun skip.
+                let _ = j;
+                return self.process_each(events, i).await;
+            }
+        }
+        match tx.commit().await {
+            Ok(()) => {
+                if wake_relay {
+                    shared.relay_wake.notify_one();
+                }
+                events.len()
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "batch commit failed; handling its events one by one");
+                self.process_each(events, 0).await
+            }
+        }
+    }
+
+    /// The one-event path for `events[from..]`; events before `from` are
+    /// already finished. Returns how many events from the start are
+    /// finished.
+    async fn process_each(&mut self, events: &[Event], from: usize) -> usize {
+        for (i, event) in events.iter().enumerate().skip(from) {
+            if self.process(event).await == EventEnd::Abandoned {
+                return i;
+            }
+        }
+        events.len()
+    }
+
     async fn run_plugin(
         &mut self,
         event: &Event,
