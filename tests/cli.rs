@@ -137,3 +137,93 @@ fn bad_inputs_say_what_is_wrong() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn check_validates_the_shipped_config_and_points_at_mistakes() {
+    let plugin_dir = plugin_path("role-mapping")
+        .parent()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let out = switchyard(&[
+        "check",
+        "--config",
+        "config/switchyard.toml",
+        "--plugin-dir",
+        &plugin_dir,
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("config/switchyard.toml: OK"), "{stdout}");
+    for plugin in [
+        "role-mapping",
+        "profile-creation",
+        "stats-increment",
+        "welcome-notification",
+    ] {
+        assert!(
+            stdout.contains(&format!("plugin {plugin}: {plugin} 0.1.0")),
+            "{stdout}"
+        );
+    }
+
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let shipped =
+        std::fs::read_to_string(root().join("config/switchyard.toml")).unwrap_or_default();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        shipped.replace(
+            "plugins = [\"welcome-notification\"]",
+            "plugins = [\"welcome\"]",
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let line = shipped
+        .lines()
+        .position(|l| l.contains("plugins = [\"welcome-notification\"]"))
+        .map(|i| i + 1)
+        .unwrap_or(0);
+    let out = switchyard(&["check", "--config", &bad.to_string_lossy()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains(&format!("bad.toml:{line}:")), "{stderr}");
+    assert!(stderr.contains("unknown plugin \"welcome\""), "{stderr}");
+
+    std::fs::write(&bad, shipped.replace("[dead_letter]", "[dead_letters]"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let out = switchyard(&["check", "--config", &bad.to_string_lossy()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("unknown field `dead_letters`"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // The other plugins as built, stats-increment cut short (a build
+    // still being written).
+    for plugin in ["role-mapping", "profile-creation", "welcome-notification"] {
+        let from = plugin_path(plugin);
+        let to = dir.path().join(from.file_name().unwrap_or_default());
+        std::fs::copy(&from, &to).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let truncated = dir.path().join("stats_increment.wasm");
+    let good = std::fs::read(plugin_path("stats-increment")).unwrap_or_default();
+    std::fs::write(&truncated, &good[..good.len() / 3]).unwrap_or_else(|e| panic!("{e}"));
+    let out = switchyard(&[
+        "check",
+        "--config",
+        "config/switchyard.toml",
+        "--plugin-dir",
+        &dir.path().to_string_lossy(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("plugin stats-increment"),
+        "names the plugin: {stderr}"
+    );
+    assert!(
+        stderr.contains("not a valid WebAssembly component"),
+        "{stderr}"
+    );
+}
