@@ -140,6 +140,18 @@ async fn seed_events_flow_end_to_end() {
         stats_user.to_string().as_bytes(),
     )
     .await;
+    // Kafka orders events within a partition, not across topics: as in
+    // production, the user exists before its interviews are counted (an
+    // interview that overtakes it is retried, and dead-lettered once the
+    // retry budget — deliberately short in these tests — is spent).
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            scalar(&db, "SELECT count(*) FROM user_stats").await == 1
+        })
+        .await,
+        "user.created not handled:\n{}",
+        router.log_text()
+    );
     let interview = json!({"eventId": "ev-i1", "eventType": "interview.created", "userId": "u-ru", "data": {"interviewId": "iv-1"}});
     produce(
         &p,

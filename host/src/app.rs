@@ -29,6 +29,8 @@ pub struct RunOptions {
     pub database: Option<String>,
     /// `--plugin-dir` / `SWITCHYARD_PLUGIN_DIR`.
     pub plugin_dir: Option<PathBuf>,
+    /// `--no-reload`: do not watch the plugin files and the config.
+    pub no_reload: bool,
 }
 
 /// Read the config and apply the overrides.
@@ -105,10 +107,10 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let loaded = load_config(&options)?;
     let config = loaded.config.clone();
-    let runtime = Runtime::new(RuntimeOptions {
+    let runtime = Arc::new(Runtime::new(RuntimeOptions {
         max_instances: config.runtime.max_instances,
         ..RuntimeOptions::default()
-    })?;
+    })?);
     let db = Database::connect(&config.database.url, config.database.max_connections)
         .await
         .context("opening the database")?;
@@ -201,6 +203,22 @@ pub async fn run(
         "switchyard running"
     );
 
+    let (stop_reload_tx, stop_reload_rx) = tokio::sync::oneshot::channel::<()>();
+    let reload_task = if options.no_reload {
+        None
+    } else {
+        let reloader = crate::reload::Reloader::new(
+            shared.clone(),
+            runtime.clone(),
+            consumer.clone(),
+            options.clone(),
+            loaded.clone(),
+        );
+        Some(tokio::spawn(reloader.run(async {
+            let _ = stop_reload_rx.await;
+        })))
+    };
+
     consumer::run(
         consumer.clone(),
         lanes,
@@ -211,6 +229,10 @@ pub async fn run(
     )
     .await;
     tracing::info!("stopping: in-flight events finished; flushing the outbox");
+    let _ = stop_reload_tx.send(());
+    if let Some(task) = reload_task {
+        let _ = task.await;
+    }
     let _ = stop_relay_tx.send(());
     let _ = relay_task.await;
     let left = Relay::new(db.clone(), producer, wake)

@@ -20,7 +20,8 @@
 //! - [`pipeline`]: one event in one lane — marker, plugin, outbox,
 //!   retries, dead letters;
 //! - [`outbox`]: the outbox table and its relay; [`kafka`]: client
-//!   settings; [`app`]: `switchyard run` and `switchyard check`.
+//!   settings; [`app`]: `switchyard run` and `switchyard check`;
+//! - [`reload`]: hot reload of plugin files and the routing config.
 
 pub mod app;
 pub mod bindings;
@@ -34,6 +35,7 @@ pub mod limits;
 pub mod outbox;
 pub mod pipeline;
 pub mod plugin_test;
+pub mod reload;
 pub mod routes;
 pub mod runtime;
 pub mod sql_gate;

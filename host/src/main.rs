@@ -84,6 +84,9 @@ struct RunArgs {
     /// Directory of the plugin files; overrides `plugins.dir`.
     #[arg(long, env = "SWITCHYARD_PLUGIN_DIR")]
     plugin_dir: Option<PathBuf>,
+    /// Do not watch the plugin files and the config for changes.
+    #[arg(long)]
+    no_reload: bool,
     /// Log format: `text` or `json`.
     #[arg(long, default_value = "text", env = "SWITCHYARD_LOG_FORMAT")]
     log_format: String,
@@ -96,6 +99,7 @@ impl RunArgs {
             brokers: self.brokers.clone(),
             database: self.database.clone(),
             plugin_dir: self.plugin_dir.clone(),
+            no_reload: self.no_reload,
         }
     }
 }

@@ -41,7 +41,7 @@ pub struct PluginSlot {
 }
 
 /// Routes and plugins in service; swapped whole on reload.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct RouterState {
     /// Topic → routes.
     pub routes: RouteTable,
@@ -64,6 +64,10 @@ pub struct Counters {
     pub dead_letters: AtomicU64,
     /// Pauses for an unavailable database or broker.
     pub outages: AtomicU64,
+    /// Reloads that took effect (a plugin version or a config).
+    pub reloads: AtomicU64,
+    /// Reloads refused (the running version stayed).
+    pub reload_failures: AtomicU64,
 }
 
 /// What every lane shares.

@@ -125,6 +125,36 @@ pub struct LoadedPlugin {
     engine: Engine,
 }
 
+impl LoadedPlugin {
+    /// The same compiled version with other limits, grants or settings (a
+    /// config reload that changed only those): no recompilation.
+    pub fn with_env(
+        &self,
+        env: PluginEnv,
+        runtime: &Runtime,
+    ) -> Result<Arc<LoadedPlugin>, LoadError> {
+        if env.limits.memory_bytes > runtime.options.max_memory_bytes {
+            return Err(LoadError::Start {
+                source_name: self.source.clone(),
+                reason: format!(
+                    "memory_bytes {} is over the runtime's max_memory_bytes {}",
+                    env.limits.memory_bytes, runtime.options.max_memory_bytes
+                ),
+            });
+        }
+        Ok(Arc::new(LoadedPlugin {
+            info: self.info.clone(),
+            hash: self.hash.clone(),
+            source: self.source.clone(),
+            size: self.size,
+            compile_time: self.compile_time,
+            env: Arc::new(env),
+            pre: self.pre.clone(),
+            engine: self.engine.clone(),
+        }))
+    }
+}
+
 impl std::fmt::Debug for LoadedPlugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoadedPlugin")

@@ -280,8 +280,13 @@ impl Harness {
 /// Rows of a query on `db` as JSON objects.
 pub async fn rows_of(db: &Database, sql: &str) -> Vec<Json> {
     let mut tx = db.begin().await.unwrap_or_else(|e| panic!("begin: {e}"));
+    let limits = Limits {
+        max_rows: 1_000_000,
+        max_result_bytes: 1 << 30,
+        ..Limits::default()
+    };
     let rows = tx
-        .query(sql, &[], &Limits::default())
+        .query(sql, &[], &limits)
         .await
         .unwrap_or_else(|e| panic!("query failed: {e:?}\n{sql}"));
     let _ = tx.rollback().await;

@@ -24,7 +24,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 /// What the host knows about a plugin that its capabilities consult:
 /// name, limits, grants and settings. Shared by every instance of one
 /// loaded version; a config reload makes a new one.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PluginEnv {
     /// The plugin's name in the routing config.
     pub name: Arc<str>,

@@ -1,0 +1,404 @@
+//! Hot reload: watch the plugin files and the routing config, and swap in
+//! a new version when one changes on disk — or keep the running one and
+//! say why when the new one is not good.
+//!
+//! - **Plugins.** The directories holding the plugin files are watched
+//!   (not the files: `cargo build` and editors replace files by removing,
+//!   linking or renaming). After a change, events are debounced until the
+//!   directory is quiet for [`DEBOUNCE`]; the file is read and hashed,
+//!   compiled on a blocking thread, checked against the plugin world and
+//!   started once (`describe`); its new migrations are applied; then the
+//!   route/plugin table is swapped whole. Lanes pick the new version up at
+//!   their next event; an event in progress finishes on the version it
+//!   started with; order per partition is untouched.
+//! - **Config.** Routes, grants, limits and plugin settings swap together.
+//!   Topics that appear are subscribed and topics that disappear dropped
+//!   (one `subscribe` call; committed offsets stay with the group). A
+//!   plugin whose file did not change keeps its compiled code.
+//!   `[kafka]`, `[database]`, `[dead_letter]`, `[retry]` and `[runtime]`
+//!   need a restart; a change there is logged, not applied.
+//! - **Failures** (truncated or half-written file, a core module, the
+//!   wrong world, a start function that traps, bad TOML, a route to an
+//!   unknown plugin) log the file and the reason, count in
+//!   `reload_failures`, and leave the running version in service.
+
+use crate::app::{RunOptions, load_config};
+use crate::config::Loaded;
+use crate::consumer::RouterConsumer;
+use crate::pipeline::{PluginSlot, RouterState, Shared};
+use crate::routes::RouteTable;
+use crate::runtime::{Runtime, short_hash};
+use notify::{RecursiveMode, Watcher};
+use rdkafka::consumer::Consumer;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Quiet time after the last file event before a reload starts.
+pub const DEBOUNCE: Duration = Duration::from_millis(150);
+
+/// Longest wait for a quiet spell: a file rewritten without pause is
+/// reloaded anyway (and reloaded again after its next change).
+pub const MAX_DEBOUNCE: Duration = Duration::from_secs(2);
+
+/// The reloader's view of what is running.
+pub struct Reloader {
+    shared: Arc<Shared>,
+    runtime: Arc<Runtime>,
+    consumer: Arc<RouterConsumer>,
+    options: RunOptions,
+    loaded: Loaded,
+    /// Absolute path of the config file.
+    config_path: PathBuf,
+    /// Plugin name → absolute path of its file.
+    files: HashMap<String, PathBuf>,
+}
+
+/// `dir.canonicalize() / file_name`: stable even while the file itself is
+/// being replaced.
+fn absolute(path: &Path) -> PathBuf {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    match path.file_name() {
+        Some(name) => dir.join(name),
+        None => dir,
+    }
+}
+
+impl Reloader {
+    /// A reloader for the router `shared` runs.
+    pub fn new(
+        shared: Arc<Shared>,
+        runtime: Arc<Runtime>,
+        consumer: Arc<RouterConsumer>,
+        options: RunOptions,
+        loaded: Loaded,
+    ) -> Self {
+        let config_path = absolute(&options.config);
+        let files = Self::plugin_files(&loaded, &options);
+        Self {
+            shared,
+            runtime,
+            consumer,
+            options,
+            loaded,
+            config_path,
+            files,
+        }
+    }
+
+    fn plugin_files(loaded: &Loaded, options: &RunOptions) -> HashMap<String, PathBuf> {
+        loaded
+            .plugin_envs(options.plugin_dir.as_deref())
+            .into_iter()
+            .map(|(name, path, _, _)| (name, absolute(&path)))
+            .collect()
+    }
+
+    fn watched_dirs(&self) -> BTreeSet<PathBuf> {
+        std::iter::once(&self.config_path)
+            .chain(self.files.values())
+            .filter_map(|p| p.parent().map(Path::to_path_buf))
+            .collect()
+    }
+
+    /// Watch and reload until `stop` resolves.
+    pub async fn run(mut self, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        let (tx, mut rx) = mpsc::unbounded_channel::<notify::Result<notify::Event>>();
+        let mut watcher = match notify::recommended_watcher(move |res| {
+            let _ = tx.send(res);
+        }) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch files: hot reload is off; restart to pick up changes");
+                return;
+            }
+        };
+        let mut watching: BTreeSet<PathBuf> = BTreeSet::new();
+        self.rewatch(&mut watcher, &mut watching);
+        loop {
+            // Only the config and the plugin files matter: the directories
+            // may hold busy files too (logs, a SQLite database).
+            let interesting = self.interesting();
+            let first = tokio::select! {
+                _ = &mut stop => return,
+                ev = rx.recv() => match ev {
+                    Some(ev) => ev,
+                    None => return,
+                },
+            };
+            let mut paths: HashSet<PathBuf> = HashSet::new();
+            collect(&mut paths, first, &interesting);
+            if paths.is_empty() {
+                continue;
+            }
+            let since = Instant::now();
+            // Debounce: a build or an editor writes in several steps. Wait
+            // for a quiet spell, but never longer than MAX_DEBOUNCE.
+            while since.elapsed() < MAX_DEBOUNCE {
+                match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
+                    Ok(Some(ev)) => collect(&mut paths, ev, &interesting),
+                    _ => break,
+                }
+            }
+            tracing::debug!(?paths, "files changed");
+            self.apply(&paths, since).await;
+            self.rewatch(&mut watcher, &mut watching);
+        }
+    }
+
+    fn interesting(&self) -> HashSet<PathBuf> {
+        std::iter::once(self.config_path.clone())
+            .chain(self.files.values().cloned())
+            .collect()
+    }
+
+    fn rewatch(&self, watcher: &mut notify::RecommendedWatcher, watching: &mut BTreeSet<PathBuf>) {
+        let wanted = self.watched_dirs();
+        for dir in watching.difference(&wanted) {
+            let _ = watcher.unwatch(dir);
+        }
+        for dir in wanted.difference(watching) {
+            if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory; changes there need a restart");
+            } else {
+                tracing::debug!(dir = %dir.display(), "watching for changes");
+            }
+        }
+        *watching = wanted;
+    }
+
+    /// Reload what `paths` touch: the whole config if it changed (which
+    /// also rereads every plugin file), else each changed plugin.
+    pub async fn apply(&mut self, paths: &HashSet<PathBuf>, since: Instant) {
+        if paths.contains(&self.config_path) {
+            self.reload_config(since).await;
+            return;
+        }
+        let mut names: Vec<String> = self
+            .files
+            .iter()
+            .filter(|(_, f)| paths.contains(*f))
+            .map(|(n, _)| n.clone())
+            .collect();
+        names.sort();
+        for name in names {
+            self.reload_plugin(&name, since).await;
+        }
+    }
+
+    fn refused(&self, what: &str, file: &Path, reason: &str) {
+        self.shared
+            .counters
+            .reload_failures
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            file = %file.display(),
+            %reason,
+            "{what} reload refused; the running version stays in service"
+        );
+    }
+
+    async fn reload_plugin(&mut self, name: &str, since: Instant) {
+        let Some(path) = self.files.get(name).cloned() else {
+            return;
+        };
+        let state = self.shared.state.load_full();
+        let Some(slot) = state.plugins.get(name).cloned() else {
+            return;
+        };
+        let bytes = match tokio::fs::read(&path).await {
+            Ok(b) => b,
+            Err(e) => {
+                // Removed or half-replaced: the next event on the file
+                // (the rest of the write) triggers another try.
+                tracing::debug!(plugin = %name, file = %path.display(), error = %e, "plugin file not readable yet");
+                return;
+            }
+        };
+        let hash = short_hash(&bytes);
+        if hash == slot.plugin.hash {
+            tracing::debug!(plugin = %name, %hash, "plugin file touched but unchanged");
+            return;
+        }
+        let loaded = match self
+            .runtime
+            .load_bytes(
+                bytes,
+                path.display().to_string(),
+                (*slot.plugin.env).clone(),
+            )
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => return self.refused(&format!("plugin {name}"), &path, &e.to_string()),
+        };
+        if let Err(e) = self
+            .shared
+            .db
+            .migrate(&loaded.info.name, &loaded.info.migrations)
+            .await
+        {
+            return self.refused(&format!("plugin {name}"), &path, &e.to_string());
+        }
+        let mut next = (*self.shared.state.load_full()).clone();
+        next.plugins.insert(
+            name.to_string(),
+            PluginSlot {
+                plugin: loaded.clone(),
+                isolation: slot.isolation,
+            },
+        );
+        self.shared.state.store(Arc::new(next));
+        self.shared.counters.reloads.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            plugin = %name,
+            old_version = %slot.plugin.info.version,
+            old_hash = %slot.plugin.hash,
+            new_version = %loaded.info.version,
+            new_hash = %loaded.hash,
+            compile_ms = loaded.compile_time.as_millis() as u64,
+            serving_after_ms = since.elapsed().as_millis() as u64,
+            "plugin reloaded"
+        );
+    }
+
+    async fn reload_config(&mut self, since: Instant) {
+        let options = self.options.clone();
+        let loaded = match load_config(&options) {
+            Ok(l) => l,
+            Err(e) => return self.refused("config", &self.config_path.clone(), &format!("{e:#}")),
+        };
+        let old = &self.loaded.config;
+        let new = &loaded.config;
+        for (section, changed) in [
+            (
+                "[kafka]",
+                format!("{:?}", old.kafka) != format!("{:?}", new.kafka),
+            ),
+            (
+                "[database]",
+                format!("{:?}", old.database) != format!("{:?}", new.database),
+            ),
+            (
+                "[dead_letter]",
+                old.dead_letter.topic != new.dead_letter.topic,
+            ),
+            ("[retry]", old.retry != new.retry),
+            (
+                "[runtime]",
+                format!("{:?}", old.runtime) != format!("{:?}", new.runtime),
+            ),
+        ] {
+            if changed {
+                tracing::warn!(
+                    section,
+                    "this section changed; it takes effect at the next restart"
+                );
+            }
+        }
+
+        let current = self.shared.state.load_full();
+        let mut plugins = HashMap::new();
+        for (name, path, env, isolation) in loaded.plugin_envs(options.plugin_dir.as_deref()) {
+            let bytes = match tokio::fs::read(&path).await {
+                Ok(b) => b,
+                Err(e) => {
+                    return self.refused(
+                        "config",
+                        &self.config_path.clone(),
+                        &format!("plugin {name}: cannot read {}: {e}", path.display()),
+                    );
+                }
+            };
+            let hash = short_hash(&bytes);
+            let reuse = current
+                .plugins
+                .get(&name)
+                .filter(|s| s.plugin.hash == hash)
+                .map(|s| s.plugin.clone());
+            let plugin = match reuse {
+                Some(p) if *p.env == env => Ok(p),
+                Some(p) => p.with_env(env, &self.runtime),
+                None => {
+                    self.runtime
+                        .load_bytes(bytes, path.display().to_string(), env)
+                        .await
+                }
+            };
+            let plugin = match plugin {
+                Ok(p) => p,
+                Err(e) => {
+                    return self.refused(
+                        "config",
+                        &self.config_path.clone(),
+                        &format!("plugin {name}: {e}"),
+                    );
+                }
+            };
+            if let Err(e) = self
+                .shared
+                .db
+                .migrate(&plugin.info.name, &plugin.info.migrations)
+                .await
+            {
+                return self.refused(
+                    "config",
+                    &self.config_path.clone(),
+                    &format!("plugin {name}: {e}"),
+                );
+            }
+            plugins.insert(name, PluginSlot { plugin, isolation });
+        }
+        let routes = RouteTable::new(&loaded.config.routes);
+        let old_topics: BTreeSet<String> = current.routes.topics().into_iter().collect();
+        let new_topics: BTreeSet<String> = routes.topics().into_iter().collect();
+        if old_topics != new_topics {
+            let refs: Vec<&str> = new_topics.iter().map(String::as_str).collect();
+            if let Err(e) = self.consumer.subscribe(&refs) {
+                return self.refused(
+                    "config",
+                    &self.config_path.clone(),
+                    &format!("cannot subscribe to {}: {e}", refs.join(", ")),
+                );
+            }
+            let added: Vec<&String> = new_topics.difference(&old_topics).collect();
+            let dropped: Vec<&String> = old_topics.difference(&new_topics).collect();
+            tracing::info!(?added, ?dropped, "subscription changed");
+        }
+        self.shared
+            .state
+            .store(Arc::new(RouterState { routes, plugins }));
+        self.shared.counters.reloads.fetch_add(1, Ordering::Relaxed);
+        self.files = Self::plugin_files(&loaded, &options);
+        self.loaded = loaded;
+        tracing::info!(
+            file = %self.config_path.display(),
+            serving_after_ms = since.elapsed().as_millis() as u64,
+            "config reloaded"
+        );
+    }
+}
+
+fn collect(
+    paths: &mut HashSet<PathBuf>,
+    ev: notify::Result<notify::Event>,
+    interesting: &HashSet<PathBuf>,
+) {
+    match ev {
+        Ok(ev) => paths.extend(
+            ev.paths
+                .iter()
+                .map(|p| absolute(p))
+                .filter(|p| interesting.contains(p)),
+        ),
+        Err(e) => tracing::warn!(error = %e, "file watcher error"),
+    }
+}
