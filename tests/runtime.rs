@@ -142,7 +142,27 @@ async fn rejected_and_failed_events_roll_back(backend: Backend) {
 
 async fn sql_gate_refuses_non_dml(backend: Backend) {
     let mut h = hostile(backend).await;
+    assert_eq!(insert_mark(&mut h, "kept").await, Outcome::Done);
     for (sql, expect) in [
+        // SQLite ends a comment at the first */, PostgreSQL nests them:
+        // the gate must not see one statement where SQLite runs two.
+        (
+            "SELECT 1 /* /* */ ; DELETE FROM hostile_marks; -- */",
+            "nested block comments",
+        ),
+        ("SELECT $0", "parameter $0 is not allowed"),
+        (
+            "INSERT OR ROLLBACK INTO hostile_marks (id, note) VALUES ('r', 'r')",
+            "ROLLBACK is not allowed",
+        ),
+        (
+            "DELETE FROM switchyard_processed",
+            "switchyard's own tables",
+        ),
+        (
+            "INSERT INTO \"switchyard_outbox\" (topic, payload, headers) VALUES ('t', 'x', '[]')",
+            "switchyard's own tables",
+        ),
         (
             "DROP TABLE hostile_marks",
             "DROP statements are not allowed",
@@ -167,7 +187,11 @@ async fn sql_gate_refuses_non_dml(backend: Backend) {
             inv.outcome
         );
     }
-    assert_eq!(h.count("hostile_marks").await, 0);
+    assert_eq!(
+        h.count("hostile_marks").await,
+        1,
+        "no refused statement changed anything"
+    );
 }
 
 async fn publish_grants_and_caps(backend: Backend) {
@@ -211,7 +235,7 @@ async fn publish_grants_and_caps(backend: Backend) {
             "t",
             None,
             &[],
-            json!({"do": "publish", "topic": "allowed.big", "bytes": 2 << 20}),
+            json!({"do": "publish", "topic": "allowed.big", "bytes": 1_200_000}),
         )
         .await;
     assert!(

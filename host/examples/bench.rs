@@ -7,7 +7,15 @@
 //!
 //! ```text
 //! scripts/bench [--events 20000] [--partitions 4] [--database postgres|sqlite] [--modes noop,upsert]
+//! scripts/bench --modes reload
 //! ```
+//!
+//! `reload` measures hot reload instead: under a steady stream into the
+//! no-op plugin, each shipped plugin's file is replaced by a new build (the
+//! same code with a custom section appended, so its hash changes), then the
+//! streamed plugin itself; it prints each plugin's time from write to
+//! serving, and events/s in 250 ms windows around the swaps against the
+//! median.
 //!
 //! Latency is measured per event from the producer's send (wall clock) to
 //! the moment the router wrote that event's processed-marker, which is the
@@ -325,9 +333,219 @@ plugins = ["bench"]
     }))
 }
 
+/// `bytes` with a custom section appended: a different file (and hash)
+/// with the same behaviour, like a rebuild.
+fn with_custom_section(bytes: &[u8], name: &str, payload: &[u8]) -> Vec<u8> {
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let mut body = Vec::new();
+    leb(name.len(), &mut body);
+    body.extend_from_slice(name.as_bytes());
+    body.extend_from_slice(payload);
+    let mut out = bytes.to_vec();
+    out.push(0);
+    leb(body.len(), &mut out);
+    out.extend_from_slice(&body);
+    out
+}
+
+async fn run_reload(args: &Args) -> anyhow::Result<()> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let (_broker, addr) = start_broker()?;
+    switchyard::kafka::create_topics(&addr, &["bench.in".to_string()], args.partitions).await?;
+    let dir = tempfile::tempdir()?;
+    let plugin_src = std::env::var_os("SWITCHYARD_PLUGIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/wasm32-wasip2/plugin"));
+    let shipped = [
+        "role_mapping",
+        "profile_creation",
+        "stats_increment",
+        "welcome_notification",
+    ];
+    for f in shipped.iter().chain(["bench_sink"].iter()) {
+        std::fs::copy(
+            plugin_src.join(format!("{f}.wasm")),
+            dir.path().join(format!("{f}.wasm")),
+        )?;
+    }
+    let db_url = format!("sqlite:{}", dir.path().join("reload.db").display());
+    let config = dir.path().join("reload.toml");
+    let mut text = format!(
+        "[kafka]\nbrokers = \"{addr}\"\ngroup = \"bench\"\n[database]\nurl = \"{db_url}\"\n[plugins.bench]\nfile = \"bench_sink.wasm\"\n[[routes]]\ntopics = [\"bench.in\"]\nplugins = [\"bench\"]\n"
+    );
+    for f in shipped {
+        let name = f.replace('_', "-");
+        text.push_str(&format!("[plugins.{name}]\nfile = \"{f}.wasm\"\npublish = [\"*\"]\n[[routes]]\ntopics = [\"unused.{name}\"]\nplugins = [\"{name}\"]\n"));
+    }
+    std::fs::write(&config, text)?;
+    let bin = std::env::var_os("SWITCHYARD_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/debug/switchyard"));
+    let log_path = dir.path().join("router.log");
+    let _router = Killed(
+        Command::new(&bin)
+            .args(["run", "--config", &config.to_string_lossy()])
+            .env(
+                "SWITCHYARD_LOG",
+                "warn,switchyard::consumer=info,switchyard::reload=info",
+            )
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path)?)
+            .spawn()?,
+    );
+    let joined = Instant::now();
+    while !std::fs::read_to_string(&log_path)?.contains("partitions assigned") {
+        if joined.elapsed() > Duration::from_secs(60) {
+            anyhow::bail!(
+                "router did not join:\n{}",
+                std::fs::read_to_string(&log_path)?
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A steady stream of about 1000 events/s for 14 s.
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &addr)
+        .set("linger.ms", "2")
+        .create()?;
+    let streaming = tokio::spawn(async move {
+        let start = Instant::now();
+        let mut n = 0u64;
+        while start.elapsed() < Duration::from_secs(14) {
+            for _ in 0..10 {
+                let key = format!("k{}", n % 100);
+                let _ = producer.send_result(
+                    FutureRecord::<str, str>::to("bench.in")
+                        .key(&key)
+                        .payload("{}"),
+                );
+                n += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _ = rdkafka::producer::Producer::flush(&producer, Duration::from_secs(10));
+        n
+    });
+    let mut swaps = Vec::new();
+    let mut order: Vec<&str> = shipped.to_vec();
+    order.push("bench_sink");
+    for (i, f) in order.iter().enumerate() {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let path = dir.path().join(format!("{f}.wasm"));
+        let bytes = with_custom_section(
+            &std::fs::read(&path)?,
+            "switchyard-bench-build",
+            format!("{i}").as_bytes(),
+        );
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, bytes)?;
+        let written = SystemTime::now().duration_since(UNIX_EPOCH)?.as_micros() as i64;
+        let wall = Instant::now();
+        std::fs::rename(&tmp, &path)?;
+        let name = if *f == "bench_sink" {
+            "bench".to_string()
+        } else {
+            f.replace('_', "-")
+        };
+        let needle = format!("plugin reloaded plugin={name} ");
+        while !std::fs::read_to_string(&log_path)?.contains(&needle) {
+            if wall.elapsed() > Duration::from_secs(30) {
+                anyhow::bail!(
+                    "{name} did not reload:\n{}",
+                    std::fs::read_to_string(&log_path)?
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        swaps.push((name, written, wall.elapsed()));
+    }
+    let sent = streaming.await?;
+    let db = Database::connect(&db_url, 1).await?;
+    while scalar(&db, "SELECT count(*) FROM switchyard_processed").await? < sent as i64 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut tx = db.begin().await?;
+    let limits = Limits {
+        max_rows: usize::MAX,
+        max_result_bytes: usize::MAX,
+        ..Limits::default()
+    };
+    let rows = tx
+        .query("SELECT CAST((julianday(processed_at) - 2440587.5) * 86400000000.0 AS INTEGER) FROM switchyard_processed", &[], &limits)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    tx.rollback().await?;
+    use switchyard::bindings::switchyard::plugin::db::Value;
+    let times: Vec<i64> = rows
+        .rows
+        .iter()
+        .filter_map(|r| match r.first() {
+            Some(Value::Int(t)) => Some(*t),
+            _ => None,
+        })
+        .collect();
+    let (t0, t1) = (
+        times.iter().min().copied().unwrap_or(0),
+        times.iter().max().copied().unwrap_or(0),
+    );
+    const WINDOW: i64 = 250_000;
+    let mut buckets = vec![0u64; ((t1 - t0) / WINDOW + 1) as usize];
+    for t in &times {
+        buckets[((t - t0) / WINDOW) as usize] += 1;
+    }
+    // Ignore the first and last second (ramp up, drain).
+    let inner: Vec<(usize, u64)> = buckets
+        .iter()
+        .copied()
+        .enumerate()
+        .skip(4)
+        .take(buckets.len().saturating_sub(8))
+        .collect();
+    let mut rates: Vec<u64> = inner.iter().map(|(_, n)| n * 4).collect();
+    rates.sort_unstable();
+    let median = rates.get(rates.len() / 2).copied().unwrap_or(0);
+    println!(
+        "hot reload under a steady stream ({sent} events, ~1000/s, {} partitions, SQLite)",
+        args.partitions
+    );
+    println!(
+        "{:<22} {:>16} {:>22}",
+        "plugin", "write→serving ms", "events/s in its window"
+    );
+    for (name, written, took) in &swaps {
+        let window = ((written - t0) / WINDOW).max(0) as usize;
+        let around: Vec<u64> = (window..=window + (took.as_micros() as i64 / WINDOW) as usize + 1)
+            .filter_map(|w| buckets.get(w).map(|n| n * 4))
+            .collect();
+        let low = around.iter().min().copied().unwrap_or(0);
+        println!(
+            "{:<22} {:>16.0} {:>22}",
+            name,
+            took.as_secs_f64() * 1000.0,
+            low
+        );
+    }
+    println!("median events/s over the run (250 ms windows): {median}");
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
+    if args.modes == ["reload"] {
+        return run_reload(&args).await;
+    }
     println!(
         "{:<8} {:<9} {:>8} {:>11} {:>9} {:>9} {:>9}",
         "mode", "database", "events", "events/s", "p50 ms", "p99 ms", "max ms"

@@ -338,6 +338,38 @@ impl Loaded {
                 ),
             ));
         }
+        // Properties the guarantees rest on cannot be overridden.
+        for (section, map, fixed) in [
+            (
+                "kafka.consumer",
+                &config.kafka.consumer,
+                &[
+                    "enable.auto.offset.store",
+                    "enable.auto.commit",
+                    "group.id",
+                    "bootstrap.servers",
+                ][..],
+            ),
+            (
+                "kafka.producer",
+                &config.kafka.producer,
+                &[
+                    "enable.idempotence",
+                    "acks",
+                    "request.required.acks",
+                    "bootstrap.servers",
+                ][..],
+            ),
+        ] {
+            if let Some(key) = map.keys().find(|k| fixed.contains(&k.as_str())) {
+                return Err(err_at(
+                    find(key),
+                    format!(
+                        "`{section}.{key}` cannot be set: switchyard fixes it to keep its delivery guarantees"
+                    ),
+                ));
+            }
+        }
         if config.retry.max_attempts == 0 {
             return Err(err_at(
                 find("max_attempts"),

@@ -19,7 +19,7 @@ use rdkafka::TopicPartitionList;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -30,6 +30,8 @@ type Tp = (String, i32);
 struct LaneHandle {
     tx: mpsc::Sender<Event>,
     cancel: Arc<AtomicBool>,
+    /// Offset of the last event the lane finished (-1: none yet).
+    done: Arc<AtomicI64>,
     paused: Arc<AtomicBool>,
     overflow: VecDeque<Event>,
     join: JoinHandle<()>,
@@ -73,6 +75,17 @@ impl ConsumerContext for RouterContext {
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
         }
     }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        // librdkafka keeps a partition's pause flag across revoke and
+        // reassign; its old lane (which would resume it) is gone, so start
+        // every assigned partition unpaused.
+        if let Rebalance::Assign(tpl) = rebalance
+            && let Err(e) = consumer.resume(tpl)
+        {
+            tracing::warn!(error = %e, "cannot resume newly assigned partitions");
+        }
+    }
 }
 
 /// The group consumer.
@@ -104,7 +117,9 @@ fn spawn_lane(
     let mut lane = Lane::new(shared.clone(), cancel.clone());
     let consumer = consumer.clone();
     let room = room.clone();
-    let (lane_cancel, lane_paused, tp_owned) = (cancel.clone(), paused.clone(), tp.clone());
+    let done = Arc::new(AtomicI64::new(-1));
+    let (lane_cancel, lane_paused, lane_done, tp_owned) =
+        (cancel.clone(), paused.clone(), done.clone(), tp.clone());
     let join = tokio::spawn(async move {
         let mut batch: Vec<Event> = Vec::with_capacity(max_batch);
         while let Some(first) = rx.recv().await {
@@ -122,18 +137,18 @@ fn spawn_lane(
             if lane_cancel.load(Ordering::Relaxed) {
                 break;
             }
-            if lane_paused.load(Ordering::Relaxed) && rx.len() <= buffer / 2 {
-                let _ = room.send(tp_owned.clone());
-            }
             if batch.len() > 1 {
                 tracing::debug!(topic = %tp_owned.0, partition = tp_owned.1, events = batch.len(), "handling a batch in one transaction");
             }
             let finished = lane.process_batch(&batch).await;
-            if finished > 0 && !lane_cancel.load(Ordering::Relaxed) {
-                // These events are done for good. librdkafka's offset
-                // store takes the offset of the last processed message and
-                // commits the next one (offset + 1) itself.
+            if finished > 0 {
+                // These events are done for good (even if the lane was
+                // cancelled meanwhile: storing their offset is correct, and
+                // librdkafka refuses it for a partition no longer ours).
+                // The offset store takes the offset of the last processed
+                // message and commits the next one (offset + 1) itself.
                 let last = &batch[finished - 1];
+                lane_done.store(last.offset, Ordering::Relaxed);
                 if let Err(e) = consumer.store_offset(&last.topic, last.partition, last.offset) {
                     tracing::debug!(error = %e, topic = %last.topic, partition = last.partition, "offset not stored (partition no longer assigned)");
                 }
@@ -141,11 +156,18 @@ fn spawn_lane(
             if finished < batch.len() || lane_cancel.load(Ordering::Relaxed) {
                 break;
             }
+            // Ask for the partition to be resumed once there is room again
+            // (checked after the work, so a drained lane never waits on a
+            // paused partition).
+            if lane_paused.load(Ordering::Relaxed) && rx.len() <= buffer / 2 {
+                let _ = room.send(tp_owned.clone());
+            }
         }
     });
     LaneHandle {
         tx,
         cancel,
+        done,
         paused,
         overflow: VecDeque::new(),
         join,
@@ -205,12 +227,30 @@ pub async fn run(
                     lane.overflow.push_back(event);
                     continue;
                 }
-                if let Err(mpsc::error::TrySendError::Full(event)) = lane.tx.try_send(event) {
-                    lane.overflow.push_back(event);
-                    if !lane.paused.swap(true, Ordering::Relaxed) {
-                        tracing::debug!(topic = %tp.0, partition = tp.1, "lane full; partition paused");
-                        if let Err(e) = consumer.pause(&tpl_of(&tp)) {
-                            tracing::warn!(error = %e, "cannot pause partition");
+                match lane.tx.try_send(event) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(event)) => {
+                        lane.overflow.push_back(event);
+                        if !lane.paused.swap(true, Ordering::Relaxed) {
+                            tracing::debug!(topic = %tp.0, partition = tp.1, "lane full; partition paused");
+                            if let Err(e) = consumer.pause(&tpl_of(&tp)) {
+                                tracing::warn!(error = %e, "cannot pause partition");
+                            }
+                        }
+                    }
+                    Err(mpsc::error::TrySendError::Closed(event)) => {
+                        // The lane ended on its own (a bug, or a panic):
+                        // what it had buffered was never handled. Rewind
+                        // the partition to just after the last event it
+                        // finished and start a new lane, so nothing is
+                        // skipped.
+                        let from = lane.done.load(Ordering::Relaxed) + 1;
+                        let from = if from > 0 { from } else { event.offset };
+                        tracing::error!(topic = %tp.0, partition = tp.1, from, "a lane stopped unexpectedly; rewinding the partition and starting a new one");
+                        map.remove(&tp);
+                        drop(map);
+                        if let Err(e) = consumer.seek(&tp.0, tp.1, rdkafka::Offset::Offset(from), std::time::Duration::from_secs(10)) {
+                            tracing::error!(error = %e, topic = %tp.0, partition = tp.1, "cannot rewind the partition; restart the router to resume it from its committed offset");
                         }
                     }
                 }

@@ -648,21 +648,35 @@ pub fn map_error(e: sqlx::Error) -> DbError {
 }
 
 /// Classify a SQLSTATE (PostgreSQL) or SQLite result code.
+///
+/// Only errors that say the statement itself is wrong are `invalid` (which
+/// a plugin usually turns into a rejection and a dead letter); anything
+/// else — a read-only database after a failover, a lock timeout, a full
+/// disk, an I/O error — is `unavailable`, so the router pauses and retries
+/// instead of dead-lettering a good event.
 fn classify_code(code: &str, message: String) -> DbError {
+    if let Ok(n) = code.parse::<u32>() {
+        // SQLite: the primary result code is the low byte.
+        return match n & 0xff {
+            1 | 19 | 20 | 25 => DbError::Invalid(message),
+            18 => DbError::Limit(message),
+            23 => DbError::Denied(message),
+            _ => DbError::Unavailable(format!("{message} (SQLite code {n})")),
+        };
+    }
     match code {
         // insufficient_privilege: the database enforced a grant.
         "42501" => DbError::Denied(message),
-        // query_canceled: statement_timeout.
-        "57014" => DbError::Limit(format!("statement timeout: {message}")),
-        // serialization failure, deadlock: safe to retry.
-        "40001" | "40P01" => DbError::Unavailable(message),
-        // SQLite busy / locked.
-        "5" | "6" | "261" | "262" | "517" => DbError::Unavailable(message),
-        c if c.starts_with("08") || c.starts_with("53") || c.starts_with("57P") => {
-            DbError::Unavailable(message)
+        // query_canceled: statement_timeout (or an administrator).
+        "57014" => DbError::Limit(format!("statement timeout or cancelled: {message}")),
+        c if ["42", "22", "23", "21", "0A", "44", "P0", "2B", "2F", "39"]
+            .iter()
+            .any(|class| c.starts_with(class)) =>
+        {
+            DbError::Invalid(format!("{message} (SQLSTATE {code})"))
         }
-        _ if code.is_empty() => DbError::Invalid(message),
-        _ => DbError::Invalid(format!("{message} (SQLSTATE {code})")),
+        "" => DbError::Invalid(message),
+        _ => DbError::Unavailable(format!("{message} (SQLSTATE {code})")),
     }
 }
 

@@ -276,6 +276,16 @@ impl Relay {
             tx.rollback().await?;
             return Ok(Pass::default());
         }
+        // SQLite has one connection, shared with every lane: do not hold it
+        // while waiting for the broker. (Only this relay deletes rows, so
+        // reading and deleting in two transactions is safe there.)
+        let mut held = match self.db.backend() {
+            Backend::Postgres => Some(tx),
+            Backend::Sqlite => {
+                tx.rollback().await?;
+                None
+            }
+        };
         let mut pending = Vec::with_capacity(rows.rows.len());
         let mut failed = 0;
         for cells in rows.rows {
@@ -316,6 +326,10 @@ impl Relay {
                 Err(_) => failed += 1,
             }
         }
+        let mut tx = match held.take() {
+            Some(tx) => tx,
+            None => self.db.begin().await?,
+        };
         for chunk in delivered.chunks(500) {
             let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let sql = format!(

@@ -223,6 +223,18 @@ impl Lane {
         };
         let mut wake_relay = false;
         for (i, event) in events.iter().enumerate() {
+            if self.ctl.cancelled() {
+                // Revoked or stopping: keep what is done, leave the rest.
+                return match tx.commit().await {
+                    Ok(()) => {
+                        if wake_relay {
+                            shared.relay_wake.notify_one();
+                        }
+                        i
+                    }
+                    Err(_) => 0,
+                };
+            }
             let selected = state.routes.select(event);
             for (j, sel) in selected.iter().enumerate() {
                 let Some(slot) = state.plugins.get(&sel.plugin) else {
@@ -261,6 +273,7 @@ impl Lane {
                             return self.process_each(events, 0).await;
                         }
                         shared.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(plugin = %sel.plugin, topic = %event.topic, partition = event.partition, offset = event.offset, dedupe_key = %sel.dedupe_key, "duplicate: already handled, skipped");
                         continue;
                     }
                     Err(_) => {
@@ -484,7 +497,7 @@ impl Lane {
             let _ = tx.rollback().await;
             let reason = inv.outcome.reason().unwrap_or_default();
             match &inv.outcome {
-                Outcome::Retry(_) | Outcome::Failed(_) if inv.db_unavailable => {
+                _ if inv.db_unavailable => {
                     outage += 1;
                     shared.counters.outages.fetch_add(1, Ordering::Relaxed);
                     let wait = ctl.backoff(outage);

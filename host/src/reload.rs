@@ -141,11 +141,23 @@ impl Reloader {
             }
             let since = Instant::now();
             // Debounce: a build or an editor writes in several steps. Wait
-            // for a quiet spell, but never longer than MAX_DEBOUNCE.
-            while since.elapsed() < MAX_DEBOUNCE {
-                match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
-                    Ok(Some(ev)) => collect(&mut paths, ev, &interesting),
-                    _ => break,
+            // until the files we care about are quiet for DEBOUNCE (other
+            // files' events do not count), but never longer than
+            // MAX_DEBOUNCE.
+            let mut last = since;
+            loop {
+                let quiet_left = DEBOUNCE.saturating_sub(last.elapsed());
+                if quiet_left.is_zero() || since.elapsed() >= MAX_DEBOUNCE {
+                    break;
+                }
+                match tokio::time::timeout(quiet_left, rx.recv()).await {
+                    Ok(Some(ev)) => {
+                        if collect(&mut paths, ev, &interesting) {
+                            last = Instant::now();
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(_) => break,
                 }
             }
             tracing::debug!(?paths, "files changed");
@@ -387,18 +399,30 @@ impl Reloader {
     }
 }
 
+/// Add the interesting paths of `ev` to `paths`; `true` if it had any.
 fn collect(
     paths: &mut HashSet<PathBuf>,
     ev: notify::Result<notify::Event>,
     interesting: &HashSet<PathBuf>,
-) {
+) -> bool {
     match ev {
-        Ok(ev) => paths.extend(
-            ev.paths
-                .iter()
-                .map(|p| absolute(p))
-                .filter(|p| interesting.contains(p)),
-        ),
-        Err(e) => tracing::warn!(error = %e, "file watcher error"),
+        // Reading a file (ours included) is not a change.
+        Ok(ev) if ev.kind.is_access() => false,
+        Ok(ev) => {
+            let before = paths.len();
+            let mut hit = false;
+            for p in ev.paths.iter().map(|p| absolute(p)) {
+                if interesting.contains(&p) {
+                    tracing::trace!(kind = ?ev.kind, path = %p.display(), "file event");
+                    hit = true;
+                    paths.insert(p);
+                }
+            }
+            hit || paths.len() > before
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "file watcher error");
+            false
+        }
     }
 }

@@ -66,6 +66,19 @@ pub struct Selected {
     pub dedupe_key: String,
 }
 
+/// The dedupe key of an event id: the id itself when short, else its
+/// SHA-256 (an id of any length must fit the marker's primary key).
+fn id_key(id: &str) -> String {
+    if id.len() <= 200 {
+        format!("id:{id}")
+    } else {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(id.as_bytes());
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        format!("idsha256:{hex}")
+    }
+}
+
 /// Topic → routes.
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
@@ -131,7 +144,7 @@ impl RouteTable {
                 .dedupe
                 .as_ref()
                 .and_then(|d| d.read(event, json.as_ref()))
-                .map_or_else(|| position.clone(), |id| format!("id:{id}"));
+                .map_or_else(|| position.clone(), |id| id_key(&id));
             for plugin in &route.plugins {
                 if !out.iter().any(|s| &s.plugin == plugin) {
                     out.push(Selected {
@@ -194,6 +207,9 @@ mod tests {
                 },
             ]
         );
+        let long = "x".repeat(5000);
+        let s = t.select(&event("x", &format!(r#"{{"eventId": "{long}"}}"#), &[]));
+        assert!(s[0].dedupe_key.starts_with("idsha256:") && s[0].dedupe_key.len() < 80);
         // No id in the event: the Kafka position is the key.
         let s = t.select(&event("x", r#"{}"#, &[]));
         assert_eq!(s[0].dedupe_key, "pos:x/2/7");

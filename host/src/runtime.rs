@@ -502,13 +502,30 @@ impl Outcome {
     }
 }
 
+/// Longest outcome reason kept; longer ones are cut (a reason goes into
+/// logs and dead-letter headers, and must not make those unsendable).
+pub const MAX_REASON_BYTES: usize = 2048;
+
+/// `reason` cut to [`MAX_REASON_BYTES`] on a character boundary.
+pub fn cap_reason(mut reason: String) -> String {
+    if reason.len() > MAX_REASON_BYTES {
+        let mut cut = MAX_REASON_BYTES;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+        reason.push_str(" [cut]");
+    }
+    reason
+}
+
 impl From<types::Outcome> for Outcome {
     fn from(o: types::Outcome) -> Self {
         match o {
             types::Outcome::Done => Outcome::Done,
-            types::Outcome::Skipped(r) => Outcome::Skipped(r),
-            types::Outcome::Retry(r) => Outcome::Retry(r),
-            types::Outcome::Rejected(r) => Outcome::Rejected(r),
+            types::Outcome::Skipped(r) => Outcome::Skipped(cap_reason(r)),
+            types::Outcome::Retry(r) => Outcome::Retry(cap_reason(r)),
+            types::Outcome::Rejected(r) => Outcome::Rejected(cap_reason(r)),
         }
     }
 }

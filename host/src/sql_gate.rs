@@ -8,9 +8,10 @@
 //! quotes) rather than matching substrings, so a `;` or a keyword inside a
 //! string literal is not mistaken for one outside it.
 //!
-//! This is the first line. On PostgreSQL the database itself is the
-//! boundary that counts: each plugin runs as its own role with grants on
-//! its tables only.
+//! This is the first line, not the last: on PostgreSQL the boundary that
+//! counts is the database itself, with a role per plugin and grants on its
+//! tables only (the sandbox issue); the function deny-list here is defence
+//! in depth, not a complete list.
 
 /// Why a statement was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,6 +44,22 @@ pub enum GateError {
     /// A quote or comment that never ends.
     #[error("unterminated {0}")]
     Unterminated(&'static str),
+    /// A block comment inside a block comment: PostgreSQL nests them and
+    /// SQLite does not, so the statement's extent would be ambiguous.
+    #[error("nested block comments are not allowed (databases disagree on where they end)")]
+    NestedComment,
+    /// A parameter that is not `$1`, `$2`, ...
+    #[error("parameter {0} is not allowed: write parameters as $1, $2, ...")]
+    BadParameter(String),
+    /// `ROLLBACK` in any form (`INSERT OR ROLLBACK`, `ON CONFLICT ROLLBACK`)
+    /// would end the host's transaction.
+    #[error(
+        "ROLLBACK is not allowed in plugin SQL: the host owns the transaction; return a retry or rejected outcome instead"
+    )]
+    Rollback,
+    /// Switchyard's own tables are off limits.
+    #[error("{0} is one of switchyard's own tables, which plugins cannot touch")]
+    HostTable(String),
 }
 
 /// The kind of an accepted statement.
@@ -119,7 +136,11 @@ pub fn check(sql: &str, max_bytes: usize) -> Result<StatementKind, GateError> {
     };
     let mut seen_insert = false;
     for w in &words {
+        if w.text.starts_with("SWITCHYARD_") {
+            return Err(GateError::HostTable(w.text.to_ascii_lowercase()));
+        }
         match w.text.as_str() {
+            "ROLLBACK" => return Err(GateError::Rollback),
             "INSERT" => seen_insert = true,
             "INTO" if !seen_insert => return Err(GateError::SelectInto),
             name if w.call && FORBIDDEN_FUNCTIONS.contains(&name) => {
@@ -147,21 +168,18 @@ fn lex(sql: &str) -> Result<Vec<Word>, GateError> {
                 }
             }
             b'/' if b.get(i + 1) == Some(&b'*') => {
-                // PostgreSQL block comments nest.
-                let mut depth = 0usize;
+                // PostgreSQL nests block comments and SQLite does not:
+                // refuse nesting so both read the same statement.
+                i += 2;
                 loop {
                     if i + 1 >= b.len() {
                         return Err(GateError::Unterminated("block comment"));
                     }
                     if b[i] == b'/' && b[i + 1] == b'*' {
-                        depth += 1;
-                        i += 2;
+                        return Err(GateError::NestedComment);
                     } else if b[i] == b'*' && b[i + 1] == b'/' {
-                        depth -= 1;
                         i += 2;
-                        if depth == 0 {
-                            break;
-                        }
+                        break;
                     } else {
                         i += 1;
                     }
@@ -179,8 +197,19 @@ fn lex(sql: &str) -> Result<Vec<Word>, GateError> {
                     && (i < 2 || !is_ident(b[i - 2]));
                 i = skip_quoted(b, i, b'\'', escapes, "string literal")?;
             }
-            b'"' => i = skip_quoted(b, i, b'"', false, "quoted identifier")?,
-            b'`' => i = skip_quoted(b, i, b'`', false, "quoted identifier")?,
+            b'"' | b'`' => {
+                let start = i + 1;
+                i = skip_quoted(b, i, c, false, "quoted identifier")?;
+                let ident = sql[start..i - 1].to_ascii_uppercase();
+                let mut j = i;
+                while j < b.len() && b[j].is_ascii_whitespace() {
+                    j += 1;
+                }
+                words.push(Word {
+                    text: ident,
+                    call: b.get(j) == Some(&b'('),
+                });
+            }
             b'[' => {
                 // SQLite accepts [identifier].
                 match b[i..].iter().position(|&x| x == b']') {
@@ -197,10 +226,18 @@ fn lex(sql: &str) -> Result<Vec<Word>, GateError> {
                         None => return Err(GateError::Unterminated("dollar-quoted string")),
                     }
                 } else {
-                    // A `$1` parameter.
+                    // A `$1` parameter: digits, not starting with 0.
+                    let start = i;
                     i += 1;
                     while i < b.len() && is_ident(b[i]) {
                         i += 1;
+                    }
+                    let digits = &sql[start + 1..i];
+                    if digits.is_empty()
+                        || digits.starts_with('0')
+                        || !digits.bytes().all(|d| d.is_ascii_digit())
+                    {
+                        return Err(GateError::BadParameter(sql[start..i].to_string()));
                     }
                 }
             }
@@ -335,6 +372,30 @@ mod tests {
                 GateError::Unterminated("string literal"),
             ),
             ("SELECT 1 /* open", GateError::Unterminated("block comment")),
+            (
+                "SELECT 1 /* /* */ ; DROP TABLE t; -- */",
+                GateError::NestedComment,
+            ),
+            ("SELECT $0", GateError::BadParameter("$0".into())),
+            (
+                "SELECT \"pg_read_file\" ('/etc/passwd')",
+                GateError::ForbiddenFunction("pg_read_file".into()),
+            ),
+            ("SELECT $01", GateError::BadParameter("$01".into())),
+            ("SELECT $abc", GateError::BadParameter("$abc".into())),
+            ("INSERT OR ROLLBACK INTO t VALUES (1)", GateError::Rollback),
+            (
+                "INSERT INTO t VALUES (1) ON CONFLICT ROLLBACK",
+                GateError::Rollback,
+            ),
+            (
+                "DELETE FROM switchyard_processed",
+                GateError::HostTable("switchyard_processed".into()),
+            ),
+            (
+                "INSERT INTO \"switchyard_outbox\" (topic) VALUES ($1)",
+                GateError::HostTable("switchyard_outbox".into()),
+            ),
         ];
         for (sql, want) in cases {
             assert_eq!(check(sql, MAX), Err(want), "{sql}");
@@ -347,6 +408,7 @@ mod tests {
         assert!(check("SELECT $tag$ ; DROP $tag$", MAX).is_ok());
         assert!(check("SELECT \"a;b\" FROM t", MAX).is_ok());
         assert!(check("SELECT 1 /* ; DROP */", MAX).is_ok());
+        assert!(check("SELECT 'switchyard_outbox', 'rollback'", MAX).is_ok());
     }
 
     #[test]

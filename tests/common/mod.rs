@@ -579,6 +579,11 @@ impl Router {
             .unwrap_or_else(|e| panic!("log file: {e}"));
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
             .args(["run", "--config", &self.config.to_string_lossy()])
+            // The config under test decides; the overrides a CI job may
+            // export (scripts/lib.sh sets SWITCHYARD_PLUGIN_DIR) must not.
+            .env_remove("SWITCHYARD_PLUGIN_DIR")
+            .env_remove("SWITCHYARD_BROKERS")
+            .env_remove("SWITCHYARD_DATABASE_URL")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("SWITCHYARD_LOG", "info,switchyard=debug")
             .env("NO_COLOR", "1")
