@@ -3,25 +3,15 @@
 
 mod common;
 
-use common::{Broker, Router, TestDb, consume_until, eventually, plugin_path, produce, rows_of};
+use common::{
+    Broker, Router, TestDb, consume_until, eventually, plugin_path, produce, rows_of, scalar,
+};
 use serde_json::json;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use switchyard::database::{Backend, Database};
-
-async fn scalar(db: &Database, sql: &str) -> i64 {
-    rows_of(db, sql)
-        .await
-        .first()
-        .and_then(|r| {
-            r.as_object()
-                .and_then(|o| o.values().next())
-                .and_then(|v| v.as_i64())
-        })
-        .unwrap_or(-1)
-}
 
 /// Replace `path` the way tools do: write a temporary file, rename it over.
 fn replace_atomically(path: &Path, bytes: &[u8]) {

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Broker, Proxy, Router, TestDb, consume_until, eventually, produce, rows_of};
+use common::{Broker, Proxy, Router, TestDb, consume_until, eventually, produce, rows_of, scalar};
 use serde_json::json;
 use std::path::Path;
 use std::time::Duration;
@@ -79,18 +79,6 @@ async fn wait_ready(router: &Router) {
         "the router did not join the group:\n{}",
         router.log_text()
     );
-}
-
-async fn scalar(db: &Database, sql: &str) -> i64 {
-    rows_of(db, sql)
-        .await
-        .first()
-        .and_then(|r| {
-            r.as_object()
-                .and_then(|o| o.values().next())
-                .and_then(|v| v.as_i64())
-        })
-        .unwrap_or(-1)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

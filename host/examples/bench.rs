@@ -123,6 +123,35 @@ fn start_broker() -> anyhow::Result<(Killed, String)> {
     anyhow::bail!("tansu did not start")
 }
 
+/// Start `switchyard run --config <config>` logging to `log_path`, and
+/// wait until it has joined the group.
+async fn start_router(config: &Path, log_path: &Path, filter: &str) -> anyhow::Result<Killed> {
+    let bin = std::env::var_os("SWITCHYARD_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/debug/switchyard"));
+    let router = Killed(
+        Command::new(&bin)
+            .args(["run", "--config", &config.to_string_lossy()])
+            .env("SWITCHYARD_LOG", filter)
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log_path)?)
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", bin.display()))?,
+    );
+    let joined = Instant::now();
+    while !std::fs::read_to_string(log_path)?.contains("partitions assigned") {
+        if joined.elapsed() > Duration::from_secs(60) {
+            anyhow::bail!(
+                "router did not join:\n{}",
+                std::fs::read_to_string(log_path)?
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(router)
+}
+
 async fn scalar(db: &Database, sql: &str) -> anyhow::Result<i64> {
     let mut tx = db.begin().await?;
     let rows = tx
@@ -191,31 +220,8 @@ plugins = ["bench"]
             plugin_dir.display()
         ),
     )?;
-    let bin = std::env::var_os("SWITCHYARD_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target/debug/switchyard"));
     let log_path = dir.path().join("router.log");
-    let log = std::fs::File::create(&log_path)?;
-    let _router = Killed(
-        Command::new(&bin)
-            .args(["run", "--config", &config.to_string_lossy()])
-            .env("SWITCHYARD_LOG", "warn,switchyard::consumer=info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", bin.display()))?,
-    );
-    let joined = Instant::now();
-    while !std::fs::read_to_string(&log_path)?.contains("partitions assigned") {
-        if joined.elapsed() > Duration::from_secs(60) {
-            anyhow::bail!(
-                "router did not join:\n{}",
-                std::fs::read_to_string(&log_path)?
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let _router = start_router(&config, &log_path, "warn,switchyard::consumer=info").await?;
 
     let db = Database::connect(&db_url, 2).await?;
     let producer: FutureProducer = rdkafka::ClientConfig::new()
@@ -388,32 +394,13 @@ async fn run_reload(args: &Args) -> anyhow::Result<()> {
         text.push_str(&format!("[plugins.{name}]\nfile = \"{f}.wasm\"\npublish = [\"*\"]\n[[routes]]\ntopics = [\"unused.{name}\"]\nplugins = [\"{name}\"]\n"));
     }
     std::fs::write(&config, text)?;
-    let bin = std::env::var_os("SWITCHYARD_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target/debug/switchyard"));
     let log_path = dir.path().join("router.log");
-    let _router = Killed(
-        Command::new(&bin)
-            .args(["run", "--config", &config.to_string_lossy()])
-            .env(
-                "SWITCHYARD_LOG",
-                "warn,switchyard::consumer=info,switchyard::reload=info",
-            )
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log_path)?)
-            .spawn()?,
-    );
-    let joined = Instant::now();
-    while !std::fs::read_to_string(&log_path)?.contains("partitions assigned") {
-        if joined.elapsed() > Duration::from_secs(60) {
-            anyhow::bail!(
-                "router did not join:\n{}",
-                std::fs::read_to_string(&log_path)?
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let _router = start_router(
+        &config,
+        &log_path,
+        "warn,switchyard::consumer=info,switchyard::reload=info",
+    )
+    .await?;
     // A steady stream of about 1000 events/s for 14 s.
     let producer: FutureProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &addr)

@@ -134,6 +134,17 @@ impl Lane {
 }
 
 impl LaneCtl {
+    /// One step of an outage: count it, say what failed and how long the
+    /// lane waits, back off. Outages never spend an event's attempts.
+    /// Returns `true` if the lane was cancelled meanwhile.
+    async fn outage_pause(&self, outage: &mut u32, what: &str, error: String) -> bool {
+        *outage += 1;
+        self.shared.counters.outages.fetch_add(1, Ordering::Relaxed);
+        let wait = self.backoff(*outage);
+        tracing::warn!(%error, "{what}; retrying in {wait:?} without spending an attempt");
+        self.pause(wait).await
+    }
+
     fn cancelled(&self) -> bool {
         self.cancel.load(Ordering::Relaxed)
     }
@@ -397,11 +408,11 @@ impl Lane {
             let mut tx = match shared.db.begin().await {
                 Ok(tx) => tx,
                 Err(e) => {
-                    outage += 1;
-                    shared.counters.outages.fetch_add(1, Ordering::Relaxed);
-                    let wait = ctl.backoff(outage);
-                    tracing::warn!(error = %e, "database unavailable; pausing this partition for {wait:?}");
-                    if ctl.pause(wait).await {
+                    let why = e.to_string();
+                    if ctl
+                        .outage_pause(&mut outage, "database unavailable", why)
+                        .await
+                    {
                         return PluginEnd::Abandoned;
                     }
                     continue;
@@ -425,11 +436,11 @@ impl Lane {
                 }
                 Err(e) => {
                     let _ = tx.rollback().await;
-                    outage += 1;
-                    shared.counters.outages.fetch_add(1, Ordering::Relaxed);
-                    let wait = ctl.backoff(outage);
-                    tracing::warn!(error = %crate::capabilities::db::describe_error(&e), "cannot write the processed marker; retrying in {wait:?}");
-                    if ctl.pause(wait).await {
+                    let why = crate::capabilities::db::describe_error(&e);
+                    if ctl
+                        .outage_pause(&mut outage, "cannot write the processed marker", why)
+                        .await
+                    {
                         return PluginEnd::Abandoned;
                     }
                     continue;
@@ -483,11 +494,10 @@ impl Lane {
                         return PluginEnd::Committed(kind);
                     }
                     Err(e) => {
-                        outage += 1;
-                        shared.counters.outages.fetch_add(1, Ordering::Relaxed);
-                        let wait = ctl.backoff(outage);
-                        tracing::warn!(error = %e, "commit failed; the event will run again in {wait:?}");
-                        if ctl.pause(wait).await {
+                        if ctl
+                            .outage_pause(&mut outage, "commit failed; the event runs again", e)
+                            .await
+                        {
                             return PluginEnd::Abandoned;
                         }
                         continue;
@@ -498,11 +508,14 @@ impl Lane {
             let reason = inv.outcome.reason().unwrap_or_default();
             match &inv.outcome {
                 _ if inv.db_unavailable => {
-                    outage += 1;
-                    shared.counters.outages.fetch_add(1, Ordering::Relaxed);
-                    let wait = ctl.backoff(outage);
-                    tracing::warn!(%reason, "the database was unavailable to the plugin; retrying in {wait:?} without spending an attempt");
-                    if ctl.pause(wait).await {
+                    if ctl
+                        .outage_pause(
+                            &mut outage,
+                            "the database was unavailable to the plugin",
+                            reason,
+                        )
+                        .await
+                    {
                         return PluginEnd::Abandoned;
                     }
                 }
@@ -572,11 +585,11 @@ impl LaneCtl {
             match shared.producer.send(record, Duration::from_secs(30)).await {
                 Ok(_) => break,
                 Err((e, _)) => {
-                    outage += 1;
-                    shared.counters.outages.fetch_add(1, Ordering::Relaxed);
-                    let wait = self.backoff(outage);
-                    tracing::warn!(error = %e, topic = %shared.dead_letter_topic, "cannot write the dead letter; retrying in {wait:?}");
-                    if self.pause(wait).await {
+                    let what = format!(
+                        "cannot write the dead letter to {}",
+                        shared.dead_letter_topic
+                    );
+                    if self.outage_pause(&mut outage, &what, e.to_string()).await {
                         return PluginEnd::Abandoned;
                     }
                 }
@@ -605,10 +618,10 @@ impl LaneCtl {
             match marked {
                 Ok(()) => return PluginEnd::DeadLettered,
                 Err(e) => {
-                    outage += 1;
-                    let wait = self.backoff(outage);
-                    tracing::warn!(error = %e, "cannot record the dead letter; retrying in {wait:?}");
-                    if self.pause(wait).await {
+                    if self
+                        .outage_pause(&mut outage, "cannot record the dead letter", e)
+                        .await
+                    {
                         // The dead letter is out; a redelivery may send it again.
                         return PluginEnd::Abandoned;
                     }

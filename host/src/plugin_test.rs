@@ -352,19 +352,7 @@ async fn snapshot(backend: Backend, tx: &mut Tx) -> anyhow::Result<Snapshot> {
         };
         let sql = format!("SELECT * FROM \"{}\"", table.replace('"', "\"\""));
         let rows = match tx.query(&sql, &[], &limits).await {
-            Ok(rows) => Ok(rows
-                .rows
-                .into_iter()
-                .map(|cells| {
-                    Json::Object(
-                        rows.columns
-                            .iter()
-                            .cloned()
-                            .zip(cells.iter().map(value_json))
-                            .collect(),
-                    )
-                })
-                .collect()),
+            Ok(rows) => Ok(rows_json(&rows)),
             Err(e) => Err(crate::capabilities::db::describe_error(&e)),
         };
         out.insert(table, rows);
@@ -393,6 +381,22 @@ fn diff(before: &Snapshot, after: &Snapshot) -> Json {
         tables.insert(table.clone(), entry);
     }
     Json::Object(tables)
+}
+
+/// Query rows as JSON objects, column name to value.
+pub fn rows_json(rows: &crate::bindings::switchyard::plugin::db::Rows) -> Vec<Json> {
+    rows.rows
+        .iter()
+        .map(|cells| {
+            Json::Object(
+                rows.columns
+                    .iter()
+                    .cloned()
+                    .zip(cells.iter().map(value_json))
+                    .collect(),
+            )
+        })
+        .collect()
 }
 
 /// A SQL value as JSON for reports.

@@ -13,7 +13,7 @@ use switchyard::capabilities::publish::Grants;
 use switchyard::database::{Backend, Database};
 use switchyard::event::{Event, EventContext};
 use switchyard::limits::Limits;
-use switchyard::plugin_test::value_json;
+use switchyard::plugin_test::rows_json;
 use switchyard::runtime::{
     CallOptions, Invocation, Isolation, LoadedPlugin, PluginWorker, Runtime, RuntimeOptions,
 };
@@ -290,18 +290,20 @@ pub async fn rows_of(db: &Database, sql: &str) -> Vec<Json> {
         .await
         .unwrap_or_else(|e| panic!("query failed: {e:?}\n{sql}"));
     let _ = tx.rollback().await;
-    rows.rows
-        .iter()
-        .map(|cells| {
-            Json::Object(
-                rows.columns
-                    .iter()
-                    .cloned()
-                    .zip(cells.iter().map(value_json))
-                    .collect(),
-            )
+    rows_json(&rows)
+}
+
+/// The first column of the first row as an integer (-1 when there is none).
+pub async fn scalar(db: &Database, sql: &str) -> i64 {
+    rows_of(db, sql)
+        .await
+        .first()
+        .and_then(|r| {
+            r.as_object()
+                .and_then(|o| o.values().next())
+                .and_then(|v| v.as_i64())
         })
-        .collect()
+        .unwrap_or(-1)
 }
 
 /// A message's value parsed as JSON.

@@ -6,7 +6,7 @@
 //! `db` calls with native Rust parameters, `publish::json`, the plugin's
 //! settings, and logging.
 //!
-//! ```ignore
+//! ```no_run
 //! use switchyard_plugin::{db, publish, Event, Flow, Outcome, PluginInfo};
 //!
 //! struct Counter;
