@@ -332,7 +332,10 @@ impl Tx {
         self.execute_with(sql, params, false).await
     }
 
-    async fn execute_with(
+    /// [`Tx::execute`], with the PostgreSQL savepoint optional: without
+    /// it a failed statement aborts the whole transaction, which the caller
+    /// must then roll back (the router's batches do, and replay).
+    pub async fn execute_with(
         &mut self,
         sql: &str,
         params: &[Value],
@@ -374,9 +377,23 @@ impl Tx {
         params: &[Value],
         limits: &Limits,
     ) -> Result<Rows, DbError> {
+        self.query_with(sql, params, limits, true).await
+    }
+
+    /// [`Tx::query`], with the PostgreSQL savepoint optional (see
+    /// [`Tx::execute_with`]).
+    pub async fn query_with(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+        limits: &Limits,
+        use_savepoint: bool,
+    ) -> Result<Rows, DbError> {
         match self {
             Tx::Postgres(tx) => {
-                savepoint(tx).await?;
+                if use_savepoint {
+                    savepoint(tx).await?;
+                }
                 let result = match bind_pg(sqlx::query(sql), params) {
                     Ok(q) => {
                         let mut stream = q.fetch(&mut **tx);
@@ -395,7 +412,9 @@ impl Tx {
                     }
                     Err(e) => Err(e),
                 };
-                finish_savepoint(tx, result.is_ok()).await?;
+                if use_savepoint {
+                    finish_savepoint(tx, result.is_ok()).await?;
+                }
                 result
             }
             Tx::Sqlite(tx) => {

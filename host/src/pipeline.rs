@@ -211,17 +211,20 @@ impl Lane {
     }
 
     /// Run a batch of consecutive events of this lane's partition in one
-    /// transaction, each event under its own savepoint: the marker, SQL and
-    /// outbox rows of every event still commit together (P1), but the
-    /// commit — PostgreSQL's or SQLite's flush to disk — is paid once per
-    /// batch. Returns how many events, from the start, are finished (their
-    /// offsets may be stored); fewer than all only when the lane was
+    /// transaction: each event's marker, SQL and outbox rows, for every
+    /// plugin, then one commit — PostgreSQL's or SQLite's flush to disk —
+    /// for the lot. Returns how many events, from the start, are finished
+    /// (their offsets may be stored); fewer than all only when the lane was
     /// cancelled.
     ///
-    /// Anything other than `done`/`skipped`/duplicate (a retry, a
-    /// rejection, a trap, an outage) commits what the batch holds so far
-    /// and hands the rest to the one-event path, which owns backoff, retry
-    /// budgets and dead letters.
+    /// The batch is all or nothing. Anything but a plain success — a
+    /// retry, a rejection, a trap, a statement that failed in the database,
+    /// an outage, a failed commit — rolls the whole batch back and replays
+    /// its events one by one on the one-event path, which owns savepoints,
+    /// backoff, retry budgets and dead letters. No effect of the abandoned
+    /// batch survives (P1 holds per event), and the plugins' statements in
+    /// a batch need no savepoints of their own: a success costs the marker,
+    /// the plugin's own statements and a share of one commit.
     pub async fn process_batch(&mut self, events: &[Event]) -> usize {
         if events.len() == 1 {
             return usize::from(self.process(&events[0]).await == EventEnd::Completed);
@@ -233,21 +236,19 @@ impl Lane {
             Err(_) => return self.process_each(events, 0).await,
         };
         let mut wake_relay = false;
+        let mut counts = (0u64, 0u64, 0u64); // done, skipped, duplicates
         for (i, event) in events.iter().enumerate() {
             if self.ctl.cancelled() {
                 // Revoked or stopping: keep what is done, leave the rest.
                 return match tx.commit().await {
                     Ok(()) => {
-                        if wake_relay {
-                            shared.relay_wake.notify_one();
-                        }
+                        self.count_batch(counts, wake_relay);
                         i
                     }
                     Err(_) => 0,
                 };
             }
-            let selected = state.routes.select(event);
-            for (j, sel) in selected.iter().enumerate() {
+            for sel in state.routes.select(event) {
                 let Some(slot) = state.plugins.get(&sel.plugin) else {
                     let _ = tx.rollback().await;
                     return self.process_each(events, 0).await;
@@ -259,36 +260,23 @@ impl Lane {
                 if !Arc::ptr_eq(worker.plugin(), &slot.plugin) {
                     worker.swap(slot.plugin.clone());
                 }
-                let fast = async {
-                    tx.execute_host("SAVEPOINT switchyard_event", &[]).await?;
-                    let marker = outbox::Marker {
-                        group: &shared.group,
-                        plugin: &sel.plugin,
-                        dedupe_key: &sel.dedupe_key,
-                        topic: &event.topic,
-                        partition: event.partition,
-                        offset: event.offset,
-                    };
-                    outbox::mark_processed(&mut tx, marker, "handled").await
-                }
-                .await;
-                match fast {
+                let marker = outbox::Marker {
+                    group: &shared.group,
+                    plugin: &sel.plugin,
+                    dedupe_key: &sel.dedupe_key,
+                    topic: &event.topic,
+                    partition: event.partition,
+                    offset: event.offset,
+                };
+                match outbox::mark_processed(&mut tx, marker, "handled").await {
                     Ok(true) => {}
                     Ok(false) => {
-                        if tx
-                            .execute_host("ROLLBACK TO SAVEPOINT switchyard_event", &[])
-                            .await
-                            .is_err()
-                        {
-                            drop(tx);
-                            return self.process_each(events, 0).await;
-                        }
-                        shared.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                        counts.2 += 1;
                         tracing::info!(plugin = %sel.plugin, topic = %event.topic, partition = event.partition, offset = event.offset, dedupe_key = %sel.dedupe_key, "duplicate: already handled, skipped");
                         continue;
                     }
                     Err(_) => {
-                        drop(tx);
+                        let _ = tx.rollback().await;
                         return self.process_each(events, 0).await;
                     }
                 }
@@ -296,9 +284,10 @@ impl Lane {
                 let options = CallOptions {
                     record: false,
                     isolation: slot.isolation,
+                    batch: true,
                 };
                 let Some(worker) = self.workers.get_mut(&sel.plugin) else {
-                    drop(tx);
+                    let _ = tx.rollback().await;
                     return self.process_each(events, 0).await;
                 };
                 let (inv, back) = worker.handle(ctx, event, tx, options).await;
@@ -306,62 +295,42 @@ impl Lane {
                     return self.process_each(events, 0).await;
                 };
                 tx = back;
-                let kept = if inv.outcome.commits() && !inv.db_unavailable {
-                    outbox::enqueue(&mut tx, &inv.messages).await.is_ok()
-                        && tx
-                            .execute_host("RELEASE SAVEPOINT switchyard_event", &[])
-                            .await
-                            .is_ok()
-                } else {
-                    false
-                };
-                if kept {
-                    wake_relay |= !inv.messages.is_empty();
-                    match &inv.outcome {
-                        Outcome::Skipped(reason) => {
-                            shared.counters.skipped.fetch_add(1, Ordering::Relaxed);
-                            tracing::info!(plugin = %sel.plugin, topic = %event.topic, partition = event.partition, offset = event.offset, %reason, "skipped");
-                        }
-                        _ => {
-                            shared.counters.done.fetch_add(1, Ordering::Relaxed);
-                        }
+                let success = inv.outcome.commits() && !inv.db_failed && !inv.db_unavailable;
+                if !success || outbox::enqueue(&mut tx, &inv.messages).await.is_err() {
+                    tracing::debug!(plugin = %sel.plugin, offset = event.offset, outcome = inv.outcome.kind(), "batch rolled back; replaying its events one by one");
+                    let _ = tx.rollback().await;
+                    return self.process_each(events, 0).await;
+                }
+                wake_relay |= !inv.messages.is_empty();
+                match &inv.outcome {
+                    Outcome::Skipped(reason) => {
+                        counts.1 += 1;
+                        tracing::info!(plugin = %sel.plugin, topic = %event.topic, partition = event.partition, offset = event.offset, %reason, "skipped");
                     }
-                    continue;
+                    _ => counts.0 += 1,
                 }
-                // Not a plain success: keep what came before, and let the
-                // one-event path decide about this plugin and the rest.
-                if tx
-                    .execute_host("ROLLBACK TO SAVEPOINT switchyard_event", &[])
-                    .await
-                    .is_err()
-                {
-                    drop(tx);
-                    return self.process_each(events, 0).await;
-                }
-                if tx.commit().await.is_err() {
-                    return self.process_each(events, 0).await;
-                }
-                if wake_relay {
-                    shared.relay_wake.notify_one();
-                }
-                // Plugins of this event after the failing one, then the
-                // events after it, go the one-event way. Plugins before it
-                // committed with the batch; their markers make a rerun skip.
-                let _ = j;
-                return self.process_each(events, i).await;
             }
         }
         match tx.commit().await {
             Ok(()) => {
-                if wake_relay {
-                    shared.relay_wake.notify_one();
-                }
+                self.count_batch(counts, wake_relay);
                 events.len()
             }
             Err(e) => {
                 tracing::warn!(error = %e, "batch commit failed; handling its events one by one");
                 self.process_each(events, 0).await
             }
+        }
+    }
+
+    /// Account for a committed batch.
+    fn count_batch(&self, (done, skipped, duplicates): (u64, u64, u64), wake_relay: bool) {
+        let c = &self.ctl.shared.counters;
+        c.done.fetch_add(done, Ordering::Relaxed);
+        c.skipped.fetch_add(skipped, Ordering::Relaxed);
+        c.duplicates.fetch_add(duplicates, Ordering::Relaxed);
+        if wake_relay {
+            self.ctl.shared.relay_wake.notify_one();
         }
     }
 
@@ -397,6 +366,7 @@ impl Lane {
         let options = CallOptions {
             record: false,
             isolation: slot.isolation,
+            batch: false,
         };
         let mut attempts: u32 = 0;
         let mut outage: u32 = 0;

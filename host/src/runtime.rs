@@ -315,7 +315,7 @@ impl Runtime {
             reason,
         };
         let mut store = new_store(&self.engine, env.clone());
-        store.data_mut().begin_call(None, false);
+        store.data_mut().begin_call(None, false, true);
         arm_deadline(&mut store);
         let plugin = match pre.instantiate_async(&mut store).await {
             Ok(p) => p,
@@ -543,6 +543,8 @@ pub struct Invocation {
     pub statement_count: usize,
     /// A statement found the database unavailable.
     pub db_unavailable: bool,
+    /// A statement failed in the database.
+    pub db_failed: bool,
     /// Log lines (only when [`CallOptions::record`] is set).
     pub logs: Vec<LogLine>,
     /// Log lines dropped over the cap.
@@ -574,6 +576,11 @@ pub struct CallOptions {
     pub record: bool,
     /// Instance sharing.
     pub isolation: Isolation,
+    /// The call is part of a batch transaction: statements run without
+    /// their own savepoints, and any statement failure must make the caller
+    /// roll the batch back and replay its events one by one
+    /// ([`Invocation::db_failed`]).
+    pub batch: bool,
 }
 
 struct Live {
@@ -614,7 +621,7 @@ impl PluginWorker {
 
     async fn instantiate(&mut self) -> Result<Live, Failure> {
         let mut store = new_store(&self.plugin.engine, self.plugin.env.clone());
-        store.data_mut().begin_call(None, false);
+        store.data_mut().begin_call(None, false, true);
         arm_deadline(&mut store);
         self.instances_started += 1;
         match self.plugin.pre.instantiate_async(&mut store).await {
@@ -646,6 +653,7 @@ impl PluginWorker {
             statements: Vec::new(),
             statement_count: 0,
             db_unavailable: false,
+            db_failed: false,
             logs: Vec::new(),
             dropped_logs: 0,
             refused_publishes: Vec::new(),
@@ -671,13 +679,14 @@ impl PluginWorker {
         };
 
         let data = live.store.data_mut();
-        data.begin_call(Some(ctx), options.record);
+        data.begin_call(Some(ctx), options.record, !options.batch);
         data.db.tx = Some(tx);
         arm_deadline(&mut live.store);
         let deadline = Duration::from_millis(self.plugin.env.limits.deadline_ms);
-        // Epochs only interrupt wasm code; this outer timeout also bounds
-        // time spent in host calls (a slow statement), dropping the call.
-        let outer = deadline * 2 + Duration::from_secs(1);
+        // Epochs only interrupt wasm code, and time in the database does
+        // not count against the deadline; this outer timeout is the last
+        // resort against a call stuck in the host, dropping the call.
+        let outer = deadline * 2 + Duration::from_secs(60);
         let wit_event = event.to_wit();
         let result =
             tokio::time::timeout(outer, live.plugin.call_handle(&mut live.store, &wit_event)).await;
@@ -704,6 +713,7 @@ impl PluginWorker {
             statements: std::mem::take(&mut data.db.statements),
             statement_count: data.db.count,
             db_unavailable: data.db.unavailable,
+            db_failed: data.db.failed,
             logs,
             dropped_logs,
             elapsed: started.elapsed(),

@@ -23,14 +23,22 @@ pub struct DbState {
     /// unavailable: the router then treats a `retry` or a failure as an
     /// outage (pause and retry) rather than spend the event's attempts.
     pub unavailable: bool,
+    /// Whether a statement of the current call failed in the database.
+    pub failed: bool,
+    /// Run each statement under a savepoint (PostgreSQL), so that a failed
+    /// one leaves the transaction usable. Off inside the router's batches,
+    /// which roll back and replay event by event when a statement fails.
+    pub savepoints: bool,
     record: bool,
 }
 
 impl DbState {
-    pub(crate) fn begin(&mut self, record: bool) {
+    pub(crate) fn begin(&mut self, record: bool, savepoints: bool) {
         self.statements.clear();
         self.count = 0;
         self.unavailable = false;
+        self.failed = false;
+        self.savepoints = savepoints;
         self.record = record;
     }
 }
@@ -117,7 +125,15 @@ impl db::Host for HostState {
             Err(e) => Err(e),
             Ok(()) => match self.db.tx.as_mut() {
                 None => Err(no_transaction()),
-                Some(tx) => tx.execute(&sql, &params).await,
+                Some(tx) => {
+                    let started = std::time::Instant::now();
+                    let r = tx.execute_with(&sql, &params, self.db.savepoints).await;
+                    // Time in the database is not the plugin's: a slow
+                    // database must not trap a plugin on its deadline.
+                    self.deadline += started.elapsed();
+                    self.db.failed |= r.is_err();
+                    r
+                }
             },
         };
         self.db.unavailable |= matches!(result, Err(Error::Unavailable(_)));
@@ -140,7 +156,15 @@ impl db::Host for HostState {
                 let limits = self.env.limits.clone();
                 match self.db.tx.as_mut() {
                     None => Err(no_transaction()),
-                    Some(tx) => tx.query(&sql, &params, &limits).await,
+                    Some(tx) => {
+                        let started = std::time::Instant::now();
+                        let r = tx
+                            .query_with(&sql, &params, &limits, self.db.savepoints)
+                            .await;
+                        self.deadline += started.elapsed();
+                        self.db.failed |= r.is_err();
+                        r
+                    }
                 }
             }
         };

@@ -97,9 +97,14 @@ impl HostState {
 
     /// Prepare the capabilities for a call on `event` (`None` for
     /// `describe`).
-    pub(crate) fn begin_call(&mut self, event: Option<Arc<EventContext>>, record: bool) {
+    pub(crate) fn begin_call(
+        &mut self,
+        event: Option<Arc<EventContext>>,
+        record: bool,
+        savepoints: bool,
+    ) {
         self.deadline_hit = false;
-        self.db.begin(record);
+        self.db.begin(record, savepoints);
         self.publish.begin(event.clone());
         self.log.set_capture(record);
         self.log.begin(event);
