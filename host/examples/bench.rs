@@ -31,6 +31,8 @@ use switchyard::limits::Limits;
 
 struct Args {
     events: usize,
+    /// Events per second to produce at; 0 = as fast as possible (a burst).
+    rate: u64,
     partitions: i32,
     database: String,
     modes: Vec<String>,
@@ -39,6 +41,7 @@ struct Args {
 fn parse_args() -> anyhow::Result<Args> {
     let mut args = Args {
         events: 20_000,
+        rate: 0,
         partitions: 4,
         database: "postgres".into(),
         modes: vec!["noop".into(), "upsert".into()],
@@ -51,6 +54,7 @@ fn parse_args() -> anyhow::Result<Args> {
         };
         match a.as_str() {
             "--events" => args.events = value()?.parse()?,
+            "--rate" => args.rate = value()?.parse()?,
             "--partitions" => args.partitions = value()?.parse()?,
             "--database" => args.database = value()?,
             "--modes" => args.modes = value()?.split(',').map(str::to_string).collect(),
@@ -233,7 +237,17 @@ plugins = ["bench"]
     let started = Instant::now();
     let mut sent_at = std::collections::HashMap::with_capacity(args.events);
     let mut deliveries = Vec::with_capacity(args.events);
+    let tick = Duration::from_millis(10);
+    let per_tick = if args.rate == 0 { usize::MAX } else { (args.rate as usize / 100).max(1) };
+    let mut next_tick = Instant::now() + tick;
     for i in 0..args.events {
+        if i > 0 && i % per_tick == 0 {
+            let now = Instant::now();
+            if next_tick > now {
+                tokio::time::sleep(next_tick - now).await;
+            }
+            next_tick += tick;
+        }
         let key = format!("k{}", i % 1000);
         let now_us = SystemTime::now().duration_since(UNIX_EPOCH)?.as_micros() as i64;
         let d = producer.send_result(
@@ -325,6 +339,7 @@ plugins = ["bench"]
         "mode": mode,
         "database": args.database,
         "events": args.events,
+        "rate": args.rate,
         "partitions": args.partitions,
         "events_per_s": (args.events as f64 / span_s).round(),
         "latency_ms": {
