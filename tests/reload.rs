@@ -81,14 +81,19 @@ async fn plugin_swapped_20_times_under_load_loses_and_doubles_nothing() {
         })
     };
 
-    let bad_files: [&[u8]; 3] = [
+    let bad_start = std::fs::read(plugin_path("test-bad-start")).unwrap_or_default();
+    // A truncated build, a core module, garbage, a component of another
+    // world, and a component whose start-up traps.
+    let bad_files: [&[u8]; 5] = [
         &build_b[..build_b.len() / 2],
         b"\0asm\x01\0\0\0",
         b"not wasm at all",
+        b"\0asm\x0d\0\x01\0",
+        &bad_start,
     ];
     for swap in 0..20 {
         // A bad file first: it must be refused while the old version runs.
-        replace_atomically(&live, bad_files[swap % 3]);
+        replace_atomically(&live, bad_files[swap % bad_files.len()]);
         assert!(
             wait_for_log(&router, "reload refused", swap + 1, Duration::from_secs(20)).await,
             "bad file {swap} not refused:\n{}",
@@ -178,6 +183,15 @@ async fn plugin_swapped_20_times_under_load_loses_and_doubles_nothing() {
         "reloads report their time to serving"
     );
     assert!(log.contains("old_hash=") && log.contains("new_hash="));
+    assert!(
+        log.contains("this build cannot start"),
+        "the trapping start-up is named:\n{log}"
+    );
+    assert!(log.contains("does not implement the switchyard:plugin/plugin world"));
+    assert!(
+        log.contains("wasm32-wasip2"),
+        "the core module gets the build hint"
+    );
 }
 
 /// A config reload adds a route for a new topic and changes a plugin

@@ -238,7 +238,11 @@ plugins = ["bench"]
     let mut sent_at = std::collections::HashMap::with_capacity(args.events);
     let mut deliveries = Vec::with_capacity(args.events);
     let tick = Duration::from_millis(10);
-    let per_tick = if args.rate == 0 { usize::MAX } else { (args.rate as usize / 100).max(1) };
+    let per_tick = if args.rate == 0 {
+        usize::MAX
+    } else {
+        (args.rate as usize / 100).max(1)
+    };
     let mut next_tick = Instant::now() + tick;
     for i in 0..args.events {
         if i > 0 && i % per_tick == 0 {

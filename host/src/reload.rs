@@ -207,13 +207,16 @@ impl Reloader {
     }
 
     fn refused(&self, what: &str, file: &Path, reason: &str) {
-        self.shared
+        let refused = self
+            .shared
             .counters
             .reload_failures
-            .fetch_add(1, Ordering::Relaxed);
+            .fetch_add(1, Ordering::Relaxed)
+            + 1;
         tracing::error!(
             file = %file.display(),
             %reason,
+            reloads_refused = refused,
             "{what} reload refused; the running version stays in service"
         );
     }
@@ -269,8 +272,9 @@ impl Reloader {
             },
         );
         self.shared.state.store(Arc::new(next));
-        self.shared.counters.reloads.fetch_add(1, Ordering::Relaxed);
+        let reloads = self.shared.counters.reloads.fetch_add(1, Ordering::Relaxed) + 1;
         tracing::info!(
+            reloads,
             plugin = %name,
             old_version = %slot.plugin.info.version,
             old_hash = %slot.plugin.hash,
