@@ -336,3 +336,43 @@ async fn bad_files_are_refused_with_a_reason() {
     assert_eq!(loaded.hash.len(), 12);
     let _: Arc<_> = loaded;
 }
+
+/// On PostgreSQL every plugin statement runs under the plugin's
+/// `statement_timeout_ms`: a slow statement is cancelled by the server and
+/// the plugin gets a `limit` error, well before its sleep would end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_cancels_statements_over_the_plugin_timeout() {
+    let limits = Limits {
+        statement_timeout_ms: 200,
+        ..tight_limits()
+    };
+    let mut h = Harness::with_env(
+        PLUGIN,
+        Backend::Postgres,
+        serde_json::Map::new(),
+        limits,
+        Grants::all(),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let inv = h
+        .send(
+            "t",
+            None,
+            &[],
+            json!({"do": "sql", "sql": "SELECT pg_sleep(3)"}),
+        )
+        .await;
+    assert!(
+        matches!(&inv.outcome, Outcome::Rejected(r) if r.contains("statement timeout")),
+        "{:?}",
+        inv.outcome
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "cancelled by the server, not waited out ({:?})",
+        started.elapsed()
+    );
+    // The instance and the next event are unaffected.
+    assert_eq!(insert_mark(&mut h, "after").await, Outcome::Done);
+}

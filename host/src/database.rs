@@ -185,7 +185,7 @@ impl Database {
     /// Start a transaction for one event.
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
         Ok(match self {
-            Database::Postgres(pool) => Tx::Postgres(pool.begin().await?),
+            Database::Postgres(pool) => Tx::Postgres(pool.begin().await?, None),
             Database::Sqlite(pool) => Tx::Sqlite(pool.begin().await?),
         })
     }
@@ -223,8 +223,8 @@ pub fn backend_of(url: &str) -> Result<Backend, SetupError> {
 /// One event's transaction.
 #[derive(Debug)]
 pub enum Tx {
-    /// On PostgreSQL.
-    Postgres(sqlx::Transaction<'static, Postgres>),
+    /// On PostgreSQL, with the `statement_timeout` set in it so far.
+    Postgres(sqlx::Transaction<'static, Postgres>, Option<u64>),
     /// On SQLite.
     Sqlite(sqlx::Transaction<'static, Sqlite>),
 }
@@ -342,14 +342,14 @@ impl Tx {
         use_savepoint: bool,
     ) -> Result<u64, DbError> {
         match self {
-            Tx::Postgres(tx) if !use_savepoint => {
+            Tx::Postgres(tx, _) if !use_savepoint => {
                 let q = bind_pg(sqlx::query(sql), params)?;
                 q.execute(&mut **tx)
                     .await
                     .map(|r| r.rows_affected())
                     .map_err(map_error)
             }
-            Tx::Postgres(tx) => {
+            Tx::Postgres(tx, _) => {
                 savepoint(tx).await?;
                 let q = bind_pg(sqlx::query(sql), params);
                 let result = match q {
@@ -390,7 +390,7 @@ impl Tx {
         use_savepoint: bool,
     ) -> Result<Rows, DbError> {
         match self {
-            Tx::Postgres(tx) => {
+            Tx::Postgres(tx, _) => {
                 if use_savepoint {
                     savepoint(tx).await?;
                 }
@@ -429,10 +429,30 @@ impl Tx {
         }
     }
 
+    /// Make `statement_timeout` (PostgreSQL) `ms` for the rest of this
+    /// transaction, unless it already is: every statement after this —
+    /// the plugin's and the host's — is cancelled by the server when it
+    /// runs longer. A plugin cannot change it back (`SET` and
+    /// `set_config` are refused by the SQL gate). SQLite has no statement
+    /// timeout; this does nothing there.
+    pub async fn set_statement_timeout(&mut self, ms: u64) -> Result<(), DbError> {
+        match self {
+            Tx::Postgres(tx, current) if *current != Some(ms) => {
+                sqlx::query(&format!("SET LOCAL statement_timeout = {ms}"))
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(map_error)?;
+                *current = Some(ms);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Commit the event's work.
     pub async fn commit(self) -> Result<(), sqlx::Error> {
         match self {
-            Tx::Postgres(tx) => tx.commit().await,
+            Tx::Postgres(tx, _) => tx.commit().await,
             Tx::Sqlite(tx) => tx.commit().await,
         }
     }
@@ -440,7 +460,7 @@ impl Tx {
     /// Roll the event's work back.
     pub async fn rollback(self) -> Result<(), sqlx::Error> {
         match self {
-            Tx::Postgres(tx) => tx.rollback().await,
+            Tx::Postgres(tx, _) => tx.rollback().await,
             Tx::Sqlite(tx) => tx.rollback().await,
         }
     }

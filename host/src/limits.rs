@@ -28,6 +28,10 @@ pub struct Limits {
     /// so an oversized record cannot exhaust the plugin's memory. Kafka's
     /// own default record limit is about 1 MB.
     pub max_event_bytes: usize,
+    /// Longest a single SQL statement may run on PostgreSQL before the
+    /// server cancels it (the plugin then gets a `limit` error), in
+    /// milliseconds. Example: `statement_timeout_ms = 2000`.
+    pub statement_timeout_ms: u64,
     /// Longest SQL text accepted by `db`, in bytes.
     pub max_sql_bytes: usize,
     /// Most parameters accepted per statement.
@@ -58,6 +62,7 @@ impl Default for Limits {
             deadline_ms: 1_000,
             memory_bytes: 64 << 20,
             max_event_bytes: 4 << 20,
+            statement_timeout_ms: 5_000,
             max_sql_bytes: 64 << 10,
             max_params: 1_000,
             max_param_bytes: 4 << 20,

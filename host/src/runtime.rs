@@ -678,6 +678,25 @@ impl PluginWorker {
             },
         };
 
+        let mut tx = tx;
+        if let Err(e) = tx
+            .set_statement_timeout(self.plugin.env.limits.statement_timeout_ms)
+            .await
+        {
+            // The database is not answering: an outage, not the plugin's
+            // failure; put the instance back and let the caller back off.
+            self.live = Some(live);
+            let mut inv = empty(
+                Outcome::Retry(format!(
+                    "cannot set the statement timeout: {}",
+                    crate::capabilities::db::describe_error(&e)
+                )),
+                fresh_instance,
+            );
+            inv.db_unavailable = true;
+            inv.db_failed = true;
+            return (inv, Some(tx));
+        }
         let data = live.store.data_mut();
         data.begin_call(Some(ctx), options.record, !options.batch);
         data.db.tx = Some(tx);
