@@ -376,3 +376,47 @@ async fn postgres_cancels_statements_over_the_plugin_timeout() {
     // The instance and the next event are unaffected.
     assert_eq!(insert_mark(&mut h, "after").await, Outcome::Done);
 }
+
+/// On PostgreSQL a plugin's SQL runs as its own role, granted only the
+/// tables its migrations create: the database refuses anything else, even
+/// a statement the SQL gate lets through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_enforces_the_plugin_table_grants() {
+    let mut h = hostile(Backend::Postgres).await;
+    h.exec("CREATE TABLE other_team_secrets (k text); INSERT INTO other_team_secrets VALUES ('s')")
+        .await;
+    for sql in [
+        "SELECT * FROM other_team_secrets",
+        "DELETE FROM other_team_secrets",
+        "SELECT count(*) FROM pg_authid",
+    ] {
+        let inv = h
+            .send("t", None, &[], json!({"do": "sql", "sql": sql}))
+            .await;
+        assert!(
+            matches!(&inv.outcome, Outcome::Rejected(r) if r.contains("denied") && r.contains("permission denied")),
+            "{sql}: {:?}",
+            inv.outcome
+        );
+    }
+    // Its own table works, as its role.
+    assert_eq!(insert_mark(&mut h, "mine").await, Outcome::Done);
+    let me = h
+        .send(
+            "t",
+            None,
+            &[],
+            json!({"do": "sql", "sql": "SELECT current_user"}),
+        )
+        .await;
+    assert_eq!(me.outcome, Outcome::Done);
+    assert_eq!(
+        h.count("other_team_secrets").await,
+        1,
+        "nothing of theirs changed"
+    );
+    assert_eq!(
+        h.plugin.env.db_role.as_deref(),
+        Some("switchyard_plugin_test_hostile")
+    );
+}

@@ -73,6 +73,28 @@ pub async fn load_plugins(
     Ok(plugins)
 }
 
+/// Make the database ready for a loaded plugin version: apply its new
+/// migrations and, on PostgreSQL, its role and table grants; returns the
+/// version with its role set, ready to serve.
+pub async fn prepare_plugin(
+    db: &Database,
+    runtime: &Runtime,
+    plugin: &Arc<crate::runtime::LoadedPlugin>,
+) -> anyhow::Result<Arc<crate::runtime::LoadedPlugin>> {
+    let info = &plugin.info;
+    let applied = db.migrate(&info.name, &info.migrations).await?;
+    if !applied.is_empty() {
+        tracing::info!(plugin = %info.name, migrations = ?applied, "migrations applied");
+    }
+    let role = db.grant_plugin(&info.name, &info.migrations).await?;
+    if role == plugin.env.db_role {
+        return Ok(plugin.clone());
+    }
+    let mut env = (*plugin.env).clone();
+    env.db_role = role;
+    Ok(plugin.with_env(env, runtime)?)
+}
+
 /// `switchyard check`: the config parses and every plugin loads.
 pub async fn check(options: &RunOptions) -> anyhow::Result<String> {
     let loaded = load_config(options)?;
@@ -121,15 +143,9 @@ pub async fn run(
         )
     })?;
     let plugins = load_plugins(&runtime, &loaded, options.plugin_dir.as_deref()).await?;
-    let mut migrated = std::collections::HashSet::new();
-    for slot in plugins.values() {
-        let info = &slot.plugin.info;
-        if migrated.insert(info.name.clone()) {
-            let applied = db.migrate(&info.name, &info.migrations).await?;
-            if !applied.is_empty() {
-                tracing::info!(plugin = %info.name, migrations = ?applied, "migrations applied");
-            }
-        }
+    let mut plugins = plugins;
+    for slot in plugins.values_mut() {
+        slot.plugin = prepare_plugin(&db, &runtime, &slot.plugin).await?;
     }
     let routes = RouteTable::new(&config.routes);
     let topics = routes.topics();

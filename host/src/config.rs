@@ -516,6 +516,7 @@ impl Loaded {
                     limits: p.limits.clone(),
                     grants: Grants::new(p.publish.clone()),
                     settings: Arc::new(settings),
+                    db_role: None,
                 };
                 (name.clone(), dir.join(&p.file), env, p.isolation)
             })

@@ -429,22 +429,50 @@ impl Tx {
         }
     }
 
-    /// Make `statement_timeout` (PostgreSQL) `ms` for the rest of this
-    /// transaction, unless it already is: every statement after this —
-    /// the plugin's and the host's — is cancelled by the server when it
-    /// runs longer. A plugin cannot change it back (`SET` and
-    /// `set_config` are refused by the SQL gate). SQLite has no statement
-    /// timeout; this does nothing there.
-    pub async fn set_statement_timeout(&mut self, ms: u64) -> Result<(), DbError> {
+    /// Enter a plugin's call (PostgreSQL): switch to the plugin's own
+    /// database role, if it has one, so that the database enforces its
+    /// table grants, and set `statement_timeout` to `timeout_ms` so that
+    /// the server cancels a statement that runs longer. Both are `LOCAL`
+    /// to this transaction; a plugin cannot undo them (`SET`, `RESET` and
+    /// `set_config` are refused by the SQL gate, and its role is not a
+    /// member of the host's). One round trip, skipped when nothing changes.
+    /// SQLite has neither; this does nothing there.
+    pub async fn enter_plugin(
+        &mut self,
+        role: Option<&str>,
+        timeout_ms: u64,
+    ) -> Result<(), DbError> {
+        use sqlx::Executor;
         match self {
-            Tx::Postgres(tx, current) if *current != Some(ms) => {
-                sqlx::query(&format!("SET LOCAL statement_timeout = {ms}"))
-                    .execute(&mut **tx)
-                    .await
-                    .map_err(map_error)?;
-                *current = Some(ms);
+            Tx::Postgres(tx, current) => {
+                let mut sql = String::new();
+                if let Some(role) = role {
+                    sql.push_str(&format!("SET LOCAL ROLE \"{}\"; ", role.replace('"', "")));
+                }
+                if *current != Some(timeout_ms) {
+                    sql.push_str(&format!("SET LOCAL statement_timeout = {timeout_ms};"));
+                }
+                if !sql.is_empty() {
+                    // Several statements, no parameters: the simple query
+                    // protocol, one round trip.
+                    (&mut **tx).execute(sql.as_str()).await.map_err(map_error)?;
+                    *current = Some(timeout_ms);
+                }
                 Ok(())
             }
+            Tx::Sqlite(_) => Ok(()),
+        }
+    }
+
+    /// Leave a plugin's call: back to the host's role for the host's own
+    /// statements (markers, outbox).
+    pub async fn leave_plugin(&mut self, role: Option<&str>) -> Result<(), DbError> {
+        match self {
+            Tx::Postgres(tx, _) if role.is_some() => sqlx::query("RESET ROLE")
+                .execute(&mut **tx)
+                .await
+                .map(|_| ())
+                .map_err(map_error),
             _ => Ok(()),
         }
     }
@@ -719,6 +747,52 @@ fn classify_code(code: &str, message: String) -> DbError {
     }
 }
 
+/// The PostgreSQL role a plugin's SQL runs as: `switchyard_plugin_<name>`.
+pub fn plugin_role(plugin: &str) -> String {
+    let name: String = plugin
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let mut role = format!("switchyard_plugin_{name}");
+    role.truncate(63);
+    role
+}
+
+/// The tables a migration script creates (`CREATE TABLE [IF NOT EXISTS]
+/// name`), lowercased, without schema.
+pub fn tables_created(script: &str) -> Vec<String> {
+    let upper = script.to_ascii_uppercase();
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(at) = upper[from..].find("CREATE TABLE") {
+        let mut rest = script[from + at + "CREATE TABLE".len()..].trim_start();
+        if rest.to_ascii_uppercase().starts_with("IF NOT EXISTS") {
+            rest = rest["IF NOT EXISTS".len()..].trim_start();
+        }
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '.' || *c == '"')
+            .collect();
+        let name = name
+            .rsplit('.')
+            .next()
+            .unwrap_or("")
+            .trim_matches('"')
+            .to_lowercase();
+        if !name.is_empty() && !out.contains(&name) {
+            out.push(name);
+        }
+        from += at + "CREATE TABLE".len();
+    }
+    out
+}
+
 /// A plugin migration as the host applies it.
 #[derive(Debug, Clone)]
 pub struct MigrationSql {
@@ -815,6 +889,79 @@ impl Database {
         Ok(applied_now)
     }
 
+    /// On PostgreSQL, make sure the plugin's role exists and holds
+    /// `SELECT, INSERT, UPDATE, DELETE` on exactly the tables its
+    /// migrations create (and their sequences), and nothing else; return
+    /// the role. The host's user needs `CREATEROLE` (or to be a superuser)
+    /// and becomes a member of the role so that it can `SET ROLE` to it.
+    /// SQLite has no roles: `None`.
+    pub async fn grant_plugin(
+        &self,
+        plugin: &str,
+        migrations: &[MigrationSql],
+    ) -> Result<Option<String>, SetupError> {
+        let Database::Postgres(pool) = self else {
+            return Ok(None);
+        };
+        let role = plugin_role(plugin);
+        let failed = |source| SetupError::Migration {
+            plugin: plugin.to_string(),
+            id: format!("grants for role {role}"),
+            source,
+        };
+        let create = sqlx::query(&format!("CREATE ROLE \"{role}\" NOLOGIN"))
+            .execute(pool)
+            .await;
+        match create {
+            Ok(_) => {}
+            // 42710 duplicate_object; 23505 when two routers race on it.
+            Err(sqlx::Error::Database(e))
+                if matches!(e.code().as_deref(), Some("42710") | Some("23505")) => {}
+            Err(e) => return Err(failed(e)),
+        }
+        use sqlx::Executor;
+        pool.execute(
+            format!(
+                "GRANT \"{role}\" TO CURRENT_USER; GRANT USAGE ON SCHEMA public TO \"{role}\";"
+            )
+            .as_str(),
+        )
+        .await
+        .map_err(failed)?;
+        let mut tables: Vec<String> = Vec::new();
+        for m in migrations {
+            for t in tables_created(&m.postgres) {
+                if !tables.contains(&t) {
+                    tables.push(t);
+                }
+            }
+        }
+        for t in &tables {
+            pool.execute(
+                format!("GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE \"{t}\" TO \"{role}\"")
+                    .as_str(),
+            )
+            .await
+            .map_err(failed)?;
+        }
+        let sequences: Vec<String> = sqlx::query_scalar(
+            "SELECT s.relname::text FROM pg_class s JOIN pg_depend d ON d.objid = s.oid \
+             JOIN pg_class t ON d.refobjid = t.oid WHERE s.relkind = 'S' AND t.relname = ANY($1)",
+        )
+        .bind(&tables)
+        .fetch_all(pool)
+        .await
+        .map_err(failed)?;
+        for seq in sequences {
+            pool.execute(
+                format!("GRANT USAGE, SELECT ON SEQUENCE \"{seq}\" TO \"{role}\"").as_str(),
+            )
+            .await
+            .map_err(failed)?;
+        }
+        Ok(Some(role))
+    }
+
     async fn migration_checksum(
         &self,
         plugin: &str,
@@ -852,6 +999,19 @@ mod tests {
         );
         assert_eq!(redact_url("postgres://app@db/x"), "postgres://app@db/x");
         assert_eq!(redact_url("sqlite:data.db"), "sqlite:data.db");
+    }
+
+    #[test]
+    fn finds_the_tables_a_migration_creates() {
+        let sql = "CREATE TABLE IF NOT EXISTS customers (id text);\n create table customer_users (x int); CREATE TABLE \"Quoted\" (y int)";
+        assert_eq!(
+            tables_created(sql),
+            vec!["customers", "customer_users", "quoted"]
+        );
+        assert_eq!(
+            plugin_role("role-mapping"),
+            "switchyard_plugin_role_mapping"
+        );
     }
 
     #[test]

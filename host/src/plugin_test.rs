@@ -241,12 +241,15 @@ pub async fn run(options: &TestOptions) -> anyhow::Result<TestReport> {
         limits: options.limits.clone(),
         grants: Grants::new(options.grants.clone()),
         settings: Arc::new(options.settings.clone()),
+        db_role: None,
     };
     let plugin = runtime.load_file(&options.plugin, env).await?;
     let db = Database::connect(&options.database, 2).await?;
     let applied = db
         .migrate(&plugin.info.name, &plugin.info.migrations)
         .await?;
+    // Run as the plugin's own role (PostgreSQL), as the router does.
+    let plugin = crate::app::prepare_plugin(&db, &runtime, &plugin).await?;
     for script in &options.setup {
         let sql = std::fs::read_to_string(script)
             .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", script.display()))?;

@@ -255,14 +255,11 @@ impl Reloader {
             Ok(p) => p,
             Err(e) => return self.refused(&format!("plugin {name}"), &path, &e.to_string()),
         };
-        if let Err(e) = self
-            .shared
-            .db
-            .migrate(&loaded.info.name, &loaded.info.migrations)
-            .await
+        let loaded = match crate::app::prepare_plugin(&self.shared.db, &self.runtime, &loaded).await
         {
-            return self.refused(&format!("plugin {name}"), &path, &e.to_string());
-        }
+            Ok(p) => p,
+            Err(e) => return self.refused(&format!("plugin {name}"), &path, &format!("{e:#}")),
+        };
         let mut next = (*self.shared.state.load_full()).clone();
         next.plugins.insert(
             name.to_string(),
@@ -359,18 +356,17 @@ impl Reloader {
                     );
                 }
             };
-            if let Err(e) = self
-                .shared
-                .db
-                .migrate(&plugin.info.name, &plugin.info.migrations)
-                .await
-            {
-                return self.refused(
-                    "config",
-                    &self.config_path.clone(),
-                    &format!("plugin {name}: {e}"),
-                );
-            }
+            let plugin =
+                match crate::app::prepare_plugin(&self.shared.db, &self.runtime, &plugin).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        return self.refused(
+                            "config",
+                            &self.config_path.clone(),
+                            &format!("plugin {name}: {e:#}"),
+                        );
+                    }
+                };
             plugins.insert(name, PluginSlot { plugin, isolation });
         }
         let routes = RouteTable::new(&loaded.config.routes);

@@ -679,8 +679,9 @@ impl PluginWorker {
         };
 
         let mut tx = tx;
+        let role = self.plugin.env.db_role.clone();
         if let Err(e) = tx
-            .set_statement_timeout(self.plugin.env.limits.statement_timeout_ms)
+            .enter_plugin(role.as_deref(), self.plugin.env.limits.statement_timeout_ms)
             .await
         {
             // The database is not answering: an outage, not the plugin's
@@ -688,7 +689,7 @@ impl PluginWorker {
             self.live = Some(live);
             let mut inv = empty(
                 Outcome::Retry(format!(
-                    "cannot set the statement timeout: {}",
+                    "cannot enter the plugin's database role and timeout: {}",
                     crate::capabilities::db::describe_error(&e)
                 )),
                 fresh_instance,
@@ -724,15 +725,23 @@ impl PluginWorker {
             }),
         };
         let data = live.store.data_mut();
-        let tx = data.db.tx.take();
+        let mut tx = data.db.tx.take();
+        let mut role_left = true;
+        if let Some(t) = tx.as_mut()
+            && let Err(e) = t.leave_plugin(role.as_deref()).await
+        {
+            tracing::warn!(error = %crate::capabilities::db::describe_error(&e), "cannot reset the database role after the plugin call");
+            role_left = false;
+        }
+        let data = live.store.data_mut();
         let (logs, dropped_logs) = data.log.finish();
         let invocation = Invocation {
             messages: std::mem::take(&mut data.publish.messages),
             refused_publishes: std::mem::take(&mut data.publish.refused),
             statements: std::mem::take(&mut data.db.statements),
             statement_count: data.db.count,
-            db_unavailable: data.db.unavailable,
-            db_failed: data.db.failed,
+            db_unavailable: data.db.unavailable || !role_left,
+            db_failed: data.db.failed || !role_left,
             logs,
             dropped_logs,
             elapsed: started.elapsed(),

@@ -169,6 +169,7 @@ impl Harness {
             limits,
             grants,
             settings: Arc::new(settings),
+            db_role: None,
         };
         let loaded = runtime
             .load_file(&plugin_path(plugin), env)
@@ -177,9 +178,9 @@ impl Harness {
         let db = Database::connect(&testdb.url, 4)
             .await
             .unwrap_or_else(|e| panic!("database: {e}"));
-        db.migrate(&loaded.info.name, &loaded.info.migrations)
+        let loaded = switchyard::app::prepare_plugin(&db, &runtime, &loaded)
             .await
-            .unwrap_or_else(|e| panic!("migrations of {plugin}: {e}"));
+            .unwrap_or_else(|e| panic!("preparing {plugin}: {e:#}"));
         Self {
             db,
             worker: PluginWorker::new(loaded.clone()),

@@ -34,6 +34,8 @@ pub struct PluginEnv {
     pub grants: publish::Grants,
     /// The plugin's settings, a JSON object.
     pub settings: Arc<serde_json::Map<String, serde_json::Value>>,
+    /// The database role its SQL runs as (PostgreSQL), once granted.
+    pub db_role: Option<String>,
 }
 
 impl PluginEnv {
@@ -45,6 +47,7 @@ impl PluginEnv {
             limits: Limits::default(),
             grants: publish::Grants::all(),
             settings: Arc::new(serde_json::Map::new()),
+            db_role: None,
         }
     }
 }
