@@ -9,9 +9,9 @@
 //! string literal is not mistaken for one outside it.
 //!
 //! This is the first line, not the last: on PostgreSQL the boundary that
-//! counts is the database itself, with a role per plugin and grants on its
-//! tables only (the sandbox issue); the function deny-list here is defence
-//! in depth, not a complete list.
+//! counts is the database itself — each plugin's SQL runs as its own role
+//! with grants on its own tables only (`Database::grant_plugin`); the
+//! function deny-list here is defence in depth, not a complete list.
 
 /// Why a statement was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
