@@ -81,6 +81,37 @@ async fn wait_ready(router: &Router) {
     );
 }
 
+/// Seed 001's `user.created` for `user`, produced and then awaited: the
+/// stats row exists before the test sends the user's interviews (Kafka
+/// orders events within a partition, not across topics).
+async fn create_stats_user(
+    p: &rdkafka::producer::FutureProducer,
+    db: &Database,
+    router: &Router,
+    user: &str,
+) {
+    let ev = json!({"eventId": format!("ev-{user}"), "eventType": "user.created", "timestamp": "2024-03-01T12:00:00Z",
+        "userId": user, "data": {"keycloakId": "kc", "email": "ivan@example.com", "fullName": "Иван Петров"}});
+    produce(
+        p,
+        "user.created",
+        Some(user),
+        &[],
+        ev.to_string().as_bytes(),
+    )
+    .await;
+    let sql = format!("SELECT count(*) FROM user_stats WHERE user_id = '{user}'");
+    let created = eventually(Duration::from_secs(60), || async {
+        scalar(db, &sql).await == 1
+    })
+    .await;
+    assert!(
+        created,
+        "user.created for {user} not handled:\n{}",
+        router.log_text()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_events_flow_end_to_end() {
     let (broker, testdb, dir, config) = setup(3).await;
@@ -118,28 +149,7 @@ async fn seed_events_flow_end_to_end() {
     )
     .await;
     // Seed 001: a user, an interview delivered twice (same eventId), a file.
-    let stats_user = json!({"eventId": "ev-u", "eventType": "user.created", "timestamp": "2024-03-01T12:00:00Z", "userId": "u-ru",
-        "data": {"keycloakId": "kc", "email": "ivan@example.com", "fullName": "Иван Петров"}});
-    produce(
-        &p,
-        "user.created",
-        Some("u-ru"),
-        &[],
-        stats_user.to_string().as_bytes(),
-    )
-    .await;
-    // Kafka orders events within a partition, not across topics: as in
-    // production, the user exists before its interviews are counted (an
-    // interview that overtakes it is retried, and dead-lettered once the
-    // retry budget — deliberately short in these tests — is spent).
-    assert!(
-        eventually(Duration::from_secs(60), || async {
-            scalar(&db, "SELECT count(*) FROM user_stats").await == 1
-        })
-        .await,
-        "user.created not handled:\n{}",
-        router.log_text()
-    );
+    create_stats_user(&p, &db, &router, "u-ru").await;
     let interview = json!({"eventId": "ev-i1", "eventType": "interview.created", "userId": "u-ru", "data": {"interviewId": "iv-1"}});
     produce(
         &p,
@@ -530,21 +540,7 @@ async fn database_outage_pauses_and_resumes_without_dead_letters() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let p = broker.producer();
-    let user = json!({"eventId": "ev-u", "eventType": "user.created", "timestamp": "2024-03-01T12:00:00Z", "userId": "u1", "data": {}});
-    produce(
-        &p,
-        "user.created",
-        Some("u1"),
-        &[],
-        user.to_string().as_bytes(),
-    )
-    .await;
-    assert!(
-        eventually(Duration::from_secs(30), || async {
-            scalar(&db, "SELECT count(*) FROM user_stats").await == 1
-        })
-        .await
-    );
+    create_stats_user(&p, &db, &router, "u1").await;
 
     proxy.cut();
     for i in 0..50 {
@@ -608,26 +604,12 @@ async fn batches_with_poison_in_the_middle_apply_good_events_once() {
     let p = broker.producer();
     // The backlog is there before the router starts, so lanes find full
     // batches waiting.
-    let user = json!({"eventId": "ev-u", "eventType": "user.created", "timestamp": "2024-03-01T12:00:00Z", "userId": "u1", "data": {}});
-    produce(
-        &p,
-        "user.created",
-        Some("u1"),
-        &[],
-        user.to_string().as_bytes(),
-    )
-    .await;
     let mut router = Router::start(&config, &dir.path().join("router.log"), &[]);
     wait_ready(&router).await;
     let db = Database::connect(&testdb.url, 2)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        eventually(Duration::from_secs(30), || async {
-            scalar(&db, "SELECT count(*) FROM user_stats").await == 1
-        })
-        .await
-    );
+    create_stats_user(&p, &db, &router, "u1").await;
     router.terminate(Duration::from_secs(30));
 
     let mut expected = 0i64;

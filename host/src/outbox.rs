@@ -90,6 +90,25 @@ pub struct Marker<'a> {
     pub offset: i64,
 }
 
+impl<'a> Marker<'a> {
+    /// The marker of `event` in `plugin`.
+    pub fn of(
+        group: &'a str,
+        plugin: &'a str,
+        dedupe_key: &'a str,
+        event: &'a crate::event::Event,
+    ) -> Self {
+        Self {
+            group,
+            plugin,
+            dedupe_key,
+            topic: &event.topic,
+            partition: event.partition,
+            offset: event.offset,
+        }
+    }
+}
+
 /// Record that the plugin handled the event (`outcome`: `handled` or
 /// `dead-lettered`). Returns `false` when the marker already existed: a
 /// duplicate, to be skipped.

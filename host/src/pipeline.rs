@@ -260,14 +260,7 @@ impl Lane {
                 if !Arc::ptr_eq(worker.plugin(), &slot.plugin) {
                     worker.swap(slot.plugin.clone());
                 }
-                let marker = outbox::Marker {
-                    group: &shared.group,
-                    plugin: &sel.plugin,
-                    dedupe_key: &sel.dedupe_key,
-                    topic: &event.topic,
-                    partition: event.partition,
-                    offset: event.offset,
-                };
+                let marker = outbox::Marker::of(&shared.group, &sel.plugin, &sel.dedupe_key, event);
                 match outbox::mark_processed(&mut tx, marker, "handled").await {
                     Ok(true) => {}
                     Ok(false) => {
@@ -388,14 +381,7 @@ impl Lane {
                     continue;
                 }
             };
-            let marker = outbox::Marker {
-                group: &shared.group,
-                plugin: name,
-                dedupe_key,
-                topic: &event.topic,
-                partition: event.partition,
-                offset: event.offset,
-            };
+            let marker = outbox::Marker::of(&shared.group, name, dedupe_key, event);
             match outbox::mark_processed(&mut tx, marker, "handled").await {
                 Ok(true) => {}
                 Ok(false) => {
@@ -571,14 +557,7 @@ impl LaneCtl {
         loop {
             let marked = async {
                 let mut tx = shared.db.begin().await.map_err(|e| e.to_string())?;
-                let marker = outbox::Marker {
-                    group: &shared.group,
-                    plugin,
-                    dedupe_key,
-                    topic: &event.topic,
-                    partition: event.partition,
-                    offset: event.offset,
-                };
+                let marker = outbox::Marker::of(&shared.group, plugin, dedupe_key, event);
                 outbox::mark_processed(&mut tx, marker, "dead-lettered")
                     .await
                     .map_err(|e| crate::capabilities::db::describe_error(&e))?;
