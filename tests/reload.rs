@@ -5,6 +5,7 @@ mod common;
 
 use common::{
     Broker, Router, TestDb, consume_until, eventually, plugin_path, produce, rows_of, scalar,
+    value_after_reaching,
 };
 use serde_json::json;
 use std::path::Path;
@@ -121,22 +122,17 @@ async fn plugin_swapped_20_times_under_load_loses_and_doubles_nothing() {
     let db = Database::connect(&testdb.url, 2)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let all_in = eventually(Duration::from_secs(60), || async {
-        scalar(&db, "SELECT count(*) FROM marker_events").await >= total
-    })
-    .await;
-    assert!(
-        all_in,
-        "{} of {total} handled:\n{}",
-        scalar(&db, "SELECT count(*) FROM marker_events").await,
-        router.log_text()
-    );
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(
-        scalar(&db, "SELECT count(*) FROM marker_events").await,
+    let handled = value_after_reaching(
+        &db,
+        "SELECT count(*) FROM marker_events",
         total,
-        "nothing handled twice"
-    );
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+        &router,
+        "not every event was handled",
+    )
+    .await;
+    assert_eq!(handled, total, "nothing handled twice");
     assert_eq!(
         scalar(&db, "SELECT count(*) FROM (SELECT DISTINCT kafka_partition, kafka_offset FROM marker_events) d").await,
         total,

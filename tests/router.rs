@@ -4,7 +4,10 @@
 
 mod common;
 
-use common::{Broker, Proxy, Router, TestDb, consume_until, eventually, produce, rows_of, scalar};
+use common::{
+    Broker, Proxy, Router, TestDb, consume_until, eventually, produce, rows_of, scalar,
+    value_after_reaching,
+};
 use serde_json::json;
 use std::path::Path;
 use std::time::Duration;
@@ -347,18 +350,17 @@ async fn seed_events_flow_end_to_end() {
     }
     router.restart();
     let interviews = "SELECT interviews_created FROM user_stats WHERE user_id = 'u-ru'";
-    let resumed = eventually(Duration::from_secs(60), || async {
-        scalar(&db, interviews).await >= 7
-    })
+    let settled = value_after_reaching(
+        &db,
+        interviews,
+        7,
+        Duration::from_secs(60),
+        Duration::from_secs(2),
+        &router,
+        "events produced while stopped were not all handled",
+    )
     .await;
-    assert!(
-        resumed,
-        "events produced while stopped were not all handled ({}):\n{}",
-        scalar(&db, interviews).await,
-        router.log_text()
-    );
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(scalar(&db, interviews).await, 7);
+    assert_eq!(settled, 7);
     assert_eq!(
         scalar(
             &db,
@@ -449,22 +451,17 @@ async fn kill_9_mid_stream_then_restart_counts_exactly_once() {
     );
     router.restart();
     let expected = (USERS * PER_USER) as i64;
-    let finished = eventually(Duration::from_secs(120), || async {
-        scalar(&db, total).await >= expected
-    })
-    .await;
-    assert!(
-        finished,
-        "stalled at {} of {expected} (killed at {at_kill}):\n{}",
-        scalar(&db, total).await,
-        router.log_text()
-    );
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(
-        scalar(&db, total).await,
+    let settled = value_after_reaching(
+        &db,
+        total,
         expected,
-        "every interview counted exactly once"
-    );
+        Duration::from_secs(120),
+        Duration::from_secs(2),
+        &router,
+        &format!("stalled after the restart (killed at {at_kill})"),
+    )
+    .await;
+    assert_eq!(settled, expected, "every interview counted exactly once");
     assert_eq!(
         scalar(
             &db,
@@ -564,18 +561,17 @@ async fn database_outage_pauses_and_resumes_without_dead_letters() {
     proxy.restore();
 
     let interviews = "SELECT interviews_created FROM user_stats WHERE user_id = 'u1'";
-    let recovered = eventually(Duration::from_secs(90), || async {
-        scalar(&db, interviews).await >= 50
-    })
+    let settled = value_after_reaching(
+        &db,
+        interviews,
+        50,
+        Duration::from_secs(90),
+        Duration::from_secs(1),
+        &router,
+        "did not resume",
+    )
     .await;
-    assert!(
-        recovered,
-        "did not resume ({}):\n{}",
-        scalar(&db, interviews).await,
-        router.log_text()
-    );
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(scalar(&db, interviews).await, 50);
+    assert_eq!(settled, 50);
     let dead = consume_until(
         &broker.addr,
         &["switchyard.dlq"],

@@ -26,6 +26,7 @@ use serde_json::Value as Json;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use switchyard::bindings::switchyard::plugin::db::{Rows, Value};
 use switchyard::database::Database;
 use switchyard::limits::Limits;
 
@@ -156,17 +157,37 @@ async fn start_router(config: &Path, log_path: &Path, filter: &str) -> anyhow::R
     Ok(router)
 }
 
-async fn scalar(db: &Database, sql: &str) -> anyhow::Result<i64> {
+/// Every row of a query, without the plugin-facing caps.
+async fn all_rows(db: &Database, sql: &str) -> anyhow::Result<Rows> {
     let mut tx = db.begin().await?;
+    let limits = Limits {
+        max_rows: usize::MAX,
+        max_result_bytes: usize::MAX,
+        ..Limits::default()
+    };
     let rows = tx
-        .query(sql, &[], &Limits::default())
+        .query(sql, &[], &limits)
         .await
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     tx.rollback().await?;
+    Ok(rows)
+}
+
+async fn scalar(db: &Database, sql: &str) -> anyhow::Result<i64> {
+    let rows = all_rows(db, sql).await?;
     Ok(match rows.rows.first().and_then(|r| r.first()) {
-        Some(switchyard::bindings::switchyard::plugin::db::Value::Int(n)) => *n,
+        Some(Value::Int(n)) => *n,
         _ => -1,
     })
+}
+
+/// SQL for a marker's `processed_at` in microseconds since the epoch.
+fn processed_at_micros(sqlite: bool) -> &'static str {
+    if sqlite {
+        "CAST((julianday(processed_at) - 2440587.5) * 86400000000.0 AS INTEGER)"
+    } else {
+        "(extract(epoch from processed_at) * 1000000)::bigint"
+    }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -288,23 +309,11 @@ plugins = ["bench"]
     let wall = started.elapsed();
 
     // Per-event latency from the markers.
-    let sql = if args.database == "sqlite" {
-        "SELECT kafka_partition, kafka_offset, CAST((julianday(processed_at) - 2440587.5) * 86400000000.0 AS INTEGER) FROM switchyard_processed"
-    } else {
-        "SELECT kafka_partition, kafka_offset, (extract(epoch from processed_at) * 1000000)::bigint FROM switchyard_processed"
-    };
-    let mut tx = db.begin().await?;
-    let limits = Limits {
-        max_rows: usize::MAX,
-        max_result_bytes: usize::MAX,
-        ..Limits::default()
-    };
-    let rows = tx
-        .query(sql, &[], &limits)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    tx.rollback().await?;
-    use switchyard::bindings::switchyard::plugin::db::Value;
+    let sql = format!(
+        "SELECT kafka_partition, kafka_offset, {} FROM switchyard_processed",
+        processed_at_micros(args.database == "sqlite")
+    );
+    let rows = all_rows(&db, &sql).await?;
     let mut latencies = Vec::with_capacity(rows.rows.len());
     let (mut first_sent, mut last_done) = (i64::MAX, i64::MIN);
     for r in &rows.rows {
@@ -481,18 +490,11 @@ async fn run_reload(args: &Args) -> anyhow::Result<()> {
     while scalar(&db, "SELECT count(*) FROM switchyard_processed").await? < sent as i64 {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut tx = db.begin().await?;
-    let limits = Limits {
-        max_rows: usize::MAX,
-        max_result_bytes: usize::MAX,
-        ..Limits::default()
-    };
-    let rows = tx
-        .query("SELECT CAST((julianday(processed_at) - 2440587.5) * 86400000000.0 AS INTEGER) FROM switchyard_processed", &[], &limits)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    tx.rollback().await?;
-    use switchyard::bindings::switchyard::plugin::db::Value;
+    let sql = format!(
+        "SELECT {} FROM switchyard_processed",
+        processed_at_micros(true)
+    );
+    let rows = all_rows(&db, &sql).await?;
     let times: Vec<i64> = rows
         .rows
         .iter()

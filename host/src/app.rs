@@ -86,6 +86,17 @@ pub async fn prepare_plugin(
     if !applied.is_empty() {
         tracing::info!(plugin = %info.name, migrations = ?applied, "migrations applied");
     }
+    with_database_role(db, runtime, plugin).await
+}
+
+/// The plugin's role and table grants (PostgreSQL), and the version with
+/// its role set; for a plugin whose migrations are applied already.
+pub async fn with_database_role(
+    db: &Database,
+    runtime: &Runtime,
+    plugin: &Arc<crate::runtime::LoadedPlugin>,
+) -> anyhow::Result<Arc<crate::runtime::LoadedPlugin>> {
+    let info = &plugin.info;
     let role = db.grant_plugin(&info.name, &info.migrations).await?;
     if role == plugin.env.db_role {
         return Ok(plugin.clone());

@@ -90,6 +90,22 @@ pub struct Shared {
     pub counters: Counters,
 }
 
+/// The lane's worker for plugin `name`, started on the version in service,
+/// or switched to it if the lane's worker still runs an older one.
+fn worker_for<'a>(
+    workers: &'a mut HashMap<String, PluginWorker>,
+    name: &str,
+    slot: &PluginSlot,
+) -> &'a mut PluginWorker {
+    let worker = workers
+        .entry(name.to_string())
+        .or_insert_with(|| PluginWorker::new(slot.plugin.clone()));
+    if !Arc::ptr_eq(worker.plugin(), &slot.plugin) {
+        worker.swap(slot.plugin.clone());
+    }
+    worker
+}
+
 /// How an event ended in a lane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventEnd {
@@ -253,13 +269,6 @@ impl Lane {
                     let _ = tx.rollback().await;
                     return self.process_each(events, 0).await;
                 };
-                let worker = self
-                    .workers
-                    .entry(sel.plugin.clone())
-                    .or_insert_with(|| PluginWorker::new(slot.plugin.clone()));
-                if !Arc::ptr_eq(worker.plugin(), &slot.plugin) {
-                    worker.swap(slot.plugin.clone());
-                }
                 let marker = outbox::Marker::of(&shared.group, &sel.plugin, &sel.dedupe_key, event);
                 match outbox::mark_processed(&mut tx, marker, "handled").await {
                     Ok(true) => {}
@@ -279,10 +288,7 @@ impl Lane {
                     isolation: slot.isolation,
                     batch: true,
                 };
-                let Some(worker) = self.workers.get_mut(&sel.plugin) else {
-                    let _ = tx.rollback().await;
-                    return self.process_each(events, 0).await;
-                };
+                let worker = worker_for(&mut self.workers, &sel.plugin, slot);
                 let (inv, back) = worker.handle(ctx, event, tx, options).await;
                 let Some(back) = back else {
                     return self.process_each(events, 0).await;
@@ -348,13 +354,6 @@ impl Lane {
     ) -> PluginEnd {
         let ctl = &self.ctl;
         let shared = ctl.shared.clone();
-        let worker = self
-            .workers
-            .entry(name.to_string())
-            .or_insert_with(|| PluginWorker::new(slot.plugin.clone()));
-        if !Arc::ptr_eq(worker.plugin(), &slot.plugin) {
-            worker.swap(slot.plugin.clone());
-        }
         let ctx = Arc::new(EventContext::new(&shared.group, name, event));
         let options = CallOptions {
             record: false,
@@ -404,10 +403,7 @@ impl Lane {
             }
 
             // 2. The plugin, inside the transaction.
-            let worker = match self.workers.get_mut(name) {
-                Some(w) => w,
-                None => return PluginEnd::Abandoned,
-            };
+            let worker = worker_for(&mut self.workers, name, slot);
             let (inv, tx) = worker.handle(ctx.clone(), event, tx, options).await;
             let Some(mut tx) = tx else {
                 tracing::error!(

@@ -249,7 +249,7 @@ pub async fn run(options: &TestOptions) -> anyhow::Result<TestReport> {
         .migrate(&plugin.info.name, &plugin.info.migrations)
         .await?;
     // Run as the plugin's own role (PostgreSQL), as the router does.
-    let plugin = crate::app::prepare_plugin(&db, &runtime, &plugin).await?;
+    let plugin = crate::app::with_database_role(&db, &runtime, &plugin).await?;
     for script in &options.setup {
         let sql = std::fs::read_to_string(script)
             .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", script.display()))?;

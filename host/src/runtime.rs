@@ -133,15 +133,7 @@ impl LoadedPlugin {
         env: PluginEnv,
         runtime: &Runtime,
     ) -> Result<Arc<LoadedPlugin>, LoadError> {
-        if env.limits.memory_bytes > runtime.options.max_memory_bytes {
-            return Err(LoadError::Start {
-                source_name: self.source.clone(),
-                reason: format!(
-                    "memory_bytes {} is over the runtime's max_memory_bytes {}",
-                    env.limits.memory_bytes, runtime.options.max_memory_bytes
-                ),
-            });
-        }
+        runtime.check_env(&env, &self.source)?;
         Ok(Arc::new(LoadedPlugin {
             info: self.info.clone(),
             hash: self.hash.clone(),
@@ -239,6 +231,21 @@ impl Runtime {
         })
     }
 
+    /// Refuse limits the engine cannot honour (a memory cap over the
+    /// pool's slot size).
+    fn check_env(&self, env: &PluginEnv, source_name: &str) -> Result<(), LoadError> {
+        if env.limits.memory_bytes > self.options.max_memory_bytes {
+            return Err(LoadError::Start {
+                source_name: source_name.to_string(),
+                reason: format!(
+                    "memory_bytes {} is over the runtime's max_memory_bytes {}",
+                    env.limits.memory_bytes, self.options.max_memory_bytes
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// The options this runtime was built with.
     pub fn options(&self) -> &RuntimeOptions {
         &self.options
@@ -273,15 +280,7 @@ impl Runtime {
             source_name: source_name.clone(),
             reason,
         })?;
-        if env.limits.memory_bytes > self.options.max_memory_bytes {
-            return Err(LoadError::Start {
-                source_name,
-                reason: format!(
-                    "memory_bytes {} is over the runtime's max_memory_bytes {}",
-                    env.limits.memory_bytes, self.options.max_memory_bytes
-                ),
-            });
-        }
+        self.check_env(&env, &source_name)?;
         let hash = short_hash(&bytes);
         let size = bytes.len();
         let engine = self.engine.clone();

@@ -732,3 +732,27 @@ impl Drop for Proxy {
         self.accept.abort();
     }
 }
+
+/// Wait up to `timeout` for the integer `sql` returns to reach `at_least`
+/// (panicking with `what`, the value and the router's log if it does not),
+/// then leave the router `quiet` more and return the value: a test can then
+/// tell "everything arrived" from "everything arrived, and then some".
+pub async fn value_after_reaching(
+    db: &Database,
+    sql: &str,
+    at_least: i64,
+    timeout: std::time::Duration,
+    quiet: std::time::Duration,
+    router: &Router,
+    what: &str,
+) -> i64 {
+    let reached = eventually(timeout, || async { scalar(db, sql).await >= at_least }).await;
+    assert!(
+        reached,
+        "{what} ({} of {at_least}):\n{}",
+        scalar(db, sql).await,
+        router.log_text()
+    );
+    tokio::time::sleep(quiet).await;
+    scalar(db, sql).await
+}

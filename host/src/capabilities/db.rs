@@ -97,14 +97,37 @@ impl HostState {
         Ok(())
     }
 
-    fn record(&mut self, sql: &str, params: &[Value], result: StatementResult) {
+    /// Account for a statement's result: note an unavailable database,
+    /// and record it when the caller asked (the summary is built only
+    /// then).
+    fn finish<T>(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+        result: Result<T, Error>,
+        summarize: impl FnOnce(&T) -> StatementResult,
+    ) -> Result<T, Error> {
+        self.db.unavailable |= matches!(result, Err(Error::Unavailable(_)));
         if self.db.record {
+            let summary = match &result {
+                Ok(v) => summarize(v),
+                Err(e) => StatementResult::Failed(describe_error(e)),
+            };
             self.db.statements.push(StatementRecord {
                 sql: sql.to_string(),
                 params: params.to_vec(),
-                result,
+                result: summary,
             });
         }
+        result
+    }
+
+    /// After a statement that reached the database: its time there is not
+    /// the plugin's (a slow database must not trap a plugin on its
+    /// deadline), and a failure there matters to the router's batches.
+    fn after_database<T>(&mut self, started: std::time::Instant, result: &Result<T, Error>) {
+        self.deadline += started.elapsed();
+        self.db.failed |= result.is_err();
     }
 }
 
@@ -128,21 +151,12 @@ impl db::Host for HostState {
                 Some(tx) => {
                     let started = std::time::Instant::now();
                     let r = tx.execute_with(&sql, &params, self.db.savepoints).await;
-                    // Time in the database is not the plugin's: a slow
-                    // database must not trap a plugin on its deadline.
-                    self.deadline += started.elapsed();
-                    self.db.failed |= r.is_err();
+                    self.after_database(started, &r);
                     r
                 }
             },
         };
-        self.db.unavailable |= matches!(result, Err(Error::Unavailable(_)));
-        let summary = match &result {
-            Ok(n) => StatementResult::Changed(*n),
-            Err(e) => StatementResult::Failed(describe_error(e)),
-        };
-        self.record(&sql, &params, summary);
-        Ok(result)
+        Ok(self.finish(&sql, &params, result, |n| StatementResult::Changed(*n)))
     }
 
     async fn query(
@@ -153,28 +167,23 @@ impl db::Host for HostState {
         let result = match self.admit(&sql, &params) {
             Err(e) => Err(e),
             Ok(()) => {
-                let limits = self.env.limits.clone();
+                let env = self.env.clone();
                 match self.db.tx.as_mut() {
                     None => Err(no_transaction()),
                     Some(tx) => {
                         let started = std::time::Instant::now();
                         let r = tx
-                            .query_with(&sql, &params, &limits, self.db.savepoints)
+                            .query_with(&sql, &params, &env.limits, self.db.savepoints)
                             .await;
-                        self.deadline += started.elapsed();
-                        self.db.failed |= r.is_err();
+                        self.after_database(started, &r);
                         r
                     }
                 }
             }
         };
-        self.db.unavailable |= matches!(result, Err(Error::Unavailable(_)));
-        let summary = match &result {
-            Ok(rows) => StatementResult::Returned(rows.rows.len()),
-            Err(e) => StatementResult::Failed(describe_error(e)),
-        };
-        self.record(&sql, &params, summary);
-        Ok(result)
+        Ok(self.finish(&sql, &params, result, |rows| {
+            StatementResult::Returned(rows.rows.len())
+        }))
     }
 }
 
