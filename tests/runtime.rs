@@ -420,3 +420,99 @@ async fn postgres_enforces_the_plugin_table_grants() {
         Some("switchyard_plugin_test_hostile")
     );
 }
+
+/// SQLite has no roles: the host's authorizer holds a plugin to the tables
+/// its migrations create, and refuses schema changes and PRAGMAs, with a
+/// reason that names the table and the plugin's own tables.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_enforces_the_plugin_table_list() {
+    let mut h = hostile(Backend::Sqlite).await;
+    h.exec("CREATE TABLE other_team_secrets (k text); INSERT INTO other_team_secrets VALUES ('s')")
+        .await;
+    for sql in [
+        "SELECT * FROM other_team_secrets",
+        "DELETE FROM other_team_secrets",
+        "INSERT INTO other_team_secrets VALUES ('mine now')",
+        "UPDATE other_team_secrets SET k = 'x'",
+        "SELECT k FROM hostile_marks JOIN other_team_secrets ON 1 = 1",
+        "WITH s AS (SELECT k FROM other_team_secrets) SELECT * FROM s",
+        "SELECT name FROM sqlite_master",
+    ] {
+        let inv = h
+            .send("t", None, &[], json!({"do": "sql", "sql": sql}))
+            .await;
+        assert!(
+            matches!(&inv.outcome, Outcome::Rejected(r) if r.contains("denied") && r.contains("hostile_marks") && r.contains("not one of plugin test-hostile's tables")),
+            "{sql}: {:?}",
+            inv.outcome
+        );
+    }
+    let pragma = h
+        .send(
+            "t",
+            None,
+            &[],
+            json!({"do": "sql", "sql": "SELECT * FROM pragma_table_info('other_team_secrets')"}),
+        )
+        .await;
+    assert!(
+        matches!(&pragma.outcome, Outcome::Rejected(r) if r.contains("denied")),
+        "{:?}",
+        pragma.outcome
+    );
+    // Its own table, JSON functions and recursive CTEs work, on the same
+    // connection right after the refusals.
+    assert_eq!(insert_mark(&mut h, "mine").await, Outcome::Done);
+    for sql in [
+        "SELECT id FROM hostile_marks WHERE id IN (SELECT value FROM json_each('[\"mine\"]'))",
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 5) SELECT sum(x) FROM c",
+    ] {
+        let inv = h
+            .send("t", None, &[], json!({"do": "sql", "sql": sql}))
+            .await;
+        assert_eq!(inv.outcome, Outcome::Done, "{sql}");
+    }
+    assert_eq!(
+        h.count("other_team_secrets").await,
+        1,
+        "nothing of theirs changed"
+    );
+    assert_eq!(h.count("hostile_marks").await, 1);
+}
+
+/// On SQLite the host interrupts a statement that runs past the plugin's
+/// `statement_timeout_ms` (SQLite's progress handler), and the connection
+/// serves the next event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_interrupts_statements_over_the_plugin_timeout() {
+    let limits = Limits {
+        statement_timeout_ms: 200,
+        deadline_ms: 10_000,
+        ..tight_limits()
+    };
+    let mut h = Harness::with_env(
+        PLUGIN,
+        Backend::Sqlite,
+        serde_json::Map::new(),
+        limits,
+        Grants::all(),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let endless =
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c";
+    let inv = h
+        .send("t", None, &[], json!({"do": "sql", "sql": endless}))
+        .await;
+    assert!(
+        matches!(&inv.outcome, Outcome::Rejected(r) if r.contains("statement timeout") && r.contains("200")),
+        "{:?}",
+        inv.outcome
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "interrupted at the timeout ({:?})",
+        started.elapsed()
+    );
+    assert_eq!(insert_mark(&mut h, "after").await, Outcome::Done);
+}

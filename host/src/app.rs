@@ -1,6 +1,7 @@
 //! `switchyard run` and `switchyard check`: load the config and the
 //! plugins, prepare the database, then consume until shut down.
 
+use crate::breaker::Breakers;
 use crate::config::Loaded;
 use crate::consumer::{self, Lanes};
 use crate::database::{Database, redact_url};
@@ -53,7 +54,7 @@ pub async fn load_plugins(
     plugin_dir: Option<&std::path::Path>,
 ) -> anyhow::Result<HashMap<String, PluginSlot>> {
     let mut plugins = HashMap::new();
-    for (name, path, env, isolation) in loaded.plugin_envs(plugin_dir) {
+    for (name, path, env, isolation, breaker) in loaded.plugin_envs(plugin_dir) {
         let started = Instant::now();
         let plugin = runtime
             .load_file(&path, env)
@@ -68,7 +69,14 @@ pub async fn load_plugins(
             load_ms = started.elapsed().as_millis() as u64,
             "plugin loaded"
         );
-        plugins.insert(name, PluginSlot { plugin, isolation });
+        plugins.insert(
+            name,
+            PluginSlot {
+                plugin,
+                isolation,
+                breaker,
+            },
+        );
     }
     Ok(plugins)
 }
@@ -98,11 +106,13 @@ pub async fn with_database_role(
 ) -> anyhow::Result<Arc<crate::runtime::LoadedPlugin>> {
     let info = &plugin.info;
     let role = db.grant_plugin(&info.name, &info.migrations).await?;
-    if role == plugin.env.db_role {
+    let tables: Arc<[String]> = db.plugin_tables(&info.migrations).into();
+    if role == plugin.env.db_role && tables == plugin.env.db_tables {
         return Ok(plugin.clone());
     }
     let mut env = (*plugin.env).clone();
     env.db_role = role;
+    env.db_tables = tables;
     Ok(plugin.with_env(env, runtime)?)
 }
 
@@ -200,6 +210,7 @@ pub async fn run(
         retry: config.retry.clone(),
         relay_wake: wake.clone(),
         counters: Counters::default(),
+        breakers: Breakers::default(),
     });
 
     let (stop_relay_tx, stop_relay_rx) = tokio::sync::oneshot::channel::<()>();

@@ -23,6 +23,7 @@
 //! Unknown keys and bad values are refused with the file, line and column
 //! and what to change. Paths are relative to the config file.
 
+use crate::breaker::BreakerConfig;
 use crate::capabilities::PluginEnv;
 use crate::capabilities::publish::{Grants, valid_topic_name};
 use crate::limits::Limits;
@@ -211,6 +212,10 @@ pub struct PluginConfig {
     /// `reuse` (default) or `per-event`.
     #[serde(default)]
     pub isolation: Isolation,
+    /// The circuit breaker. Example: `breaker = { failures = 5,
+    /// cooldown_ms = 30000 }`; `failures = 0` turns it off.
+    #[serde(default)]
+    pub breaker: crate::breaker::BreakerConfig,
 }
 
 /// `[[routes]]`.
@@ -500,7 +505,7 @@ impl Loaded {
     pub fn plugin_envs(
         &self,
         dir_override: Option<&Path>,
-    ) -> Vec<(String, PathBuf, PluginEnv, Isolation)> {
+    ) -> Vec<(String, PathBuf, PluginEnv, Isolation, BreakerConfig)> {
         let dir = self.plugin_dir(dir_override);
         self.config
             .plugins
@@ -517,8 +522,9 @@ impl Loaded {
                     grants: Grants::new(p.publish.clone()),
                     settings: Arc::new(settings),
                     db_role: None,
+                    db_tables: std::sync::Arc::from([]),
                 };
-                (name.clone(), dir.join(&p.file), env, p.isolation)
+                (name.clone(), dir.join(&p.file), env, p.isolation, p.breaker)
             })
             .collect()
     }

@@ -15,6 +15,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow, PgTypeInfo};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
 use sqlx::{Column, Postgres, Row, Sqlite, TypeInfo, ValueRef};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Which database engine a URL points to.
@@ -162,6 +163,7 @@ impl Database {
                 // transactions instead of failing them with SQLITE_BUSY, and
                 // an in-memory database only exists on its one connection.
                 let pool = SqlitePoolOptions::new()
+                    .after_connect(|conn, _| Box::pin(crate::sqlite_sandbox::install(conn)))
                     .max_connections(1)
                     .min_connections(1)
                     .idle_timeout(None)
@@ -186,7 +188,7 @@ impl Database {
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
         Ok(match self {
             Database::Postgres(pool) => Tx::Postgres(pool.begin().await?, None),
-            Database::Sqlite(pool) => Tx::Sqlite(pool.begin().await?),
+            Database::Sqlite(pool) => Tx::Sqlite(pool.begin().await?, None),
         })
     }
 
@@ -225,8 +227,12 @@ pub fn backend_of(url: &str) -> Result<Backend, SetupError> {
 pub enum Tx {
     /// On PostgreSQL, with the `statement_timeout` set in it so far.
     Postgres(sqlx::Transaction<'static, Postgres>, Option<u64>),
-    /// On SQLite.
-    Sqlite(sqlx::Transaction<'static, Sqlite>),
+    /// On SQLite, with the plugin's sandbox while one of its calls is in
+    /// progress.
+    Sqlite(
+        sqlx::Transaction<'static, Sqlite>,
+        Option<crate::sqlite_sandbox::Scope>,
+    ),
 }
 
 /// A `NULL` parameter whose type PostgreSQL infers from the statement (OID
@@ -359,12 +365,10 @@ impl Tx {
                 finish_savepoint(tx, result.is_ok()).await?;
                 result.map(|r| r.rows_affected())
             }
-            Tx::Sqlite(tx) => {
-                let q = bind_sqlite(sqlx::query(sql), params)?;
-                q.execute(&mut **tx)
-                    .await
-                    .map(|r| r.rows_affected())
-                    .map_err(map_error)
+            Tx::Sqlite(tx, scope) => {
+                let q = sqlite_statement(sql, params, scope)?;
+                let result = q.execute(&mut **tx).await.map(|r| r.rows_affected());
+                result.map_err(|e| sqlite_error(scope, e))
             }
         }
     }
@@ -417,11 +421,15 @@ impl Tx {
                 }
                 result
             }
-            Tx::Sqlite(tx) => {
-                let q = bind_sqlite(sqlx::query(sql), params)?;
+            Tx::Sqlite(tx, scope) => {
+                let q = sqlite_statement(sql, params, scope)?;
                 let mut stream = q.fetch(&mut **tx);
                 let mut collector = Collector::new(limits);
-                while let Some(row) = stream.try_next().await.map_err(map_error)? {
+                while let Some(row) = stream
+                    .try_next()
+                    .await
+                    .map_err(|e| sqlite_error(scope, e))?
+                {
                     collector.push_sqlite(&row)?;
                 }
                 Ok(collector.finish())
@@ -429,20 +437,21 @@ impl Tx {
         }
     }
 
-    /// Enter a plugin's call (PostgreSQL): switch to the plugin's own
-    /// database role, if it has one, so that the database enforces its
-    /// table grants, and set `statement_timeout` to `timeout_ms` so that
-    /// the server cancels a statement that runs longer. Both are `LOCAL`
-    /// to this transaction; a plugin cannot undo them (`SET`, `RESET` and
-    /// `set_config` are refused by the SQL gate, and its role is not a
-    /// member of the host's). One round trip, skipped when nothing changes.
-    /// SQLite has neither; this does nothing there.
-    pub async fn enter_plugin(
-        &mut self,
-        role: Option<&str>,
-        timeout_ms: u64,
-    ) -> Result<(), DbError> {
+    /// Enter a plugin's call.
+    ///
+    /// On PostgreSQL: switch to the plugin's own database role, if it has
+    /// one, so that the database enforces its table grants, and set
+    /// `statement_timeout` to `timeout_ms` so that the server cancels a
+    /// statement that runs longer. Both are `LOCAL` to this transaction; a
+    /// plugin cannot undo them (`SET`, `RESET` and `set_config` are refused
+    /// by the SQL gate, and its role is not a member of the host's). One
+    /// round trip, skipped when nothing changes.
+    ///
+    /// On SQLite, which has no roles: restrict the connection to `tables`
+    /// and each statement to `timeout_ms` (see [`crate::sqlite_sandbox`]).
+    pub async fn enter_plugin(&mut self, access: &PluginAccess<'_>) -> Result<(), DbError> {
         use sqlx::Executor;
+        let (role, timeout_ms) = (access.role, access.timeout_ms);
         match self {
             Tx::Postgres(tx, current) => {
                 let mut sql = String::new();
@@ -460,12 +469,24 @@ impl Tx {
                 }
                 Ok(())
             }
-            Tx::Sqlite(_) => Ok(()),
+            Tx::Sqlite(tx, scope) => {
+                let entered = crate::sqlite_sandbox::Scope::enter(
+                    tx,
+                    access.plugin.clone(),
+                    access.tables.clone(),
+                    timeout_ms,
+                )
+                .await
+                .map_err(map_error)?;
+                *scope = Some(entered);
+                Ok(())
+            }
         }
     }
 
-    /// Leave a plugin's call: back to the host's role for the host's own
-    /// statements (markers, outbox).
+    /// Leave a plugin's call: back to the host's role (PostgreSQL) or an
+    /// unrestricted connection (SQLite) for the host's own statements
+    /// (markers, outbox).
     pub async fn leave_plugin(&mut self, role: Option<&str>) -> Result<(), DbError> {
         match self {
             Tx::Postgres(tx, _) if role.is_some() => sqlx::query("RESET ROLE")
@@ -473,7 +494,11 @@ impl Tx {
                 .await
                 .map(|_| ())
                 .map_err(map_error),
-            _ => Ok(()),
+            Tx::Sqlite(_, scope) => {
+                *scope = None;
+                Ok(())
+            }
+            Tx::Postgres(..) => Ok(()),
         }
     }
 
@@ -481,7 +506,7 @@ impl Tx {
     pub async fn commit(self) -> Result<(), sqlx::Error> {
         match self {
             Tx::Postgres(tx, _) => tx.commit().await,
-            Tx::Sqlite(tx) => tx.commit().await,
+            Tx::Sqlite(tx, _) => tx.commit().await,
         }
     }
 
@@ -489,8 +514,46 @@ impl Tx {
     pub async fn rollback(self) -> Result<(), sqlx::Error> {
         match self {
             Tx::Postgres(tx, _) => tx.rollback().await,
-            Tx::Sqlite(tx) => tx.rollback().await,
+            Tx::Sqlite(tx, _) => tx.rollback().await,
         }
+    }
+}
+
+/// A plugin's identity and grants, as [`Tx::enter_plugin`] applies them.
+#[derive(Debug, Clone, Copy)]
+pub struct PluginAccess<'a> {
+    /// The plugin's name (for errors).
+    pub plugin: &'a Arc<str>,
+    /// Its PostgreSQL role, once granted.
+    pub role: Option<&'a str>,
+    /// The tables it may use (enforced by the host on SQLite).
+    pub tables: &'a Arc<[String]>,
+    /// Statement timeout in milliseconds.
+    pub timeout_ms: u64,
+}
+
+/// A SQLite statement with its parameters; compiled afresh (not from the
+/// statement cache) inside a plugin's scope, so that the authorizer sees
+/// it, with the scope's statement timeout starting now.
+fn sqlite_statement<'q>(
+    sql: &'q str,
+    params: &[Value],
+    scope: &mut Option<crate::sqlite_sandbox::Scope>,
+) -> Result<SqliteQuery<'q>, DbError> {
+    let q = bind_sqlite(sqlx::query(sql), params)?;
+    Ok(match scope {
+        Some(scope) => {
+            scope.start_statement();
+            q.persistent(false)
+        }
+        None => q,
+    })
+}
+
+fn sqlite_error(scope: &Option<crate::sqlite_sandbox::Scope>, e: sqlx::Error) -> DbError {
+    match scope {
+        Some(scope) => scope.explain(e),
+        None => map_error(e),
     }
 }
 
@@ -928,14 +991,7 @@ impl Database {
         )
         .await
         .map_err(failed)?;
-        let mut tables: Vec<String> = Vec::new();
-        for m in migrations {
-            for t in tables_created(&m.postgres) {
-                if !tables.contains(&t) {
-                    tables.push(t);
-                }
-            }
-        }
+        let tables = self.plugin_tables(migrations);
         for t in &tables {
             pool.execute(
                 format!("GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE \"{t}\" TO \"{role}\"")
@@ -960,6 +1016,24 @@ impl Database {
             .map_err(failed)?;
         }
         Ok(Some(role))
+    }
+
+    /// The tables a plugin's migrations create on this backend: the only
+    /// ones its statements may use.
+    pub fn plugin_tables(&self, migrations: &[MigrationSql]) -> Vec<String> {
+        let mut tables: Vec<String> = Vec::new();
+        for m in migrations {
+            let script = match self.backend() {
+                Backend::Postgres => &m.postgres,
+                Backend::Sqlite => &m.sqlite,
+            };
+            for t in tables_created(script) {
+                if !tables.contains(&t) {
+                    tables.push(t);
+                }
+            }
+        }
+        tables
     }
 
     async fn migration_checksum(

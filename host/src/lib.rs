@@ -25,6 +25,7 @@
 
 pub mod app;
 pub mod bindings;
+pub mod breaker;
 pub mod capabilities;
 pub mod config;
 pub mod consumer;
@@ -39,3 +40,4 @@ pub mod reload;
 pub mod routes;
 pub mod runtime;
 pub mod sql_gate;
+pub mod sqlite_sandbox;

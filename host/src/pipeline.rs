@@ -16,6 +16,7 @@
 //! `switchyard.*` headers saying why; it is acknowledged by the broker
 //! before the marker is written and the offset moves.
 
+use crate::breaker::{Admission, BreakerConfig, Breakers, Transition};
 use crate::config::RetryConfig;
 use crate::database::Database;
 use crate::event::{Event, EventContext};
@@ -38,6 +39,8 @@ pub struct PluginSlot {
     pub plugin: Arc<LoadedPlugin>,
     /// Instance sharing.
     pub isolation: Isolation,
+    /// Its circuit breaker's settings.
+    pub breaker: BreakerConfig,
 }
 
 /// Routes and plugins in service; swapped whole on reload.
@@ -60,8 +63,12 @@ pub struct Counters {
     pub duplicates: AtomicU64,
     /// Attempts that will be retried.
     pub retries: AtomicU64,
-    /// Events dead-lettered.
+    /// Events dead-lettered (parked ones included).
     pub dead_letters: AtomicU64,
+    /// Events parked because their plugin's circuit was open.
+    pub parked: AtomicU64,
+    /// Times a plugin's circuit opened.
+    pub circuits_opened: AtomicU64,
     /// Pauses for an unavailable database or broker.
     pub outages: AtomicU64,
     /// Reloads that took effect (a plugin version or a config).
@@ -88,6 +95,43 @@ pub struct Shared {
     pub relay_wake: Arc<Notify>,
     /// Counters.
     pub counters: Counters,
+    /// Each plugin's circuit breaker.
+    pub breakers: Breakers,
+}
+
+impl Shared {
+    /// Feed a call's result to the plugin's circuit breaker and say so
+    /// when the circuit opens or closes.
+    fn record_call(&self, name: &str, slot: &PluginSlot, inv: &crate::runtime::Invocation) {
+        let version = &slot.plugin.hash;
+        let transition = if inv.db_unavailable {
+            self.breakers.inconclusive(name, version);
+            Transition::None
+        } else if let Outcome::Failed(failure) = &inv.outcome {
+            let t = self.breakers.failure(name, version, slot.breaker);
+            if t == Transition::Opened {
+                self.counters
+                    .circuits_opened
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    plugin = %name,
+                    version = %slot.plugin.info.version,
+                    hash = %version,
+                    last_failure = %failure,
+                    cooldown_ms = slot.breaker.cooldown_ms,
+                    dead_letter_topic = %self.dead_letter_topic,
+                    "circuit opened: the plugin failed {} calls in a row; its events are parked in the dead-letter topic (outcome `parked`) until a trial event succeeds; other plugins keep flowing",
+                    slot.breaker.failures
+                );
+            }
+            t
+        } else {
+            self.breakers.success(name, version)
+        };
+        if transition == Transition::Closed {
+            tracing::info!(plugin = %name, "circuit closed: the trial event succeeded");
+        }
+    }
 }
 
 /// The lane's worker for plugin `name`, started on the version in service,
@@ -282,6 +326,15 @@ impl Lane {
                         return self.process_each(events, 0).await;
                     }
                 }
+                if shared
+                    .breakers
+                    .admit(&sel.plugin, &slot.plugin.hash, slot.breaker)
+                    != Admission::Run
+                {
+                    // Parking happens on the one-event path.
+                    let _ = tx.rollback().await;
+                    return self.process_each(events, 0).await;
+                }
                 let ctx = Arc::new(EventContext::new(&shared.group, &sel.plugin, event));
                 let options = CallOptions {
                     record: false,
@@ -294,6 +347,7 @@ impl Lane {
                     return self.process_each(events, 0).await;
                 };
                 tx = back;
+                shared.record_call(&sel.plugin, slot, &inv);
                 let success = inv.outcome.commits() && !inv.db_failed && !inv.db_unavailable;
                 if !success || outbox::enqueue(&mut tx, &inv.messages).await.is_err() {
                     tracing::debug!(plugin = %sel.plugin, offset = event.offset, outcome = inv.outcome.kind(), "batch rolled back; replaying its events one by one");
@@ -402,9 +456,20 @@ impl Lane {
                 }
             }
 
-            // 2. The plugin, inside the transaction.
+            // 2. The plugin, inside the transaction, unless its circuit is
+            // open.
+            if let Admission::Park(why) =
+                shared.breakers.admit(name, &slot.plugin.hash, slot.breaker)
+            {
+                let _ = tx.rollback().await;
+                shared.counters.parked.fetch_add(1, Ordering::Relaxed);
+                return ctl
+                    .dead_letter(event, name, dedupe_key, &why, attempts, "parked")
+                    .await;
+            }
             let worker = worker_for(&mut self.workers, name, slot);
             let (inv, tx) = worker.handle(ctx.clone(), event, tx, options).await;
+            shared.record_call(name, slot, &inv);
             let Some(mut tx) = tx else {
                 tracing::error!(
                     "the host lost the event's transaction (a bug); retrying the event"

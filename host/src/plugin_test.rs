@@ -242,6 +242,7 @@ pub async fn run(options: &TestOptions) -> anyhow::Result<TestReport> {
         grants: Grants::new(options.grants.clone()),
         settings: Arc::new(options.settings.clone()),
         db_role: None,
+        db_tables: std::sync::Arc::from([]),
     };
     let plugin = runtime.load_file(&options.plugin, env).await?;
     let db = Database::connect(&options.database, 2).await?;

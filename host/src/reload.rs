@@ -97,7 +97,7 @@ impl Reloader {
         loaded
             .plugin_envs(options.plugin_dir.as_deref())
             .into_iter()
-            .map(|(name, path, _, _)| (name, absolute(&path)))
+            .map(|(name, path, ..)| (name, absolute(&path)))
             .collect()
     }
 
@@ -266,6 +266,7 @@ impl Reloader {
             PluginSlot {
                 plugin: loaded.clone(),
                 isolation: slot.isolation,
+                breaker: slot.breaker,
             },
         );
         self.shared.state.store(Arc::new(next));
@@ -320,7 +321,9 @@ impl Reloader {
 
         let current = self.shared.state.load_full();
         let mut plugins = HashMap::new();
-        for (name, path, env, isolation) in loaded.plugin_envs(options.plugin_dir.as_deref()) {
+        for (name, path, env, isolation, breaker) in
+            loaded.plugin_envs(options.plugin_dir.as_deref())
+        {
             let bytes = match tokio::fs::read(&path).await {
                 Ok(b) => b,
                 Err(e) => {
@@ -367,7 +370,14 @@ impl Reloader {
                         );
                     }
                 };
-            plugins.insert(name, PluginSlot { plugin, isolation });
+            plugins.insert(
+                name,
+                PluginSlot {
+                    plugin,
+                    isolation,
+                    breaker,
+                },
+            );
         }
         let routes = RouteTable::new(&loaded.config.routes);
         let old_topics: BTreeSet<String> = current.routes.topics().into_iter().collect();

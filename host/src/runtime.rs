@@ -678,11 +678,15 @@ impl PluginWorker {
         };
 
         let mut tx = tx;
-        let role = self.plugin.env.db_role.clone();
-        if let Err(e) = tx
-            .enter_plugin(role.as_deref(), self.plugin.env.limits.statement_timeout_ms)
-            .await
-        {
+        let env = &self.plugin.env;
+        let role = env.db_role.clone();
+        let access = crate::database::PluginAccess {
+            plugin: &env.name,
+            role: role.as_deref(),
+            tables: &env.db_tables,
+            timeout_ms: env.limits.statement_timeout_ms,
+        };
+        if let Err(e) = tx.enter_plugin(&access).await {
             // The database is not answering: an outage, not the plugin's
             // failure; put the instance back and let the caller back off.
             self.live = Some(live);

@@ -170,6 +170,7 @@ impl Harness {
             grants,
             settings: Arc::new(settings),
             db_role: None,
+            db_tables: std::sync::Arc::from([]),
         };
         let loaded = runtime
             .load_file(&plugin_path(plugin), env)

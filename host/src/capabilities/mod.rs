@@ -36,6 +36,10 @@ pub struct PluginEnv {
     pub settings: Arc<serde_json::Map<String, serde_json::Value>>,
     /// The database role its SQL runs as (PostgreSQL), once granted.
     pub db_role: Option<String>,
+    /// The tables its SQL may use: those its migrations create. The
+    /// role's grants enforce them on PostgreSQL, the host on SQLite. Empty
+    /// until the router has prepared the plugin.
+    pub db_tables: Arc<[String]>,
 }
 
 impl PluginEnv {
@@ -48,6 +52,7 @@ impl PluginEnv {
             grants: publish::Grants::all(),
             settings: Arc::new(serde_json::Map::new()),
             db_role: None,
+            db_tables: Arc::from([]),
         }
     }
 }
