@@ -364,7 +364,7 @@ async fn postgres_cancels_statements_over_the_plugin_timeout() {
         )
         .await;
     assert!(
-        matches!(&inv.outcome, Outcome::Rejected(r) if r.contains("statement timeout")),
+        matches!(&inv.outcome, Outcome::Rejected(r) if r.starts_with("database limit: statement timeout")),
         "{:?}",
         inv.outcome
     );
@@ -394,7 +394,7 @@ async fn postgres_enforces_the_plugin_table_grants() {
             .send("t", None, &[], json!({"do": "sql", "sql": sql}))
             .await;
         assert!(
-            matches!(&inv.outcome, Outcome::Rejected(r) if r.contains("denied") && r.contains("permission denied")),
+            matches!(&inv.outcome, Outcome::Rejected(r) if r.starts_with("statement denied: permission denied")),
             "{sql}: {:?}",
             inv.outcome
         );
@@ -442,7 +442,7 @@ async fn sqlite_enforces_the_plugin_table_list() {
             .send("t", None, &[], json!({"do": "sql", "sql": sql}))
             .await;
         assert!(
-            matches!(&inv.outcome, Outcome::Rejected(r) if r.contains("denied") && r.contains("hostile_marks") && r.contains("not one of plugin test-hostile's tables")),
+            matches!(&inv.outcome, Outcome::Rejected(r) if r.starts_with("statement denied: ") && r.contains("hostile_marks") && r.contains("not one of plugin test-hostile's tables")),
             "{sql}: {:?}",
             inv.outcome
         );
@@ -505,7 +505,7 @@ async fn sqlite_interrupts_statements_over_the_plugin_timeout() {
         .send("t", None, &[], json!({"do": "sql", "sql": endless}))
         .await;
     assert!(
-        matches!(&inv.outcome, Outcome::Rejected(r) if r.contains("statement timeout") && r.contains("200")),
+        matches!(&inv.outcome, Outcome::Rejected(r) if r.starts_with("database limit: statement timeout") && r.contains("200")),
         "{:?}",
         inv.outcome
     );
@@ -515,4 +515,40 @@ async fn sqlite_interrupts_statements_over_the_plugin_timeout() {
         started.elapsed()
     );
     assert_eq!(insert_mark(&mut h, "after").await, Outcome::Done);
+}
+
+/// A component that never finishes starting (an endless loop in
+/// `describe`, which the host calls at load) is stopped by the plugin's
+/// deadline and refused with a reason; the runtime loads the next plugin.
+#[tokio::test]
+async fn an_endless_loop_at_start_is_stopped_by_the_deadline() {
+    let runtime = Runtime::new(RuntimeOptions {
+        max_instances: 4,
+        ..RuntimeOptions::default()
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let mut settings = serde_json::Map::new();
+    settings.insert("on_start".into(), json!("loop"));
+    let env = PluginEnv {
+        limits: Limits {
+            deadline_ms: 200,
+            ..Limits::default()
+        },
+        settings: Arc::new(settings),
+        ..PluginEnv::permissive("bad-start")
+    };
+    let bytes = std::fs::read(plugin_path("test-bad-start")).unwrap_or_default();
+    let err = runtime
+        .load_bytes(bytes, "bad-start.wasm".into(), env)
+        .await
+        .err();
+    assert!(
+        matches!(&err, Some(LoadError::Start { reason, .. }) if reason.contains("deadline") && reason.contains("200")),
+        "{err:?}"
+    );
+    let good = std::fs::read(plugin_path(PLUGIN)).unwrap_or_default();
+    let loaded = runtime
+        .load_bytes(good, "good.wasm".into(), PluginEnv::permissive("x"))
+        .await;
+    assert!(loaded.is_ok(), "the runtime is still usable");
 }

@@ -763,7 +763,11 @@ pub fn map_error(e: sqlx::Error) -> DbError {
                 sqlx::error::ErrorKind::CheckViolation => constraint(ConstraintKind::Check),
                 _ => {
                     let code = db.code().map(|c| c.to_string()).unwrap_or_default();
-                    classify_code(&code, message)
+                    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                        classify_sqlite(&code, message)
+                    } else {
+                        classify_sqlstate(&code, message)
+                    }
                 }
             }
         }
@@ -777,28 +781,43 @@ pub fn map_error(e: sqlx::Error) -> DbError {
     }
 }
 
-/// Classify a SQLSTATE (PostgreSQL) or SQLite result code.
+/// Classify a SQLite result code (extended codes keep the primary code in
+/// the low byte).
 ///
 /// Only errors that say the statement itself is wrong are `invalid` (which
 /// a plugin usually turns into a rejection and a dead letter); anything
-/// else — a read-only database after a failover, a lock timeout, a full
-/// disk, an I/O error — is `unavailable`, so the router pauses and retries
-/// instead of dead-lettering a good event.
-fn classify_code(code: &str, message: String) -> DbError {
-    if let Ok(n) = code.parse::<u32>() {
-        // SQLite: the primary result code is the low byte.
-        return match n & 0xff {
-            1 | 19 | 20 | 25 => DbError::Invalid(message),
-            18 => DbError::Limit(message),
-            23 => DbError::Denied(message),
-            _ => DbError::Unavailable(format!("{message} (SQLite code {n})")),
-        };
+/// else — a busy or locked database, a full disk, an I/O error — is
+/// `unavailable`, so the router pauses and retries instead of
+/// dead-lettering a good event.
+fn classify_sqlite(code: &str, message: String) -> DbError {
+    let Ok(n) = code.parse::<u32>() else {
+        return DbError::Invalid(message);
+    };
+    match n & 0xff {
+        // SQLITE_ERROR, SQLITE_CONSTRAINT, SQLITE_MISMATCH, SQLITE_RANGE
+        1 | 19 | 20 | 25 => DbError::Invalid(message),
+        // SQLITE_TOOBIG
+        18 => DbError::Limit(message),
+        // SQLITE_AUTH: the authorizer refused
+        23 => DbError::Denied(message),
+        _ => DbError::Unavailable(format!("{message} (SQLite code {n})")),
     }
+}
+
+/// Classify a PostgreSQL SQLSTATE, with the same rule as
+/// [`classify_sqlite`]: a read-only database after a failover, a
+/// serialization failure or an admin shutdown is `unavailable`. SQLSTATEs
+/// can be all digits (`42501`), so the backend, not the code's shape,
+/// decides which table applies.
+fn classify_sqlstate(code: &str, message: String) -> DbError {
     match code {
         // insufficient_privilege: the database enforced a grant.
         "42501" => DbError::Denied(message),
         // query_canceled: statement_timeout (or an administrator).
         "57014" => DbError::Limit(format!("statement timeout or cancelled: {message}")),
+        // program_limit_exceeded (a value or statement too large): the
+        // statement's doing, e.g. repeat('x', 2000000000).
+        c if c.starts_with("54") => DbError::Limit(format!("{message} (SQLSTATE {code})")),
         c if ["42", "22", "23", "21", "0A", "44", "P0", "2B", "2F", "39"]
             .iter()
             .any(|class| c.starts_with(class)) =>
@@ -1086,6 +1105,36 @@ mod tests {
             plugin_role("role-mapping"),
             "switchyard_plugin_role_mapping"
         );
+    }
+
+    /// SQLSTATEs that are all digits are not SQLite codes: a denied grant,
+    /// a statement timeout and a syntax error on PostgreSQL are the
+    /// statement's fault, never an outage that would stall the partition.
+    #[test]
+    fn classifies_each_backend_with_its_own_table() {
+        let kind = |e: DbError| match e {
+            DbError::Denied(_) => "denied",
+            DbError::Invalid(_) => "invalid",
+            DbError::Limit(_) => "limit",
+            DbError::Unavailable(_) => "unavailable",
+            DbError::Constraint(_) => "constraint",
+        };
+        let pg = |code: &str| kind(classify_sqlstate(code, "m".into()));
+        assert_eq!(pg("42501"), "denied");
+        assert_eq!(pg("57014"), "limit");
+        assert_eq!(pg("54000"), "limit");
+        assert_eq!(pg("42601"), "invalid");
+        assert_eq!(pg("42P01"), "invalid");
+        assert_eq!(pg("22003"), "invalid");
+        assert_eq!(pg("25006"), "unavailable", "read-only transaction");
+        assert_eq!(pg("40001"), "unavailable", "serialization failure");
+        assert_eq!(pg("57P01"), "unavailable", "admin shutdown");
+        let lite = |code: &str| kind(classify_sqlite(code, "m".into()));
+        assert_eq!(lite("1"), "invalid");
+        assert_eq!(lite("23"), "denied");
+        assert_eq!(lite("18"), "limit");
+        assert_eq!(lite("5"), "unavailable", "busy");
+        assert_eq!(lite("261"), "unavailable", "SQLITE_BUSY_RECOVERY");
     }
 
     #[test]

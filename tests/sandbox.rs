@@ -1,0 +1,363 @@
+//! The sandbox in a live router: the `switchyard` binary, Tansu over TCP
+//! and PostgreSQL, with a hostile plugin on one topic and the seed plugin
+//! stats-increment on another. Every hostile event is stopped with a clear
+//! reason and dead-lettered; the hostile plugin's good events and the other
+//! plugin's events all take effect; a plugin that fails every call trips
+//! its circuit breaker and its events are parked instead of holding the
+//! partition.
+
+mod common;
+
+use common::{Broker, Router, TestDb, consume_until, eventually, produce, scalar};
+use serde_json::{Value as Json, json};
+use std::path::Path;
+use std::time::Duration;
+use switchyard::database::{Backend, Database};
+
+const DLQ: &str = "switchyard.dlq";
+
+fn write_config(dir: &Path, broker: &str, db_url: &str) -> std::path::PathBuf {
+    let plugin_dir = common::plugin_path("test-hostile")
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let text = format!(
+        r#"
+[kafka]
+brokers = "{broker}"
+group = "sandbox-test"
+create_topics_partitions = 1
+
+[database]
+url = "{db_url}"
+
+[dead_letter]
+topic = "{DLQ}"
+
+[retry]
+max_attempts = 3
+initial_backoff_ms = 10
+max_backoff_ms = 50
+
+[plugins]
+dir = "{plugin_dir}"
+
+# Breaker off: every hostile event must be judged on its own.
+[plugins.hostile]
+file = "test_hostile.wasm"
+publish = ["hostile.out"]
+limits = {{ deadline_ms = 300, memory_bytes = 16777216, statement_timeout_ms = 300, max_publish_bytes = 65536 }}
+breaker = {{ failures = 0 }}
+
+# The same build with a breaker that opens after two failed calls.
+[plugins.fragile]
+file = "test_hostile.wasm"
+limits = {{ deadline_ms = 300 }}
+breaker = {{ failures = 2, cooldown_ms = 600000 }}
+
+[plugins.stats-increment]
+file = "stats_increment.wasm"
+publish = ["user.quota_exceeded"]
+
+[[routes]]
+topics = ["hostile.cmds"]
+plugins = ["hostile"]
+
+[[routes]]
+topics = ["fragile.cmds"]
+plugins = ["fragile"]
+
+[[routes]]
+topics = ["user.created"]
+plugins = ["stats-increment"]
+"#,
+        plugin_dir = plugin_dir.display()
+    );
+    let path = dir.join("switchyard.toml");
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
+    path
+}
+
+fn sql(sql: &str) -> Json {
+    json!({"do": "sql", "sql": sql})
+}
+
+fn mark(id: &str) -> Json {
+    json!({"do": "sql", "sql": "INSERT INTO hostile_marks (id, note) VALUES ($1, 'good') RETURNING id", "params": [id]})
+}
+
+/// Each attack of issue 5's list, the outcome the dead letter must carry,
+/// and words its reason must contain.
+fn attacks() -> Vec<(&'static str, Json, &'static str, &'static str)> {
+    vec![
+        ("loop", json!({"do": "loop"}), "failed", "deadline exceeded"),
+        (
+            "memory-bomb",
+            json!({"do": "oom"}),
+            "failed",
+            "memory limit exceeded",
+        ),
+        ("recursion", json!({"do": "recurse"}), "failed", "trap"),
+        (
+            "huge-publish",
+            json!({"do": "publish", "topic": "hostile.out", "bytes": 1_000_000}),
+            "rejected",
+            "over the limit",
+        ),
+        (
+            "forbidden-topic",
+            json!({"do": "publish", "topic": "payments.commands", "bytes": 10}),
+            "rejected",
+            "not granted",
+        ),
+        (
+            "other-plugins-table",
+            sql("DELETE FROM user_stats"),
+            "rejected",
+            "statement denied: permission denied for table user_stats",
+        ),
+        (
+            "reset-role",
+            sql("RESET ROLE"),
+            "rejected",
+            "RESET statements are not allowed",
+        ),
+        (
+            "set-timeout",
+            sql("SET statement_timeout = 0"),
+            "rejected",
+            "SET statements are not allowed",
+        ),
+        (
+            "pg-sleep",
+            sql("SELECT pg_sleep(5)"),
+            "rejected",
+            "statement timeout",
+        ),
+        (
+            "huge-value",
+            sql("SELECT repeat('x', 2000000000)"),
+            "rejected",
+            "database limit: requested length too large",
+        ),
+        (
+            "several-statements",
+            sql("SELECT 1; DELETE FROM hostile_marks"),
+            "rejected",
+            "several statements",
+        ),
+        (
+            "ddl",
+            sql("CREATE TABLE stolen (x int)"),
+            "rejected",
+            "CREATE statements are not allowed",
+        ),
+        (
+            "copy-program",
+            sql("COPY hostile_marks FROM PROGRAM 'id'"),
+            "rejected",
+            "COPY statements are not allowed",
+        ),
+        (
+            "pg-read-file",
+            sql("SELECT pg_read_file('/etc/passwd')"),
+            "rejected",
+            "pg_read_file is not allowed",
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_plugins_are_contained_in_a_live_router() {
+    let broker = Broker::start();
+    broker
+        .create_topics(
+            &[
+                "hostile.cmds",
+                "fragile.cmds",
+                "user.created",
+                "hostile.out",
+                "user.quota_exceeded",
+                DLQ,
+            ],
+            1,
+        )
+        .await;
+    let testdb = TestDb::new(Backend::Postgres).await;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let config = write_config(dir.path(), &broker.addr, &testdb.url);
+    let router = Router::start(&config, &dir.path().join("router.log"), &[]);
+    let ready = eventually(Duration::from_secs(60), || async {
+        router.log_text().contains("partitions assigned")
+    })
+    .await;
+    assert!(ready, "the router did not start:\n{}", router.log_text());
+    let db = Database::connect(&testdb.url, 2)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let p = broker.producer();
+
+    // The hostile topic: each attack between two good events.
+    let attacks = attacks();
+    for (i, (case, command, _, _)) in attacks.iter().enumerate() {
+        let before = mark(&format!("good-{i}"));
+        produce(
+            &p,
+            "hostile.cmds",
+            None,
+            &[("case", "good")],
+            before.to_string().as_bytes(),
+        )
+        .await;
+        produce(
+            &p,
+            "hostile.cmds",
+            None,
+            &[("case", case)],
+            command.to_string().as_bytes(),
+        )
+        .await;
+    }
+    produce(
+        &p,
+        "hostile.cmds",
+        None,
+        &[("case", "good")],
+        mark("good-last").to_string().as_bytes(),
+    )
+    .await;
+
+    // The fragile plugin fails twice in a row: its circuit opens, and its
+    // later events, good ones included, are parked rather than run.
+    for command in [
+        json!({"do": "loop"}),
+        json!({"do": "loop"}),
+        mark("fragile-1"),
+    ] {
+        produce(
+            &p,
+            "fragile.cmds",
+            None,
+            &[],
+            command.to_string().as_bytes(),
+        )
+        .await;
+    }
+
+    // Meanwhile the seed plugin's traffic, from seed 001.
+    let users = 200;
+    for n in 0..users {
+        let user = format!("u-{n}");
+        let ev = json!({"eventId": format!("ev-{user}"), "eventType": "user.created", "timestamp": "2024-03-01T12:00:00Z",
+            "userId": user, "data": {"keycloakId": "kc", "email": "ivan@example.com", "fullName": "Иван Петров"}});
+        produce(
+            &p,
+            "user.created",
+            Some(&user),
+            &[],
+            ev.to_string().as_bytes(),
+        )
+        .await;
+    }
+
+    // The other plugin's events all apply, while the hostile partition is
+    // still working through its attacks (each loop costs three deadlines).
+    let flowed = eventually(Duration::from_secs(60), || async {
+        scalar(&db, "SELECT count(*) FROM user_stats").await == users
+    })
+    .await;
+    assert!(flowed, "stats events stalled:\n{}", router.log_text());
+
+    let expected_dead = attacks.len() + 3;
+    let dead = consume_until(&broker.addr, &[DLQ], Duration::from_secs(120), |m| {
+        m.len() >= expected_dead
+    })
+    .await;
+    assert_eq!(
+        dead.len(),
+        expected_dead,
+        "dead letters: {:?}\n{}",
+        dead.iter()
+            .map(|d| d.header("switchyard.error"))
+            .collect::<Vec<_>>(),
+        router.log_text()
+    );
+
+    for (case, command, outcome, reason) in &attacks {
+        let letter = dead
+            .iter()
+            .find(|d| d.header("case") == Some(case))
+            .unwrap_or_else(|| panic!("no dead letter for {case}"));
+        assert_eq!(
+            letter.json(),
+            *command,
+            "{case}: the original value is kept"
+        );
+        assert_eq!(
+            letter.header("switchyard.plugin"),
+            Some("hostile"),
+            "{case}"
+        );
+        assert_eq!(
+            letter.header("switchyard.outcome"),
+            Some(*outcome),
+            "{case}"
+        );
+        let error = letter.header("switchyard.error").unwrap_or_default();
+        assert!(error.contains(reason), "{case}: {error}");
+    }
+    assert!(
+        dead.iter().all(|d| d.header("case") != Some("good")),
+        "no good event was dead-lettered"
+    );
+    let good_marks = scalar(
+        &db,
+        "SELECT count(*) FROM hostile_marks WHERE note = 'good'",
+    )
+    .await;
+    assert_eq!(
+        good_marks,
+        attacks.len() as i64 + 1,
+        "every good effect kept"
+    );
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT count(*) FROM hostile_marks WHERE note <> 'good'"
+        )
+        .await,
+        0
+    );
+
+    let parked: Vec<_> = dead
+        .iter()
+        .filter(|d| d.header("switchyard.plugin") == Some("fragile"))
+        .collect();
+    assert_eq!(parked.len(), 3);
+    // The first loop failed twice, which opened the circuit, and its third
+    // attempt was parked; so were the next two events.
+    for letter in &parked {
+        assert_eq!(letter.header("switchyard.outcome"), Some("parked"));
+        let error = letter.header("switchyard.error").unwrap_or_default();
+        assert!(
+            error.contains("circuit open for plugin fragile after 2 consecutive failures"),
+            "{error}"
+        );
+    }
+    assert_eq!(
+        parked.last().map(|l| l.json()),
+        Some(mark("fragile-1")),
+        "parked in order, values kept for a replay"
+    );
+    let log = router.log_text();
+    assert!(log.contains("circuit opened"), "{log}");
+    // No table was created, and PostgreSQL's files were not read.
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'stolen'"
+        )
+        .await,
+        0
+    );
+}
