@@ -276,7 +276,61 @@ async fn stdout_and_stderr_go_to_the_log(backend: Backend) {
     );
 }
 
+/// Result caps: a query over `max_rows` or `max_result_bytes` is a
+/// `limit` error, checked as the rows arrive (a single oversized value is
+/// refused before the host copies it), not a truncated result.
+async fn result_caps_are_errors(backend: Backend) {
+    let limits = Limits {
+        max_rows: 10,
+        max_result_bytes: 1 << 20,
+        ..tight_limits()
+    };
+    let mut h = Harness::with_env(
+        PLUGIN,
+        backend,
+        serde_json::Map::new(),
+        limits,
+        Grants::all(),
+    )
+    .await;
+    let (many, huge) = match backend {
+        Backend::Postgres => (
+            "SELECT generate_series(1, 11)",
+            "SELECT repeat('x', 4000000)",
+        ),
+        Backend::Sqlite => (
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 11) SELECT x FROM c",
+            "SELECT zeroblob(4000000)",
+        ),
+    };
+    for (sql, expect) in [
+        (many, "database limit: the query returned more than 10 rows"),
+        (huge, "database limit: the query returned more than 1048576 bytes"),
+    ] {
+        let inv = h
+            .send("t", None, &[], json!({"do": "sql", "sql": sql}))
+            .await;
+        assert!(
+            matches!(&inv.outcome, Outcome::Rejected(r) if r.starts_with(expect)),
+            "{sql}: {:?}",
+            inv.outcome
+        );
+    }
+    h.options.record = true;
+    let ten = h
+        .send(
+            "t",
+            None,
+            &[],
+            json!({"do": "sql", "sql": many.replace("11", "10")}),
+        )
+        .await;
+    assert_eq!(ten.outcome, Outcome::Done);
+    assert!(ten.logs.iter().any(|l| l.message == "10 rows"), "{:?}", ten.logs);
+}
+
 on_both_backends!(
+    result_caps_are_errors,
     traps_are_outcomes_and_the_instance_is_replaced,
     deadline_interrupts_an_endless_loop,
     memory_cap_stops_a_memory_bomb,

@@ -612,32 +612,65 @@ impl<'a> Collector<'a> {
         Ok(())
     }
 
-    fn add_row(&mut self, row: Vec<Value>) -> Result<(), DbError> {
-        self.bytes += row.iter().map(value_size).sum::<usize>();
+    /// Count `len` more bytes of result, before the host copies them.
+    fn spend(&mut self, len: usize) -> Result<(), DbError> {
+        self.bytes = self.bytes.saturating_add(len);
         if self.bytes > self.limits.max_result_bytes {
             return Err(DbError::Limit(format!(
                 "the query returned more than {} bytes; select fewer columns or rows",
                 self.limits.max_result_bytes
             )));
         }
-        self.rows.push(row);
+        Ok(())
+    }
+
+    /// Decode a row cell by cell; each cell's size is charged against the
+    /// byte cap from the driver's buffer, before the host copies it.
+    fn push_row(
+        &mut self,
+        width: usize,
+        mut cell: impl FnMut(usize, &mut Self) -> Result<Value, DbError>,
+    ) -> Result<(), DbError> {
+        let mut cells = Vec::with_capacity(width);
+        for i in 0..width {
+            let value = cell(i, self)?;
+            cells.push(value);
+        }
+        self.rows.push(cells);
         Ok(())
     }
 
     fn push_pg(&mut self, row: &PgRow) -> Result<(), DbError> {
         self.admit(|| row.columns().iter().map(|c| c.name().to_string()).collect())?;
-        let cells = (0..row.len())
-            .map(|i| pg_cell(row, i))
-            .collect::<Result<Vec<_>, _>>()?;
-        self.add_row(cells)
+        self.push_row(row.len(), |i, c| {
+            let raw = row.try_get_raw(i).map_err(|e| decode_err("?", e))?;
+            let len = if raw.is_null() {
+                1
+            } else {
+                raw.as_bytes().map_or(0, <[u8]>::len).max(1)
+            };
+            c.spend(len)?;
+            pg_cell(row, i)
+        })
     }
 
     fn push_sqlite(&mut self, row: &SqliteRow) -> Result<(), DbError> {
         self.admit(|| row.columns().iter().map(|c| c.name().to_string()).collect())?;
-        let cells = (0..row.len())
-            .map(|i| sqlite_cell(row, i))
-            .collect::<Result<Vec<_>, _>>()?;
-        self.add_row(cells)
+        self.push_row(row.len(), |i, c| {
+            // Text and blobs are measured borrowed from the driver's
+            // buffer, nothing copied yet; other storage classes are only
+            // read for their class (reading an integer as bytes would
+            // convert it in place).
+            let raw = row.try_get_raw(i).map_err(|e| decode_err("?", e))?;
+            let variable = !raw.is_null() && matches!(raw.type_info().name(), "TEXT" | "BLOB");
+            let len = if variable {
+                row.try_get_unchecked::<&[u8], _>(i).map_or(0, <[u8]>::len)
+            } else {
+                8
+            };
+            c.spend(len)?;
+            sqlite_cell(row, i)
+        })
     }
 
     fn finish(self) -> Rows {

@@ -69,6 +69,8 @@ pub struct Counters {
     pub parked: AtomicU64,
     /// Times a plugin's circuit opened.
     pub circuits_opened: AtomicU64,
+    /// Publishes refused to plugins (a topic not granted, a cap).
+    pub publishes_refused: AtomicU64,
     /// Pauses for an unavailable database or broker.
     pub outages: AtomicU64,
     /// Reloads that took effect (a plugin version or a config).
@@ -100,10 +102,16 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Feed a call's result to the plugin's circuit breaker and say so
-    /// when the circuit opens or closes.
+    /// Account for a plugin call: count refused publishes, feed the
+    /// result to the plugin's circuit breaker and say so when the circuit
+    /// opens or closes.
     fn record_call(&self, name: &str, slot: &PluginSlot, inv: &crate::runtime::Invocation) {
         let version = &slot.plugin.hash;
+        if !inv.refused_publishes.is_empty() {
+            self.counters
+                .publishes_refused
+                .fetch_add(inv.refused_publishes.len() as u64, Ordering::Relaxed);
+        }
         let transition = if inv.db_unavailable {
             self.breakers.inconclusive(name, version);
             Transition::None
