@@ -305,7 +305,10 @@ async fn result_caps_are_errors(backend: Backend) {
     };
     for (sql, expect) in [
         (many, "database limit: the query returned more than 10 rows"),
-        (huge, "database limit: the query returned more than 1048576 bytes"),
+        (
+            huge,
+            "database limit: the query returned more than 1048576 bytes",
+        ),
     ] {
         let inv = h
             .send("t", None, &[], json!({"do": "sql", "sql": sql}))
@@ -326,7 +329,11 @@ async fn result_caps_are_errors(backend: Backend) {
         )
         .await;
     assert_eq!(ten.outcome, Outcome::Done);
-    assert!(ten.logs.iter().any(|l| l.message == "10 rows"), "{:?}", ten.logs);
+    assert!(
+        ten.logs.iter().any(|l| l.message == "10 rows"),
+        "{:?}",
+        ten.logs
+    );
 }
 
 on_both_backends!(
@@ -349,7 +356,8 @@ async fn bad_files_are_refused_with_a_reason() {
     })
     .unwrap_or_else(|e| panic!("{e:#}"));
     let env = || PluginEnv::permissive("x");
-    let good = std::fs::read(plugin_path(PLUGIN)).unwrap_or_default();
+    let good = std::fs::read(plugin_path(PLUGIN))
+        .unwrap_or_else(|e| panic!("{}: {e}", plugin_path(PLUGIN).display()));
 
     let truncated = good[..good.len() / 2].to_vec();
     let err = runtime
@@ -491,6 +499,8 @@ async fn sqlite_enforces_the_plugin_table_list() {
         "SELECT k FROM hostile_marks JOIN other_team_secrets ON 1 = 1",
         "WITH s AS (SELECT k FROM other_team_secrets) SELECT * FROM s",
         "SELECT name FROM sqlite_master",
+        "SELECT count(*) FROM other_team_secrets",
+        "SELECT m.* FROM hostile_marks m, other_team_secrets",
     ] {
         let inv = h
             .send("t", None, &[], json!({"do": "sql", "sql": sql}))
@@ -591,7 +601,8 @@ async fn an_endless_loop_at_start_is_stopped_by_the_deadline() {
         settings: Arc::new(settings),
         ..PluginEnv::permissive("bad-start")
     };
-    let bytes = std::fs::read(plugin_path("test-bad-start")).unwrap_or_default();
+    let path = plugin_path("test-bad-start");
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let err = runtime
         .load_bytes(bytes, "bad-start.wasm".into(), env)
         .await
@@ -600,9 +611,96 @@ async fn an_endless_loop_at_start_is_stopped_by_the_deadline() {
         matches!(&err, Some(LoadError::Start { reason, .. }) if reason.contains("deadline") && reason.contains("200")),
         "{err:?}"
     );
-    let good = std::fs::read(plugin_path(PLUGIN)).unwrap_or_default();
+    let good = std::fs::read(plugin_path(PLUGIN))
+        .unwrap_or_else(|e| panic!("{}: {e}", plugin_path(PLUGIN).display()));
     let loaded = runtime
         .load_bytes(good, "good.wasm".into(), PluginEnv::permissive("x"))
         .await;
     assert!(loaded.is_ok(), "the runtime is still usable");
+}
+
+/// SQLite rolls the whole transaction back when a write is interrupted at
+/// the statement timeout. A plugin that ignores the error and returns done
+/// must not commit what it does afterwards on its own, nor lose the
+/// event's marker: the event is retried, and nothing of it remains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_interrupted_write_loses_the_event_not_its_guarantees() {
+    let limits = Limits {
+        statement_timeout_ms: 200,
+        deadline_ms: 10_000,
+        ..tight_limits()
+    };
+    let mut h = Harness::with_env(
+        PLUGIN,
+        Backend::Sqlite,
+        serde_json::Map::new(),
+        limits,
+        Grants::all(),
+    )
+    .await;
+    let endless_write = "INSERT INTO hostile_marks (id, note) WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT 'w' || x, 'w' FROM c WHERE x < 0";
+    let inv = h
+        .send(
+            "t",
+            None,
+            &[],
+            json!({"do": "sqls", "sqls": [
+                "INSERT INTO hostile_marks (id, note) VALUES ('before', 'n')",
+                endless_write,
+                "INSERT INTO hostile_marks (id, note) VALUES ('after', 'n')",
+            ]}),
+        )
+        .await;
+    assert!(
+        matches!(&inv.outcome, Outcome::Retry(r) if r.contains("rolled the event's transaction back")),
+        "{:?}",
+        inv.outcome
+    );
+    assert!(inv.db_failed);
+    assert_eq!(
+        h.count("hostile_marks").await,
+        0,
+        "nothing committed on its own"
+    );
+    assert_eq!(insert_mark(&mut h, "next").await, Outcome::Done);
+    assert_eq!(h.count("hostile_marks").await, 1);
+}
+
+/// A query stopped by the row cap while SQLite is still computing must not
+/// keep running after the plugin's call: the host interrupts it, and the
+/// connection (SQLite's only one) serves the next statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_stops_a_query_the_host_stopped_reading() {
+    let limits = Limits {
+        max_rows: 10,
+        statement_timeout_ms: 600_000,
+        ..tight_limits()
+    };
+    let mut h = Harness::with_env(
+        PLUGIN,
+        Backend::Sqlite,
+        serde_json::Map::new(),
+        limits,
+        Grants::all(),
+    )
+    .await;
+    let runaway = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x FROM c WHERE x <= 11 OR x > 1000000000000000000";
+    let inv = h
+        .send("t", None, &[], json!({"do": "sql", "sql": runaway}))
+        .await;
+    assert!(
+        matches!(&inv.outcome, Outcome::Rejected(r) if r.contains("more than 10 rows")),
+        "{:?}",
+        inv.outcome
+    );
+    let next = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        insert_mark(&mut h, "next"),
+    )
+    .await;
+    assert_eq!(
+        next.ok(),
+        Some(Outcome::Done),
+        "the connection is free again"
+    );
 }

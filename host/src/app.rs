@@ -7,7 +7,7 @@ use crate::consumer::{self, Lanes};
 use crate::database::{Database, redact_url};
 use crate::kafka;
 use crate::outbox::{self, Relay};
-use crate::pipeline::{Counters, PluginSlot, RouterState, Shared};
+use crate::pipeline::{PluginSlot, RouterState, Shared};
 use crate::routes::RouteTable;
 use crate::runtime::{Runtime, RuntimeOptions};
 use anyhow::Context as _;
@@ -209,7 +209,7 @@ pub async fn run(
         group: config.kafka.group.clone(),
         retry: config.retry.clone(),
         relay_wake: wake.clone(),
-        counters: Counters::default(),
+        metrics: crate::metrics::Metrics::default(),
         breakers: Breakers::default(),
     });
 
@@ -285,13 +285,20 @@ pub async fn run(
     consumer::commit_stored(&consumer);
     consumer.unsubscribe();
     db.close().await;
-    let c = &shared.counters;
-    tracing::info!(
-        done = c.done.load(std::sync::atomic::Ordering::Relaxed),
-        skipped = c.skipped.load(std::sync::atomic::Ordering::Relaxed),
-        duplicates = c.duplicates.load(std::sync::atomic::Ordering::Relaxed),
-        dead_letters = c.dead_letters.load(std::sync::atomic::Ordering::Relaxed),
-        "switchyard stopped"
-    );
+    let state = shared.state.load_full();
+    let mut names: Vec<&String> = state.plugins.keys().collect();
+    names.sort();
+    for name in names {
+        let m = &shared.metrics;
+        tracing::info!(
+            plugin = %name,
+            done = m.events(name, "done"),
+            skipped = m.events(name, "skipped"),
+            duplicates = m.events(name, "duplicate"),
+            dead_letters = m.dead_letters(name),
+            "totals"
+        );
+    }
+    tracing::info!("switchyard stopped");
     Ok(())
 }

@@ -3,15 +3,19 @@
 //! A plugin that fails every event (a trap, its deadline, its memory cap)
 //! would otherwise hold each of its partitions for `max_attempts` calls
 //! and backoffs per event, and with them every other plugin routed from
-//! those partitions. After `failures` consecutive failed calls, across all
-//! partitions, the circuit opens: for `cooldown_ms` the plugin's events are
-//! parked in the dead-letter topic at once (outcome `parked`, ready to be
-//! replayed) while other plugins keep flowing. Then one event is let
-//! through as a trial: success closes the circuit, failure opens it for
-//! another cool-down. A new version of the plugin closes it too.
+//! those partitions. After `failures` consecutive events whose first call
+//! failed, across all partitions, the circuit opens: for `cooldown_ms` the
+//! plugin's events are parked in the dead-letter topic at once (outcome
+//! `parked`, ready to be replayed) while other plugins keep flowing. Then
+//! one event is let through as a trial: success closes the circuit,
+//! failure opens it for another cool-down.
 //!
-//! `retry` and `rejected` outcomes do not count: they are the plugin
-//! working as designed on an event it cannot handle yet or at all.
+//! Events count, not attempts: one poison event retried `max_attempts`
+//! times is one failure, so it cannot open the circuit on its own. Each
+//! version of a plugin has its own circuit, so a new version starts closed
+//! and late reports from the old one do not touch it. `retry` and
+//! `rejected` outcomes count as successes: the plugin is working, the
+//! event is the problem.
 
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -22,7 +26,7 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BreakerConfig {
-    /// Consecutive failed calls that open the circuit; 0 disables the
+    /// Consecutive failed events that open the circuit; 0 disables the
     /// breaker. Example: `failures = 5`.
     pub failures: u32,
     /// How long the circuit stays open before a trial event, in
@@ -76,11 +80,11 @@ pub enum State {
     HalfOpen,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Circuit {
-    /// The plugin version the state is about (its hash).
-    version: String,
     failures: u32,
+    /// The last failure, for the parked events' reason.
+    last_failure: String,
     open_until: Option<Instant>,
     /// A trial call is running until then: a trial that never reports
     /// (its partition revoked, the database down) does not block the
@@ -89,16 +93,9 @@ struct Circuit {
     opened_times: u64,
 }
 
-impl Circuit {
-    fn new(version: &str) -> Self {
-        Self {
-            version: version.to_string(),
-            failures: 0,
-            open_until: None,
-            trial_until: None,
-            opened_times: 0,
-        }
-    }
+/// The circuit of `plugin` at `version`.
+fn key(plugin: &str, version: &str) -> String {
+    format!("{plugin}@{version}")
 }
 
 /// Every plugin's circuit.
@@ -108,32 +105,51 @@ pub struct Breakers {
 }
 
 impl Breakers {
-    fn with<T>(&self, plugin: &str, version: &str, f: impl FnOnce(&mut Circuit) -> T) -> T {
+    /// Run `f` on the circuit of `plugin` at `version`. Admitting an event
+    /// of a new version replaces the old versions' circuits; a report from
+    /// a version that has been replaced is ignored (`None`).
+    fn with<T>(
+        &self,
+        plugin: &str,
+        version: &str,
+        admitting: bool,
+        f: impl FnOnce(&mut Circuit) -> T,
+    ) -> Option<T> {
         let mut circuits = self
             .circuits
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let circuit = circuits
-            .entry(plugin.to_string())
-            .or_insert_with(|| Circuit::new(version));
-        if circuit.version != version {
-            // A new version: whatever failed before, it gets a fresh start.
-            let opened_times = circuit.opened_times;
-            *circuit = Circuit::new(version);
-            circuit.opened_times = opened_times;
+        let key = key(plugin, version);
+        if let Some(c) = circuits.get_mut(&key) {
+            return Some(f(c));
         }
-        f(circuit)
+        let prefix = format!("{plugin}@");
+        let others = circuits.keys().any(|k| k.starts_with(&prefix));
+        if others && !admitting {
+            return None;
+        }
+        circuits.retain(|k, _| !k.starts_with(&prefix));
+        Some(f(circuits.entry(key).or_default()))
     }
 
     /// May `plugin` (at `version`) run an event now?
     pub fn admit(&self, plugin: &str, version: &str, config: BreakerConfig) -> Admission {
+        self.admit_at(plugin, version, config, Instant::now())
+    }
+
+    fn admit_at(
+        &self,
+        plugin: &str,
+        version: &str,
+        config: BreakerConfig,
+        now: Instant,
+    ) -> Admission {
         if config.failures == 0 {
             return Admission::Run;
         }
-        self.with(plugin, version, |c| match c.open_until {
+        self.with(plugin, version, true, |c| match c.open_until {
             None => Admission::Run,
             Some(until) => {
-                let now = Instant::now();
                 let trial_running = c.trial_until.is_some_and(|t| now < t);
                 if now >= until && !trial_running {
                     c.trial_until = Some(now + Duration::from_millis(config.cooldown_ms));
@@ -142,65 +158,95 @@ impl Breakers {
                 } else {
                     let left = until.saturating_duration_since(now);
                     Admission::Park(format!(
-                        "circuit open for plugin {plugin} after {} consecutive failures; event parked (cool-down ends in {} ms), replay it once the plugin is fixed",
+                        "circuit open for plugin {plugin} after {} consecutive failed events (last: {}); event parked (cool-down ends in {} ms), replay it once the plugin is fixed",
                         config.failures,
+                        c.last_failure,
                         left.as_millis()
                     ))
                 }
             }
         })
+        .unwrap_or(Admission::Run)
     }
 
-    /// Record a call that failed (trap, deadline, memory cap).
-    pub fn failure(&self, plugin: &str, version: &str, config: BreakerConfig) -> Transition {
+    /// Record an event whose call failed (trap, deadline, memory cap):
+    /// once per event, not per attempt.
+    pub fn failure(
+        &self,
+        plugin: &str,
+        version: &str,
+        config: BreakerConfig,
+        reason: &str,
+    ) -> Transition {
+        self.failure_at(plugin, version, config, reason, Instant::now())
+    }
+
+    fn failure_at(
+        &self,
+        plugin: &str,
+        version: &str,
+        config: BreakerConfig,
+        reason: &str,
+        now: Instant,
+    ) -> Transition {
         if config.failures == 0 {
             return Transition::None;
         }
-        self.with(plugin, version, |c| {
+        self.with(plugin, version, false, |c| {
             c.failures = c.failures.saturating_add(1);
+            c.last_failure = reason.to_string();
             if c.trial_until.is_some() || (c.open_until.is_none() && c.failures >= config.failures)
             {
                 c.trial_until = None;
-                c.open_until = Some(Instant::now() + Duration::from_millis(config.cooldown_ms));
+                c.open_until = Some(now + Duration::from_millis(config.cooldown_ms));
                 c.opened_times += 1;
                 Transition::Opened
             } else {
                 Transition::None
             }
         })
+        .unwrap_or(Transition::None)
     }
 
     /// Record a call that neither worked nor failed (the database was
     /// unavailable): a trial in progress ends without a verdict, and the
     /// next call is the trial.
     pub fn inconclusive(&self, plugin: &str, version: &str) {
-        self.with(plugin, version, |c| c.trial_until = None);
+        self.with(plugin, version, false, |c| c.trial_until = None);
     }
 
     /// Record a call that worked: any outcome but a failure, `retry` and
     /// `rejected` included.
+    /// Only the trial closes an open circuit: a late success from a call
+    /// admitted before it opened changes nothing.
     pub fn success(&self, plugin: &str, version: &str) -> Transition {
-        self.with(plugin, version, |c| {
-            let was_open = c.open_until.is_some();
-            *c = Circuit {
-                opened_times: c.opened_times,
-                ..Circuit::new(version)
-            };
-            if was_open {
-                Transition::Closed
-            } else {
-                Transition::None
+        self.with(plugin, version, false, |c| {
+            match (c.open_until, c.trial_until) {
+                (None, _) => {
+                    c.failures = 0;
+                    Transition::None
+                }
+                (Some(_), Some(_)) => {
+                    *c = Circuit {
+                        opened_times: c.opened_times,
+                        ..Circuit::default()
+                    };
+                    Transition::Closed
+                }
+                (Some(_), None) => Transition::None,
             }
         })
+        .unwrap_or(Transition::None)
     }
 
-    /// The circuit of `plugin` and how many times it has opened.
-    pub fn state(&self, plugin: &str) -> (State, u64) {
+    /// The circuit of `plugin` at `version` and how many times it has
+    /// opened.
+    pub fn state(&self, plugin: &str, version: &str) -> (State, u64) {
         let circuits = self
             .circuits
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match circuits.get(plugin) {
+        match circuits.get(&key(plugin, version)) {
             None => (State::Closed { failures: 0 }, 0),
             Some(c) => {
                 let state = match c.open_until {
@@ -224,74 +270,126 @@ mod tests {
 
     const CONFIG: BreakerConfig = BreakerConfig {
         failures: 3,
-        cooldown_ms: 40,
+        cooldown_ms: 1_000,
     };
 
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
     #[test]
-    fn opens_after_consecutive_failures_and_parks() {
+    fn opens_after_consecutive_failed_events_and_parks_with_the_reason() {
         let b = Breakers::default();
+        let t = Instant::now();
         for _ in 0..2 {
-            assert_eq!(b.failure("p", "v1", CONFIG), Transition::None);
+            assert_eq!(b.failure_at("p", "v1", CONFIG, "trap", t), Transition::None);
         }
-        assert_eq!(b.admit("p", "v1", CONFIG), Admission::Run);
-        assert_eq!(b.failure("p", "v1", CONFIG), Transition::Opened);
-        assert!(
-            matches!(b.admit("p", "v1", CONFIG), Admission::Park(why) if why.contains("3 consecutive failures"))
+        assert_eq!(b.admit_at("p", "v1", CONFIG, t), Admission::Run);
+        assert_eq!(
+            b.failure_at("p", "v1", CONFIG, "deadline exceeded", t),
+            Transition::Opened
         );
-        assert!(matches!(b.state("p"), (State::Open { .. }, 1)));
+        assert!(matches!(b.admit_at("p", "v1", CONFIG, t + ms(10)),
+            Admission::Park(why) if why.contains("3 consecutive failed events") && why.contains("deadline exceeded")));
+        assert!(matches!(b.state("p", "v1"), (State::Open { .. }, 1)));
     }
 
     #[test]
     fn a_success_resets_the_count() {
         let b = Breakers::default();
-        b.failure("p", "v1", CONFIG);
-        b.failure("p", "v1", CONFIG);
+        let t = Instant::now();
+        b.failure_at("p", "v1", CONFIG, "x", t);
+        b.failure_at("p", "v1", CONFIG, "x", t);
         b.success("p", "v1");
-        assert_eq!(b.failure("p", "v1", CONFIG), Transition::None);
-        assert_eq!(b.state("p").0, State::Closed { failures: 1 });
+        assert_eq!(b.failure_at("p", "v1", CONFIG, "x", t), Transition::None);
+        assert_eq!(b.state("p", "v1").0, State::Closed { failures: 1 });
     }
 
     #[test]
     fn one_trial_after_the_cool_down_closes_or_reopens() {
         let b = Breakers::default();
+        let t = Instant::now();
         for _ in 0..3 {
-            b.failure("p", "v1", CONFIG);
+            b.failure_at("p", "v1", CONFIG, "x", t);
         }
-        std::thread::sleep(Duration::from_millis(50));
-        assert_eq!(b.admit("p", "v1", CONFIG), Admission::Run, "the trial");
+        assert_eq!(
+            b.success("p", "v1"),
+            Transition::None,
+            "a late success is not a trial"
+        );
+        assert!(matches!(
+            b.admit_at("p", "v1", CONFIG, t + ms(999)),
+            Admission::Park(_)
+        ));
+        let after = t + ms(1_001);
+        assert_eq!(
+            b.admit_at("p", "v1", CONFIG, after),
+            Admission::Run,
+            "the trial"
+        );
         assert!(
-            matches!(b.admit("p", "v1", CONFIG), Admission::Park(_)),
+            matches!(b.admit_at("p", "v1", CONFIG, after), Admission::Park(_)),
             "only one trial at a time"
         );
-        assert_eq!(b.state("p").0, State::HalfOpen);
+        assert_eq!(b.state("p", "v1").0, State::HalfOpen);
         assert_eq!(
-            b.failure("p", "v1", CONFIG),
+            b.failure_at("p", "v1", CONFIG, "x", after),
             Transition::Opened,
             "failed trial"
         );
-        assert!(matches!(b.admit("p", "v1", CONFIG), Admission::Park(_)));
-        std::thread::sleep(Duration::from_millis(50));
-        assert_eq!(b.admit("p", "v1", CONFIG), Admission::Run);
+        assert!(matches!(
+            b.admit_at("p", "v1", CONFIG, after + ms(10)),
+            Admission::Park(_)
+        ));
+        let later = after + ms(1_001);
+        assert_eq!(b.admit_at("p", "v1", CONFIG, later), Admission::Run);
         assert_eq!(b.success("p", "v1"), Transition::Closed);
-        assert_eq!(b.admit("p", "v1", CONFIG), Admission::Run);
-        assert_eq!(b.state("p"), (State::Closed { failures: 0 }, 2));
+        assert_eq!(b.admit_at("p", "v1", CONFIG, later), Admission::Run);
+        assert_eq!(b.state("p", "v1"), (State::Closed { failures: 0 }, 2));
     }
 
     #[test]
-    fn a_new_version_closes_the_circuit_and_zero_disables() {
+    fn a_trial_that_never_reports_does_not_block_the_next() {
         let b = Breakers::default();
+        let t = Instant::now();
         for _ in 0..3 {
-            b.failure("p", "v1", CONFIG);
+            b.failure_at("p", "v1", CONFIG, "x", t);
         }
-        assert!(matches!(b.admit("p", "v1", CONFIG), Admission::Park(_)));
-        assert_eq!(b.admit("p", "v2", CONFIG), Admission::Run);
+        let after = t + ms(1_001);
+        assert_eq!(b.admit_at("p", "v1", CONFIG, after), Admission::Run);
+        assert_eq!(
+            b.admit_at("p", "v1", CONFIG, after + ms(1_001)),
+            Admission::Run,
+            "the first trial's time is up"
+        );
+    }
+
+    #[test]
+    fn each_version_has_its_own_circuit_and_zero_disables() {
+        let b = Breakers::default();
+        let t = Instant::now();
+        for _ in 0..3 {
+            b.failure_at("p", "v1", CONFIG, "x", t);
+        }
+        assert!(matches!(
+            b.admit_at("p", "v1", CONFIG, t),
+            Admission::Park(_)
+        ));
+        assert_eq!(b.admit_at("p", "v2", CONFIG, t), Admission::Run);
+        assert_eq!(b.state("p", "v2").0, State::Closed { failures: 0 });
+        assert_eq!(
+            b.failure_at("p", "v1", CONFIG, "late", t),
+            Transition::None,
+            "a late report of the old version is ignored"
+        );
+        assert_eq!(b.state("p", "v2").0, State::Closed { failures: 0 });
         let off = BreakerConfig {
             failures: 0,
             ..CONFIG
         };
         for _ in 0..10 {
-            assert_eq!(b.failure("q", "v1", off), Transition::None);
+            assert_eq!(b.failure_at("q", "v1", off, "x", t), Transition::None);
         }
-        assert_eq!(b.admit("q", "v1", off), Admission::Run);
+        assert_eq!(b.admit_at("q", "v1", off, t), Admission::Run);
     }
 }

@@ -89,9 +89,15 @@ pub enum SetupError {
 pub enum Database {
     /// PostgreSQL pool.
     Postgres(sqlx::PgPool),
-    /// SQLite pool.
-    Sqlite(sqlx::SqlitePool),
+    /// SQLite pool, and the names of the tables in its schema (which the
+    /// plugin sandbox needs to tell a table from a common table
+    /// expression).
+    Sqlite(sqlx::SqlitePool, SchemaTables),
 }
+
+/// The lowercased names of a SQLite database's tables and views, as of
+/// the last migration or host script.
+pub type SchemaTables = Arc<std::sync::RwLock<Arc<[String]>>>;
 
 /// Remove the password from a URL before it is printed.
 pub fn redact_url(url: &str) -> String {
@@ -151,6 +157,10 @@ impl Database {
                 }
                 let options = SqliteConnectOptions::from_str(url)
                     .map_err(connect_err)?
+                    // Rows the driver reads ahead of the host: each can be
+                    // as large as SQLite's length limit (see
+                    // sqlite_sandbox), so keep few.
+                    .row_buffer_size(4)
                     .create_if_missing(true)
                     .foreign_keys(true)
                     .busy_timeout(Duration::from_secs(5));
@@ -171,7 +181,9 @@ impl Database {
                     .connect_with(options)
                     .await
                     .map_err(connect_err)?;
-                Ok(Database::Sqlite(pool))
+                let db = Database::Sqlite(pool, SchemaTables::default());
+                db.refresh_schema().await.map_err(connect_err)?;
+                Ok(db)
             }
         }
     }
@@ -180,7 +192,7 @@ impl Database {
     pub fn backend(&self) -> Backend {
         match self {
             Database::Postgres(_) => Backend::Postgres,
-            Database::Sqlite(_) => Backend::Sqlite,
+            Database::Sqlite(..) => Backend::Sqlite,
         }
     }
 
@@ -188,7 +200,15 @@ impl Database {
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
         Ok(match self {
             Database::Postgres(pool) => Tx::Postgres(pool.begin().await?, None),
-            Database::Sqlite(pool) => Tx::Sqlite(pool.begin().await?, None),
+            Database::Sqlite(pool, schema) => Tx::Sqlite(SqliteTx {
+                scope: None,
+                tx: pool.begin().await?,
+                lost: false,
+                schema_tables: schema
+                    .read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone(),
+            }),
         })
     }
 
@@ -198,15 +218,34 @@ impl Database {
         use sqlx::Executor;
         match self {
             Database::Postgres(pool) => pool.execute(sql).await.map(|_| ()),
-            Database::Sqlite(pool) => pool.execute(sql).await.map(|_| ()),
+            Database::Sqlite(pool, _) => {
+                pool.execute(sql).await?;
+                self.refresh_schema().await
+            }
         }
+    }
+
+    /// Re-read the table names of a SQLite schema (after host scripts and
+    /// migrations, the only ways tables appear: plugins cannot run DDL).
+    async fn refresh_schema(&self) -> Result<(), sqlx::Error> {
+        if let Database::Sqlite(pool, schema) = self {
+            let names: Vec<String> = sqlx::query_scalar(
+                "SELECT lower(name) FROM sqlite_schema WHERE type IN ('table', 'view')",
+            )
+            .fetch_all(pool)
+            .await?;
+            *schema
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = names.into();
+        }
+        Ok(())
     }
 
     /// Close the pool, waiting for connections to be returned.
     pub async fn close(&self) {
         match self {
             Database::Postgres(pool) => pool.close().await,
-            Database::Sqlite(pool) => pool.close().await,
+            Database::Sqlite(pool, _) => pool.close().await,
         }
     }
 }
@@ -227,12 +266,99 @@ pub fn backend_of(url: &str) -> Result<Backend, SetupError> {
 pub enum Tx {
     /// On PostgreSQL, with the `statement_timeout` set in it so far.
     Postgres(sqlx::Transaction<'static, Postgres>, Option<u64>),
-    /// On SQLite, with the plugin's sandbox while one of its calls is in
-    /// progress.
-    Sqlite(
-        sqlx::Transaction<'static, Sqlite>,
-        Option<crate::sqlite_sandbox::Scope>,
-    ),
+    /// On SQLite.
+    Sqlite(SqliteTx),
+}
+
+/// A SQLite transaction, with the plugin sandbox while one of its calls is
+/// in progress.
+#[derive(Debug)]
+pub struct SqliteTx {
+    // Declared before the transaction so that it drops first: a dropped
+    // transaction queues its ROLLBACK, which the sandbox would refuse.
+    scope: Option<crate::sqlite_sandbox::Scope>,
+    tx: sqlx::Transaction<'static, Sqlite>,
+    /// SQLite rolled the transaction back on its own (an interrupted or
+    /// failed write does that); everything before it is gone.
+    lost: bool,
+    /// The schema's tables when the transaction began.
+    schema_tables: Arc<[String]>,
+}
+
+impl SqliteTx {
+    async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, DbError> {
+        let q = sqlite_statement(sql, params, &mut self.scope)?;
+        match q.execute(&mut *self.tx).await {
+            Ok(r) => Ok(r.rows_affected()),
+            Err(e) => Err(self.after_error(e).await),
+        }
+    }
+
+    async fn query(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+        limits: &Limits,
+    ) -> Result<Rows, DbError> {
+        let q = sqlite_statement(sql, params, &mut self.scope)?;
+        let mut collector = Collector::new(limits);
+        let mut stream = q.fetch(&mut *self.tx);
+        let outcome = loop {
+            match stream.try_next().await {
+                Ok(Some(row)) => {
+                    if let Err(e) = collector.push_sqlite(&row) {
+                        break Err(Ok(e));
+                    }
+                }
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(Err(e)),
+            }
+        };
+        drop(stream);
+        match outcome {
+            Ok(()) => Ok(collector.finish()),
+            Err(Err(driver)) => Err(self.after_error(driver).await),
+            Err(Ok(cap)) => {
+                // The host stopped reading; the statement may still be
+                // running in the driver's worker. Stop it now and wait,
+                // so that it cannot outlive the plugin's call.
+                if let Some(scope) = &self.scope {
+                    scope.cancel();
+                    if let Err(e) = self.tx.lock_handle().await {
+                        tracing::warn!(error = %e, "cannot wait for an abandoned SQLite statement");
+                    }
+                }
+                Err(cap)
+            }
+        }
+    }
+
+    /// The plugin's error for a failed statement; and if SQLite rolled the
+    /// whole transaction back, start a new one (so that nothing the plugin
+    /// does next commits on its own) and remember that the event's work is
+    /// lost.
+    async fn after_error(&mut self, e: sqlx::Error) -> DbError {
+        let error = sqlite_error(&self.scope, e);
+        if let Some(scope) = &self.scope {
+            match crate::sqlite_sandbox::in_transaction(&mut self.tx).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.lost = true;
+                    scope.suspend();
+                    let begun = sqlx::query("BEGIN").execute(&mut *self.tx).await;
+                    scope.resume();
+                    if let Err(e) = begun {
+                        tracing::error!(error = %e, "cannot restart the SQLite transaction");
+                    }
+                }
+                Err(e) => {
+                    self.lost = true;
+                    tracing::warn!(error = %e, "cannot check the SQLite transaction");
+                }
+            }
+        }
+        error
+    }
 }
 
 /// A `NULL` parameter whose type PostgreSQL infers from the statement (OID
@@ -365,11 +491,7 @@ impl Tx {
                 finish_savepoint(tx, result.is_ok()).await?;
                 result.map(|r| r.rows_affected())
             }
-            Tx::Sqlite(tx, scope) => {
-                let q = sqlite_statement(sql, params, scope)?;
-                let result = q.execute(&mut **tx).await.map(|r| r.rows_affected());
-                result.map_err(|e| sqlite_error(scope, e))
-            }
+            Tx::Sqlite(tx) => tx.execute(sql, params).await,
         }
     }
 
@@ -421,19 +543,7 @@ impl Tx {
                 }
                 result
             }
-            Tx::Sqlite(tx, scope) => {
-                let q = sqlite_statement(sql, params, scope)?;
-                let mut stream = q.fetch(&mut **tx);
-                let mut collector = Collector::new(limits);
-                while let Some(row) = stream
-                    .try_next()
-                    .await
-                    .map_err(|e| sqlite_error(scope, e))?
-                {
-                    collector.push_sqlite(&row)?;
-                }
-                Ok(collector.finish())
-            }
+            Tx::Sqlite(tx) => tx.query(sql, params, limits).await,
         }
     }
 
@@ -469,12 +579,20 @@ impl Tx {
                 }
                 Ok(())
             }
-            Tx::Sqlite(tx, scope) => {
+            Tx::Sqlite(SqliteTx {
+                tx,
+                scope,
+                schema_tables,
+                ..
+            }) => {
                 let entered = crate::sqlite_sandbox::Scope::enter(
                     tx,
-                    access.plugin.clone(),
-                    access.tables.clone(),
-                    timeout_ms,
+                    crate::sqlite_sandbox::Grant {
+                        plugin: access.plugin.clone(),
+                        tables: access.tables.clone(),
+                        schema_tables: schema_tables.clone(),
+                        timeout_ms,
+                    },
                 )
                 .await
                 .map_err(map_error)?;
@@ -494,19 +612,30 @@ impl Tx {
                 .await
                 .map(|_| ())
                 .map_err(map_error),
-            Tx::Sqlite(_, scope) => {
-                *scope = None;
+            Tx::Sqlite(tx) => {
+                tx.scope = None;
                 Ok(())
             }
             Tx::Postgres(..) => Ok(()),
         }
     }
 
+    /// Whether the database rolled the transaction back on its own during
+    /// a plugin's call (SQLite does when a write is interrupted at its
+    /// statement timeout): the event's work so far is gone and the event
+    /// must run again; committing would lose its marker.
+    pub fn lost(&self) -> bool {
+        matches!(self, Tx::Sqlite(t) if t.lost)
+    }
+
     /// Commit the event's work.
     pub async fn commit(self) -> Result<(), sqlx::Error> {
         match self {
             Tx::Postgres(tx, _) => tx.commit().await,
-            Tx::Sqlite(tx, _) => tx.commit().await,
+            Tx::Sqlite(SqliteTx { scope, tx, .. }) => {
+                drop(scope);
+                tx.commit().await
+            }
         }
     }
 
@@ -514,7 +643,10 @@ impl Tx {
     pub async fn rollback(self) -> Result<(), sqlx::Error> {
         match self {
             Tx::Postgres(tx, _) => tx.rollback().await,
-            Tx::Sqlite(tx, _) => tx.rollback().await,
+            Tx::Sqlite(SqliteTx { scope, tx, .. }) => {
+                drop(scope);
+                tx.rollback().await
+            }
         }
     }
 }
@@ -989,7 +1121,7 @@ impl Database {
                     }
                     tx.commit().await.map_err(failed)?;
                 }
-                Database::Sqlite(pool) => {
+                Database::Sqlite(pool, _) => {
                     use sqlx::Executor;
                     let mut tx = pool.begin().await.map_err(failed)?;
                     tx.execute(script.as_str()).await.map_err(failed)?;
@@ -1000,6 +1132,9 @@ impl Database {
                     applied_now.push(m.id.clone());
                 }
             }
+        }
+        if !applied_now.is_empty() {
+            self.refresh_schema().await?;
         }
         Ok(applied_now)
     }
@@ -1102,7 +1237,7 @@ impl Database {
                     .fetch_optional(pool)
                     .await?
             }
-            Database::Sqlite(pool) => {
+            Database::Sqlite(pool, _) => {
                 sqlx::query_scalar(sql)
                     .bind(plugin)
                     .bind(id)

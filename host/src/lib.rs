@@ -33,6 +33,7 @@ pub mod database;
 pub mod event;
 pub mod kafka;
 pub mod limits;
+pub mod metrics;
 pub mod outbox;
 pub mod pipeline;
 pub mod plugin_test;

@@ -27,7 +27,7 @@ use crate::runtime::{CallOptions, Isolation, LoadedPlugin, Outcome, PluginWorker
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tracing::Instrument;
@@ -52,33 +52,6 @@ pub struct RouterState {
     pub plugins: HashMap<String, PluginSlot>,
 }
 
-/// Counters the router keeps (exported by the admin server later).
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Plugin invocations that committed (`done`).
-    pub done: AtomicU64,
-    /// `skipped`.
-    pub skipped: AtomicU64,
-    /// Duplicates found by the marker.
-    pub duplicates: AtomicU64,
-    /// Attempts that will be retried.
-    pub retries: AtomicU64,
-    /// Events dead-lettered (parked ones included).
-    pub dead_letters: AtomicU64,
-    /// Events parked because their plugin's circuit was open.
-    pub parked: AtomicU64,
-    /// Times a plugin's circuit opened.
-    pub circuits_opened: AtomicU64,
-    /// Publishes refused to plugins (a topic not granted, a cap).
-    pub publishes_refused: AtomicU64,
-    /// Pauses for an unavailable database or broker.
-    pub outages: AtomicU64,
-    /// Reloads that took effect (a plugin version or a config).
-    pub reloads: AtomicU64,
-    /// Reloads refused (the running version stayed).
-    pub reload_failures: AtomicU64,
-}
-
 /// What every lane shares.
 pub struct Shared {
     /// Routes and plugins in service.
@@ -95,8 +68,8 @@ pub struct Shared {
     pub retry: RetryConfig,
     /// Wakes the outbox relay after a commit with messages.
     pub relay_wake: Arc<Notify>,
-    /// Counters.
-    pub counters: Counters,
+    /// Counts and timings, exported at `/metrics`.
+    pub metrics: crate::metrics::Metrics,
     /// Each plugin's circuit breaker.
     pub breakers: Breakers,
 }
@@ -105,22 +78,33 @@ impl Shared {
     /// Account for a plugin call: count refused publishes, feed the
     /// result to the plugin's circuit breaker and say so when the circuit
     /// opens or closes.
-    fn record_call(&self, name: &str, slot: &PluginSlot, inv: &crate::runtime::Invocation) {
+    fn record_call(
+        &self,
+        name: &str,
+        slot: &PluginSlot,
+        inv: &crate::runtime::Invocation,
+        first_attempt: bool,
+    ) {
         let version = &slot.plugin.hash;
+        self.metrics.call(name, inv.elapsed);
         if !inv.refused_publishes.is_empty() {
-            self.counters
-                .publishes_refused
-                .fetch_add(inv.refused_publishes.len() as u64, Ordering::Relaxed);
+            self.metrics
+                .publishes_refused(name, inv.refused_publishes.len() as u64);
         }
         let transition = if inv.db_unavailable {
             self.breakers.inconclusive(name, version);
             Transition::None
         } else if let Outcome::Failed(failure) = &inv.outcome {
-            let t = self.breakers.failure(name, version, slot.breaker);
+            if !first_attempt {
+                // The breaker counts events, not attempts.
+                return;
+            }
+            let t = self
+                .breakers
+                .failure(name, version, slot.breaker, &failure.to_string());
             if t == Transition::Opened {
-                self.counters
-                    .circuits_opened
-                    .fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .circuit_opened(name, &format!("circuit opened after: {failure}"));
                 tracing::error!(
                     plugin = %name,
                     version = %slot.plugin.info.version,
@@ -128,7 +112,7 @@ impl Shared {
                     last_failure = %failure,
                     cooldown_ms = slot.breaker.cooldown_ms,
                     dead_letter_topic = %self.dead_letter_topic,
-                    "circuit opened: the plugin failed {} calls in a row; its events are parked in the dead-letter topic (outcome `parked`) until a trial event succeeds; other plugins keep flowing",
+                    "circuit opened: {} events in a row failed in the plugin; its events are parked in the dead-letter topic (outcome `parked`) until a trial event succeeds; other plugins keep flowing",
                     slot.breaker.failures
                 );
             }
@@ -207,7 +191,7 @@ impl LaneCtl {
     /// Returns `true` if the lane was cancelled meanwhile.
     async fn outage_pause(&self, outage: &mut u32, what: &str, error: String) -> bool {
         *outage += 1;
-        self.shared.counters.outages.fetch_add(1, Ordering::Relaxed);
+        self.shared.metrics.outage();
         let wait = self.backoff(*outage);
         tracing::warn!(%error, "{what}; retrying in {wait:?} without spending an attempt");
         self.pause(wait).await
@@ -304,13 +288,14 @@ impl Lane {
             Err(_) => return self.process_each(events, 0).await,
         };
         let mut wake_relay = false;
-        let mut counts = (0u64, 0u64, 0u64); // done, skipped, duplicates
+        // (plugin, outcome, record timestamp), counted once committed.
+        let mut counts: Vec<(String, &'static str, Option<i64>)> = Vec::new();
         for (i, event) in events.iter().enumerate() {
             if self.ctl.cancelled() {
                 // Revoked or stopping: keep what is done, leave the rest.
                 return match tx.commit().await {
                     Ok(()) => {
-                        self.count_batch(counts, wake_relay);
+                        self.count_batch(&counts, wake_relay);
                         i
                     }
                     Err(_) => 0,
@@ -325,7 +310,7 @@ impl Lane {
                 match outbox::mark_processed(&mut tx, marker, "handled").await {
                     Ok(true) => {}
                     Ok(false) => {
-                        counts.2 += 1;
+                        counts.push((sel.plugin.clone(), "duplicate", None));
                         tracing::info!(plugin = %sel.plugin, topic = %event.topic, partition = event.partition, offset = event.offset, dedupe_key = %sel.dedupe_key, "duplicate: already handled, skipped");
                         continue;
                     }
@@ -351,12 +336,16 @@ impl Lane {
                 };
                 let worker = worker_for(&mut self.workers, &sel.plugin, slot);
                 let (inv, back) = worker.handle(ctx, event, tx, options).await;
+                let success = inv.outcome.commits() && !inv.db_failed && !inv.db_unavailable;
+                if success {
+                    // Anything else is replayed one by one, and counted
+                    // there.
+                    shared.record_call(&sel.plugin, slot, &inv, true);
+                }
                 let Some(back) = back else {
                     return self.process_each(events, 0).await;
                 };
                 tx = back;
-                shared.record_call(&sel.plugin, slot, &inv);
-                let success = inv.outcome.commits() && !inv.db_failed && !inv.db_unavailable;
                 if !success || outbox::enqueue(&mut tx, &inv.messages).await.is_err() {
                     tracing::debug!(plugin = %sel.plugin, offset = event.offset, outcome = inv.outcome.kind(), "batch rolled back; replaying its events one by one");
                     let _ = tx.rollback().await;
@@ -365,16 +354,16 @@ impl Lane {
                 wake_relay |= !inv.messages.is_empty();
                 match &inv.outcome {
                     Outcome::Skipped(reason) => {
-                        counts.1 += 1;
+                        counts.push((sel.plugin.clone(), "skipped", event.timestamp_ms));
                         tracing::info!(plugin = %sel.plugin, topic = %event.topic, partition = event.partition, offset = event.offset, %reason, "skipped");
                     }
-                    _ => counts.0 += 1,
+                    _ => counts.push((sel.plugin.clone(), "done", event.timestamp_ms)),
                 }
             }
         }
         match tx.commit().await {
             Ok(()) => {
-                self.count_batch(counts, wake_relay);
+                self.count_batch(&counts, wake_relay);
                 events.len()
             }
             Err(e) => {
@@ -385,11 +374,10 @@ impl Lane {
     }
 
     /// Account for a committed batch.
-    fn count_batch(&self, (done, skipped, duplicates): (u64, u64, u64), wake_relay: bool) {
-        let c = &self.ctl.shared.counters;
-        c.done.fetch_add(done, Ordering::Relaxed);
-        c.skipped.fetch_add(skipped, Ordering::Relaxed);
-        c.duplicates.fetch_add(duplicates, Ordering::Relaxed);
+    fn count_batch(&self, counts: &[(String, &'static str, Option<i64>)], wake_relay: bool) {
+        for (plugin, outcome, ts) in counts {
+            self.ctl.shared.metrics.event(plugin, outcome, *ts);
+        }
         if wake_relay {
             self.ctl.shared.relay_wake.notify_one();
         }
@@ -447,7 +435,7 @@ impl Lane {
                 Ok(true) => {}
                 Ok(false) => {
                     let _ = tx.rollback().await;
-                    shared.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                    shared.metrics.event(name, "duplicate", None);
                     tracing::info!(dedupe_key, "duplicate: already handled, skipped");
                     return PluginEnd::Duplicate;
                 }
@@ -470,14 +458,13 @@ impl Lane {
                 shared.breakers.admit(name, &slot.plugin.hash, slot.breaker)
             {
                 let _ = tx.rollback().await;
-                shared.counters.parked.fetch_add(1, Ordering::Relaxed);
                 return ctl
                     .dead_letter(event, name, dedupe_key, &why, attempts, "parked")
                     .await;
             }
             let worker = worker_for(&mut self.workers, name, slot);
             let (inv, tx) = worker.handle(ctx.clone(), event, tx, options).await;
-            shared.record_call(name, slot, &inv);
+            shared.record_call(name, slot, &inv, attempts == 0);
             let Some(mut tx) = tx else {
                 tracing::error!(
                     "the host lost the event's transaction (a bug); retrying the event"
@@ -503,11 +490,11 @@ impl Lane {
                         }
                         match &inv.outcome {
                             Outcome::Skipped(reason) => {
-                                shared.counters.skipped.fetch_add(1, Ordering::Relaxed);
+                                shared.metrics.event(name, "skipped", event.timestamp_ms);
                                 tracing::info!(%reason, "skipped");
                             }
                             _ => {
-                                shared.counters.done.fetch_add(1, Ordering::Relaxed);
+                                shared.metrics.event(name, "done", event.timestamp_ms);
                                 tracing::debug!(
                                     messages = inv.messages.len(),
                                     statements = inv.statement_count,
@@ -552,7 +539,7 @@ impl Lane {
                             .dead_letter(event, name, dedupe_key, &why, attempts, kind)
                             .await;
                     }
-                    shared.counters.retries.fetch_add(1, Ordering::Relaxed);
+                    shared.metrics.retry(name);
                     let wait = ctl.backoff(attempts);
                     tracing::warn!(%reason, attempt = attempts, "{kind}; trying again in {wait:?}");
                     if ctl.pause(wait).await {
@@ -620,7 +607,13 @@ impl LaneCtl {
                 }
             }
         }
-        shared.counters.dead_letters.fetch_add(1, Ordering::Relaxed);
+        shared.metrics.dead_letter(plugin, kind, reason);
+        let what = if kind == "parked" {
+            "parked"
+        } else {
+            "dead_lettered"
+        };
+        shared.metrics.event(plugin, what, None);
         tracing::error!(%reason, attempts, dead_letter_topic = %shared.dead_letter_topic, "event dead-lettered");
         let mut outage = 0;
         loop {

@@ -33,7 +33,6 @@ use rdkafka::consumer::Consumer;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -207,12 +206,8 @@ impl Reloader {
     }
 
     fn refused(&self, what: &str, file: &Path, reason: &str) {
-        let refused = self
-            .shared
-            .counters
-            .reload_failures
-            .fetch_add(1, Ordering::Relaxed)
-            + 1;
+        let kind = if what == "config" { "config" } else { "plugin" };
+        let refused = self.shared.metrics.reload(kind, false);
         tracing::error!(
             file = %file.display(),
             %reason,
@@ -270,7 +265,7 @@ impl Reloader {
             },
         );
         self.shared.state.store(Arc::new(next));
-        let reloads = self.shared.counters.reloads.fetch_add(1, Ordering::Relaxed) + 1;
+        let reloads = self.shared.metrics.reload("plugin", true);
         tracing::info!(
             reloads,
             plugin = %name,
@@ -398,7 +393,7 @@ impl Reloader {
         self.shared
             .state
             .store(Arc::new(RouterState { routes, plugins }));
-        self.shared.counters.reloads.fetch_add(1, Ordering::Relaxed);
+        self.shared.metrics.reload("config", true);
         self.files = Self::plugin_files(&loaded, &options);
         self.loaded = loaded;
         tracing::info!(

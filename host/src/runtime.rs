@@ -736,6 +736,18 @@ impl PluginWorker {
             tracing::warn!(error = %crate::capabilities::db::describe_error(&e), "cannot reset the database role after the plugin call");
             role_left = false;
         }
+        // SQLite rolls the whole transaction back when a write is
+        // interrupted: the event's marker and earlier statements are gone,
+        // so its work must not commit as if complete.
+        let lost = tx.as_ref().is_some_and(Tx::lost);
+        let outcome = if lost && outcome.commits() {
+            Outcome::Retry(
+                "the database rolled the event's transaction back (a write was stopped at the plugin's statement_timeout_ms); the event runs again"
+                    .to_string(),
+            )
+        } else {
+            outcome
+        };
         let data = live.store.data_mut();
         let (logs, dropped_logs) = data.log.finish();
         let invocation = Invocation {
@@ -744,7 +756,7 @@ impl PluginWorker {
             statements: std::mem::take(&mut data.db.statements),
             statement_count: data.db.count,
             db_unavailable: data.db.unavailable || !role_left,
-            db_failed: data.db.failed || !role_left,
+            db_failed: data.db.failed || !role_left || lost,
             logs,
             dropped_logs,
             elapsed: started.elapsed(),

@@ -8,6 +8,9 @@
 //!   without bound, overflow the stack;
 //! - `sql` with `"sql"` and optional `"params"` (strings): run it and return
 //!   done, or rejected with the database error;
+//! - `sqls` with `"sqls"` (statements without parameters): run each, log
+//!   and ignore errors, and return done (a plugin that carries on after a
+//!   failed statement);
 //! - `publish` with `"topic"`, `"bytes"` and `"count"`: publish that many
 //!   messages of that size; rejected with the first refusal;
 //! - `print`: write to stdout and stderr;
@@ -28,6 +31,8 @@ struct Command {
     sql: String,
     #[serde(default)]
     params: Vec<String>,
+    #[serde(default)]
+    sqls: Vec<String>,
     #[serde(default)]
     topic: String,
     #[serde(default)]
@@ -97,6 +102,14 @@ impl switchyard_plugin::Guest for Hostile {
                         }
                         Err(e) => Ok(switchyard_plugin::rejected(e.reason())),
                     }
+                }
+                "sqls" => {
+                    for sql in &cmd.sqls {
+                        if let Err(e) = db::exec(sql, &[]) {
+                            switchyard_plugin::log::warn(&format!("ignored: {}", e.reason()));
+                        }
+                    }
+                    Ok(Outcome::Done)
                 }
                 "publish" => {
                     let body = "x".repeat(cmd.bytes);

@@ -1,0 +1,362 @@
+//! What the router counts and measures, exported at `/metrics` in the
+//! Prometheus (OpenMetrics) text format by the admin server.
+//!
+//! Counters and histograms are updated on the event path; gauges that
+//! describe state elsewhere (outbox backlog, consumer lag, circuits) are
+//! set when `/metrics` is scraped.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// `plugin`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginLabel {
+    /// The plugin's name in the routing config.
+    pub plugin: String,
+}
+
+/// `plugin`, `outcome`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// The plugin's name.
+    pub plugin: String,
+    /// `done`, `skipped`, `duplicate`, `dead_lettered`, `parked`.
+    pub outcome: String,
+}
+
+/// `kind`, `result`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// `plugin` or `config`.
+    pub kind: String,
+    /// `applied` or `refused`.
+    pub result: String,
+}
+
+/// `topic`, `partition`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabels {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+}
+
+/// `plugin`, `version`, `hash`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    /// The plugin's name.
+    pub plugin: String,
+    /// The version it reports.
+    pub version: String,
+    /// The first 12 hex digits of the file's SHA-256.
+    pub hash: String,
+}
+
+/// The last failure of a plugin, for `/plugins` and `/health`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LastError {
+    /// What happened.
+    pub reason: String,
+    /// When (RFC 3339).
+    pub at: String,
+}
+
+/// Every metric of one router.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    events: Family<OutcomeLabels, Counter>,
+    call_seconds: Family<PluginLabel, Histogram>,
+    latency_seconds: Family<PluginLabel, Histogram>,
+    retries: Family<PluginLabel, Counter>,
+    dead_letters: Family<OutcomeLabels, Counter>,
+    outages: Counter,
+    reloads: Family<ReloadLabels, Counter>,
+    publishes_refused: Family<PluginLabel, Counter>,
+    circuits_opened: Family<PluginLabel, Counter>,
+    /// 1 while the plugin's circuit is open (set at scrape).
+    pub circuit_open: Family<PluginLabel, Gauge>,
+    /// Rows waiting in the outbox (set at scrape).
+    pub outbox_backlog: Gauge,
+    /// Messages behind the end of each assigned partition (set at scrape).
+    pub consumer_lag: Family<PartitionLabels, Gauge>,
+    /// 1 for each plugin version in service (set at scrape).
+    pub plugin_info: Family<VersionLabels, Gauge>,
+    last_errors: Mutex<HashMap<String, LastError>>,
+}
+
+fn call_buckets() -> Histogram {
+    // 50 µs .. ~1.6 s.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+}
+
+fn latency_buckets() -> Histogram {
+    // 1 ms .. ~65 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("switchyard");
+        let events = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "events",
+            "Events handled, by plugin and outcome (done, skipped, duplicate, dead_lettered, parked)",
+            events.clone(),
+        );
+        let call_seconds =
+            Family::<PluginLabel, Histogram>::new_with_constructor(call_buckets as fn() -> _);
+        registry.register(
+            "plugin_call_seconds",
+            "Time of one call into a plugin, database work included",
+            call_seconds.clone(),
+        );
+        let latency_seconds =
+            Family::<PluginLabel, Histogram>::new_with_constructor(latency_buckets as fn() -> _);
+        registry.register(
+            "event_latency_seconds",
+            "From the record's timestamp to the commit of the plugin's effects",
+            latency_seconds.clone(),
+        );
+        let retries = Family::<PluginLabel, Counter>::default();
+        registry.register(
+            "retries",
+            "Attempts that will be retried (retry outcomes and failed calls)",
+            retries.clone(),
+        );
+        let dead_letters = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "dead_letters",
+            "Events written to the dead-letter topic, by plugin and the outcome that sent them",
+            dead_letters.clone(),
+        );
+        let outages = Counter::default();
+        registry.register(
+            "outages",
+            "Pauses because the database or the broker was unavailable",
+            outages.clone(),
+        );
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "reloads",
+            "Hot reloads of a plugin or the config, applied or refused",
+            reloads.clone(),
+        );
+        let publishes_refused = Family::<PluginLabel, Counter>::default();
+        registry.register(
+            "publishes_refused",
+            "Publishes refused to a plugin (topic not granted, size or count cap)",
+            publishes_refused.clone(),
+        );
+        let circuits_opened = Family::<PluginLabel, Counter>::default();
+        registry.register(
+            "circuits_opened",
+            "Times a plugin's circuit breaker opened",
+            circuits_opened.clone(),
+        );
+        let circuit_open = Family::<PluginLabel, Gauge>::default();
+        registry.register(
+            "circuit_open",
+            "1 while the plugin's circuit is open or half-open",
+            circuit_open.clone(),
+        );
+        let outbox_backlog = Gauge::default();
+        registry.register(
+            "outbox_backlog",
+            "Messages committed by plugins and not yet acknowledged by the broker",
+            outbox_backlog.clone(),
+        );
+        let consumer_lag = Family::<PartitionLabels, Gauge>::default();
+        registry.register(
+            "consumer_lag",
+            "Records between the router's position and the end of each assigned partition",
+            consumer_lag.clone(),
+        );
+        let plugin_info = Family::<VersionLabels, Gauge>::default();
+        registry.register(
+            "plugin_info",
+            "The plugin versions in service (value 1)",
+            plugin_info.clone(),
+        );
+        Self {
+            registry,
+            events,
+            call_seconds,
+            latency_seconds,
+            retries,
+            dead_letters,
+            outages,
+            reloads,
+            publishes_refused,
+            circuits_opened,
+            circuit_open,
+            outbox_backlog,
+            consumer_lag,
+            plugin_info,
+            last_errors: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+fn plugin(name: &str) -> PluginLabel {
+    PluginLabel {
+        plugin: name.to_string(),
+    }
+}
+
+fn outcome(name: &str, outcome: &str) -> OutcomeLabels {
+    OutcomeLabels {
+        plugin: name.to_string(),
+        outcome: outcome.to_string(),
+    }
+}
+
+impl Metrics {
+    /// An event's plugin work ended with `outcome`; `timestamp_ms` is the
+    /// record's, for the latency of committed work.
+    pub fn event(&self, name: &str, what: &str, timestamp_ms: Option<i64>) {
+        self.events.get_or_create(&outcome(name, what)).inc();
+        if let Some(ts) = timestamp_ms {
+            let now = chrono::Utc::now().timestamp_millis();
+            let ms = now.saturating_sub(ts).max(0) as f64;
+            self.latency_seconds
+                .get_or_create(&plugin(name))
+                .observe(ms / 1000.0);
+        }
+    }
+
+    /// Events of `name` that ended with `what` (for logs and tests).
+    pub fn events(&self, name: &str, what: &str) -> u64 {
+        self.events.get_or_create(&outcome(name, what)).get()
+    }
+
+    /// One call into a plugin took `elapsed`.
+    pub fn call(&self, name: &str, elapsed: Duration) {
+        self.call_seconds
+            .get_or_create(&plugin(name))
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// An attempt will be retried.
+    pub fn retry(&self, name: &str) {
+        self.retries.get_or_create(&plugin(name)).inc();
+    }
+
+    /// An event was dead-lettered after `what` (`failed`, `rejected`,
+    /// `retry`, `parked`); remembered as the plugin's last error.
+    pub fn dead_letter(&self, name: &str, what: &str, reason: &str) {
+        self.dead_letters.get_or_create(&outcome(name, what)).inc();
+        self.set_last_error(name, reason);
+    }
+
+    /// Dead letters of `name` (for logs and tests), every outcome.
+    pub fn dead_letters(&self, name: &str) -> u64 {
+        ["failed", "rejected", "retry", "parked"]
+            .iter()
+            .map(|w| self.dead_letters.get_or_create(&outcome(name, w)).get())
+            .sum()
+    }
+
+    /// The database or the broker was unavailable.
+    pub fn outage(&self) {
+        self.outages.inc();
+    }
+
+    /// A reload of `kind` (`plugin`, `config`) was applied or refused;
+    /// returns how many of that result so far.
+    pub fn reload(&self, kind: &str, applied: bool) -> u64 {
+        let labels = ReloadLabels {
+            kind: kind.to_string(),
+            result: if applied { "applied" } else { "refused" }.to_string(),
+        };
+        self.reloads.get_or_create(&labels).inc() + 1
+    }
+
+    /// `n` publishes were refused to `name`.
+    pub fn publishes_refused(&self, name: &str, n: u64) {
+        self.publishes_refused
+            .get_or_create(&plugin(name))
+            .inc_by(n);
+    }
+
+    /// `name`'s circuit opened.
+    pub fn circuit_opened(&self, name: &str, reason: &str) {
+        self.circuits_opened.get_or_create(&plugin(name)).inc();
+        self.set_last_error(name, reason);
+    }
+
+    /// Remember `reason` as `name`'s last error.
+    pub fn set_last_error(&self, name: &str, reason: &str) {
+        let mut errors = self
+            .last_errors
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        errors.insert(
+            name.to_string(),
+            LastError {
+                reason: reason.to_string(),
+                at: chrono::Utc::now().to_rfc3339(),
+            },
+        );
+    }
+
+    /// `name`'s last error, if any.
+    pub fn last_error(&self, name: &str) -> Option<LastError> {
+        self.last_errors
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(name)
+            .cloned()
+    }
+
+    /// Everything, in the OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            // Writing to a String cannot fail; say so if it ever does.
+            out = format!("# encoding failed: {e}\n");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_show_in_the_exposition() {
+        let m = Metrics::default();
+        m.event("stats", "done", Some(chrono::Utc::now().timestamp_millis()));
+        m.event("stats", "done", None);
+        m.call("stats", Duration::from_micros(300));
+        m.dead_letter("stats", "rejected", "bad event");
+        assert_eq!(m.reload("plugin", true), 1);
+        assert_eq!(m.reload("plugin", true), 2);
+        let text = m.encode();
+        assert!(
+            text.contains(r#"switchyard_events_total{plugin="stats",outcome="done"} 2"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"switchyard_plugin_call_seconds_count{plugin="stats"} 1"#));
+        assert!(text.contains(r#"switchyard_event_latency_seconds_count{plugin="stats"} 1"#));
+        assert!(
+            text.contains(r#"switchyard_dead_letters_total{plugin="stats",outcome="rejected"} 1"#)
+        );
+        assert!(text.contains(r#"switchyard_reloads_total{kind="plugin",result="applied"} 2"#));
+        assert_eq!(m.events("stats", "done"), 2);
+        assert_eq!(m.dead_letters("stats"), 1);
+        assert_eq!(
+            m.last_error("stats").map(|e| e.reason),
+            Some("bad event".into())
+        );
+    }
+}
