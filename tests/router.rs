@@ -53,6 +53,7 @@ fn write_config(dir: &Path, broker: &str, db_url: &str) -> std::path::PathBuf {
             "dir = \"../target/wasm32-wasip2/plugin\"",
             &format!("dir = \"{}\"", plugin_dir.display()),
         )
+        .replace("address = \"127.0.0.1:9180\"", "address = \"127.0.0.1:0\"")
         .replace("max_attempts = 5", "max_attempts = 3")
         .replace("initial_backoff_ms = 100", "initial_backoff_ms = 20")
         .replace("max_backoff_ms = 10000", "max_backoff_ms = 200");
@@ -325,6 +326,71 @@ async fn seed_events_flow_end_to_end() {
         emperor
             .header("switchyard.error")
             .is_some_and(|e| e.contains("EMPEROR"))
+    );
+
+    // The admin server counts what happened and shows what runs.
+    let admin = common::admin_address(&router.log_text())
+        .unwrap_or_else(|| panic!("no admin address in the log:\n{}", router.log_text()));
+    let (code, metrics) = common::http_get(&admin, "/metrics").await;
+    assert_eq!(code, 200);
+    for line in [
+        r#"switchyard_events_total{plugin="role-mapping",outcome="done"} 1"#,
+        r#"switchyard_events_total{plugin="stats-increment",outcome="duplicate"} 1"#,
+        r#"switchyard_dead_letters_total{plugin="profile-creation",outcome="rejected"} 1"#,
+        r#"switchyard_plugin_call_seconds_count{plugin="welcome-notification"}"#,
+        r#"switchyard_event_latency_seconds_bucket{le="#,
+        "switchyard_outbox_backlog 0",
+        r#"switchyard_consumer_lag{topic="create-user",partition="#,
+        r#"switchyard_plugin_info{plugin="stats-increment",version="#,
+    ] {
+        assert!(metrics.contains(line), "{line} not in /metrics:\n{metrics}");
+    }
+    let (code, health) = common::http_get(&admin, "/health").await;
+    let health: serde_json::Value = serde_json::from_str(&health).unwrap_or_default();
+    assert_eq!(code, 200, "{health}");
+    assert_eq!(health["status"], "ok", "{health}");
+    assert_eq!(health["database"]["ok"], true);
+    assert_eq!(health["kafka"]["ok"], true);
+    assert_eq!(health["plugins"]["role-mapping"]["state"], "serving");
+    assert!(
+        health["plugins"]["profile-creation"]["last_error"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("invalid payload")),
+        "{health}"
+    );
+    let (_, plugins) = common::http_get(&admin, "/plugins").await;
+    let plugins: serde_json::Value = serde_json::from_str(&plugins).unwrap_or_default();
+    let names: Vec<&str> = plugins
+        .as_array()
+        .map(|a| a.iter().filter_map(|p| p["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        names,
+        vec![
+            "profile-creation",
+            "role-mapping",
+            "stats-increment",
+            "welcome-notification"
+        ]
+    );
+    assert_eq!(plugins[2]["hash"].as_str().map(str::len), Some(12));
+    assert_eq!(
+        plugins[2]["database"]["tables"],
+        json!(["user_stats", "stats_processed_events"])
+    );
+    assert_eq!(
+        plugins[0]["publish"],
+        json!(["create-user-response", "*.reply"])
+    );
+    let (_, routes) = common::http_get(&admin, "/routes").await;
+    let routes: serde_json::Value = serde_json::from_str(&routes).unwrap_or_default();
+    assert_eq!(
+        routes["user.created"][0]["plugins"],
+        json!(["stats-increment"])
+    );
+    assert_eq!(
+        routes["user.created"][0]["dedupe"],
+        "event id from field /eventId"
     );
 
     let status = router.terminate(Duration::from_secs(30));

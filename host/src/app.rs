@@ -32,6 +32,8 @@ pub struct RunOptions {
     pub plugin_dir: Option<PathBuf>,
     /// `--no-reload`: do not watch the plugin files and the config.
     pub no_reload: bool,
+    /// `--admin`: the admin server's address, overriding `[admin]`.
+    pub admin: Option<String>,
 }
 
 /// Read the config and apply the overrides.
@@ -42,6 +44,9 @@ pub fn load_config(options: &RunOptions) -> anyhow::Result<Loaded> {
     }
     if let Some(d) = &options.database {
         loaded.config.database.url = d.clone();
+    }
+    if let Some(a) = &options.admin {
+        loaded.config.admin.address = Some(a.clone());
     }
     Ok(loaded)
 }
@@ -241,6 +246,23 @@ pub async fn run(
         "switchyard running"
     );
 
+    let (stop_admin_tx, stop_admin_rx) = tokio::sync::oneshot::channel::<()>();
+    let admin_task = match &config.admin.address {
+        Some(address) => {
+            let state = Arc::new(crate::admin::AdminState {
+                shared: shared.clone(),
+                consumer: consumer.clone(),
+                brokers: config.kafka.brokers.clone(),
+            });
+            let (_, task) = crate::admin::serve(address, state, async {
+                let _ = stop_admin_rx.await;
+            })
+            .await?;
+            Some(task)
+        }
+        None => None,
+    };
+
     let (stop_reload_tx, stop_reload_rx) = tokio::sync::oneshot::channel::<()>();
     let reload_task = if options.no_reload {
         None
@@ -281,6 +303,10 @@ pub async fn run(
             rows = left,
             "outbox not empty at shutdown; the rows are sent at the next start"
         );
+    }
+    let _ = stop_admin_tx.send(());
+    if let Some(task) = admin_task {
+        let _ = task.await;
     }
     consumer::commit_stored(&consumer);
     consumer.unsubscribe();

@@ -56,6 +56,19 @@ pub struct Config {
     /// Routes: which topics go to which plugins.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// The admin HTTP server.
+    #[serde(default)]
+    pub admin: AdminConfig,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Where the admin HTTP server (`/health`, `/metrics`, `/plugins`,
+    /// `/routes`) listens; unset, there is none. Port 0 picks a free port.
+    /// Overridden by `--admin`. Example: `address = "127.0.0.1:9180"`.
+    pub address: Option<String>,
 }
 
 /// `[kafka]`.

@@ -225,6 +225,14 @@ impl Database {
         }
     }
 
+    /// Whether the database answers a trivial query.
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        match self {
+            Database::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()),
+            Database::Sqlite(pool, _) => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()),
+        }
+    }
+
     /// Re-read the table names of a SQLite schema (after host scripts and
     /// migrations, the only ways tables appear: plugins cannot run DDL).
     async fn refresh_schema(&self) -> Result<(), sqlx::Error> {

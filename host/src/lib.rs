@@ -23,6 +23,7 @@
 //!   settings; [`app`]: `switchyard run` and `switchyard check`;
 //! - [`reload`]: hot reload of plugin files and the routing config.
 
+pub mod admin;
 pub mod app;
 pub mod bindings;
 pub mod breaker;

@@ -87,6 +87,10 @@ struct RunArgs {
     /// Do not watch the plugin files and the config for changes.
     #[arg(long)]
     no_reload: bool,
+    /// The admin HTTP server's address (`/health`, `/metrics`, `/plugins`,
+    /// `/routes`); overrides `[admin] address`. Port 0 picks a free port.
+    #[arg(long, env = "SWITCHYARD_ADMIN")]
+    admin: Option<String>,
     /// Log format: `text` or `json`.
     #[arg(long, default_value = "text", env = "SWITCHYARD_LOG_FORMAT")]
     log_format: String,
@@ -100,6 +104,7 @@ impl RunArgs {
             database: self.database.clone(),
             plugin_dir: self.plugin_dir.clone(),
             no_reload: self.no_reload,
+            admin: self.admin.clone(),
         }
     }
 }

@@ -372,20 +372,7 @@ impl Relay {
 
     /// Rows waiting in the outbox.
     pub async fn backlog(&self) -> anyhow::Result<i64> {
-        let mut tx = self.db.begin().await?;
-        let rows = tx
-            .query(
-                "SELECT count(*) FROM switchyard_outbox",
-                &[],
-                &Limits::default(),
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!("{}", crate::capabilities::db::describe_error(&e)))?;
-        tx.rollback().await?;
-        Ok(match rows.rows.first().and_then(|r| r.first()) {
-            Some(Value::Int(n)) => *n,
-            _ => 0,
-        })
+        backlog(&self.db).await
     }
 
     /// Relay until `stop` resolves: a pass after every wake-up, and at
@@ -456,6 +443,26 @@ async fn sleep_or_stop(
         _ = stop.as_mut() => true,
         _ = tokio::time::sleep(d) => false,
     }
+}
+
+/// Rows waiting in the outbox: committed by plugins, not yet acknowledged
+/// by the broker.
+pub async fn backlog(db: &Database) -> anyhow::Result<i64> {
+    let mut tx = db.begin().await?;
+
+    let rows = tx
+        .query(
+            "SELECT count(*) FROM switchyard_outbox",
+            &[],
+            &Limits::default(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", crate::capabilities::db::describe_error(&e)))?;
+    tx.rollback().await?;
+    Ok(match rows.rows.first().and_then(|r| r.first()) {
+        Some(Value::Int(n)) => *n,
+        _ => 0,
+    })
 }
 
 #[cfg(test)]

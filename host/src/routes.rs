@@ -18,6 +18,15 @@ pub enum KeySource {
     Field(String),
 }
 
+impl std::fmt::Display for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeySource::Header(h) => write!(f, "header {h}"),
+            KeySource::Field(p) => write!(f, "field {p}"),
+        }
+    }
+}
+
 impl KeySource {
     fn from_config(header: Option<&String>, field: Option<&String>) -> Option<Self> {
         match (header, field) {
@@ -108,6 +117,30 @@ impl RouteTable {
             }
         }
         Self { by_topic }
+    }
+
+    /// The table as JSON, by topic, for `/routes`.
+    pub fn describe(&self) -> serde_json::Value {
+        let mut topics: Vec<&String> = self.by_topic.keys().collect();
+        topics.sort();
+        let mut out = serde_json::Map::new();
+        for topic in topics {
+            let routes: Vec<serde_json::Value> = self.by_topic[topic]
+                .iter()
+                .map(|r| {
+                    serde_json::json!({
+                        "plugins": r.plugins,
+                        "match": r.condition.as_ref().map(|(s, v)| format!("{s} = {v:?}")),
+                        "dedupe": r.dedupe.as_ref().map_or_else(
+                            || "position (topic/partition/offset)".to_string(),
+                            |d| format!("event id from {d}"),
+                        ),
+                    })
+                })
+                .collect();
+            out.insert(topic.clone(), serde_json::Value::Array(routes));
+        }
+        serde_json::Value::Object(out)
     }
 
     /// Topics with at least one route, sorted.

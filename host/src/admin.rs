@@ -1,0 +1,268 @@
+//! The admin HTTP server: what runs and how it is doing, for operators and
+//! for Prometheus.
+//!
+//! - `GET /health`: the database, Kafka, the outbox backlog and each
+//!   plugin's state; 200 when all is well, 503 otherwise.
+//! - `GET /metrics`: the Prometheus (OpenMetrics) exposition.
+//! - `GET /plugins`: the versions in service, their hashes, limits, grants,
+//!   circuit breaker and last error.
+//! - `GET /routes`: the route table, by topic.
+//!
+//! It binds to `[admin] address` (or `--admin`); port 0 picks a free port,
+//! which the log line `admin server listening` gives.
+
+use crate::breaker::State as CircuitState;
+use crate::consumer::RouterConsumer;
+use crate::pipeline::Shared;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use rdkafka::consumer::Consumer;
+use serde_json::{Value as Json, json};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What the handlers read.
+pub struct AdminState {
+    /// The router's shared state.
+    pub shared: Arc<Shared>,
+    /// The group consumer (for lag).
+    pub consumer: Arc<RouterConsumer>,
+    /// The brokers, as configured.
+    pub brokers: String,
+}
+
+/// Bind `address` and serve until `shutdown`; returns the bound address
+/// and the server's task.
+pub async fn serve(
+    address: &str,
+    state: Arc<AdminState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(address).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen on the admin address {address}: {e}; set another with [admin] address or --admin (port 0 picks a free one)"
+        )
+    })?;
+    let bound = listener.local_addr()?;
+    let app = axum::Router::new()
+        .route("/", get(index))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/plugins", get(plugins))
+        .route("/routes", get(routes))
+        .with_state(state);
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "admin server stopped");
+        }
+    });
+    tracing::info!(address = %bound, "admin server listening: /health /metrics /plugins /routes");
+    Ok((bound, task))
+}
+
+type AdminRef = State<Arc<AdminState>>;
+
+async fn index() -> impl IntoResponse {
+    "switchyard admin: /health /metrics /plugins /routes\n"
+}
+
+/// Whether the database answers, and how fast.
+async fn database_health(s: &AdminState) -> Json {
+    let started = Instant::now();
+    match tokio::time::timeout(Duration::from_secs(2), s.shared.db.ping()).await {
+        Ok(Ok(())) => json!({"ok": true, "latency_ms": started.elapsed().as_millis() as u64}),
+        Ok(Err(e)) => json!({"ok": false, "error": e.to_string()}),
+        Err(_) => json!({"ok": false, "error": "no answer within 2 s"}),
+    }
+}
+
+/// Whether the brokers answer a metadata request.
+async fn kafka_health(s: &AdminState) -> Json {
+    let producer = s.shared.producer.clone();
+    let started = Instant::now();
+    let fetched = tokio::task::spawn_blocking(move || {
+        use rdkafka::producer::Producer;
+        producer
+            .client()
+            .fetch_metadata(None, Duration::from_secs(2))
+            .map(|m| m.brokers().len())
+    })
+    .await;
+    match fetched {
+        Ok(Ok(brokers)) => json!({"ok": true, "brokers": s.brokers, "brokers_up": brokers,
+            "latency_ms": started.elapsed().as_millis() as u64}),
+        Ok(Err(e)) => json!({"ok": false, "brokers": s.brokers, "error": e.to_string()}),
+        Err(e) => json!({"ok": false, "brokers": s.brokers, "error": e.to_string()}),
+    }
+}
+
+fn circuit_json(state: &CircuitState) -> (&'static str, Json) {
+    match state {
+        CircuitState::Closed { failures } => (
+            "serving",
+            json!({"state": "closed", "consecutive_failures": failures}),
+        ),
+        CircuitState::Open { remaining } => (
+            "parking",
+            json!({"state": "open", "cooldown_left_ms": remaining.as_millis() as u64}),
+        ),
+        CircuitState::HalfOpen => ("trial", json!({"state": "half-open"})),
+    }
+}
+
+async fn health(State(s): AdminRef) -> Response {
+    let (database, kafka, backlog) = tokio::join!(
+        database_health(&s),
+        kafka_health(&s),
+        crate::outbox::backlog(&s.shared.db)
+    );
+    let router = s.shared.state.load_full();
+    let mut plugins = serde_json::Map::new();
+    let mut all_serving = true;
+    for (name, slot) in &router.plugins {
+        let (circuit, _) = s.shared.breakers.state(name, &slot.plugin.hash);
+        let (state, _) = circuit_json(&circuit);
+        all_serving &= state == "serving";
+        plugins.insert(
+            name.clone(),
+            json!({
+                "state": state,
+                "version": slot.plugin.info.version,
+                "hash": slot.plugin.hash,
+                "last_error": s.shared.metrics.last_error(name),
+            }),
+        );
+    }
+    let outbox = match backlog {
+        Ok(n) => json!({"ok": true, "backlog": n}),
+        Err(e) => json!({"ok": false, "error": e.to_string()}),
+    };
+    let ok = database["ok"] == true && kafka["ok"] == true && outbox["ok"] == true;
+    let body = json!({
+        "status": if !ok { "down" } else if all_serving { "ok" } else { "degraded" },
+        "database": database,
+        "kafka": kafka,
+        "outbox": outbox,
+        "plugins": plugins,
+    });
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, axum::Json(body)).into_response()
+}
+
+/// Set the gauges that describe state elsewhere, then encode.
+async fn metrics(State(s): AdminRef) -> Response {
+    let m = &s.shared.metrics;
+    if let Ok(n) = crate::outbox::backlog(&s.shared.db).await {
+        m.outbox_backlog.set(n);
+    }
+    let router = s.shared.state.load_full();
+    m.plugin_info.clear();
+    m.circuit_open.clear();
+    for (name, slot) in &router.plugins {
+        m.plugin_info
+            .get_or_create(&crate::metrics::VersionLabels {
+                plugin: name.clone(),
+                version: slot.plugin.info.version.clone(),
+                hash: slot.plugin.hash.clone(),
+            })
+            .set(1);
+        let (circuit, _) = s.shared.breakers.state(name, &slot.plugin.hash);
+        let open = !matches!(circuit, CircuitState::Closed { .. });
+        m.circuit_open
+            .get_or_create(&crate::metrics::PluginLabel {
+                plugin: name.clone(),
+            })
+            .set(i64::from(open));
+    }
+    let consumer = s.consumer.clone();
+    let lags = tokio::task::spawn_blocking(move || consumer_lag(&consumer))
+        .await
+        .unwrap_or_default();
+    m.consumer_lag.clear();
+    for (topic, partition, lag) in lags {
+        m.consumer_lag
+            .get_or_create(&crate::metrics::PartitionLabels { topic, partition })
+            .set(lag);
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        m.encode(),
+    )
+        .into_response()
+}
+
+/// Records between the consumer's position and the end of each assigned
+/// partition (a blocking metadata round trip per partition).
+fn consumer_lag(consumer: &RouterConsumer) -> Vec<(String, i32, i64)> {
+    let Ok(positions) = consumer.position() else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in positions.elements() {
+        let Ok((_, high)) =
+            consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(1))
+        else {
+            continue;
+        };
+        let lag = match e.offset().to_raw() {
+            Some(pos) if pos >= 0 => (high - pos).max(0),
+            // No position yet: nothing consumed; all of it is behind.
+            _ => high.max(0),
+        };
+        out.push((e.topic().to_string(), e.partition(), lag));
+    }
+    out
+}
+
+async fn plugins(State(s): AdminRef) -> Response {
+    let router = s.shared.state.load_full();
+    let mut names: Vec<&String> = router.plugins.keys().collect();
+    names.sort();
+    let m = &s.shared.metrics;
+    let list: Vec<Json> = names
+        .into_iter()
+        .map(|name| {
+            let slot = &router.plugins[name];
+            let p = &slot.plugin;
+            let (circuit, opened) = s.shared.breakers.state(name, &p.hash);
+            let (_, circuit) = circuit_json(&circuit);
+            json!({
+                "name": name,
+                "plugin": p.info.name,
+                "version": p.info.version,
+                "hash": p.hash,
+                "file": p.source,
+                "bytes": p.size,
+                "compile_ms": p.compile_time.as_millis() as u64,
+                "isolation": format!("{:?}", slot.isolation).to_lowercase(),
+                "limits": p.env.limits,
+                "publish": p.env.grants.patterns(),
+                "database": {"role": p.env.db_role, "tables": &*p.env.db_tables},
+                "migrations": p.info.migrations.iter().map(|m| m.id.clone()).collect::<Vec<_>>(),
+                "breaker": {"failures": slot.breaker.failures, "cooldown_ms": slot.breaker.cooldown_ms,
+                    "circuit": circuit, "opened_times": opened},
+                "events": {"done": m.events(name, "done"), "skipped": m.events(name, "skipped"),
+                    "duplicates": m.events(name, "duplicate"), "dead_letters": m.dead_letters(name)},
+                "last_error": m.last_error(name),
+            })
+        })
+        .collect();
+    axum::Json(Json::Array(list)).into_response()
+}
+
+async fn routes(State(s): AdminRef) -> Response {
+    axum::Json(s.shared.state.load_full().routes.describe()).into_response()
+}
