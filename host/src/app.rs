@@ -34,6 +34,35 @@ pub struct RunOptions {
     pub no_reload: bool,
     /// `--admin`: the admin server's address, overriding `[admin]`.
     pub admin: Option<String>,
+    /// Called once the router is up (`switchyard dev` prints its banner).
+    pub ready: Option<ReadyHook>,
+}
+
+/// What is running, once the router is up.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    /// Kafka bootstrap servers.
+    pub brokers: String,
+    /// The database URL, password redacted.
+    pub database: String,
+    /// Where the admin server listens, if it does.
+    pub admin: Option<std::net::SocketAddr>,
+    /// Plugin names, sorted.
+    pub plugins: Vec<String>,
+    /// Topics consumed, sorted.
+    pub topics: Vec<String>,
+    /// The config file.
+    pub config: std::path::PathBuf,
+}
+
+/// A callback for [`Ready`].
+#[derive(Clone)]
+pub struct ReadyHook(pub Arc<dyn Fn(&Ready) + Send + Sync>);
+
+impl std::fmt::Debug for ReadyHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReadyHook")
+    }
 }
 
 /// Read the config and apply the overrides.
@@ -254,14 +283,26 @@ pub async fn run(
                 consumer: consumer.clone(),
                 brokers: config.kafka.brokers.clone(),
             });
-            let (_, task) = crate::admin::serve(address, state, async {
+            let (bound, task) = crate::admin::serve(address, state, async {
                 let _ = stop_admin_rx.await;
             })
             .await?;
-            Some(task)
+            Some((bound, task))
         }
         None => None,
     };
+    if let Some(hook) = &options.ready {
+        let mut plugins: Vec<String> = shared.state.load().plugins.keys().cloned().collect();
+        plugins.sort();
+        (hook.0)(&Ready {
+            brokers: config.kafka.brokers.clone(),
+            database: redact_url(&config.database.url),
+            admin: admin_task.as_ref().map(|(a, _)| *a),
+            plugins,
+            topics: topics.clone(),
+            config: options.config.clone(),
+        });
+    }
 
     let (stop_reload_tx, stop_reload_rx) = tokio::sync::oneshot::channel::<()>();
     let reload_task = if options.no_reload {
@@ -305,7 +346,7 @@ pub async fn run(
         );
     }
     let _ = stop_admin_tx.send(());
-    if let Some(task) = admin_task {
+    if let Some((_, task)) = admin_task {
         let _ = task.await;
     }
     consumer::commit_stored(&consumer);

@@ -31,6 +31,7 @@ pub mod capabilities;
 pub mod config;
 pub mod consumer;
 pub mod database;
+pub mod dev;
 pub mod event;
 pub mod kafka;
 pub mod limits;

@@ -17,6 +17,17 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Everything on this machine, no services to set up: a Kafka-protocol
+    /// broker (Tansu, in memory; installed on first use, started on a local
+    /// port, stopped on exit), the config's SQLite database, its plugins
+    /// with hot reload, and the admin server. Prints the addresses and an
+    /// example to send a seed event.
+    #[command(after_help = "Examples:
+  switchyard dev
+  switchyard dev --broker-port 19092 --admin 127.0.0.1:0
+  switchyard dev --brokers 127.0.0.1:9092          # a broker you run yourself
+  switchyard dev --database postgres://postgres@127.0.0.1/switchyard")]
+    Dev(DevArgs),
     /// Run the router: consume the config's topics, hand events to the
     /// plugins, commit their effects exactly once, produce their messages.
     ///
@@ -44,6 +55,18 @@ enum Command {
   echo '{\"userId\": \"u1\", \"email\": \"ana@example.com\"}' | \\
       switchyard produce notification.send.welcome --key u1 --header request-id=r-1")]
     Produce(ProduceArgs),
+}
+
+#[derive(Debug, Args)]
+struct DevArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Port for the broker `dev` starts (a free one if it is taken).
+    #[arg(long, default_value_t = 9092)]
+    broker_port: u16,
+    /// A Tansu binary to use instead of finding or installing one.
+    #[arg(long, env = "SWITCHYARD_TANSU")]
+    tansu: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -105,6 +128,7 @@ impl RunArgs {
             plugin_dir: self.plugin_dir.clone(),
             no_reload: self.no_reload,
             admin: self.admin.clone(),
+            ready: None,
         }
     }
 }
@@ -188,6 +212,17 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Dev(args) => {
+            init_logging_format("info", &args.run.log_format);
+            match runtime.block_on(dev_cmd(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Check(args) => {
             init_logging("warn");
             match runtime.block_on(switchyard::app::check(&args.options())) {
@@ -222,6 +257,35 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+async fn dev_cmd(args: DevArgs) -> anyhow::Result<()> {
+    use switchyard::dev;
+    let mut options = args.run.options();
+    let mut broker = None;
+    let note = if options.brokers.is_some() {
+        "yours".to_string()
+    } else {
+        let tansu = match dev::find_tansu(args.tansu.as_deref()) {
+            Some(t) => t,
+            None => dev::install_tansu().await?,
+        };
+        eprintln!("switchyard dev: starting the broker ({})", tansu.display());
+        let b = dev::Broker::start(&tansu, args.broker_port).await?;
+        options.brokers = Some(b.address.clone());
+        let note = format!("Tansu, in memory, stopped on exit; log {}", b.log.display());
+        broker = Some(b);
+        note
+    };
+    eprintln!("switchyard dev: compiling the plugins and starting the router");
+    options.ready = Some(switchyard::app::ReadyHook(std::sync::Arc::new(
+        move |ready| println!("{}", dev::banner(ready, &note)),
+    )));
+    let result = switchyard::app::run(options, shutdown_signal()).await;
+    if let Some(b) = broker {
+        b.stop().await;
+    }
+    result
 }
 
 async fn plugin_test_cmd(args: TestArgs) -> anyhow::Result<ExitCode> {

@@ -1,0 +1,182 @@
+//! `switchyard dev` as a developer uses it: one command, no services. It
+//! starts its own broker and prints where it is; a real Kafka client sends
+//! seed 004's event and reads the welcome e-mail request; `/metrics` counts
+//! it; a plugin file replaced on disk serves the next event; Ctrl-C (here
+//! SIGTERM) stops the router and the broker.
+
+mod common;
+
+use common::{admin_address, consume_until, eventually, http_get, produce, root};
+use std::path::Path;
+use std::time::Duration;
+use switchyard::database::Database;
+
+/// Read a banner line `  <label>  <value> ...` from `dev`'s output.
+fn banner_value(out: &str, label: &str) -> Option<String> {
+    out.lines()
+        .map(str::trim_start)
+        .find(|l| l.starts_with(label))
+        .and_then(|l| l[label.len()..].split_whitespace().next())
+        .map(str::to_string)
+}
+
+fn copy_plugins(to: &Path) {
+    std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("{e}"));
+    for name in [
+        "role-mapping",
+        "profile-creation",
+        "stats-increment",
+        "welcome-notification",
+    ] {
+        let from = common::plugin_path(name);
+        let file = from.file_name().unwrap_or_default();
+        std::fs::copy(&from, to.join(file)).unwrap_or_else(|e| panic!("{}: {e}", from.display()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_serves_a_kafka_client_reloads_and_counts() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let plugins = dir.path().join("plugins");
+    copy_plugins(&plugins);
+    let db_url = format!("sqlite:{}", dir.path().join("dev.db").display());
+    let out_path = dir.path().join("stdout.txt");
+    let log_path = dir.path().join("log.txt");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .current_dir(dir.path())
+        .args(["dev", "--config"])
+        .arg(root().join("config/switchyard.toml"))
+        .args([
+            "--broker-port",
+            "0",
+            "--admin",
+            "127.0.0.1:0",
+            "--database",
+            &db_url,
+        ])
+        .arg("--plugin-dir")
+        .arg(&plugins)
+        .arg("--tansu")
+        .arg(common::tansu_path())
+        .env_remove("SWITCHYARD_BROKERS")
+        .env_remove("SWITCHYARD_DATABASE_URL")
+        .env_remove("SWITCHYARD_PLUGIN_DIR")
+        .env("NO_COLOR", "1")
+        .stdout(std::fs::File::create(&out_path).unwrap_or_else(|e| panic!("{e}")))
+        .stderr(std::fs::File::create(&log_path).unwrap_or_else(|e| panic!("{e}")))
+        .spawn()
+        .unwrap_or_else(|e| panic!("switchyard dev: {e}"));
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let out = || std::fs::read_to_string(&out_path).unwrap_or_default();
+
+    let up = eventually(Duration::from_secs(90), || async {
+        out().contains("switchyard dev is up") && log().contains("partitions assigned")
+    })
+    .await;
+    assert!(up, "dev did not come up:\n{}\n{}", out(), log());
+    let text = out();
+    let broker = banner_value(&text, "broker").unwrap_or_default();
+    assert!(broker.starts_with("127.0.0.1:"), "{text}");
+    let admin = banner_value(&text, "admin")
+        .and_then(|a| a.strip_prefix("http://").map(str::to_string))
+        .unwrap_or_default();
+    assert_eq!(Some(admin.clone()), admin_address(&log()));
+    assert!(
+        text.contains(&format!("switchyard produce --brokers {broker} --event")),
+        "a copy-paste example: {text}"
+    );
+
+    // A Kafka client (librdkafka, through rdkafka) sends seed 004's event
+    // with its headers, and reads the e-mail request.
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &broker)
+        .create()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let seed = serde_json::json!({"event": "user_registered", "id": "evt-dev-1", "ts": 1696599999999i64, "v": 1,
+        "payload": {"user_id": "u-dev", "email": "lucia@example.com", "full_name": "Lucía Fernández"},
+        "source": "auth-svc"});
+    let headers = [
+        ("event-type", "user_registered"),
+        ("event-id", "evt-dev-1"),
+        ("content-type", "application/json"),
+        ("request-id", "req-dev-1"),
+    ];
+    produce(
+        &producer,
+        "user.registered.v1",
+        Some("u-dev"),
+        &headers,
+        seed.to_string().as_bytes(),
+    )
+    .await;
+    let emails = consume_until(
+        &broker,
+        &["notification.send.email"],
+        Duration::from_secs(60),
+        |m| !m.is_empty(),
+    )
+    .await;
+    assert_eq!(emails.len(), 1, "{}", log());
+    assert_eq!(emails[0].header("request-id"), Some("req-dev-1"));
+    assert_eq!(emails[0].json()["to"], "lucia@example.com");
+
+    let counted = eventually(Duration::from_secs(10), || async {
+        http_get(&admin, "/metrics")
+            .await
+            .1
+            .contains(r#"switchyard_events_total{plugin="welcome-notification",outcome="done"} 1"#)
+    })
+    .await;
+    assert!(counted, "{}", http_get(&admin, "/metrics").await.1);
+
+    // Hot reload: another build over the welcome plugin's file (the
+    // marker test plugin records which build handled each event).
+    let target = plugins.join("welcome_notification.wasm");
+    let staged = plugins.join("staged.tmp");
+    std::fs::copy(common::plugin_path("test-marker"), &staged).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::rename(&staged, &target).unwrap_or_else(|e| panic!("{e}"));
+    let reloaded = eventually(Duration::from_secs(30), || async {
+        log().contains("plugin reloaded")
+    })
+    .await;
+    assert!(reloaded, "{}", log());
+    let second = serde_json::json!({"event": "user_registered", "id": "evt-dev-2", "ts": 1696599999999i64, "v": 1,
+        "payload": {"user_id": "u-dev2", "email": "x@example.com", "full_name": "X"}, "source": "auth-svc"});
+    produce(
+        &producer,
+        "user.registered.v1",
+        Some("u-dev2"),
+        &[("event-id", "evt-dev-2")],
+        second.to_string().as_bytes(),
+    )
+    .await;
+    let db = Database::connect(&db_url, 1)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let marked = eventually(Duration::from_secs(30), || async {
+        common::rows_of(&db, "SELECT marker FROM marker_events").await
+            == vec![serde_json::json!({"marker": "test-marker"})]
+    })
+    .await;
+    assert!(
+        marked,
+        "the new build did not handle the next event:\n{}",
+        log()
+    );
+    db.close().await;
+
+    // SIGTERM: the router stops gracefully, then the broker.
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .ok()
+        .and_then(Result::ok);
+    assert!(status.is_some_and(|s| s.success()), "{status:?}\n{}", log());
+    let gone = eventually(Duration::from_secs(10), || async {
+        std::net::TcpStream::connect(&broker).is_err()
+    })
+    .await;
+    assert!(gone, "the broker still listens on {broker}");
+}
