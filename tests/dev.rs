@@ -62,6 +62,7 @@ async fn dev_serves_a_kafka_client_reloads_and_counts() {
         .env_remove("SWITCHYARD_DATABASE_URL")
         .env_remove("SWITCHYARD_PLUGIN_DIR")
         .env("NO_COLOR", "1")
+        .env("SWITCHYARD_LOG", "info,switchyard=debug")
         .stdout(std::fs::File::create(&out_path).unwrap_or_else(|e| panic!("{e}")))
         .stderr(std::fs::File::create(&log_path).unwrap_or_else(|e| panic!("{e}")))
         .spawn()
@@ -100,6 +101,10 @@ async fn dev_serves_a_kafka_client_reloads_and_counts() {
         ("event-id", "evt-dev-1"),
         ("content-type", "application/json"),
         ("request-id", "req-dev-1"),
+        (
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ),
     ];
     produce(
         &producer,
@@ -118,6 +123,16 @@ async fn dev_serves_a_kafka_client_reloads_and_counts() {
     .await;
     assert_eq!(emails.len(), 1, "{}", log());
     assert_eq!(emails[0].header("request-id"), Some("req-dev-1"));
+    let trace = emails[0].header("traceparent").unwrap_or_default();
+    assert!(
+        trace.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && trace.ends_with("-01"),
+        "the same trace, a span of its own: {trace}"
+    );
+    assert!(!trace.contains("00f067aa0ba902b7"));
+    assert!(
+        log().contains("trace_id=\"4bf92f3577b34da6a3ce929d0e0e4736\""),
+        "the trace id is in the logs"
+    );
     assert_eq!(emails[0].json()["to"], "lucia@example.com");
 
     let counted = eventually(Duration::from_secs(10), || async {

@@ -84,11 +84,64 @@ pub struct EventContext {
     pub request_id: Option<String>,
     /// The incoming `event-id` header, for logs.
     pub event_id: Option<String>,
+    /// The incoming W3C `traceparent`, when valid: published messages
+    /// carry a child of it.
+    pub traceparent: Option<TraceParent>,
+    /// The incoming W3C `tracestate`, carried over as it is.
+    pub tracestate: Option<String>,
     /// Stable identity of this invocation, e.g.
     /// `group/topic/partition/offset/plugin`: the `event-id` of the n-th
     /// message it publishes is a UUIDv5 of `origin/n`, so a re-run of the
     /// same event publishes the same ids and consumers can deduplicate.
     pub origin: String,
+}
+
+/// A W3C trace context `traceparent` (version 00).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceParent {
+    /// 32 lowercase hex digits, not all zero.
+    pub trace_id: String,
+    /// 16 lowercase hex digits, not all zero.
+    pub parent_id: String,
+    /// Two hex digits.
+    pub flags: String,
+}
+
+impl TraceParent {
+    /// Parse `00-<trace-id>-<parent-id>-<flags>`; anything else is `None`
+    /// (and is not propagated).
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut parts = text.trim().split('-');
+        let (version, trace, parent, flags) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        let hex = |s: &str, n: usize| {
+            s.len() == n
+                && s.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        };
+        let zero = |s: &str| s.bytes().all(|b| b == b'0');
+        if parts.next().is_some()
+            || version != "00"
+            || !hex(trace, 32)
+            || !hex(parent, 16)
+            || !hex(flags, 2)
+            || zero(trace)
+            || zero(parent)
+        {
+            return None;
+        }
+        Some(Self {
+            trace_id: trace.to_string(),
+            parent_id: parent.to_string(),
+            flags: flags.to_string(),
+        })
+    }
+}
+
+impl std::fmt::Display for TraceParent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "00-{}-{}-{}", self.trace_id, self.parent_id, self.flags)
+    }
 }
 
 /// Namespace for the UUIDv5 `event-id`s of published messages.
@@ -105,11 +158,35 @@ impl EventContext {
             offset: event.offset,
             request_id: event.header_str("request-id").map(str::to_string),
             event_id: event.header_str("event-id").map(str::to_string),
+            traceparent: event.header_str("traceparent").and_then(TraceParent::parse),
+            tracestate: event.header_str("tracestate").map(str::to_string),
             origin: format!(
                 "{group}/{}/{}/{}/{plugin}",
                 event.topic, event.partition, event.offset
             ),
         }
+    }
+
+    /// The `traceparent` of the `n`-th message this invocation publishes:
+    /// the same trace, a span id of its own (derived from the message's
+    /// event id, so a re-run publishes the same one).
+    pub fn message_traceparent(&self, n: usize) -> Option<String> {
+        let parent = self.traceparent.as_ref()?;
+        let id = uuid::Uuid::new_v5(
+            &EVENT_ID_NAMESPACE,
+            format!("{}/{n}/span", self.origin).as_bytes(),
+        );
+        let span: String = id.as_bytes()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Some(
+            TraceParent {
+                parent_id: span,
+                ..parent.clone()
+            }
+            .to_string(),
+        )
     }
 
     /// The `event-id` of the `n`-th message this invocation publishes.
@@ -143,5 +220,43 @@ mod tests {
         assert_eq!(a.request_id.as_deref(), Some("r-1"));
         let other = EventContext::new("g", "stats-increment", &ev);
         assert_ne!(a.message_event_id(0), other.message_event_id(0));
+    }
+
+    #[test]
+    fn traceparent_is_parsed_strictly_and_propagated_as_a_child() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let parsed = TraceParent::parse(tp);
+        assert_eq!(
+            parsed.as_ref().map(ToString::to_string).as_deref(),
+            Some(tp)
+        );
+        for bad in [
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+        ] {
+            assert_eq!(TraceParent::parse(bad), None, "{bad}");
+        }
+        let ev = Event {
+            topic: "t".into(),
+            headers: vec![("traceparent".into(), Some(tp.as_bytes().to_vec()))],
+            ..Event::default()
+        };
+        let ctx = EventContext::new("g", "p", &ev);
+        let child = ctx.message_traceparent(0).unwrap_or_default();
+        let child = TraceParent::parse(&child).unwrap_or_else(|| panic!("{child}"));
+        assert_eq!(child.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_ne!(child.parent_id, "00f067aa0ba902b7");
+        assert_eq!(child.flags, "01");
+        assert_eq!(
+            ctx.message_traceparent(0),
+            EventContext::new("g", "p", &ev).message_traceparent(0)
+        );
+        assert_ne!(ctx.message_traceparent(0), ctx.message_traceparent(1));
+        let without = EventContext::new("g", "p", &Event::default());
+        assert_eq!(without.message_traceparent(0), None);
     }
 }

@@ -250,6 +250,11 @@ impl Lane {
                 offset = event.offset,
                 event_id = event.header_str("event-id").unwrap_or(""),
                 request_id = event.header_str("request-id").unwrap_or(""),
+                trace_id = event
+                    .header_str("traceparent")
+                    .and_then(crate::event::TraceParent::parse)
+                    .map(|t| t.trace_id)
+                    .unwrap_or_default(),
             );
             let end = self
                 .run_plugin(event, &sel.plugin, &sel.dedupe_key, slot)

@@ -227,18 +227,20 @@ fn emit(s: &mut Shared, stream: Stream, level: Option<Level>, mut message: Strin
         Stream::Stderr => "stderr",
     };
     let plugin = &*s.plugin;
-    let (topic, partition, offset, request_id) = match &s.event {
+    let (topic, partition, offset, request_id, event_id, trace_id) = match &s.event {
         Some(e) => (
             e.topic.as_str(),
             e.partition,
             e.offset,
             e.request_id.as_deref().unwrap_or(""),
+            e.event_id.as_deref().unwrap_or(""),
+            e.traceparent.as_ref().map_or("", |t| t.trace_id.as_str()),
         ),
-        None => ("", -1, -1, ""),
+        None => ("", -1, -1, "", "", ""),
     };
     macro_rules! line {
         ($mac:ident) => {
-            tracing::$mac!(target: "switchyard::plugin", plugin, topic, partition, offset, request_id, source, "{message}")
+            tracing::$mac!(target: "switchyard::plugin", plugin, topic, partition, offset, event_id, request_id, trace_id, source, "{message}")
         };
     }
     match level {

@@ -114,7 +114,8 @@ impl PublishState {
     }
 }
 
-/// Headers the host sets itself; a plugin's own values are replaced.
+/// Headers the host sets itself; a plugin's own values are replaced
+/// (`traceparent` and `tracestate` only when the event carried them).
 const HOST_HEADERS: [&str; 2] = ["event-id", "request-id"];
 
 impl HostState {
@@ -180,13 +181,18 @@ impl publish::Host for HostState {
         let Some(ctx) = self.publish.event.clone() else {
             return Ok(Err(Error::Invalid("no event".to_string())));
         };
+        let n = self.publish.messages.len();
+        let traceparent = ctx.message_traceparent(n);
         let mut headers: Vec<(String, Option<Vec<u8>>)> = message
             .headers
             .into_iter()
-            .filter(|h| !HOST_HEADERS.contains(&h.name.as_str()))
+            .filter(|h| {
+                !HOST_HEADERS.contains(&h.name.as_str())
+                    && !(traceparent.is_some()
+                        && matches!(h.name.as_str(), "traceparent" | "tracestate"))
+            })
             .map(|h| (h.name, h.value))
             .collect();
-        let n = self.publish.messages.len();
         headers.push((
             "event-id".to_string(),
             Some(ctx.message_event_id(n).into_bytes()),
@@ -196,6 +202,12 @@ impl publish::Host for HostState {
                 "request-id".to_string(),
                 Some(request_id.clone().into_bytes()),
             ));
+        }
+        if let Some(tp) = traceparent {
+            headers.push(("traceparent".to_string(), Some(tp.into_bytes())));
+            if let Some(state) = &ctx.tracestate {
+                headers.push(("tracestate".to_string(), Some(state.clone().into_bytes())));
+            }
         }
         self.publish.messages.push(OutMessage {
             topic: message.topic,
