@@ -187,9 +187,10 @@ impl publish::Host for HostState {
             .headers
             .into_iter()
             .filter(|h| {
-                !HOST_HEADERS.contains(&h.name.as_str())
-                    && !(traceparent.is_some()
-                        && matches!(h.name.as_str(), "traceparent" | "tracestate"))
+                let host_sets = HOST_HEADERS.contains(&h.name.as_str())
+                    || (traceparent.is_some()
+                        && matches!(h.name.as_str(), "traceparent" | "tracestate"));
+                !host_sets
             })
             .map(|h| (h.name, h.value))
             .collect();
