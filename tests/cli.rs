@@ -227,3 +227,120 @@ fn check_validates_the_shipped_config_and_points_at_mistakes() {
         "{stderr}"
     );
 }
+
+/// `switchyard explain` says which routes and plugins an event reaches and
+/// why, and warns about routes that overlap or never take effect.
+#[test]
+fn explain_shows_routes_matches_and_config_warnings() {
+    let out = switchyard(&[
+        "explain",
+        "--event",
+        "plugins/stats-increment/examples/user-created.json",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains("route #3 (config/switchyard.toml:"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("stats-increment  (dedupe key id:6a1f0c2e-8b3d-4f57-9e12-3c4d5e6f7a80)"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("warnings"),
+        "the shipped config is clean: {stdout}"
+    );
+
+    let out = switchyard(&["explain", "--topic", "no.such.topic"]);
+    assert!(text(&out.stdout).contains("reaches no plugin"));
+
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let config = dir.path().join("overlap.toml");
+    std::fs::write(
+        &config,
+        r#"[kafka]
+brokers = "127.0.0.1:9092"
+[database]
+url = "sqlite::memory:"
+[plugins.welcome]
+file = "welcome_notification.wasm"
+[plugins.stats]
+file = "stats_increment.wasm"
+[plugins.spare]
+file = "role_mapping.wasm"
+
+[[routes]]
+topics = ["user.registered.v1"]
+plugins = ["welcome"]
+match = { header = "event-type", equals = "user_registered" }
+dedupe = { header = "event-id" }
+
+[[routes]]
+topics = ["user.registered.v1"]
+plugins = ["welcome", "stats"]
+
+[[routes]]
+topics = ["user.registered.v1"]
+plugins = ["stats"]
+"#,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let config = config.to_string_lossy().to_string();
+    let out = switchyard(&[
+        "explain",
+        "--config",
+        &config,
+        "--topic",
+        "user.registered.v1",
+        "--header",
+        "event-type=user_registered",
+        "--header",
+        "event-id=evt-9",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("match: header event-type = \"user_registered\"; the event has \"user_registered\" -> taken"), "{stdout}");
+    assert!(
+        stdout.contains("welcome: already reached by an earlier route (key id:evt-9)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "  welcome  (dedupe key id:evt-9)\n  stats  (dedupe key pos:user.registered.v1/0/0)"
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.contains("overlap.toml:13) and route #2"), "{stdout}");
+    assert!(stdout.contains("(overlap)"), "{stdout}");
+    assert!(
+        stdout.contains("route #3 (")
+            && stdout.contains("never sends topic user.registered.v1 to plugin stats")
+            && stdout.contains("(unreachable)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("plugin spare is configured but no route reaches it"),
+        "{stdout}"
+    );
+
+    // Not taken: another event type goes only through route #2.
+    let out = switchyard(&[
+        "explain",
+        "--config",
+        &config,
+        "--topic",
+        "user.registered.v1",
+        "--json",
+    ]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(json["routes"][0]["taken"], false);
+    assert_eq!(
+        json["reaches"],
+        serde_json::json!([
+            {"plugin": "welcome", "dedupe_key": "pos:user.registered.v1/0/0"},
+            {"plugin": "stats", "dedupe_key": "pos:user.registered.v1/0/0"}
+        ])
+    );
+    assert_eq!(json["warnings"].as_array().map(Vec::len), Some(3));
+}

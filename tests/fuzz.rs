@@ -203,7 +203,7 @@ fn malformed_events_never_crash_a_plugin() {
 }
 
 /// The route table decodes any payload for dedupe keys without panicking,
-/// and the same event always gets the same key.
+/// the same event always gets the same key, and `explain` agrees with it.
 #[test]
 fn route_selection_is_total_and_deterministic() {
     let text = r#"
@@ -215,6 +215,13 @@ url = "sqlite::memory:"
 file = "a.wasm"
 [plugins.b]
 file = "b.wasm"
+[plugins.c]
+file = "c.wasm"
+[[routes]]
+topics = ["t"]
+plugins = ["c", "a"]
+match = { header = "event-type", equals = "user_registered" }
+dedupe = { header = "request-id" }
 [[routes]]
 topics = ["t"]
 plugins = ["a"]
@@ -235,7 +242,7 @@ dedupe = { header = "event-id" }
     let result = runner.run(&any_event(&["t"]), |event| {
         let first = table.select(&event);
         let again = table.select(&event);
-        prop_assert_eq!(first.len(), 2);
+        prop_assert!(first.len() == 2 || first.len() == 3);
         prop_assert_eq!(
             first.iter().map(|s| &s.dedupe_key).collect::<Vec<_>>(),
             again.iter().map(|s| &s.dedupe_key).collect::<Vec<_>>()
@@ -243,6 +250,13 @@ dedupe = { header = "event-id" }
         for s in &first {
             prop_assert!(!s.dedupe_key.is_empty());
         }
+        // `switchyard explain` tells the same story as the router.
+        let explained = switchyard::explain::explain(&loaded, text, &event).reached;
+        let selected: Vec<(String, String)> = first
+            .iter()
+            .map(|s| (s.plugin.clone(), s.dedupe_key.clone()))
+            .collect();
+        prop_assert_eq!(explained, selected);
         Ok(())
     });
     if let Err(e) = result {

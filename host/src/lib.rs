@@ -33,6 +33,7 @@ pub mod consumer;
 pub mod database;
 pub mod dev;
 pub mod event;
+pub mod explain;
 pub mod kafka;
 pub mod limits;
 pub mod metrics;

@@ -44,6 +44,14 @@ enum Command {
     #[command(after_help = "Example:
   switchyard check --config config/switchyard.toml")]
     Check(RunArgs),
+    /// Which routes and plugins an event would reach, and why, without
+    /// running anything; with warnings about routes that overlap or can
+    /// never take effect and plugins no route reaches.
+    #[command(after_help = "Examples:
+  switchyard explain --event plugins/stats-increment/examples/user-created.json
+  switchyard explain --topic user.registered.v1 --header event-id=evt-1 --header event-type=user_registered
+  switchyard explain --topic create-user --json")]
+    Explain(ExplainArgs),
     /// Work with plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -67,6 +75,32 @@ struct DevArgs {
     /// A Tansu binary to use instead of finding or installing one.
     #[arg(long, env = "SWITCHYARD_TANSU")]
     tansu: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct ExplainArgs {
+    /// The routing config (TOML).
+    #[arg(long, short = 'c', default_value = "config/switchyard.toml")]
+    config: PathBuf,
+    /// The event's topic.
+    #[arg(long, required_unless_present = "event")]
+    topic: Option<String>,
+    /// An event file (the `plugin test` format: topic, key, headers and
+    /// value; the first event of an array) instead of the options.
+    #[arg(long, conflicts_with_all = ["topic", "value", "headers", "key"])]
+    event: Option<PathBuf>,
+    /// Header `name=value`; repeatable.
+    #[arg(long = "header", value_parser = parse_header)]
+    headers: Vec<(String, String)>,
+    /// A file holding the event's value (e.g. its JSON).
+    #[arg(long)]
+    value: Option<PathBuf>,
+    /// Record key.
+    #[arg(long)]
+    key: Option<String>,
+    /// Print JSON instead of the readable report.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -223,6 +257,16 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Explain(args) => {
+            init_logging("warn");
+            match explain_cmd(&args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Check(args) => {
             init_logging("warn");
             match runtime.block_on(switchyard::app::check(&args.options())) {
@@ -286,6 +330,51 @@ async fn dev_cmd(args: DevArgs) -> anyhow::Result<()> {
         b.stop().await;
     }
     result
+}
+
+fn explain_cmd(args: &ExplainArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.config)
+        .with_context(|| format!("reading {}", args.config.display()))?;
+    let loaded = switchyard::config::Loaded::from_str(&args.config, &text)?;
+    let payload = match &args.value {
+        Some(path) => std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+        None => Vec::new(),
+    };
+    if let Some(file) = &args.event {
+        let events = switchyard::plugin_test::read_events(file)?;
+        let event = events
+            .into_iter()
+            .next()
+            .with_context(|| format!("{} holds no event", file.display()))?;
+        return print_explanation(&loaded, &text, &event, args.json);
+    }
+    let event = switchyard::event::Event {
+        topic: args.topic.clone().unwrap_or_default(),
+        key: args.key.clone().map(String::into_bytes),
+        payload,
+        headers: args
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), Some(v.clone().into_bytes())))
+            .collect(),
+        ..Default::default()
+    };
+    print_explanation(&loaded, &text, &event, args.json)
+}
+
+fn print_explanation(
+    loaded: &switchyard::config::Loaded,
+    text: &str,
+    event: &switchyard::event::Event,
+    json: bool,
+) -> anyhow::Result<()> {
+    let explanation = switchyard::explain::explain(loaded, text, event);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&explanation.json)?);
+    } else {
+        print!("{}", explanation.text);
+    }
+    Ok(())
 }
 
 async fn plugin_test_cmd(args: TestArgs) -> anyhow::Result<ExitCode> {

@@ -77,7 +77,7 @@ pub struct Selected {
 
 /// The dedupe key of an event id: the id itself when short, else its
 /// SHA-256 (an id of any length must fit the marker's primary key).
-fn id_key(id: &str) -> String {
+pub fn dedupe_key_of_id(id: &str) -> String {
     if id.len() <= 200 {
         format!("id:{id}")
     } else {
@@ -177,7 +177,7 @@ impl RouteTable {
                 .dedupe
                 .as_ref()
                 .and_then(|d| d.read(event, json.as_ref()))
-                .map_or_else(|| position.clone(), |id| id_key(&id));
+                .map_or_else(|| position.clone(), |id| dedupe_key_of_id(&id));
             for plugin in &route.plugins {
                 if !out.iter().any(|s| &s.plugin == plugin) {
                     out.push(Selected {

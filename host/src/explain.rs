@@ -1,0 +1,252 @@
+//! `switchyard explain`: which routes and plugins an event would reach,
+//! and why, without running anything; and what in the config looks wrong
+//! (routes that overlap or can never take effect, plugins no route
+//! reaches).
+
+use crate::config::{KeyConfig, Loaded, MatchConfig, line_col};
+use crate::event::Event;
+use crate::routes::KeySource;
+use serde_json::{Value as Json, json};
+
+fn source(header: Option<&String>, field: Option<&String>) -> Option<KeySource> {
+    match (header, field) {
+        (Some(h), _) => Some(KeySource::Header(h.clone())),
+        (None, Some(f)) => Some(KeySource::Field(f.clone())),
+        (None, None) => None,
+    }
+}
+
+fn condition(m: &MatchConfig) -> Option<KeySource> {
+    source(m.header.as_ref(), m.field.as_ref())
+}
+
+fn dedupe_source(k: &KeyConfig) -> Option<KeySource> {
+    source(k.header.as_ref(), k.field.as_ref())
+}
+
+/// What `explain` found: a report for people and the same as JSON.
+#[derive(Debug, Clone)]
+pub struct Explanation {
+    /// The plugins the event reaches, in order, with their dedupe keys.
+    pub reached: Vec<(String, String)>,
+    /// Warnings about the config.
+    pub warnings: Vec<String>,
+    /// Everything, as JSON (`--json`).
+    pub json: Json,
+    /// Everything, as text.
+    pub text: String,
+}
+
+/// Explain `event` against the config `loaded`, whose file holds `text`
+/// (for line numbers).
+pub fn explain(loaded: &Loaded, text: &str, event: &Event) -> Explanation {
+    let file = loaded.path.display().to_string();
+    let routes = &loaded.config.routes;
+    let line_of = |i: usize| -> usize {
+        routes[i]
+            .topics
+            .first()
+            .map_or(0, |t| line_col(text, t.span().start).0)
+    };
+    let json_value = serde_json::from_slice::<Json>(&event.payload).ok();
+    let position = format!("pos:{}/{}/{}", event.topic, event.partition, event.offset);
+    let mut out = String::new();
+    out.push_str(&format!(
+        "event: topic {}, key {}, {} header(s), value {} bytes{}\n",
+        event.topic,
+        event
+            .key
+            .as_ref()
+            .map_or("(none)".to_string(), |k| String::from_utf8_lossy(k)
+                .into_owned()),
+        event.headers.len(),
+        event.payload.len(),
+        if json_value.is_some() {
+            " (JSON)"
+        } else {
+            " (not JSON)"
+        }
+    ));
+    let mut reached: Vec<(String, String)> = Vec::new();
+    let mut route_reports = Vec::new();
+    for (i, route) in routes.iter().enumerate() {
+        if !route.topics.iter().any(|t| t.get_ref() == &event.topic) {
+            continue;
+        }
+        let n = i + 1;
+        let plugins: Vec<String> = route.plugins.iter().map(|p| p.get_ref().clone()).collect();
+        out.push_str(&format!(
+            "\nroute #{n} ({file}:{}): {} -> {}\n",
+            line_of(i),
+            route
+                .topics
+                .iter()
+                .map(|t| t.get_ref().as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            plugins.join(", ")
+        ));
+        let matched = match route.matches.as_ref() {
+            None => {
+                out.push_str("  match: none, every event of these topics\n");
+                true
+            }
+            Some(m) => {
+                let src = condition(m);
+                let actual = src
+                    .as_ref()
+                    .and_then(|s| s.read(event, json_value.as_ref()));
+                let what = src.as_ref().map_or("?".to_string(), ToString::to_string);
+                let ok = actual.as_deref() == Some(m.equals.as_str());
+                out.push_str(&format!(
+                    "  match: {what} = {:?}; the event has {} -> {}\n",
+                    m.equals,
+                    actual
+                        .as_ref()
+                        .map_or("none".to_string(), |a| format!("{a:?}")),
+                    if ok { "taken" } else { "not taken" }
+                ));
+                ok
+            }
+        };
+        let key = route
+            .dedupe
+            .as_ref()
+            .and_then(dedupe_source)
+            .map(|s| {
+                let value = s.read(event, json_value.as_ref());
+                let key = value.as_ref().map_or_else(
+                    || position.clone(),
+                    |id| crate::routes::dedupe_key_of_id(id),
+                );
+                (
+                    format!(
+                        "event id from {s}: {}",
+                        value
+                            .as_ref()
+                            .map_or("missing, so the position".to_string(), |v| format!("{v:?}"))
+                    ),
+                    key,
+                )
+            })
+            .unwrap_or_else(|| ("the Kafka position".to_string(), position.clone()));
+        let mut plugin_reports = Vec::new();
+        if matched {
+            out.push_str(&format!("  dedupe: {} -> key {}\n", key.0, key.1));
+            for p in &plugins {
+                if let Some(j) = reached.iter().position(|(r, _)| r == p) {
+                    out.push_str(&format!(
+                        "  {p}: already reached by an earlier route (key {}); not again\n",
+                        reached[j].1
+                    ));
+                    plugin_reports.push(json!({"plugin": p, "reached": false, "why": "already reached by an earlier route"}));
+                } else {
+                    reached.push((p.clone(), key.1.clone()));
+                    plugin_reports.push(json!({"plugin": p, "reached": true, "dedupe_key": key.1}));
+                }
+            }
+        }
+        route_reports.push(json!({
+            "route": n,
+            "line": line_of(i),
+            "plugins": plugins,
+            "taken": matched,
+            "dedupe": key.0,
+            "dedupe_key": key.1,
+            "reached": plugin_reports,
+        }));
+    }
+    out.push('\n');
+    if reached.is_empty() {
+        out.push_str(&format!(
+            "reaches no plugin: the router commits its offset and moves on (no route for topic {} takes it)\n",
+            event.topic
+        ));
+    } else {
+        out.push_str("reaches, in order:\n");
+        for (p, key) in &reached {
+            out.push_str(&format!("  {p}  (dedupe key {key})\n"));
+        }
+    }
+    let warnings = warnings(loaded, text);
+    if !warnings.is_empty() {
+        out.push_str("\nwarnings about the config:\n");
+        for w in &warnings {
+            out.push_str(&format!("  {w}\n"));
+        }
+    }
+    let json = json!({
+        "event": {"topic": event.topic, "headers": event.headers.len(), "bytes": event.payload.len(),
+            "json": json_value.is_some()},
+        "routes": route_reports,
+        "reaches": reached.iter().map(|(p, k)| json!({"plugin": p, "dedupe_key": k})).collect::<Vec<_>>(),
+        "warnings": warnings,
+    });
+    Explanation {
+        reached,
+        warnings,
+        json,
+        text: out,
+    }
+}
+
+/// Static checks of the routes: overlaps, routes that can never take
+/// effect for a plugin, plugins no route reaches.
+pub fn warnings(loaded: &Loaded, text: &str) -> Vec<String> {
+    let file = loaded.path.display().to_string();
+    let routes = &loaded.config.routes;
+    let at = |i: usize| {
+        let line = routes[i]
+            .topics
+            .first()
+            .map_or(0, |t| line_col(text, t.span().start).0);
+        format!("route #{} ({file}:{line})", i + 1)
+    };
+    let mut out = Vec::new();
+    for (j, later) in routes.iter().enumerate() {
+        for (i, earlier) in routes.iter().enumerate().take(j) {
+            for topic in later.topics.iter().map(|t| t.get_ref()) {
+                if !earlier.topics.iter().any(|t| t.get_ref() == topic) {
+                    continue;
+                }
+                for plugin in later.plugins.iter().map(|p| p.get_ref()) {
+                    if !earlier.plugins.iter().any(|p| p.get_ref() == plugin) {
+                        continue;
+                    }
+                    if earlier.matches.is_none() {
+                        out.push(format!(
+                            "{} never sends topic {topic} to plugin {plugin}: {} already sends every {topic} event to it (unreachable)",
+                            at(j),
+                            at(i)
+                        ));
+                    } else {
+                        out.push(format!(
+                            "{} and {} both send topic {topic} to plugin {plugin}: an event matching both reaches it once, with {}'s dedupe key (overlap)",
+                            at(i),
+                            at(j),
+                            at(i)
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    let mut unused: Vec<&String> = loaded
+        .config
+        .plugins
+        .plugins
+        .keys()
+        .filter(|name| {
+            !routes
+                .iter()
+                .any(|r| r.plugins.iter().any(|p| p.get_ref() == *name))
+        })
+        .collect();
+    unused.sort();
+    for name in unused {
+        out.push(format!(
+            "plugin {name} is configured but no route reaches it"
+        ));
+    }
+    out
+}
