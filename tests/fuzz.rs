@@ -128,6 +128,7 @@ fn any_headers() -> impl Strategy<Value = Vec<(String, Option<Vec<u8>>)>> {
         ".{0,20}",
     ];
     let value = prop::option::of(prop_oneof![
+        Just(b"user_registered".to_vec()),
         prop::collection::vec(any::<u8>(), 0..40),
         ".{0,40}".prop_map(String::into_bytes),
     ]);
