@@ -744,3 +744,182 @@ async fn batches_with_poison_in_the_middle_apply_good_events_once() {
         "the backlog was batched"
     );
 }
+
+/// Run the `switchyard` CLI with `args` (a command other than `run`).
+fn cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(args)
+        .env_remove("SWITCHYARD_BROKERS")
+        .env_remove("SWITCHYARD_DATABASE_URL")
+        .env_remove("SWITCHYARD_PLUGIN_DIR")
+        .output()
+        .unwrap_or_else(|e| panic!("switchyard {args:?}: {e}"))
+}
+
+/// An operator's round trip: an event the mapping does not know is
+/// dead-lettered; `dlq list` and `dlq show` find it by plugin and reason;
+/// the mapping is fixed in the config (hot reload); `dlq replay` puts it
+/// back for role-mapping alone, which now handles it, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_listed_shown_and_replayed_after_a_fix() {
+    let (broker, testdb, dir, config) = setup(2).await;
+    let router = Router::start(&config, &dir.path().join("router.log"), &[]);
+    wait_ready(&router).await;
+    let db = Database::connect(&testdb.url, 2)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    db.run_script("INSERT INTO customers (id, name) VALUES ('cust-1', 'Boulangerie Durand SARL')")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let p = broker.producer();
+    let emperor = json!({"userId": "auth0|emperor", "name": "Napoléon", "email": "n@example.fr",
+        "role": "user", "userType": "EMPEROR", "customerAccountId": "cust-1", "customerName": "Boulangerie Durand SARL",
+        "timestamp": "2024-05-14T09:30:00.000Z"});
+    produce(
+        &p,
+        "USER_CREATED",
+        Some("auth0|emperor"),
+        &[("request-id", "r-emp")],
+        emperor.to_string().as_bytes(),
+    )
+    .await;
+    let bad_email = json!({"userId": "u-x", "email": "not-an-email"});
+    produce(
+        &p,
+        "notification.send.welcome",
+        Some("u-x"),
+        &[],
+        bad_email.to_string().as_bytes(),
+    )
+    .await;
+    let dead = consume_until(
+        &broker.addr,
+        &["switchyard.dlq"],
+        Duration::from_secs(60),
+        |m| m.len() >= 2,
+    )
+    .await;
+    assert_eq!(dead.len(), 2, "{}", router.log_text());
+
+    let config_arg = config.to_string_lossy().to_string();
+    let out = cli(&["dlq", "list", "--config", &config_arg]);
+    let listed = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{listed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(listed.contains("2 dead letter(s)"), "{listed}");
+    let out = cli(&[
+        "dlq",
+        "list",
+        "--config",
+        &config_arg,
+        "--plugin",
+        "role-mapping",
+        "--reason",
+        "emperor",
+        "--since",
+        "1h",
+        "--json",
+    ]);
+    let only: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(only.as_array().map(Vec::len), Some(1), "{only}");
+    let id = only[0]["id"].as_str().unwrap_or_default().to_string();
+    assert_eq!(only[0]["outcome"], "rejected");
+    assert!(
+        only[0]["origin"]
+            .as_str()
+            .is_some_and(|o| o.starts_with("USER_CREATED/"))
+    );
+    let out = cli(&[
+        "dlq",
+        "list",
+        "--config",
+        &config_arg,
+        "--until",
+        "2000-01-01T00:00:00Z",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0 dead letter(s)"));
+
+    let out = cli(&["dlq", "show", &id, "--config", &config_arg]);
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(shown["value"]["userType"], "EMPEROR");
+    assert_eq!(shown["key"], "auth0|emperor");
+    assert_eq!(shown["headers"]["request-id"], "r-emp");
+
+    // Replay refuses to act on everything by accident.
+    let out = cli(&["dlq", "replay", "--config", &config_arg]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--all"));
+
+    // The fix: the mapping learns EMPEROR (hot reload of the config).
+    let text = std::fs::read_to_string(&config).unwrap_or_default();
+    let fixed = text.replace(
+        "[plugins.profile-creation]",
+        "EMPEROR = { role = \"CUSTOMER_ADMIN\", userType = \"SME\", isCompanyOwner = true }\n\n[plugins.profile-creation]",
+    );
+    assert_ne!(fixed, text);
+    std::fs::write(&config, fixed).unwrap_or_else(|e| panic!("{e}"));
+    let reloaded = eventually(Duration::from_secs(30), || async {
+        router.log_text().contains("config reloaded")
+    })
+    .await;
+    assert!(reloaded, "{}", router.log_text());
+
+    let out = cli(&[
+        "dlq",
+        "replay",
+        "--config",
+        &config_arg,
+        "--id",
+        &id,
+        "--dry-run",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("would replay 1 dead letter(s)"));
+    let out = cli(&[
+        "dlq",
+        "replay",
+        "--config",
+        &config_arg,
+        "--plugin",
+        "role-mapping",
+        "--reason",
+        "EMPEROR",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "[1/1] replayed {id} -> USER_CREATED for role-mapping"
+        )),
+        "{stderr}"
+    );
+    let handled = eventually(Duration::from_secs(60), || async {
+        scalar(
+            &db,
+            "SELECT count(*) FROM customer_users WHERE user_id = 'auth0|emperor'",
+        )
+        .await
+            == 1
+    })
+    .await;
+    assert!(handled, "{}", router.log_text());
+    // Once only: a second replay finds no dead-letter marker.
+    let out = cli(&["dlq", "replay", "--config", &config_arg, "--id", &id]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already replayed"));
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT count(*) FROM customer_users WHERE user_id = 'auth0|emperor'"
+        )
+        .await,
+        1
+    );
+}

@@ -32,6 +32,7 @@ pub mod config;
 pub mod consumer;
 pub mod database;
 pub mod dev;
+pub mod dlq;
 pub mod event;
 pub mod explain;
 pub mod kafka;

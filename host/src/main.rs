@@ -4,6 +4,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 use switchyard::limits::Limits;
 use switchyard::plugin_test::{self, TestOptions};
 
@@ -52,6 +53,9 @@ enum Command {
   switchyard explain --topic user.registered.v1 --header event-id=evt-1 --header event-type=user_registered
   switchyard explain --topic create-user --json")]
     Explain(ExplainArgs),
+    /// Inspect the dead-letter topic and put events back after a fix.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
     /// Work with plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -75,6 +79,109 @@ struct DevArgs {
     /// A Tansu binary to use instead of finding or installing one.
     #[arg(long, env = "SWITCHYARD_TANSU")]
     tansu: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// One line per dead letter: id, when, plugin, outcome, origin, error.
+    #[command(after_help = "Examples:
+  switchyard dlq list
+  switchyard dlq list --plugin stats-increment --since 2h
+  switchyard dlq list --outcome parked --json")]
+    List(DlqArgs),
+    /// One dead letter in full: key, value, every header.
+    #[command(after_help = "Example:
+  switchyard dlq show 0:42")]
+    Show {
+        /// The dead letter's id, `partition:offset` (from `list`).
+        id: String,
+        #[command(flatten)]
+        args: DlqArgs,
+    },
+    /// Produce the selected dead letters back to their origin topics, each
+    /// for its plugin only and under its original dedupe key, so the
+    /// plugin handles it once and the other plugins of that topic do not
+    /// see it again. Needs a filter or --all.
+    #[command(after_help = "Examples:
+  switchyard dlq replay --plugin stats-increment --reason \"deadline\" --dry-run
+  switchyard dlq replay --id 0:42 --id 1:7
+  switchyard dlq replay --outcome parked --since 1h")]
+    Replay {
+        #[command(flatten)]
+        args: DlqArgs,
+        /// Replay every dead letter the filters select, even with none.
+        #[arg(long)]
+        all: bool,
+        /// Say what would be replayed, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+struct DlqArgs {
+    /// The routing config (brokers, database, group, dead-letter topic).
+    #[arg(long, short = 'c', default_value = "config/switchyard.toml")]
+    config: PathBuf,
+    /// Kafka bootstrap servers; overrides `kafka.brokers`.
+    #[arg(long, env = "SWITCHYARD_BROKERS")]
+    brokers: Option<String>,
+    /// Database URL; overrides `database.url`.
+    #[arg(long, env = "SWITCHYARD_DATABASE_URL")]
+    database: Option<String>,
+    /// Only this plugin's dead letters.
+    #[arg(long)]
+    plugin: Option<String>,
+    /// Only those whose error contains this text (any case).
+    #[arg(long)]
+    reason: Option<String>,
+    /// Only this outcome: failed, rejected, retry or parked.
+    #[arg(long)]
+    outcome: Option<String>,
+    /// Only those dead-lettered since: a time (2026-11-22T10:00:00Z) or an
+    /// age (30m, 2h, 7d).
+    #[arg(long, value_parser = switchyard::dlq::parse_time)]
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only those dead-lettered before: a time or an age.
+    #[arg(long, value_parser = switchyard::dlq::parse_time)]
+    until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only these ids (`partition:offset`); repeatable.
+    #[arg(long = "id")]
+    ids: Vec<String>,
+    /// JSON output.
+    #[arg(long)]
+    json: bool,
+}
+
+impl DlqArgs {
+    fn filter(&self) -> switchyard::dlq::Filter {
+        switchyard::dlq::Filter {
+            plugin: self.plugin.clone(),
+            reason: self.reason.clone(),
+            outcome: self.outcome.clone(),
+            since: self.since,
+            until: self.until,
+            ids: self.ids.clone(),
+        }
+    }
+
+    fn narrowed(&self) -> bool {
+        self.plugin.is_some()
+            || self.reason.is_some()
+            || self.outcome.is_some()
+            || self.since.is_some()
+            || self.until.is_some()
+            || !self.ids.is_empty()
+    }
+
+    fn loaded(&self) -> anyhow::Result<switchyard::config::Loaded> {
+        switchyard::app::load_config(&switchyard::app::RunOptions {
+            config: self.config.clone(),
+            brokers: self.brokers.clone(),
+            database: self.database.clone(),
+            ..Default::default()
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -257,6 +364,16 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Dlq(cmd) => {
+            init_logging("warn");
+            match runtime.block_on(dlq_cmd(cmd)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Explain(args) => {
             init_logging("warn");
             match explain_cmd(&args) {
@@ -330,6 +447,81 @@ async fn dev_cmd(args: DevArgs) -> anyhow::Result<()> {
         b.stop().await;
     }
     result
+}
+
+async fn dlq_cmd(cmd: DlqCommand) -> anyhow::Result<()> {
+    use switchyard::dlq;
+    let args = match &cmd {
+        DlqCommand::List(a)
+        | DlqCommand::Show { args: a, .. }
+        | DlqCommand::Replay { args: a, .. } => a,
+    };
+    let loaded = args.loaded()?;
+    let config = loaded.config.clone();
+    let (brokers, topic) = (
+        config.kafka.brokers.clone(),
+        config.dead_letter.topic.clone(),
+    );
+    eprintln!("reading {topic} from {brokers}...");
+    let letters = tokio::task::spawn_blocking(move || {
+        dlq::read_all(&brokers, &topic, Duration::from_secs(60))
+    })
+    .await??;
+    let filter = args.filter();
+    let selected: Vec<&dlq::DeadLetter> = letters.iter().filter(|d| filter.accepts(d)).collect();
+    match &cmd {
+        DlqCommand::List(a) => {
+            if a.json {
+                let list: Vec<_> = selected.iter().map(|d| d.to_json()).collect();
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                print!("{}", dlq::render_list(&selected));
+            }
+        }
+        DlqCommand::Show { id, .. } => {
+            let d = letters.iter().find(|d| &d.id() == id).with_context(|| {
+                format!(
+                    "no dead letter {id} in {}: `switchyard dlq list` shows the ids",
+                    config.dead_letter.topic
+                )
+            })?;
+            println!("{}", serde_json::to_string_pretty(&d.to_json())?);
+        }
+        DlqCommand::Replay { all, dry_run, .. } => {
+            anyhow::ensure!(
+                *all || args.narrowed(),
+                "say which dead letters to replay (--plugin, --reason, --outcome, --since, --until, --id), or --all for every one"
+            );
+            let db = switchyard::database::Database::connect(&config.database.url, 2).await?;
+            let producer: rdkafka::producer::FutureProducer =
+                switchyard::kafka::producer_config(&config.kafka.brokers, &config.kafka.producer)
+                    .create()
+                    .context("creating the producer")?;
+            let total = selected.len();
+            let verb = if *dry_run { "would replay" } else { "replayed" };
+            let done = dlq::replay(
+                &db,
+                &producer,
+                &config.kafka.group,
+                &selected,
+                *dry_run,
+                |n, r| {
+                    eprintln!(
+                        "[{n}/{total}] {verb} {} -> {} for {} (dedupe key {})",
+                        r.id, r.topic, r.plugin, r.dedupe_key
+                    );
+                },
+            )
+            .await?;
+            db.close().await;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&done)?);
+            } else {
+                println!("{verb} {} dead letter(s)", done.len());
+            }
+        }
+    }
+    Ok(())
 }
 
 fn explain_cmd(args: &ExplainArgs) -> anyhow::Result<()> {

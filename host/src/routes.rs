@@ -187,6 +187,16 @@ impl RouteTable {
                 }
             }
         }
+        // A replay from the dead-letter topic (`switchyard dlq replay`) is
+        // for one plugin, under the dedupe key it had the first time.
+        if let Some(only) = event.header_str(crate::dlq::REPLAY_PLUGIN) {
+            out.retain(|s| s.plugin == only);
+            if let Some(key) = event.header_str(crate::dlq::REPLAY_KEY) {
+                for s in &mut out {
+                    s.dedupe_key = key.to_string();
+                }
+            }
+        }
         out
     }
 }
@@ -270,5 +280,27 @@ mod tests {
         );
         assert_eq!(names(&event("x", r#"{"v": 2}"#, &[])), vec!["b"]);
         assert!(names(&event("x", "not json", &[])).is_empty());
+    }
+
+    #[test]
+    fn a_replay_reaches_its_plugin_only_under_its_first_key() {
+        let t = table("[[routes]]\ntopics = [\"t\"]\nplugins = [\"a\", \"b\"]\n");
+        let replay = event(
+            "t",
+            "{}",
+            &[
+                (crate::dlq::REPLAY_PLUGIN, "b"),
+                (crate::dlq::REPLAY_KEY, "pos:t/0/3"),
+            ],
+        );
+        assert_eq!(
+            t.select(&replay),
+            vec![Selected {
+                plugin: "b".into(),
+                dedupe_key: "pos:t/0/3".into()
+            }]
+        );
+        let gone = event("t", "{}", &[(crate::dlq::REPLAY_PLUGIN, "c")]);
+        assert!(t.select(&gone).is_empty(), "a plugin no longer routed: nothing");
     }
 }

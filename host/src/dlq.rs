@@ -1,0 +1,359 @@
+//! `switchyard dlq list | show | replay`: inspect the dead-letter topic and
+//! put events back after a fix.
+//!
+//! A dead letter is the original record (key, value, headers) plus the
+//! `switchyard.*` headers saying which plugin, why, and where it came
+//! from. A replay produces the original record to its origin topic, for
+//! that one plugin only (`switchyard.replay-plugin`), under its original
+//! dedupe key (`switchyard.replay-key`), after removing the marker that
+//! recorded the dead letter: the plugin handles it once, and the other
+//! plugins routed from that topic do not see it again.
+
+use crate::bindings::switchyard::plugin::db::Value;
+use crate::database::Database;
+use crate::event::Headers;
+use anyhow::Context as _;
+use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use std::time::{Duration, Instant};
+
+/// Header naming the only plugin a replayed record is for.
+pub const REPLAY_PLUGIN: &str = "switchyard.replay-plugin";
+/// Header carrying the replayed record's original dedupe key.
+pub const REPLAY_KEY: &str = "switchyard.replay-key";
+/// Header saying which dead letter a replay came from.
+pub const REPLAY_OF: &str = "switchyard.replay-of";
+
+/// One record of the dead-letter topic.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// Partition of the dead-letter topic.
+    pub partition: i32,
+    /// Offset there.
+    pub offset: i64,
+    /// Original key.
+    pub key: Option<Vec<u8>>,
+    /// Original value.
+    pub value: Vec<u8>,
+    /// Original headers and the `switchyard.*` ones.
+    pub headers: Headers,
+}
+
+impl DeadLetter {
+    /// A header as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| v.as_deref())
+            .and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// `partition:offset`, the id `show` and `replay --id` take.
+    pub fn id(&self) -> String {
+        format!("{}:{}", self.partition, self.offset)
+    }
+
+    /// Where it came from: topic, partition, offset.
+    pub fn origin(&self) -> Option<(String, i32, i64)> {
+        Some((
+            self.header("switchyard.origin-topic")?.to_string(),
+            self.header("switchyard.origin-partition")?.parse().ok()?,
+            self.header("switchyard.origin-offset")?.parse().ok()?,
+        ))
+    }
+
+    /// When it was dead-lettered.
+    pub fn at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.header("switchyard.dead-lettered-at")
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&chrono::Utc))
+    }
+
+    /// The record as JSON, for `show` and `--json`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let value = serde_json::from_slice::<serde_json::Value>(&self.value).unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(&self.value).into_owned())
+        });
+        let headers: serde_json::Map<String, serde_json::Value> = self
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.as_deref().map_or(serde_json::Value::Null, |v| {
+                        serde_json::Value::String(String::from_utf8_lossy(v).into_owned())
+                    }),
+                )
+            })
+            .collect();
+        serde_json::json!({
+            "id": self.id(),
+            "plugin": self.header("switchyard.plugin"),
+            "outcome": self.header("switchyard.outcome"),
+            "error": self.header("switchyard.error"),
+            "attempts": self.header("switchyard.attempts"),
+            "dead_lettered_at": self.header("switchyard.dead-lettered-at"),
+            "origin": self.origin().map(|(t, p, o)| format!("{t}/{p}/{o}")),
+            "key": self.key.as_deref().map(|k| String::from_utf8_lossy(k).into_owned()),
+            "value": value,
+            "headers": headers,
+        })
+    }
+}
+
+/// Which dead letters a command acts on.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Only this plugin's.
+    pub plugin: Option<String>,
+    /// Only those whose error contains this (case-insensitive).
+    pub reason: Option<String>,
+    /// Only this outcome (`failed`, `rejected`, `retry`, `parked`).
+    pub outcome: Option<String>,
+    /// Only those dead-lettered at or after this time.
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only those dead-lettered before this time.
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only these ids (`partition:offset`); empty means all.
+    pub ids: Vec<String>,
+}
+
+impl Filter {
+    /// Whether `d` passes.
+    pub fn accepts(&self, d: &DeadLetter) -> bool {
+        let lower = |s: &str| s.to_lowercase();
+        self.plugin
+            .as_ref()
+            .is_none_or(|p| d.header("switchyard.plugin") == Some(p.as_str()))
+            && self
+                .outcome
+                .as_ref()
+                .is_none_or(|o| d.header("switchyard.outcome") == Some(o.as_str()))
+            && self.reason.as_ref().is_none_or(|r| {
+                d.header("switchyard.error")
+                    .is_some_and(|e| lower(e).contains(&lower(r)))
+            })
+            && self.since.is_none_or(|t| d.at().is_some_and(|at| at >= t))
+            && self.until.is_none_or(|t| d.at().is_some_and(|at| at < t))
+            && (self.ids.is_empty() || self.ids.contains(&d.id()))
+    }
+}
+
+/// A time filter: RFC 3339 (`2026-11-22T10:00:00Z`) or an age (`90s`,
+/// `30m`, `2h`, `7d`) before now.
+pub fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    let (number, unit) = text.split_at(text.len().saturating_sub(1));
+    let n: i64 = number.parse().map_err(|_| {
+        format!(
+            "{text:?} is neither a time like 2026-11-22T10:00:00Z nor an age like 30m, 2h or 7d"
+        )
+    })?;
+    let age = match unit {
+        "s" => chrono::Duration::seconds(n),
+        "m" => chrono::Duration::minutes(n),
+        "h" => chrono::Duration::hours(n),
+        "d" => chrono::Duration::days(n),
+        _ => return Err(format!("{text:?}: the age's unit must be s, m, h or d")),
+    };
+    Ok(chrono::Utc::now() - age)
+}
+
+/// Read the whole dead-letter topic, up to its end when the call starts.
+/// Blocking: call it from a blocking thread.
+pub fn read_all(brokers: &str, topic: &str, timeout: Duration) -> anyhow::Result<Vec<DeadLetter>> {
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set(
+            "group.id",
+            format!("switchyard-dlq-reader-{}", uuid::Uuid::new_v4()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .context("creating the dead-letter reader")?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .with_context(|| format!("reading the metadata of {topic} from {brokers}"))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    let mut ends = std::collections::HashMap::new();
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    for p in &partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, *p, timeout)
+            .with_context(|| format!("reading the end of {topic} partition {p}"))?;
+        if high > low {
+            ends.insert(*p, high);
+            assignment.add_partition_offset(topic, *p, rdkafka::Offset::Offset(low))?;
+        }
+    }
+    let mut out = Vec::new();
+    if ends.is_empty() {
+        return Ok(out);
+    }
+    consumer.assign(&assignment)?;
+    let deadline = Instant::now() + timeout;
+    while !ends.is_empty() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "reading {topic} took longer than {timeout:?}; {} partition(s) unfinished",
+            ends.len()
+        );
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let m = message.context("reading a dead letter")?;
+        let event = crate::kafka::to_event(&m);
+        let (partition, offset) = (m.partition(), m.offset());
+        if ends.get(&partition).is_some_and(|end| offset + 1 >= *end) {
+            ends.remove(&partition);
+        }
+        out.push(DeadLetter {
+            partition,
+            offset,
+            key: event.key,
+            value: event.payload,
+            headers: event.headers,
+        });
+    }
+    out.sort_by_key(|d| (d.at(), d.partition, d.offset));
+    Ok(out)
+}
+
+/// One line per dead letter.
+pub fn render_list(letters: &[&DeadLetter]) -> String {
+    let mut out = String::new();
+    for d in letters {
+        let error = d.header("switchyard.error").unwrap_or("");
+        let error: String = if error.chars().count() > 100 {
+            format!("{}...", error.chars().take(100).collect::<String>())
+        } else {
+            error.to_string()
+        };
+        out.push_str(&format!(
+            "{:<8} {}  {:<22} {:<9} {:<32} {}\n",
+            d.id(),
+            d.header("switchyard.dead-lettered-at").unwrap_or("?"),
+            d.header("switchyard.plugin").unwrap_or("?"),
+            d.header("switchyard.outcome").unwrap_or("?"),
+            d.origin()
+                .map_or("?".to_string(), |(t, p, o)| format!("{t}/{p}/{o}")),
+            error
+        ));
+    }
+    out.push_str(&format!("{} dead letter(s)\n", letters.len()));
+    out
+}
+
+/// What a replay did with one dead letter.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Replayed {
+    /// The dead letter's id.
+    pub id: String,
+    /// Plugin it was replayed for.
+    pub plugin: String,
+    /// Topic it went back to.
+    pub topic: String,
+    /// The dedupe key it keeps.
+    pub dedupe_key: String,
+}
+
+/// Put `letters` back on their origin topics for their plugins.
+pub async fn replay(
+    db: &Database,
+    producer: &rdkafka::producer::FutureProducer,
+    group: &str,
+    letters: &[&DeadLetter],
+    dry_run: bool,
+    mut progress: impl FnMut(usize, &Replayed),
+) -> anyhow::Result<Vec<Replayed>> {
+    let mut done = Vec::new();
+    for (i, d) in letters.iter().enumerate() {
+        let id = d.id();
+        let plugin = d
+            .header("switchyard.plugin")
+            .with_context(|| format!("dead letter {id} has no switchyard.plugin header"))?
+            .to_string();
+        let (topic, partition, offset) = d
+            .origin()
+            .with_context(|| format!("dead letter {id} has no origin headers"))?;
+        // The marker that recorded the dead letter: its dedupe key is the
+        // one the replay keeps; removing it lets the plugin run again.
+        let mut tx = db.begin().await?;
+        let sql = if dry_run {
+            "SELECT dedupe_key FROM switchyard_processed WHERE consumer_group = $1 AND plugin = $2 AND topic = $3 AND kafka_partition = $4 AND kafka_offset = $5 AND outcome = 'dead-lettered'"
+        } else {
+            "DELETE FROM switchyard_processed WHERE consumer_group = $1 AND plugin = $2 AND topic = $3 AND kafka_partition = $4 AND kafka_offset = $5 AND outcome = 'dead-lettered' RETURNING dedupe_key"
+        };
+        let rows = tx
+            .query_with(
+                sql,
+                &[
+                    Value::Text(group.to_string()),
+                    Value::Text(plugin.clone()),
+                    Value::Text(topic.clone()),
+                    Value::Int(i64::from(partition)),
+                    Value::Int(offset),
+                ],
+                &crate::limits::Limits::default(),
+                false,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", crate::capabilities::db::describe_error(&e)))?;
+        let dedupe_key = match rows.rows.first().and_then(|r| r.first()) {
+            Some(Value::Text(k)) => k.clone(),
+            _ => {
+                let _ = tx.rollback().await;
+                anyhow::bail!(
+                    "dead letter {id}: no dead-letter marker for plugin {plugin} at {topic}/{partition}/{offset} in consumer group {group}: already replayed, or another group's (check --config)"
+                );
+            }
+        };
+        let entry = Replayed {
+            id: id.clone(),
+            plugin: plugin.clone(),
+            topic: topic.clone(),
+            dedupe_key: dedupe_key.clone(),
+        };
+        if dry_run {
+            let _ = tx.rollback().await;
+        } else {
+            let mut headers: Headers = d
+                .headers
+                .iter()
+                .filter(|(k, _)| !k.starts_with("switchyard."))
+                .cloned()
+                .collect();
+            headers.push((REPLAY_PLUGIN.into(), Some(plugin.clone().into_bytes())));
+            headers.push((REPLAY_KEY.into(), Some(dedupe_key.into_bytes())));
+            headers.push((REPLAY_OF.into(), Some(id.clone().into_bytes())));
+            let mut record = rdkafka::producer::FutureRecord::<[u8], [u8]>::to(&topic)
+                .payload(&d.value)
+                .headers(crate::kafka::to_headers(&headers));
+            if let Some(k) = &d.key {
+                record = record.key(k);
+            }
+            // Produced before the marker's removal commits: if the produce
+            // fails, the marker stays and the dead letter can be replayed
+            // again; if the commit fails after it, the replay is handled
+            // as a duplicate (its key is marked), and replaying it again
+            // works.
+            producer
+                .send(record, Duration::from_secs(30))
+                .await
+                .map_err(|(e, _)| anyhow::anyhow!("producing {id} back to {topic}: {e}"))?;
+            tx.commit().await?;
+        }
+        progress(i + 1, &entry);
+        done.push(entry);
+    }
+    Ok(done)
+}
