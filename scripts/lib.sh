@@ -84,3 +84,13 @@ stop_broker() {
     local pidfile="$ROOT/.switchyard/tansu-$1.pid"
     if [ -f "$pidfile" ]; then kill "$(cat "$pidfile")" 2>/dev/null || true; rm -f "$pidfile"; fi
 }
+
+# Kafka clients written by others, for the compatibility tests: Python's
+# confluent-kafka in .switchyard/venv.
+PYTHON_CLIENTS="$ROOT/.switchyard/venv/bin/python"
+ensure_python_clients() {
+    if [ -x "$PYTHON_CLIENTS" ] && "$PYTHON_CLIENTS" -c "import confluent_kafka" 2>/dev/null; then return; fi
+    say "installing confluent-kafka (PyPI) into .switchyard/venv for the client tests"
+    python3 -m venv "$ROOT/.switchyard/venv"
+    "$PYTHON_CLIENTS" -m pip install --quiet "confluent-kafka==2.16.1"
+}

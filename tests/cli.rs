@@ -344,3 +344,33 @@ plugins = ["stats"]
     );
     assert_eq!(json["warnings"].as_array().map(Vec::len), Some(3));
 }
+
+/// Every command's `--help` carries an example.
+#[test]
+fn every_command_has_help_with_an_example() {
+    for cmd in [
+        &["run"][..],
+        &["check"],
+        &["dev"],
+        &["explain"],
+        &["produce"],
+        &["plugin", "test"],
+        &["dlq", "list"],
+        &["dlq", "show"],
+        &["dlq", "replay"],
+    ] {
+        let mut args = cmd.to_vec();
+        args.push("--help");
+        let out = switchyard(&args);
+        let help = text(&out.stdout);
+        assert!(out.status.success(), "{cmd:?}");
+        assert!(help.contains("Example"), "{cmd:?} has no example:\n{help}");
+        assert!(
+            help.contains(&format!("switchyard {}", cmd.join(" "))),
+            "{cmd:?}:\n{help}"
+        );
+    }
+    let out = switchyard(&["run", "--log-format", "xml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("possible values: text, json"));
+}

@@ -1,7 +1,7 @@
 //! `switchyard dev` as a developer uses it: one command, no services. It
 //! starts its own broker and prints where it is; a real Kafka client sends
 //! seed 004's event and reads the welcome e-mail request; `/metrics` counts
-//! it; a plugin file replaced on disk serves the next event; Ctrl-C (here
+//! it; confluent-kafka for Python gets a create-user reply; a plugin file replaced on disk serves the next event; Ctrl-C (here
 //! SIGTERM) stops the router and the broker.
 
 mod common;
@@ -143,6 +143,34 @@ async fn dev_serves_a_kafka_client_reloads_and_counts() {
     })
     .await;
     assert!(counted, "{}", http_get(&admin, "/metrics").await.1);
+
+    // And a client written by others: confluent-kafka for Python sends
+    // seed 000's create-user request and gets profile-creation's reply.
+    let python = common::client_python();
+    let script = root().join("tests/clients/confluent_roundtrip.py");
+    let broker_for_py = broker.clone();
+    let reply = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(script)
+            .args([broker_for_py.as_str(), "req-py-1"])
+            .output()
+    })
+    .await
+    .ok()
+    .and_then(Result::ok)
+    .unwrap_or_else(|| panic!("could not run the Python client"));
+    assert!(
+        reply.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&reply.stderr),
+        log()
+    );
+    let reply: serde_json::Value = serde_json::from_slice(&reply.stdout).unwrap_or_default();
+    assert_eq!(reply["firstName"], "احمد", "{reply}");
+    assert!(
+        reply["id"].as_str().is_some_and(|id| id.len() == 36),
+        "{reply}"
+    );
 
     // Hot reload: another build over the welcome plugin's file (the
     // marker test plugin records which build handled each event).

@@ -763,7 +763,11 @@ fn cli(args: &[&str]) -> std::process::Output {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_listed_shown_and_replayed_after_a_fix() {
     let (broker, testdb, dir, config) = setup(2).await;
-    let router = Router::start(&config, &dir.path().join("router.log"), &[]);
+    let router = Router::start(
+        &config,
+        &dir.path().join("router.log"),
+        &[("SWITCHYARD_LOG_FORMAT", "json")],
+    );
     wait_ready(&router).await;
     let db = Database::connect(&testdb.url, 2)
         .await
@@ -800,6 +804,29 @@ async fn dead_letters_are_listed_shown_and_replayed_after_a_fix() {
     )
     .await;
     assert_eq!(dead.len(), 2, "{}", router.log_text());
+
+    // The log is JSON lines, and the dead letter's line carries the
+    // event's fields, the seed's request-id among them.
+    let lines: Vec<serde_json::Value> = router
+        .log_text()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let line = lines
+        .iter()
+        .find(|l| {
+            l["fields"]["message"] == "event dead-lettered" && l["span"]["plugin"] == "role-mapping"
+        })
+        .unwrap_or_else(|| panic!("no dead-letter line:\n{}", router.log_text()));
+    assert_eq!(line["level"], "ERROR");
+    assert_eq!(line["span"]["topic"], "USER_CREATED");
+    assert_eq!(line["span"]["request_id"], "r-emp");
+    assert!(line["span"]["offset"].is_u64() || line["span"]["offset"].is_i64());
+    assert!(
+        line["fields"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("EMPEROR"))
+    );
 
     let config_arg = config.to_string_lossy().to_string();
     let out = cli(&["dlq", "list", "--config", &config_arg]);

@@ -88,7 +88,10 @@ pub async fn load_plugins(
     plugin_dir: Option<&std::path::Path>,
 ) -> anyhow::Result<HashMap<String, PluginSlot>> {
     let mut plugins = HashMap::new();
-    for (name, path, env, isolation, breaker) in loaded.plugin_envs(plugin_dir) {
+    let envs = loaded.plugin_envs(plugin_dir);
+    let total = envs.len();
+    for (i, (name, path, env, isolation, breaker)) in envs.into_iter().enumerate() {
+        tracing::info!(plugin = %name, file = %path.display(), "compiling plugin {}/{total}", i + 1);
         let started = Instant::now();
         let plugin = runtime
             .load_file(&path, env)

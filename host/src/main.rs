@@ -234,6 +234,15 @@ fn parse_header(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("header {s:?} is not name=value"))
 }
 
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Readable lines.
+    Text,
+    /// JSON lines.
+    Json,
+}
+
 #[derive(Debug, Args)]
 struct RunArgs {
     /// The routing config (TOML).
@@ -255,9 +264,11 @@ struct RunArgs {
     /// `/routes`); overrides `[admin] address`. Port 0 picks a free port.
     #[arg(long, env = "SWITCHYARD_ADMIN")]
     admin: Option<String>,
-    /// Log format: `text` or `json`.
-    #[arg(long, default_value = "text", env = "SWITCHYARD_LOG_FORMAT")]
-    log_format: String,
+    /// Log format: `text` (for people) or `json` (one object per line,
+    /// with the event's fields: plugin, topic, partition, offset, event_id,
+    /// request_id, trace_id).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "SWITCHYARD_LOG_FORMAT")]
+    log_format: LogFormat,
 }
 
 impl RunArgs {
@@ -342,7 +353,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Run(args) => {
-            init_logging_format("info", &args.log_format);
+            init_logging_format("info", args.log_format);
             let options = args.options();
             match runtime.block_on(switchyard::app::run(options, shutdown_signal())) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -354,7 +365,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Dev(args) => {
-            init_logging_format("info", &args.run.log_format);
+            init_logging_format("info", args.run.log_format);
             match runtime.block_on(dev_cmd(args)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -649,10 +660,10 @@ async fn produce_cmd(args: ProduceArgs) -> anyhow::Result<()> {
 
 /// Log to stderr; `SWITCHYARD_LOG` (or `RUST_LOG`) overrides `default`.
 fn init_logging(default: &str) {
-    init_logging_format(default, "text");
+    init_logging_format(default, LogFormat::Text);
 }
 
-fn init_logging_format(default: &str, format: &str) {
+fn init_logging_format(default: &str, format: LogFormat) {
     let filter = std::env::var("SWITCHYARD_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .ok()
@@ -661,7 +672,7 @@ fn init_logging_format(default: &str, format: &str) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if format == "json" {
+    if format == LogFormat::Json {
         builder.json().init();
     } else {
         builder.init();

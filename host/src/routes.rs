@@ -301,6 +301,9 @@ mod tests {
             }]
         );
         let gone = event("t", "{}", &[(crate::dlq::REPLAY_PLUGIN, "c")]);
-        assert!(t.select(&gone).is_empty(), "a plugin no longer routed: nothing");
+        assert!(
+            t.select(&gone).is_empty(),
+            "a plugin no longer routed: nothing"
+        );
     }
 }

@@ -815,3 +815,18 @@ fn dechunk(mut body: &str) -> String {
     }
     out
 }
+
+/// The Python with Kafka clients written by others (confluent-kafka):
+/// `SWITCHYARD_PYTHON`, else `.switchyard/venv/bin/python` (made by
+/// `scripts/test`).
+pub fn client_python() -> PathBuf {
+    let path = std::env::var_os("SWITCHYARD_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".switchyard/venv/bin/python"));
+    assert!(
+        path.exists(),
+        "{} is missing: scripts/test installs confluent-kafka into .switchyard/venv",
+        path.display()
+    );
+    path
+}
