@@ -355,68 +355,31 @@ fn main() -> ExitCode {
         Command::Run(args) => {
             init_logging_format("info", args.log_format);
             let options = args.options();
-            match runtime.block_on(switchyard::app::run(options, shutdown_signal())) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!("{e:#}");
-                    eprintln!("error: {e:#}");
-                    ExitCode::from(1)
-                }
-            }
+            finish(
+                runtime.block_on(switchyard::app::run(options, shutdown_signal())),
+                true,
+            )
         }
         Command::Dev(args) => {
             init_logging_format("info", args.run.log_format);
-            match runtime.block_on(dev_cmd(args)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!("{e:#}");
-                    eprintln!("error: {e:#}");
-                    ExitCode::from(1)
-                }
-            }
+            finish(runtime.block_on(dev_cmd(args)), true)
         }
         Command::Dlq(cmd) => {
             init_logging("warn");
-            match runtime.block_on(dlq_cmd(cmd)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::from(1)
-                }
-            }
+            finish(runtime.block_on(dlq_cmd(cmd)), false)
         }
         Command::Explain(args) => {
             init_logging("warn");
-            match explain_cmd(&args) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::from(1)
-                }
-            }
+            finish(explain_cmd(&args), false)
         }
         Command::Check(args) => {
             init_logging("warn");
-            match runtime.block_on(switchyard::app::check(&args.options())) {
-                Ok(report) => {
-                    print!("{report}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::from(1)
-                }
-            }
+            let checked = runtime.block_on(switchyard::app::check(&args.options()));
+            finish(checked.map(|report| print!("{report}")), false)
         }
         Command::Produce(args) => {
             init_logging("warn");
-            match runtime.block_on(produce_cmd(args)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::from(1)
-                }
-            }
+            finish(runtime.block_on(produce_cmd(args)), false)
         }
         Command::Plugin(PluginCommand::Test(args)) => {
             init_logging("warn,switchyard::plugin=off,switchyard::capabilities=off");
@@ -427,6 +390,21 @@ fn main() -> ExitCode {
                     ExitCode::from(2)
                 }
             }
+        }
+    }
+}
+
+/// The exit status of a command: 0, or 1 with the error on stderr (and in
+/// the log, for the long-running commands whose output is the log).
+fn finish(result: anyhow::Result<()>, log: bool) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if log {
+                tracing::error!("{e:#}");
+            }
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
         }
     }
 }
