@@ -86,11 +86,20 @@ stop_broker() {
 }
 
 # Kafka clients written by others, for the compatibility tests: Python's
-# confluent-kafka in .switchyard/venv.
+# confluent-kafka and aiokafka in .switchyard/venv.
 PYTHON_CLIENTS="$ROOT/.switchyard/venv/bin/python"
 ensure_python_clients() {
-    if [ -x "$PYTHON_CLIENTS" ] && "$PYTHON_CLIENTS" -c "import confluent_kafka" 2>/dev/null; then return; fi
-    say "installing confluent-kafka (PyPI) into .switchyard/venv for the client tests"
+    if [ -x "$PYTHON_CLIENTS" ] && "$PYTHON_CLIENTS" -c "import confluent_kafka, aiokafka" 2>/dev/null; then return; fi
+    say "installing confluent-kafka and aiokafka (PyPI) into .switchyard/venv for the client tests"
     python3 -m venv "$ROOT/.switchyard/venv"
-    "$PYTHON_CLIENTS" -m pip install --quiet "confluent-kafka==2.16.1"
+    "$PYTHON_CLIENTS" -m pip install --quiet "confluent-kafka==2.16.1" "aiokafka==0.12.0"
+}
+
+# A NestJS app's Kafka client (ClientKafka on kafkajs), pinned by
+# tests/clients/nestjs/package-lock.json, for the compatibility test.
+ensure_node_clients() {
+    local dir="$ROOT/tests/clients/nestjs"
+    if [ -d "$dir/node_modules/@nestjs/microservices" ]; then return; fi
+    say "installing the NestJS client (npm) into tests/clients/nestjs/node_modules"
+    npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error
 }

@@ -950,3 +950,231 @@ async fn dead_letters_are_listed_shown_and_replayed_after_a_fix() {
         1
     );
 }
+
+/// Scale-out: routers in one consumer group share the partitions. One is
+/// killed (-9) mid-stream and a third joins; later another leaves with
+/// SIGTERM. Every event is counted exactly once across the hand-overs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routers_in_one_group_share_partitions_and_hand_them_over() {
+    const USERS: usize = 24;
+    const PER_USER: usize = 200;
+    let (broker, testdb, dir, config) = setup(6).await;
+    let mut a = Router::start(&config, &dir.path().join("a.log"), &[]);
+    let mut b = Router::start(&config, &dir.path().join("b.log"), &[]);
+    for r in [&a, &b] {
+        wait_ready(r).await;
+    }
+    let db = Database::connect(&testdb.url, 2)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let p = broker.producer();
+    for u in 0..USERS {
+        let user = format!("user-{u}");
+        let ev = json!({"eventId": format!("created-{u}"), "eventType": "user.created",
+            "timestamp": "2024-03-01T12:00:00Z", "userId": user, "data": {}});
+        produce(
+            &p,
+            "user.created",
+            Some(&user),
+            &[],
+            ev.to_string().as_bytes(),
+        )
+        .await;
+    }
+    assert!(
+        eventually(Duration::from_secs(90), || async {
+            scalar(&db, "SELECT count(*) FROM user_stats").await == USERS as i64
+        })
+        .await,
+        "users not created:\na: {}\nb: {}",
+        a.log_text(),
+        b.log_text()
+    );
+    let deliveries = (0..USERS * PER_USER).map(|i| {
+        let user = format!("user-{}", i % USERS);
+        let value = json!({"eventType": "interview.created", "userId": user,
+            "data": {"interviewId": format!("iv-{i}")}})
+        .to_string();
+        let p = p.clone();
+        async move {
+            p.send(
+                rdkafka::producer::FutureRecord::<str, str>::to("interview.created")
+                    .key(&user)
+                    .payload(&value),
+                Duration::from_secs(30),
+            )
+            .await
+        }
+    });
+    for d in futures_util::future::join_all(deliveries).await {
+        d.unwrap_or_else(|(e, _)| panic!("produce: {e}"));
+    }
+    let total = "SELECT coalesce(sum(interviews_created), 0) FROM user_stats";
+    let expected = (USERS * PER_USER) as i64;
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            scalar(&db, total).await >= expected / 10
+        })
+        .await,
+        "no progress"
+    );
+    // Both instances held partitions before the kill.
+    for (name, r) in [("a", &a), ("b", &b)] {
+        assert!(
+            r.log_text().contains("topic=interview.created"),
+            "router {name} handled nothing:\n{}",
+            r.log_text()
+        );
+    }
+    a.kill9();
+    let at_kill = scalar(&db, total).await;
+    assert!(
+        at_kill < expected,
+        "the stream ended before the kill: nothing tested"
+    );
+    let c = Router::start(&config, &dir.path().join("c.log"), &[]);
+    wait_ready(&c).await;
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            scalar(&db, total).await >= (at_kill + expected) / 2
+        })
+        .await,
+        "no progress after the kill"
+    );
+    let status = b.terminate(Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "b left gracefully: {status:?}"
+    );
+    let settled = value_after_reaching(
+        &db,
+        total,
+        expected,
+        Duration::from_secs(180),
+        Duration::from_secs(2),
+        &c,
+        &format!("stalled after the hand-overs (killed at {at_kill})"),
+    )
+    .await;
+    assert_eq!(settled, expected, "every interview counted exactly once");
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT count(*) FROM switchyard_processed WHERE plugin = 'stats-increment'"
+        )
+        .await,
+        expected + USERS as i64,
+        "one marker per event"
+    );
+}
+
+/// Seed 004's own producer (aiokafka, asyncio) emits user_registered with
+/// its four headers; an aiokafka consumer reads the welcome e-mail request,
+/// which carries the request-id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_004_from_aiokafka_gets_its_welcome() {
+    let (broker, testdb, dir, config) = setup(2).await;
+    let router = Router::start(&config, &dir.path().join("router.log"), &[]);
+    wait_ready(&router).await;
+    let python = common::client_python();
+    let script = common::root().join("tests/clients/aiokafka_seed004.py");
+    let addr = broker.addr.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(script)
+            .args([addr.as_str(), "u-aio-1", "req-aio-1"])
+            .output()
+    })
+    .await
+    .ok()
+    .and_then(Result::ok)
+    .unwrap_or_else(|| panic!("could not run the aiokafka client"));
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        router.log_text()
+    );
+    let email: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(email["headers"]["request-id"], "req-aio-1", "{email}");
+    assert!(
+        email["headers"]["event-id"]
+            .as_str()
+            .is_some_and(|id| id.len() == 36)
+    );
+    assert_eq!(email["value"]["to"], "u-aio-1@example.com", "{email}");
+    assert_eq!(email["value"]["subject"], "Welcome, Lucía Fernández!");
+    let db = Database::connect(&testdb.url, 1)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        scalar(&db, "SELECT count(*) FROM welcome_notifications").await,
+        1
+    );
+}
+
+/// A NestJS app's ClientKafka (kafkajs), as seed 002's services use it:
+/// `emit` USER_CREATED reaches role-mapping, and `send` create-user gets
+/// its reply back through profile-creation (NestJS request-reply headers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nestjs_client_kafka_emits_and_gets_its_reply() {
+    let (broker, testdb, dir, config) = setup(2).await;
+    // ClientKafka listens for replies on `<pattern>.reply`.
+    broker.create_topics(&["create-user.reply"], 2).await;
+    let router = Router::start(&config, &dir.path().join("router.log"), &[]);
+    wait_ready(&router).await;
+    let db = Database::connect(&testdb.url, 2)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    db.run_script("INSERT INTO customers (id, name) VALUES ('cust-1', 'Boulangerie Durand SARL')")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let script = common::root().join("tests/clients/nestjs/client.js");
+    assert!(
+        common::root()
+            .join("tests/clients/nestjs/node_modules/@nestjs/microservices")
+            .exists(),
+        "the NestJS client is not installed: scripts/test runs npm ci in tests/clients/nestjs"
+    );
+    let addr = broker.addr.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .arg(script)
+            .args([addr.as_str(), "req-nest-1"])
+            .output()
+    })
+    .await
+    .ok()
+    .and_then(Result::ok)
+    .unwrap_or_else(|| panic!("could not run node"));
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        router.log_text()
+    );
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(reply["requestId"], "req-nest-1", "{reply}");
+    assert_eq!(reply["firstName"], "Amélie");
+    let id = reply["id"].as_str().unwrap_or_default().to_string();
+    assert_eq!(
+        rows_of(&db, "SELECT id::text AS id FROM profiles").await,
+        vec![json!({"id": id})],
+        "the reply names the stored profile"
+    );
+    let mapped = eventually(Duration::from_secs(30), || async {
+        scalar(
+            &db,
+            "SELECT count(*) FROM customer_users WHERE user_id = 'auth0|req-nest-1' AND role = 'CUSTOMER_ADMIN'",
+        )
+        .await
+            == 1
+    })
+    .await;
+    assert!(
+        mapped,
+        "the emitted USER_CREATED was not mapped:\n{}",
+        router.log_text()
+    );
+}

@@ -704,3 +704,24 @@ async fn sqlite_stops_a_query_the_host_stopped_reading() {
         "the connection is free again"
     );
 }
+
+/// PostgreSQL infers a NULL parameter's type from the statement (int4 for
+/// an `integer` column); the same statement text must still take an
+/// integer afterwards (a cached statement typed by the NULL used to refuse
+/// it: "incorrect binary data format", which once held a partition
+/// forever when a NestJS reply named its partition).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_takes_null_then_integer_in_the_same_statement() {
+    use switchyard::bindings::switchyard::plugin::db::Value;
+    let h = hostile(Backend::Postgres).await;
+    h.exec("CREATE TABLE ints (n integer)").await;
+    // In one transaction, as the outbox rows of one event are written.
+    let mut tx = h.db.begin().await.unwrap_or_else(|e| panic!("{e}"));
+    for v in [Value::Null, Value::Int(7), Value::Null, Value::Int(8)] {
+        tx.execute_host("INSERT INTO ints (n) VALUES ($1)", &[v.clone()])
+            .await
+            .unwrap_or_else(|e| panic!("{v:?}: {e:?}"));
+    }
+    tx.commit().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(h.count("ints").await, 4);
+}

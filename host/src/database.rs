@@ -406,6 +406,14 @@ fn bind_pg<'q>(mut q: PgQuery<'q>, params: &[Value]) -> Result<PgQuery<'q>, DbEr
             Value::Date(s) => q.bind(parse_date(i, s)?),
         };
     }
+    // A NULL leaves its parameter's type to PostgreSQL, which infers it
+    // from the statement (an `integer` column: int4). sqlx would cache the
+    // statement with that inferred type and later send an i64 into it as
+    // int8 bytes ("incorrect binary data format"): a statement with a NULL
+    // is prepared afresh instead of cached.
+    if params.iter().any(|p| matches!(p, Value::Null)) {
+        q = q.persistent(false);
+    }
     Ok(q)
 }
 

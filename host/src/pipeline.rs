@@ -483,9 +483,34 @@ impl Lane {
                 let enqueued = outbox::enqueue(&mut tx, &inv.messages).await;
                 let committed = match enqueued {
                     Ok(()) => tx.commit().await.map_err(|e| e.to_string()),
-                    Err(e) => {
+                    Err(e @ crate::bindings::switchyard::plugin::db::Error::Unavailable(_)) => {
                         let _ = tx.rollback().await;
                         Err(crate::capabilities::db::describe_error(&e))
+                    }
+                    Err(e) => {
+                        // Not an outage: the messages cannot be queued as
+                        // they are. Spend attempts, then dead-letter, rather
+                        // than hold the partition forever.
+                        let _ = tx.rollback().await;
+                        attempts += 1;
+                        let reason = format!(
+                            "the host could not queue the plugin's {} message(s): {}",
+                            inv.messages.len(),
+                            crate::capabilities::db::describe_error(&e)
+                        );
+                        if attempts >= shared.retry.max_attempts {
+                            let why = format!("failed after {attempts} attempts: {reason}");
+                            return ctl
+                                .dead_letter(event, name, dedupe_key, &why, attempts, "failed")
+                                .await;
+                        }
+                        shared.metrics.retry(name);
+                        let wait = ctl.backoff(attempts);
+                        tracing::warn!(%reason, attempt = attempts, "trying again in {wait:?}");
+                        if ctl.pause(wait).await {
+                            return PluginEnd::Abandoned;
+                        }
+                        continue;
                     }
                 };
                 match committed {
