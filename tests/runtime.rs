@@ -718,7 +718,7 @@ async fn postgres_takes_null_then_integer_in_the_same_statement() {
     // In one transaction, as the outbox rows of one event are written.
     let mut tx = h.db.begin().await.unwrap_or_else(|e| panic!("{e}"));
     for v in [Value::Null, Value::Int(7), Value::Null, Value::Int(8)] {
-        tx.execute_host("INSERT INTO ints (n) VALUES ($1)", &[v.clone()])
+        tx.execute_host("INSERT INTO ints (n) VALUES ($1)", std::slice::from_ref(&v))
             .await
             .unwrap_or_else(|e| panic!("{v:?}: {e:?}"));
     }
