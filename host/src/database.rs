@@ -217,7 +217,11 @@ impl Database {
     pub async fn run_script(&self, sql: &str) -> Result<(), sqlx::Error> {
         use sqlx::Executor;
         match self {
-            Database::Postgres(pool) => pool.execute(sql).await.map(|_| ()),
+            Database::Postgres(pool) => {
+                let mut tx = setup_tx(pool).await?;
+                tx.execute(sql).await?;
+                tx.commit().await
+            }
             Database::Sqlite(pool, _) => {
                 pool.execute(sql).await?;
                 self.refresh_schema().await
@@ -256,6 +260,21 @@ impl Database {
             Database::Sqlite(pool, _) => pool.close().await,
         }
     }
+}
+
+/// A transaction holding switchyard's setup lock (PostgreSQL): several
+/// routers starting together run their `CREATE TABLE IF NOT EXISTS`,
+/// roles and grants one after the other, not into each other (PostgreSQL
+/// can fail both with a unique violation on its catalogs).
+async fn setup_tx(
+    pool: &sqlx::PgPool,
+) -> Result<sqlx::Transaction<'static, Postgres>, sqlx::Error> {
+    use sqlx::Executor;
+    let mut tx = pool.begin().await?;
+    // The key: the first eight bytes of "switchyard" as a number.
+    tx.execute("SELECT pg_advisory_xact_lock(8319683387291953522)")
+        .await?;
+    Ok(tx)
 }
 
 /// Which backend a URL names.
@@ -1175,18 +1194,22 @@ impl Database {
             id: format!("grants for role {role}"),
             source,
         };
-        let create = sqlx::query(&format!("CREATE ROLE \"{role}\" NOLOGIN"))
-            .execute(pool)
-            .await;
-        match create {
-            Ok(_) => {}
-            // 42710 duplicate_object; 23505 when two routers race on it.
-            Err(sqlx::Error::Database(e))
-                if matches!(e.code().as_deref(), Some("42710") | Some("23505")) => {}
-            Err(e) => return Err(failed(e)),
-        }
         use sqlx::Executor;
-        pool.execute(
+        // One transaction under the setup lock: routers starting together
+        // would otherwise race on the role and on concurrent GRANTs
+        // ("tuple concurrently updated").
+        let mut tx = setup_tx(pool).await.map_err(failed)?;
+        let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_roles WHERE rolname = $1")
+            .bind(&role)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(failed)?;
+        if exists.is_none() {
+            tx.execute(format!("CREATE ROLE \"{role}\" NOLOGIN").as_str())
+                .await
+                .map_err(failed)?;
+        }
+        tx.execute(
             format!(
                 "GRANT \"{role}\" TO CURRENT_USER; GRANT USAGE ON SCHEMA public TO \"{role}\";"
             )
@@ -1196,7 +1219,7 @@ impl Database {
         .map_err(failed)?;
         let tables = self.plugin_tables(migrations);
         for t in &tables {
-            pool.execute(
+            tx.execute(
                 format!("GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE \"{t}\" TO \"{role}\"")
                     .as_str(),
             )
@@ -1208,16 +1231,15 @@ impl Database {
              JOIN pg_class t ON d.refobjid = t.oid WHERE s.relkind = 'S' AND t.relname = ANY($1)",
         )
         .bind(&tables)
-        .fetch_all(pool)
+        .fetch_all(&mut *tx)
         .await
         .map_err(failed)?;
         for seq in sequences {
-            pool.execute(
-                format!("GRANT USAGE, SELECT ON SEQUENCE \"{seq}\" TO \"{role}\"").as_str(),
-            )
-            .await
-            .map_err(failed)?;
+            tx.execute(format!("GRANT USAGE, SELECT ON SEQUENCE \"{seq}\" TO \"{role}\"").as_str())
+                .await
+                .map_err(failed)?;
         }
+        tx.commit().await.map_err(failed)?;
         Ok(Some(role))
     }
 
