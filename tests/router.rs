@@ -116,6 +116,37 @@ async fn create_stats_user(
     );
 }
 
+/// Seed 001's `user.created` for `user-0` .. `user-{n-1}`, awaited: their
+/// stats rows exist before the test sends their interviews.
+async fn create_users(
+    p: &rdkafka::producer::FutureProducer,
+    db: &Database,
+    n: usize,
+    routers: &[&Router],
+) {
+    for u in 0..n {
+        let user = format!("user-{u}");
+        let ev = json!({"eventId": format!("created-{u}"), "eventType": "user.created",
+            "timestamp": "2024-03-01T12:00:00Z", "userId": user, "data": {}});
+        produce(
+            p,
+            "user.created",
+            Some(&user),
+            &[],
+            ev.to_string().as_bytes(),
+        )
+        .await;
+    }
+    let created = eventually(Duration::from_secs(90), || async {
+        scalar(db, "SELECT count(*) FROM user_stats").await == n as i64
+    })
+    .await;
+    if !created {
+        let logs: Vec<String> = routers.iter().map(|r| r.log_text()).collect();
+        panic!("users not created:\n{}", logs.join("\n---\n"));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_events_flow_end_to_end() {
     let (broker, testdb, dir, config) = setup(3).await;
@@ -459,27 +490,7 @@ async fn kill_9_mid_stream_then_restart_counts_exactly_once() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let p = broker.producer();
-    for u in 0..USERS {
-        let user = format!("user-{u}");
-        let ev = json!({"eventId": format!("created-{u}"), "eventType": "user.created", "timestamp": "2024-03-01T12:00:00Z",
-            "userId": user, "data": {}});
-        produce(
-            &p,
-            "user.created",
-            Some(&user),
-            &[],
-            ev.to_string().as_bytes(),
-        )
-        .await;
-    }
-    assert!(
-        eventually(Duration::from_secs(60), || async {
-            scalar(&db, "SELECT count(*) FROM user_stats").await == USERS as i64
-        })
-        .await,
-        "users not created:\n{}",
-        router.log_text()
-    );
+    create_users(&p, &db, USERS, &[&router]).await;
     // No eventId: these are deduplicated by their Kafka position only.
     let sends: Vec<_> = (0..USERS * PER_USER)
         .map(|i| {
@@ -969,28 +980,7 @@ async fn routers_in_one_group_share_partitions_and_hand_them_over() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let p = broker.producer();
-    for u in 0..USERS {
-        let user = format!("user-{u}");
-        let ev = json!({"eventId": format!("created-{u}"), "eventType": "user.created",
-            "timestamp": "2024-03-01T12:00:00Z", "userId": user, "data": {}});
-        produce(
-            &p,
-            "user.created",
-            Some(&user),
-            &[],
-            ev.to_string().as_bytes(),
-        )
-        .await;
-    }
-    assert!(
-        eventually(Duration::from_secs(90), || async {
-            scalar(&db, "SELECT count(*) FROM user_stats").await == USERS as i64
-        })
-        .await,
-        "users not created:\na: {}\nb: {}",
-        a.log_text(),
-        b.log_text()
-    );
+    create_users(&p, &db, USERS, &[&a, &b]).await;
     let deliveries = (0..USERS * PER_USER).map(|i| {
         let user = format!("user-{}", i % USERS);
         let value = json!({"eventType": "interview.created", "userId": user,

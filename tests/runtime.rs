@@ -35,6 +35,18 @@ async fn hostile(backend: Backend) -> Harness {
     .await
 }
 
+/// The hostile plugin with `limits` and every topic granted.
+async fn hostile_with(backend: Backend, limits: Limits) -> Harness {
+    Harness::with_env(
+        PLUGIN,
+        backend,
+        serde_json::Map::new(),
+        limits,
+        Grants::all(),
+    )
+    .await
+}
+
 async fn insert_mark(h: &mut Harness, id: &str) -> Outcome {
     h.send(
         "t",
@@ -285,14 +297,7 @@ async fn result_caps_are_errors(backend: Backend) {
         max_result_bytes: 1 << 20,
         ..tight_limits()
     };
-    let mut h = Harness::with_env(
-        PLUGIN,
-        backend,
-        serde_json::Map::new(),
-        limits,
-        Grants::all(),
-    )
-    .await;
+    let mut h = hostile_with(backend, limits).await;
     let (many, huge) = match backend {
         Backend::Postgres => (
             "SELECT generate_series(1, 11)",
@@ -408,14 +413,7 @@ async fn postgres_cancels_statements_over_the_plugin_timeout() {
         statement_timeout_ms: 200,
         ..tight_limits()
     };
-    let mut h = Harness::with_env(
-        PLUGIN,
-        Backend::Postgres,
-        serde_json::Map::new(),
-        limits,
-        Grants::all(),
-    )
-    .await;
+    let mut h = hostile_with(Backend::Postgres, limits).await;
     let started = std::time::Instant::now();
     let inv = h
         .send(
@@ -554,14 +552,7 @@ async fn sqlite_interrupts_statements_over_the_plugin_timeout() {
         deadline_ms: 10_000,
         ..tight_limits()
     };
-    let mut h = Harness::with_env(
-        PLUGIN,
-        Backend::Sqlite,
-        serde_json::Map::new(),
-        limits,
-        Grants::all(),
-    )
-    .await;
+    let mut h = hostile_with(Backend::Sqlite, limits).await;
     let started = std::time::Instant::now();
     let endless =
         "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c";
@@ -630,14 +621,7 @@ async fn sqlite_interrupted_write_loses_the_event_not_its_guarantees() {
         deadline_ms: 10_000,
         ..tight_limits()
     };
-    let mut h = Harness::with_env(
-        PLUGIN,
-        Backend::Sqlite,
-        serde_json::Map::new(),
-        limits,
-        Grants::all(),
-    )
-    .await;
+    let mut h = hostile_with(Backend::Sqlite, limits).await;
     let endless_write = "INSERT INTO hostile_marks (id, note) WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT 'w' || x, 'w' FROM c WHERE x < 0";
     let inv = h
         .send(
@@ -676,14 +660,7 @@ async fn sqlite_stops_a_query_the_host_stopped_reading() {
         statement_timeout_ms: 600_000,
         ..tight_limits()
     };
-    let mut h = Harness::with_env(
-        PLUGIN,
-        Backend::Sqlite,
-        serde_json::Map::new(),
-        limits,
-        Grants::all(),
-    )
-    .await;
+    let mut h = hostile_with(Backend::Sqlite, limits).await;
     let runaway = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x FROM c WHERE x <= 11 OR x > 1000000000000000000";
     let inv = h
         .send("t", None, &[], json!({"do": "sql", "sql": runaway}))
