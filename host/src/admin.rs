@@ -210,19 +210,29 @@ fn consumer_lag(consumer: &RouterConsumer) -> Vec<(String, i32, i64)> {
     let Ok(positions) = consumer.position() else {
         return Vec::new();
     };
+    // Where the group stands for partitions this instance has not fetched
+    // from yet (a fresh assignment): its committed offsets.
+    let committed = consumer
+        .committed_offsets(positions.clone(), Duration::from_secs(1))
+        .ok();
     let mut out = Vec::new();
     for e in positions.elements() {
-        let Ok((_, high)) =
+        let Ok((low, high)) =
             consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(1))
         else {
             continue;
         };
-        let lag = match e.offset().to_raw() {
-            Some(pos) if pos >= 0 => (high - pos).max(0),
-            // No position yet: nothing consumed; all of it is behind.
-            _ => high.max(0),
+        let committed_at = committed
+            .as_ref()
+            .and_then(|c| c.find_partition(e.topic(), e.partition()))
+            .and_then(|c| c.offset().to_raw())
+            .filter(|o| *o >= 0);
+        let next = match e.offset().to_raw() {
+            Some(pos) if pos >= 0 => pos,
+            // Nothing committed either: the group starts at the beginning.
+            _ => committed_at.unwrap_or(low),
         };
-        out.push((e.topic().to_string(), e.partition(), lag));
+        out.push((e.topic().to_string(), e.partition(), (high - next).max(0)));
     }
     out
 }
