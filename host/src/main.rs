@@ -120,15 +120,8 @@ enum DlqCommand {
 
 #[derive(Debug, Args)]
 struct DlqArgs {
-    /// The routing config (brokers, database, group, dead-letter topic).
-    #[arg(long, short = 'c', default_value = "config/switchyard.toml")]
-    config: PathBuf,
-    /// Kafka bootstrap servers; overrides `kafka.brokers`.
-    #[arg(long, env = "SWITCHYARD_BROKERS")]
-    brokers: Option<String>,
-    /// Database URL; overrides `database.url`.
-    #[arg(long, env = "SWITCHYARD_DATABASE_URL")]
-    database: Option<String>,
+    #[command(flatten)]
+    target: Target,
     /// Only this plugin's dead letters.
     #[arg(long)]
     plugin: Option<String>,
@@ -175,12 +168,7 @@ impl DlqArgs {
     }
 
     fn loaded(&self) -> anyhow::Result<switchyard::config::Loaded> {
-        switchyard::app::load_config(&switchyard::app::RunOptions {
-            config: self.config.clone(),
-            brokers: self.brokers.clone(),
-            database: self.database.clone(),
-            ..Default::default()
-        })
+        switchyard::app::load_config(&self.target.options())
     }
 }
 
@@ -245,15 +233,8 @@ enum LogFormat {
 
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// The routing config (TOML).
-    #[arg(long, short = 'c', default_value = "config/switchyard.toml")]
-    config: PathBuf,
-    /// Kafka bootstrap servers; overrides `kafka.brokers`.
-    #[arg(long, env = "SWITCHYARD_BROKERS")]
-    brokers: Option<String>,
-    /// Database URL; overrides `database.url`.
-    #[arg(long, env = "SWITCHYARD_DATABASE_URL")]
-    database: Option<String>,
+    #[command(flatten)]
+    target: Target,
     /// Directory of the plugin files; overrides `plugins.dir`.
     #[arg(long, env = "SWITCHYARD_PLUGIN_DIR")]
     plugin_dir: Option<PathBuf>,
@@ -274,13 +255,36 @@ struct RunArgs {
 impl RunArgs {
     fn options(&self) -> switchyard::app::RunOptions {
         switchyard::app::RunOptions {
-            config: self.config.clone(),
-            brokers: self.brokers.clone(),
-            database: self.database.clone(),
             plugin_dir: self.plugin_dir.clone(),
             no_reload: self.no_reload,
             admin: self.admin.clone(),
-            ready: None,
+            ..self.target.options()
+        }
+    }
+}
+
+/// The config file and the overrides of where it points: shared by the
+/// commands that talk to the broker and the database.
+#[derive(Debug, Args)]
+struct Target {
+    /// The routing config (TOML).
+    #[arg(long, short = 'c', default_value = "config/switchyard.toml")]
+    config: PathBuf,
+    /// Kafka bootstrap servers; overrides `kafka.brokers`.
+    #[arg(long, env = "SWITCHYARD_BROKERS")]
+    brokers: Option<String>,
+    /// Database URL; overrides `database.url`.
+    #[arg(long, env = "SWITCHYARD_DATABASE_URL")]
+    database: Option<String>,
+}
+
+impl Target {
+    fn options(&self) -> switchyard::app::RunOptions {
+        switchyard::app::RunOptions {
+            config: self.config.clone(),
+            brokers: self.brokers.clone(),
+            database: self.database.clone(),
+            ..Default::default()
         }
     }
 }
