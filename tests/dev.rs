@@ -20,6 +20,19 @@ fn banner_value(out: &str, label: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// The `dev` process, killed if the test ends early (a failed assertion
+/// must not leave a router and its broker running).
+struct Child(Option<std::process::Child>);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 fn copy_plugins(to: &Path) {
     std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("{e}"));
     for name in [
@@ -42,7 +55,7 @@ async fn dev_serves_a_kafka_client_reloads_and_counts() {
     let db_url = format!("sqlite:{}", dir.path().join("dev.db").display());
     let out_path = dir.path().join("stdout.txt");
     let log_path = dir.path().join("log.txt");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .current_dir(dir.path())
         .args(["dev", "--config"])
         .arg(root().join("config/switchyard.toml"))
@@ -67,6 +80,7 @@ async fn dev_serves_a_kafka_client_reloads_and_counts() {
         .stderr(std::fs::File::create(&log_path).unwrap_or_else(|e| panic!("{e}")))
         .spawn()
         .unwrap_or_else(|e| panic!("switchyard dev: {e}"));
+    let mut child = Child(Some(child));
     let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let out = || std::fs::read_to_string(&out_path).unwrap_or_default();
 
@@ -209,10 +223,14 @@ async fn dev_serves_a_kafka_client_reloads_and_counts() {
     db.close().await;
 
     // SIGTERM: the router stops gracefully, then the broker.
+    let mut running = child
+        .0
+        .take()
+        .unwrap_or_else(|| panic!("dev is not running"));
     let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &running.id().to_string()])
         .status();
-    let status = tokio::task::spawn_blocking(move || child.wait())
+    let status = tokio::task::spawn_blocking(move || running.wait())
         .await
         .ok()
         .and_then(Result::ok);
