@@ -130,6 +130,9 @@ impl Broker {
             .stdout(out)
             .stderr(err)
             .kill_on_drop(true)
+            // Its own process group: a terminal's Ctrl-C reaches the
+            // router, which drains first; the broker is stopped after.
+            .process_group(0)
             .spawn()
             .with_context(|| format!("starting Tansu ({})", tansu.display()))?;
         let mut broker = Self {

@@ -40,10 +40,12 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
-    /// A header as text.
+    /// A header as text: the last one of that name, which for
+    /// `switchyard.*` is the host's.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
+            .rev()
             .find(|(n, _)| n == name)
             .and_then(|(_, v)| v.as_deref())
             .and_then(|v| std::str::from_utf8(v).ok())
@@ -146,20 +148,26 @@ pub fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
         return Ok(t.with_timezone(&chrono::Utc));
     }
-    let (number, unit) = text.split_at(text.len().saturating_sub(1));
-    let n: i64 = number.parse().map_err(|_| {
+    let bad = || {
         format!(
             "{text:?} is neither a time like 2026-11-22T10:00:00Z nor an age like 30m, 2h or 7d"
         )
-    })?;
+    };
+    let split = text.char_indices().last().map_or(0, |(i, _)| i);
+    let (number, unit) = text.split_at(split);
+    let n: i64 = number.parse().map_err(|_| bad())?;
+    if n < 0 {
+        return Err(bad());
+    }
     let age = match unit {
-        "s" => chrono::Duration::seconds(n),
-        "m" => chrono::Duration::minutes(n),
-        "h" => chrono::Duration::hours(n),
-        "d" => chrono::Duration::days(n),
+        "s" => chrono::Duration::try_seconds(n),
+        "m" => chrono::Duration::try_minutes(n),
+        "h" => chrono::Duration::try_hours(n),
+        "d" => chrono::Duration::try_days(n),
         _ => return Err(format!("{text:?}: the age's unit must be s, m, h or d")),
     };
-    Ok(chrono::Utc::now() - age)
+    age.and_then(|a| chrono::Utc::now().checked_sub_signed(a))
+        .ok_or_else(|| format!("{text:?}: too far back"))
 }
 
 /// Read the whole dead-letter topic, up to its end when the call starts.
@@ -356,4 +364,33 @@ pub async fn replay(
         done.push(entry);
     }
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_and_times_parse_without_panicking() {
+        assert!(parse_time("2026-11-22T10:00:00Z").is_ok());
+        assert!(parse_time("30m").is_ok_and(|t| t < chrono::Utc::now()));
+        for bad in ["5分", "-3h", "99999999999999999d", "", "h", "3w"] {
+            assert!(parse_time(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_hosts_header_wins_over_a_producers() {
+        let d = DeadLetter {
+            partition: 0,
+            offset: 1,
+            key: None,
+            value: Vec::new(),
+            headers: vec![
+                ("switchyard.plugin".into(), Some(b"forged".to_vec())),
+                ("switchyard.plugin".into(), Some(b"real".to_vec())),
+            ],
+        };
+        assert_eq!(d.header("switchyard.plugin"), Some("real"));
+    }
 }

@@ -429,6 +429,19 @@ async fn dev_cmd(args: DevArgs) -> anyhow::Result<()> {
         options.brokers = Some(b.address.clone());
         let note = format!("Tansu, in memory, stopped on exit; log {}", b.log.display());
         broker = Some(b);
+        // The broker is new and empty: markers keyed by the old broker's
+        // offsets would skip new events as duplicates, and outbox rows
+        // belong to topics that no longer exist.
+        let loaded = switchyard::app::load_config(&options)?;
+        let db = switchyard::database::Database::connect(&loaded.config.database.url, 1).await?;
+        switchyard::outbox::create_tables(&db).await?;
+        db.run_script("DELETE FROM switchyard_processed; DELETE FROM switchyard_outbox")
+            .await
+            .context("clearing the previous dev session's markers and outbox")?;
+        db.close().await;
+        eprintln!(
+            "switchyard dev: new broker, so the previous session's processed-markers and outbox were cleared (plugin tables are kept)"
+        );
         note
     };
     eprintln!("switchyard dev: compiling the plugins and starting the router");

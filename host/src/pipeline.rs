@@ -601,7 +601,15 @@ impl LaneCtl {
         kind: &str,
     ) -> PluginEnd {
         let shared = &self.shared;
-        let mut headers = event.headers.clone();
+        // Only the host writes `switchyard.*` headers on a dead letter: a
+        // producer's own would be read as where it came from by
+        // `switchyard dlq replay`.
+        let mut headers: Vec<_> = event
+            .headers
+            .iter()
+            .filter(|(k, _)| !k.starts_with("switchyard."))
+            .cloned()
+            .collect();
         let now = chrono::Utc::now().to_rfc3339();
         for (name, value) in [
             ("switchyard.error", reason.to_string()),

@@ -187,7 +187,9 @@ impl publish::Host for HostState {
             .headers
             .into_iter()
             .filter(|h| {
+                // `switchyard.*` headers (replay routing) are the host's.
                 let host_sets = HOST_HEADERS.contains(&h.name.as_str())
+                    || h.name.starts_with("switchyard.")
                     || (traceparent.is_some()
                         && matches!(h.name.as_str(), "traceparent" | "tracestate"));
                 !host_sets
