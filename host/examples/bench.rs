@@ -97,17 +97,10 @@ fn start_broker() -> anyhow::Result<(Killed, String)> {
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join(".switchyard/bin/tansu"));
     let port = free_port()?;
-    let url = format!("tcp://127.0.0.1:{port}");
     let child = Command::new(&tansu)
-        .args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-            "--storage-engine",
-            "memory://tansu/",
-        ])
+        .args(switchyard::dev::tansu_broker_args(&format!(
+            "127.0.0.1:{port}"
+        )))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -97,6 +97,24 @@ async fn pick_port(preferred: u16) -> anyhow::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
+/// The arguments that start Tansu listening on `address` (`HOST:PORT`)
+/// with memory storage: for `dev`, the tests and the benchmark.
+pub fn tansu_broker_args(address: &str) -> Vec<String> {
+    let url = format!("tcp://{address}");
+    [
+        "broker",
+        "--listener-url",
+        &url,
+        "--advertised-listener-url",
+        &url,
+        "--storage-engine",
+        "memory://tansu/",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect()
+}
+
 /// A broker process this command started; stopped when dropped.
 pub struct Broker {
     child: tokio::process::Child,
@@ -117,16 +135,8 @@ impl Broker {
         let out =
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone()?;
-        let url = format!("tcp://{address}");
         let child = tokio::process::Command::new(tansu)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
+            .args(tansu_broker_args(&address))
             .stdout(out)
             .stderr(err)
             .kill_on_drop(true)

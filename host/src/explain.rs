@@ -8,20 +8,12 @@ use crate::event::Event;
 use crate::routes::KeySource;
 use serde_json::{Value as Json, json};
 
-fn source(header: Option<&String>, field: Option<&String>) -> Option<KeySource> {
-    match (header, field) {
-        (Some(h), _) => Some(KeySource::Header(h.clone())),
-        (None, Some(f)) => Some(KeySource::Field(f.clone())),
-        (None, None) => None,
-    }
-}
-
 fn condition(m: &MatchConfig) -> Option<KeySource> {
-    source(m.header.as_ref(), m.field.as_ref())
+    KeySource::from_config(m.header.as_ref(), m.field.as_ref())
 }
 
 fn dedupe_source(k: &KeyConfig) -> Option<KeySource> {
-    source(k.header.as_ref(), k.field.as_ref())
+    KeySource::from_config(k.header.as_ref(), k.field.as_ref())
 }
 
 /// What `explain` found: a report for people and the same as JSON.

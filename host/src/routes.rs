@@ -28,7 +28,9 @@ impl std::fmt::Display for KeySource {
 }
 
 impl KeySource {
-    fn from_config(header: Option<&String>, field: Option<&String>) -> Option<Self> {
+    /// The source a `{ header = .. }` or `{ field = .. }` config names
+    /// (the config check refuses both or neither).
+    pub fn from_config(header: Option<&String>, field: Option<&String>) -> Option<Self> {
         match (header, field) {
             (Some(h), None) => Some(KeySource::Header(h.clone())),
             (None, Some(f)) => Some(KeySource::Field(f.clone())),

@@ -213,13 +213,7 @@ impl Scope {
 
 impl Drop for Scope {
     fn drop(&mut self) {
-        let mut scopes = lock(&SCOPES);
-        if scopes
-            .get(&self.key)
-            .is_some_and(|s| Arc::ptr_eq(s, &self.state))
-        {
-            scopes.remove(&self.key);
-        }
+        self.suspend();
     }
 }
 

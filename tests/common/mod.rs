@@ -381,17 +381,10 @@ impl Broker {
     /// Start a broker and wait until it accepts connections.
     pub fn start() -> Self {
         let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
         let child = std::process::Command::new(tansu_path())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "memory://tansu/",
-            ])
+            .args(switchyard::dev::tansu_broker_args(&format!(
+                "127.0.0.1:{port}"
+            )))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
