@@ -26,10 +26,23 @@ struct Child(Option<std::process::Child>);
 
 impl Drop for Child {
     fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        let Some(mut c) = self.0.take() else {
+            return;
+        };
+        // SIGTERM first, so that `dev` stops its broker; SIGKILL only if
+        // it does not exit within 15 s.
+        let _ = std::process::Command::new("kill")
+            .arg(c.id().to_string())
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = c.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
+        let _ = c.kill();
+        let _ = c.wait();
     }
 }
 

@@ -63,12 +63,25 @@ fn write_config(dir: &Path, broker: &str, db_url: &str) -> std::path::PathBuf {
 }
 
 async fn setup(partitions: i32) -> (Broker, TestDb, tempfile::TempDir, std::path::PathBuf) {
+    setup_on(partitions, Backend::Postgres).await
+}
+
+/// A broker with the seeds' topics, a database, and the shipped config
+/// pointed at both. On SQLite the database is a file in the temporary
+/// directory, which the router, the test and the CLI all open.
+async fn setup_on(
+    partitions: i32,
+    backend: Backend,
+) -> (Broker, TestDb, tempfile::TempDir, std::path::PathBuf) {
     let broker = Broker::start();
     let mut topics: Vec<&str> = INPUT_TOPICS.to_vec();
     topics.extend(OUTPUT_TOPICS);
     broker.create_topics(&topics, partitions).await;
-    let db = TestDb::new(Backend::Postgres).await;
+    let mut db = TestDb::new(backend).await;
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    if backend == Backend::Sqlite {
+        db.url = format!("sqlite:{}", dir.path().join("switchyard.db").display());
+    }
     let config = write_config(dir.path(), &broker.addr, &db.url);
     (broker, db, dir, config)
 }
@@ -362,19 +375,43 @@ async fn seed_events_flow_end_to_end() {
     // The admin server counts what happened and shows what runs.
     let admin = common::admin_address(&router.log_text())
         .unwrap_or_else(|| panic!("no admin address in the log:\n{}", router.log_text()));
-    let (code, metrics) = common::http_get(&admin, "/metrics").await;
-    assert_eq!(code, 200);
-    for line in [
+    // Whole lines, read until they settle: the relay may still be sending
+    // and the lag comes from statistics refreshed every second.
+    let wanted = [
         r#"switchyard_events_total{plugin="role-mapping",outcome="done"} 1"#,
         r#"switchyard_events_total{plugin="stats-increment",outcome="duplicate"} 1"#,
         r#"switchyard_dead_letters_total{plugin="profile-creation",outcome="rejected"} 1"#,
+        "switchyard_outbox_backlog 0",
+    ];
+    let last = std::sync::Mutex::new(String::new());
+    let settled = eventually(Duration::from_secs(30), || {
+        let (admin, last) = (admin.clone(), &last);
+        async move {
+            let (code, text) = common::http_get(&admin, "/metrics").await;
+            *last.lock().unwrap_or_else(|p| p.into_inner()) = text.clone();
+            let lines: Vec<&str> = text.lines().collect();
+            let lags: Vec<&str> = lines
+                .iter()
+                .copied()
+                .filter(|l| l.starts_with("switchyard_consumer_lag{"))
+                .collect();
+            code == 200
+                && wanted.iter().all(|w| lines.contains(w))
+                && lags.iter().any(|l| {
+                    l.starts_with(r#"switchyard_consumer_lag{topic="create-user",partition="#)
+                })
+                && lags.iter().all(|l| l.ends_with(" 0"))
+        }
+    })
+    .await;
+    let metrics = last.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    assert!(settled, "/metrics did not settle:\n{metrics}");
+    for part in [
         r#"switchyard_plugin_call_seconds_count{plugin="welcome-notification"}"#,
         r#"switchyard_event_latency_seconds_bucket{le="#,
-        "switchyard_outbox_backlog 0",
-        r#"switchyard_consumer_lag{topic="create-user",partition="#,
         r#"switchyard_plugin_info{plugin="stats-increment",version="#,
     ] {
-        assert!(metrics.contains(line), "{line} not in /metrics:\n{metrics}");
+        assert!(metrics.contains(part), "{part} not in /metrics:\n{metrics}");
     }
     let (code, health) = common::http_get(&admin, "/health").await;
     let health: serde_json::Value = serde_json::from_str(&health).unwrap_or_default();
@@ -773,7 +810,18 @@ fn cli(args: &[&str]) -> std::process::Output {
 /// back for role-mapping alone, which now handles it, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_listed_shown_and_replayed_after_a_fix() {
-    let (broker, testdb, dir, config) = setup(2).await;
+    dlq_round_trip(Backend::Postgres).await;
+}
+
+/// The same round trip with the router on SQLite (`switchyard dev`'s
+/// database), which the CLI opens beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_round_trip_on_sqlite() {
+    dlq_round_trip(Backend::Sqlite).await;
+}
+
+async fn dlq_round_trip(backend: Backend) {
+    let (broker, testdb, dir, config) = setup_on(2, backend).await;
     let router = Router::start(
         &config,
         &dir.path().join("router.log"),
@@ -932,9 +980,11 @@ async fn dead_letters_are_listed_shown_and_replayed_after_a_fix() {
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(out.status.success(), "{stderr}");
+    let origin = only[0]["origin"].as_str().unwrap_or_default().to_string();
+    let partition = origin.split('/').nth(1).unwrap_or("?");
     assert!(
         stderr.contains(&format!(
-            "[1/1] replayed {id} -> USER_CREATED for role-mapping"
+            "[1/1] replayed {id} -> USER_CREATED/{partition} for role-mapping"
         )),
         "{stderr}"
     );
@@ -948,10 +998,48 @@ async fn dead_letters_are_listed_shown_and_replayed_after_a_fix() {
     })
     .await;
     assert!(handled, "{}", router.log_text());
-    // Once only: a second replay finds no dead-letter marker.
+    let marker = format!(
+        "SELECT count(*) FROM switchyard_processed WHERE plugin = 'role-mapping' AND outcome = 'replayed' AND dedupe_key = '{}'",
+        shown["headers"]["switchyard.dedupe-key"]
+            .as_str()
+            .unwrap_or("?")
+    );
+    assert_eq!(scalar(&db, &marker).await, 1, "{shown}");
+    // Once only: a second replay is skipped, and so is a record forging
+    // the replay headers with that key (no dead-letter marker left).
     let out = cli(&["dlq", "replay", "--config", &config_arg, "--id", &id]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("already replayed"));
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("already replayed"), "{stderr}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("replayed 0 dead letter(s); 1 replayed already"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    produce(
+        &p,
+        "USER_CREATED",
+        Some("auth0|emperor"),
+        &[
+            ("switchyard.replay-plugin", "role-mapping"),
+            (
+                "switchyard.replay-key",
+                shown["headers"]["switchyard.dedupe-key"]
+                    .as_str()
+                    .unwrap_or("?"),
+            ),
+        ],
+        emperor.to_string().as_bytes(),
+    )
+    .await;
+    let skipped = eventually(Duration::from_secs(60), || async {
+        router
+            .log_text()
+            .contains("replay skipped: no dead-letter marker")
+    })
+    .await;
+    assert!(skipped, "{}", router.log_text());
     assert_eq!(
         scalar(
             &db,

@@ -18,7 +18,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use rdkafka::consumer::Consumer;
+use rdkafka::consumer::Consumer as _;
 use serde_json::{Value as Json, json};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,20 +32,53 @@ pub struct AdminState {
     pub consumer: Arc<RouterConsumer>,
     /// The brokers, as configured.
     pub brokers: String,
+    /// One scrape at a time: a scrape clears and refills the gauges that
+    /// describe state elsewhere, and a concurrent one must not encode
+    /// them half-filled.
+    pub scrape: tokio::sync::Mutex<()>,
 }
 
-/// Bind `address` and serve until `shutdown`; returns the bound address
-/// and the server's task.
-pub async fn serve(
-    address: &str,
-    state: Arc<AdminState>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(address).await.map_err(|e| {
+impl AdminState {
+    /// The state the handlers read.
+    pub fn new(shared: Arc<Shared>, consumer: Arc<RouterConsumer>, brokers: String) -> Self {
+        Self {
+            shared,
+            consumer,
+            brokers,
+            scrape: tokio::sync::Mutex::new(()),
+        }
+    }
+}
+
+/// How long `/health` and `/metrics` wait for the outbox backlog query.
+const BACKLOG_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The outbox backlog, or why it is unknown.
+async fn backlog(s: &AdminState) -> Result<i64, String> {
+    match tokio::time::timeout(BACKLOG_TIMEOUT, crate::outbox::backlog(&s.shared.db)).await {
+        Ok(Ok(n)) => Ok(n),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {BACKLOG_TIMEOUT:?}")),
+    }
+}
+
+/// Bind the admin address; done before the plugins compile, so that an
+/// address in use fails the start at once.
+pub async fn bind(address: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(address).await.map_err(|e| {
         anyhow::anyhow!(
             "cannot listen on the admin address {address}: {e}; set another with [admin] address or --admin (port 0 picks a free one)"
         )
-    })?;
+    })
+}
+
+/// Serve on `listener` until `shutdown`; returns the bound address and the
+/// server's task.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AdminState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let bound = listener.local_addr()?;
     let app = axum::Router::new()
         .route("/", get(index))
@@ -117,11 +150,8 @@ fn circuit_json(state: &CircuitState) -> (&'static str, Json) {
 }
 
 async fn health(State(s): AdminRef) -> Response {
-    let (database, kafka, backlog) = tokio::join!(
-        database_health(&s),
-        kafka_health(&s),
-        crate::outbox::backlog(&s.shared.db)
-    );
+    let (database, kafka, backlog) =
+        tokio::join!(database_health(&s), kafka_health(&s), backlog(&s));
     let router = s.shared.state.load_full();
     let mut plugins = serde_json::Map::new();
     let mut all_serving = true;
@@ -141,7 +171,7 @@ async fn health(State(s): AdminRef) -> Response {
     }
     let outbox = match backlog {
         Ok(n) => json!({"ok": true, "backlog": n}),
-        Err(e) => json!({"ok": false, "error": e.to_string()}),
+        Err(e) => json!({"ok": false, "error": e}),
     };
     let ok = database["ok"] == true && kafka["ok"] == true && outbox["ok"] == true;
     let body = json!({
@@ -162,8 +192,14 @@ async fn health(State(s): AdminRef) -> Response {
 /// Set the gauges that describe state elsewhere, then encode.
 async fn metrics(State(s): AdminRef) -> Response {
     let m = &s.shared.metrics;
-    if let Ok(n) = crate::outbox::backlog(&s.shared.db).await {
-        m.outbox_backlog.set(n);
+    let _one_at_a_time = s.scrape.lock().await;
+    match backlog(&s).await {
+        Ok(n) => {
+            m.outbox_backlog.set(n);
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "/metrics: the outbox backlog is unknown; the gauge keeps its last value")
+        }
     }
     let router = s.shared.state.load_full();
     m.plugin_info.clear();
@@ -184,15 +220,14 @@ async fn metrics(State(s): AdminRef) -> Response {
             })
             .set(i64::from(open));
     }
-    let consumer = s.consumer.clone();
-    let lags = tokio::task::spawn_blocking(move || consumer_lag(&consumer))
-        .await
-        .unwrap_or_default();
     m.consumer_lag.clear();
-    for (topic, partition, lag) in lags {
+    for lag in s.consumer.context().lag() {
         m.consumer_lag
-            .get_or_create(&crate::metrics::PartitionLabels { topic, partition })
-            .set(lag);
+            .get_or_create(&crate::metrics::PartitionLabels {
+                topic: lag.topic,
+                partition: lag.partition,
+            })
+            .set(lag.records);
     }
     (
         [(
@@ -202,39 +237,6 @@ async fn metrics(State(s): AdminRef) -> Response {
         m.encode(),
     )
         .into_response()
-}
-
-/// Records between the consumer's position and the end of each assigned
-/// partition (a blocking metadata round trip per partition).
-fn consumer_lag(consumer: &RouterConsumer) -> Vec<(String, i32, i64)> {
-    let Ok(positions) = consumer.position() else {
-        return Vec::new();
-    };
-    // Where the group stands for partitions this instance has not fetched
-    // from yet (a fresh assignment): its committed offsets.
-    let committed = consumer
-        .committed_offsets(positions.clone(), Duration::from_secs(1))
-        .ok();
-    let mut out = Vec::new();
-    for e in positions.elements() {
-        let Ok((low, high)) =
-            consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(1))
-        else {
-            continue;
-        };
-        let committed_at = committed
-            .as_ref()
-            .and_then(|c| c.find_partition(e.topic(), e.partition()))
-            .and_then(|c| c.offset().to_raw())
-            .filter(|o| *o >= 0);
-        let next = match e.offset().to_raw() {
-            Some(pos) if pos >= 0 => pos,
-            // Nothing committed either: the group starts at the beginning.
-            _ => committed_at.unwrap_or(low),
-        };
-        out.push((e.topic().to_string(), e.partition(), (high - next).max(0)));
-    }
-    out
 }
 
 async fn plugins(State(s): AdminRef) -> Response {

@@ -191,6 +191,10 @@ pub async fn run(
         max_instances: config.runtime.max_instances,
         ..RuntimeOptions::default()
     })?);
+    let admin_listener = match &config.admin.address {
+        Some(address) => Some(crate::admin::bind(address).await?),
+        None => None,
+    };
     let db = Database::connect(&config.database.url, config.database.max_connections)
         .await
         .context("opening the database")?;
@@ -279,14 +283,14 @@ pub async fn run(
     );
 
     let (stop_admin_tx, stop_admin_rx) = tokio::sync::oneshot::channel::<()>();
-    let admin_task = match &config.admin.address {
-        Some(address) => {
-            let state = Arc::new(crate::admin::AdminState {
-                shared: shared.clone(),
-                consumer: consumer.clone(),
-                brokers: config.kafka.brokers.clone(),
-            });
-            let (bound, task) = crate::admin::serve(address, state, async {
+    let admin_task = match admin_listener {
+        Some(listener) => {
+            let state = Arc::new(crate::admin::AdminState::new(
+                shared.clone(),
+                consumer.clone(),
+                config.kafka.brokers.clone(),
+            ));
+            let (bound, task) = crate::admin::serve(listener, state, async {
                 let _ = stop_admin_rx.await;
             })
             .await?;

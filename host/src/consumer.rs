@@ -47,12 +47,65 @@ impl Lanes {
     }
 }
 
-/// Rebalance callbacks.
+/// Rebalance callbacks, and the consumer lag from librdkafka's statistics.
 pub struct RouterContext {
     lanes: Lanes,
+    lag: Mutex<Vec<PartitionLag>>,
 }
 
-impl ClientContext for RouterContext {}
+/// How far an assigned partition's processing is behind its end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionLag {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Records after the last one this router finished (its stored
+    /// offset); before it finishes one there, after the group's committed
+    /// offset; with neither, the whole partition.
+    pub records: i64,
+}
+
+impl RouterContext {
+    /// The lag of each assigned partition as of the latest statistics
+    /// (`statistics.interval.ms`, 1 s by default): no broker round trip.
+    pub fn lag(&self) -> Vec<PartitionLag> {
+        self.lag.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// The lag of each assigned partition in a statistics report.
+pub fn lag_of(stats: &rdkafka::Statistics) -> Vec<PartitionLag> {
+    let mut out: Vec<PartitionLag> = stats
+        .topics
+        .iter()
+        .flat_map(|(topic, t)| {
+            t.partitions
+                .values()
+                .filter(|p| p.partition >= 0 && p.desired && p.hi_offset >= 0)
+                .map(move |p| {
+                    let from = [p.stored_offset, p.committed_offset]
+                        .into_iter()
+                        .find(|o| *o >= 0)
+                        .unwrap_or(p.lo_offset.max(0));
+                    PartitionLag {
+                        topic: topic.clone(),
+                        partition: p.partition,
+                        records: (p.hi_offset - from).max(0),
+                    }
+                })
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+    out
+}
+
+impl ClientContext for RouterContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let lag = lag_of(&statistics);
+        *self.lag.lock().unwrap_or_else(|p| p.into_inner()) = lag;
+    }
+}
 
 impl ConsumerContext for RouterContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -93,7 +146,10 @@ pub type RouterConsumer = StreamConsumer<RouterContext>;
 
 /// Create the consumer with its rebalance context.
 pub fn create(config: &rdkafka::ClientConfig, lanes: Lanes) -> anyhow::Result<RouterConsumer> {
-    Ok(config.create_with_context(RouterContext { lanes })?)
+    Ok(config.create_with_context(RouterContext {
+        lanes,
+        lag: Mutex::new(Vec::new()),
+    })?)
 }
 
 fn tpl_of(tp: &Tp) -> TopicPartitionList {

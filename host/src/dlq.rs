@@ -2,12 +2,14 @@
 //! put events back after a fix.
 //!
 //! A dead letter is the original record (key, value, headers) plus the
-//! `switchyard.*` headers saying which plugin, why, and where it came
-//! from. A replay produces the original record to its origin topic, for
-//! that one plugin only (`switchyard.replay-plugin`), under its original
-//! dedupe key (`switchyard.replay-key`), after removing the marker that
-//! recorded the dead letter: the plugin handles it once, and the other
-//! plugins routed from that topic do not see it again.
+//! `switchyard.*` headers saying which plugin, why, where it came from and
+//! under which dedupe key. A replay produces the original record to its
+//! origin topic and partition, for that one plugin only
+//! (`switchyard.replay-plugin`), under its original dedupe key
+//! (`switchyard.replay-key`). The router honours those headers only where
+//! the plugin's marker under that key says `dead-lettered`, and turns it
+//! into `replayed` in the replay's own transaction: the plugin handles it
+//! once, and the other plugins routed from that topic do not see it again.
 
 use crate::bindings::switchyard::plugin::db::Value;
 use crate::database::Database;
@@ -171,8 +173,13 @@ pub fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
 }
 
 /// Read the whole dead-letter topic, up to its end when the call starts.
-/// Blocking: call it from a blocking thread.
-pub fn read_all(brokers: &str, topic: &str, timeout: Duration) -> anyhow::Result<Vec<DeadLetter>> {
+/// `None` when the topic does not exist (nothing was ever dead-lettered
+/// there). Blocking: call it from a blocking thread.
+pub fn read_all(
+    brokers: &str,
+    topic: &str,
+    timeout: Duration,
+) -> anyhow::Result<Option<Vec<DeadLetter>>> {
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set(
@@ -181,59 +188,65 @@ pub fn read_all(brokers: &str, topic: &str, timeout: Duration) -> anyhow::Result
         )
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
+        .set("allow.auto.create.topics", "false")
+        // The end of each partition is reported, so that reading stops
+        // there even when the last offsets hold no record (transaction
+        // markers, compaction).
+        .set("enable.partition.eof", "true")
         .create()
         .context("creating the dead-letter reader")?;
     let metadata = consumer
         .fetch_metadata(Some(topic), timeout)
         .with_context(|| format!("reading the metadata of {topic} from {brokers}"))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic)
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    let mut ends = std::collections::HashMap::new();
+    let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) else {
+        return Ok(None);
+    };
+    if t.error().is_some() || t.partitions().is_empty() {
+        return Ok(None);
+    }
+    let partitions: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+    let mut unfinished = std::collections::HashSet::new();
     let mut assignment = rdkafka::TopicPartitionList::new();
     for p in &partitions {
         let (low, high) = consumer
             .fetch_watermarks(topic, *p, timeout)
             .with_context(|| format!("reading the end of {topic} partition {p}"))?;
         if high > low {
-            ends.insert(*p, high);
+            unfinished.insert(*p);
             assignment.add_partition_offset(topic, *p, rdkafka::Offset::Offset(low))?;
         }
     }
     let mut out = Vec::new();
-    if ends.is_empty() {
-        return Ok(out);
+    if unfinished.is_empty() {
+        return Ok(Some(out));
     }
     consumer.assign(&assignment)?;
     let deadline = Instant::now() + timeout;
-    while !ends.is_empty() {
+    while !unfinished.is_empty() {
         anyhow::ensure!(
             Instant::now() < deadline,
             "reading {topic} took longer than {timeout:?}; {} partition(s) unfinished",
-            ends.len()
+            unfinished.len()
         );
-        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
-            continue;
+        let m = match consumer.poll(Duration::from_millis(200)) {
+            None => continue,
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                unfinished.remove(&p);
+                continue;
+            }
+            Some(m) => m.context("reading a dead letter")?,
         };
-        let m = message.context("reading a dead letter")?;
         let event = crate::kafka::to_event(&m);
-        let (partition, offset) = (m.partition(), m.offset());
-        if ends.get(&partition).is_some_and(|end| offset + 1 >= *end) {
-            ends.remove(&partition);
-        }
         out.push(DeadLetter {
-            partition,
-            offset,
+            partition: m.partition(),
+            offset: m.offset(),
             key: event.key,
             value: event.payload,
             headers: event.headers,
         });
     }
     out.sort_by_key(|d| (d.at(), d.partition, d.offset));
-    Ok(out)
+    Ok(Some(out))
 }
 
 /// One line per dead letter.
@@ -266,99 +279,200 @@ pub fn render_list(letters: &[&DeadLetter]) -> String {
 pub struct Replayed {
     /// The dead letter's id.
     pub id: String,
-    /// Plugin it was replayed for.
+    /// Plugin it was (or would have been) replayed for.
     pub plugin: String,
     /// Topic it went back to.
     pub topic: String,
+    /// Partition it went back to: the one it came from.
+    pub partition: i32,
     /// The dedupe key it keeps.
     pub dedupe_key: String,
+    /// Why it was not replayed; `None` when it was.
+    pub skipped: Option<Skip>,
 }
 
-/// Put `letters` back on their origin topics for their plugins.
+/// Why a dead letter was not replayed.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(tag = "kind", content = "reason", rename_all = "kebab-case")]
+pub enum Skip {
+    /// Its marker says it was replayed already: nothing to do.
+    AlreadyReplayed(String),
+    /// It cannot be replayed as things are; the reason says what to fix.
+    Refused(String),
+}
+
+impl std::fmt::Display for Skip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Skip::AlreadyReplayed(r) | Skip::Refused(r) => f.write_str(r),
+        }
+    }
+}
+
+/// The record a replay produces: the original key, value and non-host
+/// headers, plus the headers that tell the router it is a replay.
+pub fn replay_event(d: &DeadLetter, plugin: &str, dedupe_key: &str) -> Option<crate::event::Event> {
+    let (topic, partition, _) = d.origin()?;
+    let mut headers: Headers = d
+        .headers
+        .iter()
+        .filter(|(k, _)| !k.starts_with("switchyard."))
+        .cloned()
+        .collect();
+    headers.push((REPLAY_PLUGIN.into(), Some(plugin.as_bytes().to_vec())));
+    headers.push((REPLAY_KEY.into(), Some(dedupe_key.as_bytes().to_vec())));
+    headers.push((REPLAY_OF.into(), Some(d.id().into_bytes())));
+    Some(crate::event::Event {
+        topic,
+        partition,
+        key: d.key.clone(),
+        payload: d.value.clone(),
+        headers,
+        ..Default::default()
+    })
+}
+
+/// Where the dead letter's marker is and what it says: its dedupe key
+/// (from the letter's `switchyard.dedupe-key` header, or for letters
+/// written before that header existed, looked up by origin) and outcome.
+async fn marker_of(
+    db: &Database,
+    group: &str,
+    plugin: &str,
+    d: &DeadLetter,
+) -> anyhow::Result<Option<(String, String)>> {
+    let (topic, partition, offset) = d
+        .origin()
+        .context("the dead letter has no origin headers")?;
+    let (sql, params) = match d.header("switchyard.dedupe-key") {
+        Some(key) => (
+            "SELECT dedupe_key, outcome FROM switchyard_processed WHERE consumer_group = $1 AND plugin = $2 AND dedupe_key = $3",
+            vec![
+                Value::Text(group.to_string()),
+                Value::Text(plugin.to_string()),
+                Value::Text(key.to_string()),
+            ],
+        ),
+        None => (
+            "SELECT dedupe_key, outcome FROM switchyard_processed WHERE consumer_group = $1 AND plugin = $2 AND topic = $3 AND kafka_partition = $4 AND kafka_offset = $5",
+            vec![
+                Value::Text(group.to_string()),
+                Value::Text(plugin.to_string()),
+                Value::Text(topic),
+                Value::Int(i64::from(partition)),
+                Value::Int(offset),
+            ],
+        ),
+    };
+    let mut tx = db.begin().await?;
+    let rows = tx
+        .query_with(sql, &params, &crate::limits::Limits::default(), false)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", crate::capabilities::db::describe_error(&e)));
+    let _ = tx.rollback().await;
+    Ok(match rows?.rows.first().map(Vec::as_slice) {
+        Some([Value::Text(key), Value::Text(outcome)]) => Some((key.clone(), outcome.clone())),
+        _ => None,
+    })
+}
+
+/// Decide whether `d` can be replayed: its plugin, its consumer group, its
+/// marker, and whether the routes in force still send it to that plugin.
+async fn check(
+    db: &Database,
+    routes: &crate::routes::RouteTable,
+    group: &str,
+    d: &DeadLetter,
+) -> anyhow::Result<(Replayed, Option<crate::event::Event>)> {
+    let id = d.id();
+    let plugin = d.header("switchyard.plugin").unwrap_or("?").to_string();
+    let (topic, partition, offset) = d.origin().unwrap_or_default();
+    let mut entry = Replayed {
+        id: id.clone(),
+        plugin: plugin.clone(),
+        topic: topic.clone(),
+        partition,
+        dedupe_key: d.header("switchyard.dedupe-key").unwrap_or("").to_string(),
+        skipped: None,
+    };
+    let refuse = |mut e: Replayed, why: String| {
+        e.skipped = Some(Skip::Refused(why));
+        e
+    };
+    if plugin == "?" || d.origin().is_none() {
+        let why = "it lacks the switchyard.plugin or switchyard.origin-* headers: not written by switchyard".to_string();
+        return Ok((refuse(entry, why), None));
+    }
+    if let Some(theirs) = d.header("switchyard.consumer-group")
+        && theirs != group
+    {
+        let why = format!(
+            "dead-lettered by consumer group {theirs}, and this config's group is {group}: replay it with that router's --config"
+        );
+        return Ok((refuse(entry, why), None));
+    }
+    let Some((key, outcome)) = marker_of(db, group, &plugin, d).await? else {
+        let why = format!(
+            "no marker for {plugin} at {topic}/{partition}/{offset} in this database for group {group}: is --config (or --database) the router's?"
+        );
+        return Ok((refuse(entry, why), None));
+    };
+    entry.dedupe_key = key.clone();
+    if outcome != "dead-lettered" {
+        let why = format!("already replayed (its marker says `{outcome}`)");
+        entry.skipped = Some(Skip::AlreadyReplayed(why));
+        return Ok((entry, None));
+    }
+    let event = replay_event(d, &plugin, &key).context("the dead letter has no origin headers")?;
+    if !routes.select(&event).iter().any(|s| s.plugin == plugin) {
+        let why = format!(
+            "the routes in the config no longer send it to {plugin} (no route from {topic} reaches {plugin}, or its match does not match): fix the routes, then replay again; the dead letter and its marker stay"
+        );
+        return Ok((refuse(entry, why), None));
+    }
+    Ok((entry, Some(event)))
+}
+
+/// Put `letters` back on their origin topic and partition, each for its
+/// plugin only. The tool changes nothing in the database: the router,
+/// seeing the replay, turns the plugin's `dead-lettered` marker into
+/// `replayed` in the transaction that handles it, so a replay runs once
+/// however often it is produced, and a replay that fails again leaves the
+/// marker as it was. Letters that cannot be replayed are skipped with the
+/// reason; a failure to produce stops the run (what was replayed stays
+/// replayed: run the same command again).
 pub async fn replay(
     db: &Database,
     producer: &rdkafka::producer::FutureProducer,
     group: &str,
+    routes: &crate::routes::RouteTable,
     letters: &[&DeadLetter],
     dry_run: bool,
     mut progress: impl FnMut(usize, &Replayed),
 ) -> anyhow::Result<Vec<Replayed>> {
     let mut done = Vec::new();
     for (i, d) in letters.iter().enumerate() {
-        let id = d.id();
-        let plugin = d
-            .header("switchyard.plugin")
-            .with_context(|| format!("dead letter {id} has no switchyard.plugin header"))?
-            .to_string();
-        let (topic, partition, offset) = d
-            .origin()
-            .with_context(|| format!("dead letter {id} has no origin headers"))?;
-        // The marker that recorded the dead letter: its dedupe key is the
-        // one the replay keeps; removing it lets the plugin run again.
-        let mut tx = db.begin().await?;
-        let sql = if dry_run {
-            "SELECT dedupe_key FROM switchyard_processed WHERE consumer_group = $1 AND plugin = $2 AND topic = $3 AND kafka_partition = $4 AND kafka_offset = $5 AND outcome = 'dead-lettered'"
-        } else {
-            "DELETE FROM switchyard_processed WHERE consumer_group = $1 AND plugin = $2 AND topic = $3 AND kafka_partition = $4 AND kafka_offset = $5 AND outcome = 'dead-lettered' RETURNING dedupe_key"
-        };
-        let rows = tx
-            .query_with(
-                sql,
-                &[
-                    Value::Text(group.to_string()),
-                    Value::Text(plugin.clone()),
-                    Value::Text(topic.clone()),
-                    Value::Int(i64::from(partition)),
-                    Value::Int(offset),
-                ],
-                &crate::limits::Limits::default(),
-                false,
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!("{}", crate::capabilities::db::describe_error(&e)))?;
-        let dedupe_key = match rows.rows.first().and_then(|r| r.first()) {
-            Some(Value::Text(k)) => k.clone(),
-            _ => {
-                let _ = tx.rollback().await;
-                anyhow::bail!(
-                    "dead letter {id}: no dead-letter marker for plugin {plugin} at {topic}/{partition}/{offset} in consumer group {group}: already replayed, or another group's (check --config)"
-                );
-            }
-        };
-        let entry = Replayed {
-            id: id.clone(),
-            plugin: plugin.clone(),
-            topic: topic.clone(),
-            dedupe_key: dedupe_key.clone(),
-        };
-        if dry_run {
-            let _ = tx.rollback().await;
-        } else {
-            let mut headers: Headers = d
-                .headers
-                .iter()
-                .filter(|(k, _)| !k.starts_with("switchyard."))
-                .cloned()
-                .collect();
-            headers.push((REPLAY_PLUGIN.into(), Some(plugin.clone().into_bytes())));
-            headers.push((REPLAY_KEY.into(), Some(dedupe_key.into_bytes())));
-            headers.push((REPLAY_OF.into(), Some(id.clone().into_bytes())));
-            let mut record = rdkafka::producer::FutureRecord::<[u8], [u8]>::to(&topic)
-                .payload(&d.value)
-                .headers(crate::kafka::to_headers(&headers));
-            if let Some(k) = &d.key {
+        let (entry, event) = check(db, routes, group, d).await?;
+        if let (Some(event), false) = (&event, dry_run) {
+            let mut record = rdkafka::producer::FutureRecord::<[u8], [u8]>::to(&event.topic)
+                .partition(event.partition)
+                .payload(&event.payload)
+                .headers(crate::kafka::to_headers(&event.headers));
+            if let Some(k) = &event.key {
                 record = record.key(k);
             }
-            // Produced before the marker's removal commits: if the produce
-            // fails, the marker stays and the dead letter can be replayed
-            // again; if the commit fails after it, the replay is handled
-            // as a duplicate (its key is marked), and replaying it again
-            // works.
             producer
                 .send(record, Duration::from_secs(30))
                 .await
-                .map_err(|(e, _)| anyhow::anyhow!("producing {id} back to {topic}: {e}"))?;
-            tx.commit().await?;
+                .map_err(|(e, _)| {
+                    anyhow::anyhow!(
+                        "producing dead letter {} back to {}/{}: {e}; {} replayed before it (run the same command again: those are skipped)",
+                        entry.id,
+                        event.topic,
+                        event.partition,
+                        done.iter().filter(|r: &&Replayed| r.skipped.is_none()).count()
+                    )
+                })?;
         }
         progress(i + 1, &entry);
         done.push(entry);

@@ -109,7 +109,9 @@ pub struct TraceParent {
 
 impl TraceParent {
     /// Parse `00-<trace-id>-<parent-id>-<flags>`; anything else is `None`
-    /// (and is not propagated).
+    /// (and is not propagated). A later version (`01`..`fe`) is read as the
+    /// W3C spec asks: its first four fields, whatever follows them after a
+    /// `-`; what is propagated is then written as version 00.
     pub fn parse(text: &str) -> Option<Self> {
         let mut parts = text.trim().split('-');
         let (version, trace, parent, flags) =
@@ -120,8 +122,12 @@ impl TraceParent {
                     .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         };
         let zero = |s: &str| s.bytes().all(|b| b == b'0');
-        if parts.next().is_some()
-            || version != "00"
+        let version_ok = match version {
+            "00" => parts.next().is_none(),
+            "ff" => false,
+            v => hex(v, 2),
+        };
+        if !version_ok
             || !hex(trace, 32)
             || !hex(parent, 16)
             || !hex(flags, 2)
@@ -144,6 +150,23 @@ impl std::fmt::Display for TraceParent {
     }
 }
 
+/// Whether a W3C `tracestate` may be passed on: at most 512 characters of
+/// printable ASCII, at most 32 `key=value` members. One that is not is
+/// dropped rather than propagated.
+pub fn valid_tracestate(text: &str) -> bool {
+    text.len() <= 512
+        && text.bytes().all(|b| (0x20..=0x7e).contains(&b))
+        && text.split(',').filter(|m| !m.trim().is_empty()).count() <= 32
+        && text
+            .split(',')
+            .map(str::trim)
+            .filter(|m| !m.is_empty())
+            .all(|m| {
+                m.split_once('=')
+                    .is_some_and(|(k, v)| !k.is_empty() && !v.is_empty())
+            })
+}
+
 /// Namespace for the UUIDv5 `event-id`s of published messages.
 const EVENT_ID_NAMESPACE: uuid::Uuid =
     uuid::Uuid::from_u128(0x5d1c_7a2e_6b0f_4c39_9e8a_1f2b_3c4d_5e6f);
@@ -159,7 +182,10 @@ impl EventContext {
             request_id: event.header_str("request-id").map(str::to_string),
             event_id: event.header_str("event-id").map(str::to_string),
             traceparent: event.header_str("traceparent").and_then(TraceParent::parse),
-            tracestate: event.header_str("tracestate").map(str::to_string),
+            tracestate: event
+                .header_str("tracestate")
+                .filter(|t| valid_tracestate(t))
+                .map(str::to_string),
             origin: format!(
                 "{group}/{}/{}/{}/{plugin}",
                 event.topic, event.partition, event.offset
@@ -176,10 +202,13 @@ impl EventContext {
             &EVENT_ID_NAMESPACE,
             format!("{}/{n}/span", self.origin).as_bytes(),
         );
-        let span: String = id.as_bytes()[..8]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(&id.as_bytes()[..8]);
+        if bytes == [0; 8] {
+            // An all-zero span id is invalid.
+            bytes[7] = 1;
+        }
+        let span: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         Some(
             TraceParent {
                 parent_id: span,
@@ -230,8 +259,20 @@ mod tests {
             parsed.as_ref().map(ToString::to_string).as_deref(),
             Some(tp)
         );
-        for bad in [
+        // A later version: its first four fields, propagated as 00.
+        for later in [
             "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-comes-next",
+        ] {
+            assert_eq!(
+                TraceParent::parse(later).map(|t| t.to_string()).as_deref(),
+                Some(tp),
+                "{later}"
+            );
+        }
+        for bad in [
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "0x-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
             "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
@@ -258,5 +299,34 @@ mod tests {
         assert_ne!(ctx.message_traceparent(0), ctx.message_traceparent(1));
         let without = EventContext::new("g", "p", &Event::default());
         assert_eq!(without.message_traceparent(0), None);
+    }
+
+    #[test]
+    fn tracestate_is_passed_on_only_when_well_formed() {
+        assert!(valid_tracestate("rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"));
+        assert!(valid_tracestate(""));
+        for bad in [
+            "x".repeat(513),
+            "a=1,b".to_string(),
+            "a=\u{7f}".to_string(),
+            "é=1".to_string(),
+            (0..33)
+                .map(|i| format!("k{i}=v"))
+                .collect::<Vec<_>>()
+                .join(","),
+        ] {
+            assert!(!valid_tracestate(&bad), "{bad}");
+        }
+        let ev = Event {
+            headers: vec![
+                (
+                    "traceparent".into(),
+                    Some(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_vec()),
+                ),
+                ("tracestate".into(), Some(b"a=1,b".to_vec())),
+            ],
+            ..Event::default()
+        };
+        assert_eq!(EventContext::new("g", "p", &ev).tracestate, None);
     }
 }

@@ -148,6 +148,23 @@ pub fn explain(loaded: &Loaded, text: &str, event: &Event) -> Explanation {
             "reached": plugin_reports,
         }));
     }
+    let replay = match (
+        event.header_str(crate::dlq::REPLAY_PLUGIN),
+        event.header_str(crate::dlq::REPLAY_KEY),
+    ) {
+        (Some(plugin), Some(key)) => {
+            reached.retain(|(p, _)| p == plugin);
+            for r in &mut reached {
+                r.1 = key.to_string();
+            }
+            out.push_str(&format!(
+                "\nreplay of a dead letter ({}): for {plugin} alone, under its first dedupe key {key}; the router runs it only if {plugin}'s marker under that key says dead-lettered (explain does not read the database)\n",
+                event.header_str(crate::dlq::REPLAY_OF).unwrap_or("?")
+            ));
+            json!({"plugin": plugin, "dedupe_key": key})
+        }
+        _ => Json::Null,
+    };
     out.push('\n');
     if reached.is_empty() {
         out.push_str(&format!(
@@ -171,6 +188,7 @@ pub fn explain(loaded: &Loaded, text: &str, event: &Event) -> Explanation {
         "event": {"topic": event.topic, "headers": event.headers.len(), "bytes": event.payload.len(),
             "json": json_value.is_some()},
         "routes": route_reports,
+        "replay": replay,
         "reaches": reached.iter().map(|(p, k)| json!({"plugin": p, "dedupe_key": k})).collect::<Vec<_>>(),
         "warnings": warnings,
     });

@@ -33,6 +33,8 @@ pub fn consumer_config(
         // README has figures for 25 ms: lower latency, half the burst
         // throughput on Tansu). Tunable under [kafka.consumer].
         .set("fetch.wait.max.ms", "500")
+        // Consumer lag for /metrics comes from librdkafka's statistics.
+        .set("statistics.interval.ms", "1000")
         .set("client.id", format!("switchyard-{}", std::process::id()));
     for (k, v) in extra {
         c.set(k, v);

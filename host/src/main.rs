@@ -469,10 +469,19 @@ async fn dlq_cmd(cmd: DlqCommand) -> anyhow::Result<()> {
         config.dead_letter.topic.clone(),
     );
     eprintln!("reading {topic} from {brokers}...");
-    let letters = tokio::task::spawn_blocking(move || {
-        dlq::read_all(&brokers, &topic, Duration::from_secs(60))
-    })
-    .await??;
+    let read = {
+        let (brokers, topic) = (brokers.clone(), topic.clone());
+        tokio::task::spawn_blocking(move || {
+            dlq::read_all(&brokers, &topic, Duration::from_secs(60))
+        })
+        .await??
+    };
+    let letters = read.unwrap_or_else(|| {
+        eprintln!(
+            "the dead-letter topic {topic} does not exist on {brokers}: nothing has been dead-lettered there yet (if you expected letters, check [dead_letter] topic in the config and --brokers)"
+        );
+        Vec::new()
+    });
     let filter = args.filter();
     let selected: Vec<&dlq::DeadLetter> = letters.iter().filter(|d| filter.accepts(d)).collect();
     match &cmd {
@@ -505,26 +514,42 @@ async fn dlq_cmd(cmd: DlqCommand) -> anyhow::Result<()> {
                     .context("creating the producer")?;
             let total = selected.len();
             let verb = if *dry_run { "would replay" } else { "replayed" };
+            let routes = switchyard::routes::RouteTable::new(&config.routes);
             let done = dlq::replay(
                 &db,
                 &producer,
                 &config.kafka.group,
+                &routes,
                 &selected,
                 *dry_run,
-                |n, r| {
-                    eprintln!(
-                        "[{n}/{total}] {verb} {} -> {} for {} (dedupe key {})",
-                        r.id, r.topic, r.plugin, r.dedupe_key
-                    );
+                |n, r| match &r.skipped {
+                    None => eprintln!(
+                        "[{n}/{total}] {verb} {} -> {}/{} for {} (dedupe key {})",
+                        r.id, r.topic, r.partition, r.plugin, r.dedupe_key
+                    ),
+                    Some(why) => eprintln!("[{n}/{total}] skipped {} ({}): {why}", r.id, r.plugin),
                 },
             )
-            .await?;
+            .await;
             db.close().await;
+            let done = done?;
+            let replayed = done.iter().filter(|r| r.skipped.is_none()).count();
+            let already = done
+                .iter()
+                .filter(|r| matches!(r.skipped, Some(dlq::Skip::AlreadyReplayed(_))))
+                .count();
+            let refused = done.len() - replayed - already;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&done)?);
             } else {
-                println!("{verb} {} dead letter(s)", done.len());
+                println!(
+                    "{verb} {replayed} dead letter(s); {already} replayed already; {refused} could not be replayed"
+                );
             }
+            anyhow::ensure!(
+                refused == 0,
+                "{refused} dead letter(s) could not be replayed: the lines above say why"
+            );
         }
     }
     Ok(())

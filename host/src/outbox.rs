@@ -131,6 +131,39 @@ pub async fn mark_processed(tx: &mut Tx, m: Marker<'_>, outcome: &str) -> Result
     Ok(n == 1)
 }
 
+/// Take the marker of a dead-lettered event for its replay: the marker
+/// under (group, plugin, dedupe key) goes from `dead-lettered` to
+/// `replayed`, in the replay's transaction. Returns `false` when there is
+/// no such marker — the event was replayed already, or the replay headers
+/// came from somewhere else than `switchyard dlq replay` — and the replay
+/// must not run. If the transaction rolls back, the marker stays
+/// `dead-lettered` and the dead letter can be replayed again.
+pub async fn claim_replay(tx: &mut Tx, m: Marker<'_>) -> Result<bool, DbError> {
+    let n = tx
+        .execute_host(
+            "UPDATE switchyard_processed SET outcome = 'replayed', processed_at = $4 WHERE consumer_group = $1 AND plugin = $2 AND dedupe_key = $3 AND outcome = 'dead-lettered'",
+            &[
+                Value::Text(m.group.to_string()),
+                Value::Text(m.plugin.to_string()),
+                Value::Text(m.dedupe_key.to_string()),
+                Value::Timestamp(chrono::Utc::now().timestamp_micros()),
+            ],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+/// The marker for `sel`: a new one, or for a replay the dead-lettered one
+/// taken over (see [`claim_replay`]). `false`: skip the event for this
+/// plugin.
+pub async fn mark_or_claim(tx: &mut Tx, m: Marker<'_>, replay: bool) -> Result<bool, DbError> {
+    if replay {
+        claim_replay(tx, m).await
+    } else {
+        mark_processed(tx, m, "handled").await
+    }
+}
+
 /// Write the messages into the outbox, in the event's transaction.
 pub async fn enqueue(tx: &mut Tx, messages: &[OutMessage]) -> Result<(), DbError> {
     for m in messages {

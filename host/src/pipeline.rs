@@ -126,6 +126,34 @@ impl Shared {
     }
 }
 
+/// The span of one plugin's handling of one event: every log line in it
+/// carries the plugin, where the event is, and its ids.
+fn event_span(plugin: &str, event: &Event) -> tracing::Span {
+    tracing::info_span!(
+        "switchyard.event",
+        plugin = %plugin,
+        topic = %event.topic,
+        partition = event.partition,
+        offset = event.offset,
+        event_id = event.header_str("event-id").unwrap_or(""),
+        request_id = event.header_str("request-id").unwrap_or(""),
+        trace_id = event
+            .header_str("traceparent")
+            .and_then(crate::event::TraceParent::parse)
+            .map(|t| t.trace_id)
+            .unwrap_or_default(),
+    )
+}
+
+/// The log line for an event skipped because its marker says so.
+fn duplicate_line(replay: bool) -> &'static str {
+    if replay {
+        "replay skipped: no dead-letter marker under its dedupe key (replayed already, or replay headers not written by `switchyard dlq replay`)"
+    } else {
+        "duplicate: already handled, skipped"
+    }
+}
+
 /// The lane's worker for plugin `name`, started on the version in service,
 /// or switched to it if the lane's worker still runs an older one.
 fn worker_for<'a>(
@@ -242,22 +270,9 @@ impl Lane {
                 tracing::error!(plugin = %sel.plugin, "route to a plugin that is not loaded; event not handled, offset not stored");
                 return EventEnd::Abandoned;
             };
-            let span = tracing::info_span!(
-                "switchyard.event",
-                plugin = %sel.plugin,
-                topic = %event.topic,
-                partition = event.partition,
-                offset = event.offset,
-                event_id = event.header_str("event-id").unwrap_or(""),
-                request_id = event.header_str("request-id").unwrap_or(""),
-                trace_id = event
-                    .header_str("traceparent")
-                    .and_then(crate::event::TraceParent::parse)
-                    .map(|t| t.trace_id)
-                    .unwrap_or_default(),
-            );
+            let span = event_span(&sel.plugin, event);
             let end = self
-                .run_plugin(event, &sel.plugin, &sel.dedupe_key, slot)
+                .run_plugin(event, &sel.plugin, &sel.dedupe_key, sel.replay, slot)
                 .instrument(span)
                 .await;
             if end == PluginEnd::Abandoned {
@@ -311,12 +326,13 @@ impl Lane {
                     let _ = tx.rollback().await;
                     return self.process_each(events, 0).await;
                 };
+                let span = event_span(&sel.plugin, event);
                 let marker = outbox::Marker::of(&shared.group, &sel.plugin, &sel.dedupe_key, event);
-                match outbox::mark_processed(&mut tx, marker, "handled").await {
+                match outbox::mark_or_claim(&mut tx, marker, sel.replay).await {
                     Ok(true) => {}
                     Ok(false) => {
                         counts.push((sel.plugin.clone(), "duplicate", None));
-                        tracing::info!(plugin = %sel.plugin, topic = %event.topic, partition = event.partition, offset = event.offset, dedupe_key = %sel.dedupe_key, "duplicate: already handled, skipped");
+                        tracing::info!(parent: &span, dedupe_key = %sel.dedupe_key, "{}", duplicate_line(sel.replay));
                         continue;
                     }
                     Err(_) => {
@@ -340,7 +356,10 @@ impl Lane {
                     batch: true,
                 };
                 let worker = worker_for(&mut self.workers, &sel.plugin, slot);
-                let (inv, back) = worker.handle(ctx, event, tx, options).await;
+                let (inv, back) = worker
+                    .handle(ctx, event, tx, options)
+                    .instrument(span.clone())
+                    .await;
                 let success = inv.outcome.commits() && !inv.db_failed && !inv.db_unavailable;
                 if success {
                     // Anything else is replayed one by one, and counted
@@ -352,7 +371,7 @@ impl Lane {
                 };
                 tx = back;
                 if !success || outbox::enqueue(&mut tx, &inv.messages).await.is_err() {
-                    tracing::debug!(plugin = %sel.plugin, offset = event.offset, outcome = inv.outcome.kind(), "batch rolled back; replaying its events one by one");
+                    tracing::debug!(parent: &span, outcome = inv.outcome.kind(), "batch rolled back; replaying its events one by one");
                     let _ = tx.rollback().await;
                     return self.process_each(events, 0).await;
                 }
@@ -360,7 +379,7 @@ impl Lane {
                 match &inv.outcome {
                     Outcome::Skipped(reason) => {
                         counts.push((sel.plugin.clone(), "skipped", event.timestamp_ms));
-                        tracing::info!(plugin = %sel.plugin, topic = %event.topic, partition = event.partition, offset = event.offset, %reason, "skipped");
+                        tracing::info!(parent: &span, %reason, "skipped");
                     }
                     _ => counts.push((sel.plugin.clone(), "done", event.timestamp_ms)),
                 }
@@ -405,6 +424,7 @@ impl Lane {
         event: &Event,
         name: &str,
         dedupe_key: &str,
+        replay: bool,
         slot: &PluginSlot,
     ) -> PluginEnd {
         let ctl = &self.ctl;
@@ -436,12 +456,12 @@ impl Lane {
                 }
             };
             let marker = outbox::Marker::of(&shared.group, name, dedupe_key, event);
-            match outbox::mark_processed(&mut tx, marker, "handled").await {
+            match outbox::mark_or_claim(&mut tx, marker, replay).await {
                 Ok(true) => {}
                 Ok(false) => {
                     let _ = tx.rollback().await;
                     shared.metrics.event(name, "duplicate", None);
-                    tracing::info!(dedupe_key, "duplicate: already handled, skipped");
+                    tracing::info!(dedupe_key, "{}", duplicate_line(replay));
                     return PluginEnd::Duplicate;
                 }
                 Err(e) => {
@@ -620,6 +640,7 @@ impl LaneCtl {
             ("switchyard.origin-offset", event.offset.to_string()),
             ("switchyard.attempts", attempts.to_string()),
             ("switchyard.consumer-group", shared.group.clone()),
+            ("switchyard.dedupe-key", dedupe_key.to_string()),
             ("switchyard.dead-lettered-at", now),
         ] {
             headers.push((name.to_string(), Some(value.into_bytes())));

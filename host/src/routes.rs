@@ -75,6 +75,10 @@ pub struct Selected {
     /// `id:<value>` when the route dedupes on an event id that the event
     /// has; otherwise `pos:<topic>/<partition>/<offset>`.
     pub dedupe_key: String,
+    /// A replay from the dead-letter topic: the router runs it only if the
+    /// plugin's marker under `dedupe_key` says `dead-lettered`, and turns
+    /// that marker into `replayed` in the event's transaction.
+    pub replay: bool,
 }
 
 /// The dedupe key of an event id: the id itself when short, else its
@@ -185,18 +189,24 @@ impl RouteTable {
                     out.push(Selected {
                         plugin: plugin.clone(),
                         dedupe_key: key.clone(),
+                        replay: false,
                     });
                 }
             }
         }
         // A replay from the dead-letter topic (`switchyard dlq replay`) is
-        // for one plugin, under the dedupe key it had the first time.
-        if let Some(only) = event.header_str(crate::dlq::REPLAY_PLUGIN) {
+        // for one plugin, under the dedupe key it had the first time. The
+        // headers alone prove nothing (any producer can write them): the
+        // lane honours them only where that key's marker says
+        // `dead-lettered`.
+        if let (Some(only), Some(key)) = (
+            event.header_str(crate::dlq::REPLAY_PLUGIN),
+            event.header_str(crate::dlq::REPLAY_KEY),
+        ) {
             out.retain(|s| s.plugin == only);
-            if let Some(key) = event.header_str(crate::dlq::REPLAY_KEY) {
-                for s in &mut out {
-                    s.dedupe_key = key.to_string();
-                }
+            for s in &mut out {
+                s.dedupe_key = key.to_string();
+                s.replay = true;
             }
         }
         out
@@ -244,11 +254,13 @@ mod tests {
             vec![
                 Selected {
                     plugin: "a".into(),
-                    dedupe_key: "id:e-1".into()
+                    dedupe_key: "id:e-1".into(),
+                    replay: false,
                 },
                 Selected {
                     plugin: "b".into(),
-                    dedupe_key: "id:e-1".into()
+                    dedupe_key: "id:e-1".into(),
+                    replay: false,
                 },
             ]
         );
@@ -299,13 +311,27 @@ mod tests {
             t.select(&replay),
             vec![Selected {
                 plugin: "b".into(),
-                dedupe_key: "pos:t/0/3".into()
+                dedupe_key: "pos:t/0/3".into(),
+                replay: true,
             }]
         );
-        let gone = event("t", "{}", &[(crate::dlq::REPLAY_PLUGIN, "c")]);
+        let gone = event(
+            "t",
+            "{}",
+            &[
+                (crate::dlq::REPLAY_PLUGIN, "c"),
+                (crate::dlq::REPLAY_KEY, "pos:t/0/3"),
+            ],
+        );
         assert!(
             t.select(&gone).is_empty(),
             "a plugin no longer routed: nothing"
+        );
+        let half = event("t", "{}", &[(crate::dlq::REPLAY_PLUGIN, "b")]);
+        assert_eq!(
+            t.select(&half).len(),
+            2,
+            "without its key it is no replay: routed as any event"
         );
     }
 }

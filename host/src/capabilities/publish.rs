@@ -146,18 +146,6 @@ impl HostState {
                 limits.max_publishes
             )));
         }
-        let size = m.payload.len()
-            + m.key.as_ref().map_or(0, Vec::len)
-            + m.headers
-                .iter()
-                .map(|h| h.name.len() + h.value.as_ref().map_or(0, Vec::len))
-                .sum::<usize>();
-        if size > limits.max_publish_bytes {
-            return Err(Error::Limit(format!(
-                "message of {size} bytes, over the limit of {} bytes",
-                limits.max_publish_bytes
-            )));
-        }
         if m.partition.is_some_and(|p| p < 0) {
             return Err(Error::Invalid(format!(
                 "partition {:?} is negative",
@@ -211,6 +199,23 @@ impl publish::Host for HostState {
             if let Some(state) = &ctx.tracestate {
                 headers.push(("tracestate".to_string(), Some(state.clone().into_bytes())));
             }
+        }
+        // The limit holds for the message as it leaves, with the host's
+        // headers.
+        let size = message.payload.len()
+            + message.key.as_ref().map_or(0, Vec::len)
+            + headers
+                .iter()
+                .map(|(n, v)| n.len() + v.as_ref().map_or(0, Vec::len))
+                .sum::<usize>();
+        let max = self.env.limits.max_publish_bytes;
+        if size > max {
+            let reason = format!(
+                "message of {size} bytes with the host's headers (event-id, request-id, trace context), over the limit of {max} bytes"
+            );
+            tracing::warn!(plugin = %self.env.name, topic = %message.topic, %reason, "publish refused");
+            self.publish.refused.push(reason.clone());
+            return Ok(Err(Error::Limit(reason)));
         }
         self.publish.messages.push(OutMessage {
             topic: message.topic,
