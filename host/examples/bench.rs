@@ -1,12 +1,24 @@
 //! Router benchmark: pushes N events through `switchyard run` (the real
-//! binary, a real Tansu broker over TCP, a real database) with the
-//! `bench-sink` plugin as a no-op and with one upsert per event, and prints
-//! events/s and latency percentiles.
+//! binary, a real Tansu broker over TCP, a real database) and prints
+//! events/s and latency percentiles, with baselines measured in the same
+//! run. Modes:
+//! - `broker`: a bare rdkafka consumer that does nothing — the ceiling the
+//!   broker and the client set on this machine;
+//! - `noop`, `upsert`: the `bench-sink` plugin, a no-op or one upsert per
+//!   event;
+//! - `native-noop`, `native-upsert`: the same work by a handler compiled
+//!   into the host, through the same pipeline (`native` in the plugin's
+//!   config, see `host/src/native.rs`): the sandbox's cost;
+//! - `hand-noop`, `hand-upsert`: the same work in a hand-written consumer
+//!   in the seeds' stack (`tests/clients/handwritten_consumer.py`,
+//!   aiokafka + asyncpg, one transaction per event with a processed_events
+//!   marker);
+//! - `seeds`: the four shipped plugins on a mix of the seeds' events.
 //!
 //! Run it with `scripts/bench` (which builds everything first):
 //!
 //! ```text
-//! scripts/bench [--events 20000] [--partitions 4] [--database postgres|sqlite] [--modes noop,upsert]
+//! scripts/bench [--events 20000] [--rate 0] [--partitions 4] [--database postgres|sqlite] [--modes broker,noop,...]
 //! scripts/bench --modes reload
 //! ```
 //!
@@ -30,6 +42,7 @@ use switchyard::bindings::switchyard::plugin::db::{Rows, Value};
 use switchyard::database::Database;
 use switchyard::limits::Limits;
 
+#[derive(Clone)]
 struct Args {
     events: usize,
     /// Events per second to produce at; 0 = as fast as possible (a burst).
@@ -45,7 +58,19 @@ fn parse_args() -> anyhow::Result<Args> {
         rate: 0,
         partitions: 4,
         database: "postgres".into(),
-        modes: vec!["noop".into(), "upsert".into()],
+        modes: [
+            "broker",
+            "noop",
+            "native-noop",
+            "hand-noop",
+            "upsert",
+            "native-upsert",
+            "hand-upsert",
+            "seeds",
+        ]
+        .iter()
+        .map(|m| m.to_string())
+        .collect(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -61,7 +86,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--modes" => args.modes = value()?.split(',').map(str::to_string).collect(),
             "--help" | "-h" => {
                 println!(
-                    "scripts/bench [--events N] [--partitions P] [--database postgres|sqlite] [--modes noop,upsert]"
+                    "scripts/bench [--events N] [--rate R] [--partitions P] [--database postgres|sqlite] [--modes broker,noop,native-noop,hand-noop,upsert,native-upsert,hand-upsert,seeds|reload]"
                 );
                 std::process::exit(0);
             }
@@ -126,7 +151,11 @@ fn start_broker() -> anyhow::Result<(Killed, String)> {
 async fn start_router(config: &Path, log_path: &Path, filter: &str) -> anyhow::Result<Killed> {
     let bin = std::env::var_os("SWITCHYARD_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target/debug/switchyard"));
+        .unwrap_or_else(|| {
+            std::env::var_os("CARGO_TARGET_DIR")
+                .map_or_else(|| root().join("target"), PathBuf::from)
+                .join("debug/switchyard")
+        });
     let router = Killed(
         Command::new(&bin)
             .args(["run", "--config", &config.to_string_lossy()])
@@ -191,36 +220,253 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-async fn run_mode(args: &Args, mode: &str) -> anyhow::Result<Json> {
+/// One record the benchmark produces.
+struct Record {
+    topic: &'static str,
+    key: String,
+    headers: Vec<(&'static str, String)>,
+    payload: Vec<u8>,
+}
+
+/// The n-th record of the seed mix: the four plugins' seed events in turn
+/// (seed 001's USER_CREATED for role-mapping, seed 002's create-user
+/// request, seed 001/005's stats events, seed 004's user_registered), each
+/// with ids of its own.
+fn seed_record(i: usize) -> Record {
+    let json = |v: Json| v.to_string().into_bytes();
+    match i % 5 {
+        0 => Record {
+            topic: "USER_CREATED",
+            key: format!("auth0|bench-{i}"),
+            headers: vec![],
+            payload: json(serde_json::json!({
+                "userId": format!("auth0|bench-{i}"), "name": "Amélie Durand",
+                "email": format!("amelie.{i}@boulangerie-durand.fr"), "role": "user",
+                "userType": "SME_USER", "customerAccountId": "cust-bench",
+                "customerName": "Boulangerie Durand SARL", "timestamp": "2024-05-14T09:30:00.000Z"})),
+        },
+        1 => Record {
+            topic: "create-user",
+            key: format!("req-{i}"),
+            headers: vec![],
+            payload: json(serde_json::json!({
+                "requestId": format!("req-{i}"), "firstName": "احمد", "lastName": "محمدی",
+                "email": format!("ahmad.{i}@example.com"), "nationalCode": 1_000_000_000u64 + i as u64,
+                "birthDate": "1990-01-01"})),
+        },
+        2 => Record {
+            topic: "user.created",
+            key: format!("stats-user-{i}"),
+            headers: vec![],
+            payload: json(serde_json::json!({
+                "eventId": format!("ev-uc-{i}"), "eventType": "user.created",
+                "timestamp": "2025-10-06T10:00:00.000Z", "userId": format!("stats-user-{i}"),
+                "data": {"keycloakId": "kc", "email": format!("ivan.{i}@example.ru"), "fullName": "Иван Петров"}})),
+        },
+        3 => {
+            let user = format!("stats-seed-{}", i % SEED_USERS);
+            Record {
+                topic: "interview.created",
+                key: user.clone(),
+                headers: vec![],
+                payload: json(serde_json::json!({
+                    "eventId": format!("ev-iv-{i}"), "eventType": "interview.created",
+                    "timestamp": "2025-10-06T10:15:30.000Z", "userId": user,
+                    "data": {"interviewId": format!("iv-{i}")}})),
+            }
+        }
+        _ => Record {
+            topic: "user.registered.v1",
+            key: format!("wr-user-{i}"),
+            headers: vec![
+                ("event-type", "user_registered".into()),
+                ("event-id", format!("wr-{i}")),
+                ("content-type", "application/json".into()),
+                ("request-id", format!("rq-{i}")),
+            ],
+            payload: json(serde_json::json!({
+                "event": "user_registered", "id": format!("wr-{i}"), "ts": 1_696_599_999_999u64, "v": 1,
+                "payload": {"user_id": format!("wr-user-{i}"), "email": format!("lucia.{i}@example.com"),
+                    "full_name": "Lucía Fernández"},
+                "source": "auth-svc"})),
+        },
+    }
+}
+
+/// Users the seed mix's interview events count against, created before
+/// the timed run.
+const SEED_USERS: usize = 50;
+
+fn bench_record(i: usize) -> Record {
+    Record {
+        topic: "bench.in",
+        key: format!("k{}", i % 1000),
+        headers: vec![],
+        payload: br#"{"eventType":"bench","userId":"u","data":{"n":1}}"#.to_vec(),
+    }
+}
+
+/// What consumes the events in a run.
+enum Subject {
+    /// `switchyard run` with this config.
+    Router(String),
+    /// The hand-written aiokafka + asyncpg consumer, in this mode.
+    Handwritten(&'static str),
+    /// A bare rdkafka consumer that does nothing with the events: the
+    /// broker's and the client's own ceiling.
+    Broker,
+}
+
+/// When each event was sent (µs since the epoch), by topic, partition and
+/// offset.
+type SentAt = std::collections::HashMap<(String, i32, i64), i64>;
+
+/// When each event was done (µs since the epoch), by topic, partition and
+/// offset.
+type DoneAt = Vec<((String, i32, i64), i64)>;
+
+async fn produce_all(
+    addr: &str,
+    args: &Args,
+    records: impl Iterator<Item = Record>,
+) -> anyhow::Result<SentAt> {
+    use rdkafka::message::{Header, OwnedHeaders};
     use rdkafka::producer::{FutureProducer, FutureRecord};
-    let (_broker, addr) = start_broker()?;
-    switchyard::kafka::create_topics(&addr, &["bench.in".to_string()], args.partitions).await?;
-    let dir = tempfile::tempdir()?;
-
-    // A fresh database.
-    let admin = std::env::var("SWITCHYARD_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let pg_name = format!("switchyard_bench_{}", uuid::Uuid::new_v4().simple());
-    let db_url = if args.database == "sqlite" {
-        format!("sqlite:{}", dir.path().join("bench.db").display())
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?;
+    let mut deliveries = Vec::with_capacity(args.events);
+    let tick = Duration::from_millis(10);
+    let per_tick = if args.rate == 0 {
+        usize::MAX
     } else {
-        use sqlx::Connection;
-        let mut conn = sqlx::PgConnection::connect(&admin).await?;
-        sqlx::query(&format!("CREATE DATABASE \"{pg_name}\""))
-            .execute(&mut conn)
-            .await?;
-        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
-        format!("{base}/{pg_name}")
+        (args.rate as usize / 100).max(1)
     };
+    let mut next_tick = Instant::now() + tick;
+    for (i, r) in records.enumerate() {
+        if i > 0 && i % per_tick == 0 {
+            let now = Instant::now();
+            if next_tick > now {
+                tokio::time::sleep(next_tick - now).await;
+            }
+            next_tick += tick;
+        }
+        let mut headers = OwnedHeaders::new();
+        for (k, v) in &r.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            });
+        }
+        let now_us = SystemTime::now().duration_since(UNIX_EPOCH)?.as_micros() as i64;
+        let d = producer.send_result(
+            FutureRecord::<str, [u8]>::to(r.topic)
+                .key(&r.key)
+                .payload(&r.payload)
+                .headers(headers),
+        );
+        match d {
+            Ok(d) => deliveries.push((r.topic, now_us, d)),
+            Err((e, _)) => anyhow::bail!("produce: {e}"),
+        }
+    }
+    let mut sent_at = SentAt::with_capacity(deliveries.len());
+    for (topic, t, d) in deliveries {
+        match d.await {
+            Ok(Ok(delivery)) => {
+                sent_at.insert((topic.to_string(), delivery.partition, delivery.offset), t);
+            }
+            Ok(Err((e, _))) => anyhow::bail!("delivery: {e}"),
+            Err(_) => anyhow::bail!("delivery cancelled"),
+        }
+    }
+    Ok(sent_at)
+}
 
-    let plugin_dir = std::env::var_os("SWITCHYARD_PLUGIN_DIR")
+/// Events/s and latency percentiles from send times and done times.
+fn figures(sent_at: &SentAt, done: &DoneAt) -> (f64, Vec<f64>) {
+    let mut latencies = Vec::with_capacity(done.len());
+    let (mut first_sent, mut last_done) = (i64::MAX, i64::MIN);
+    for (k, t) in done {
+        if let Some(sent) = sent_at.get(k) {
+            latencies.push((*t - *sent) as f64 / 1000.0);
+            first_sent = first_sent.min(*sent);
+            last_done = last_done.max(*t);
+        }
+    }
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    let span_s = (last_done - first_sent) as f64 / 1e6;
+    (latencies.len() as f64 / span_s, latencies)
+}
+
+/// A fresh database: its URL, and the PostgreSQL one's name to drop.
+async fn fresh_database(args: &Args, dir: &Path) -> anyhow::Result<(String, Option<String>)> {
+    if args.database == "sqlite" {
+        return Ok((format!("sqlite:{}", dir.join("bench.db").display()), None));
+    }
+    use sqlx::Connection;
+    let admin = pg_admin_url();
+    let name = format!("switchyard_bench_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = sqlx::PgConnection::connect(&admin).await?;
+    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+        .execute(&mut conn)
+        .await?;
+    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+    Ok((format!("{base}/{name}"), Some(name)))
+}
+
+fn pg_admin_url() -> String {
+    std::env::var("SWITCHYARD_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+async fn drop_database(name: Option<String>) -> anyhow::Result<()> {
+    let Some(name) = name else { return Ok(()) };
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&pg_admin_url()).await?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .execute(&mut conn)
+        .await?;
+    Ok(())
+}
+
+fn plugin_dir() -> PathBuf {
+    std::env::var_os("SWITCHYARD_PLUGIN_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target/wasm32-wasip2/plugin"));
-    let config = dir.path().join("bench.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[kafka]
+        .unwrap_or_else(|| root().join("target/wasm32-wasip2/plugin"))
+}
+
+/// The config of a router run: `bench-sink` in `mode`, or the shipped
+/// config's four plugins (`seeds`).
+fn router_config(mode: &str, addr: &str, db_url: &str) -> anyhow::Result<String> {
+    let dir = plugin_dir();
+    if mode == "seeds" {
+        let shipped = std::fs::read_to_string(root().join("config/switchyard.toml"))?;
+        return Ok(shipped
+            .replace(
+                "brokers = \"127.0.0.1:9092\"",
+                &format!("brokers = \"{addr}\""),
+            )
+            .replace("group = \"switchyard\"", "group = \"bench\"")
+            .replace(
+                "url = \"sqlite:.switchyard/switchyard.db\"",
+                &format!("url = \"{db_url}\"\nmax_connections = 16"),
+            )
+            .replace(
+                "dir = \"../target/wasm32-wasip2/plugin\"",
+                &format!("dir = \"{}\"", dir.display()),
+            )
+            .replace("address = \"127.0.0.1:9180\"", "address = \"127.0.0.1:0\""));
+    }
+    // `native-*`: the same work by a handler compiled into the host.
+    let (work, native) = match mode.strip_prefix("native-") {
+        Some(work) => (work, format!("native = \"bench-{work}\"\n")),
+        None => (mode, String::new()),
+    };
+    Ok(format!(
+        r#"[kafka]
 brokers = "{addr}"
 group = "bench"
 [database]
@@ -230,133 +476,317 @@ max_connections = 16
 dir = "{}"
 [plugins.bench]
 file = "bench_sink.wasm"
-settings = {{ mode = "{mode}" }}
-[[routes]]
+settings = {{ mode = "{work}" }}
+{native}[[routes]]
 topics = ["bench.in"]
 plugins = ["bench"]
 "#,
-            plugin_dir.display()
-        ),
-    )?;
-    let log_path = dir.path().join("router.log");
-    let _router = start_router(&config, &log_path, "warn,switchyard::consumer=info").await?;
+        dir.display()
+    ))
+}
 
-    let db = Database::connect(&db_url, 2).await?;
-    let producer: FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &addr)
-        .set("linger.ms", "5")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()?;
-    let payload = br#"{"eventType":"bench","userId":"u","data":{"n":1}}"#;
-    let started = Instant::now();
-    let mut sent_at = std::collections::HashMap::with_capacity(args.events);
-    let mut deliveries = Vec::with_capacity(args.events);
-    let tick = Duration::from_millis(10);
-    let per_tick = if args.rate == 0 {
-        usize::MAX
+/// The seed topics, inputs and outputs.
+const SEED_TOPICS: [&str; 13] = [
+    "USER_CREATED",
+    "USER_STATUS_CHANGED",
+    "USER_ROLE_CHANGED",
+    "create-user",
+    "create-user-response",
+    "user.created",
+    "interview.created",
+    "media.uploaded",
+    "user.quota_exceeded",
+    "user.registered.v1",
+    "notification.send.welcome",
+    "notification.send.email",
+    "switchyard.dlq",
+];
+
+async fn run_mode(args: &Args, mode: &str) -> anyhow::Result<Json> {
+    let (_broker, addr) = start_broker()?;
+    let seeds = mode == "seeds";
+    let topics: Vec<String> = if seeds {
+        SEED_TOPICS.iter().map(|t| t.to_string()).collect()
     } else {
-        (args.rate as usize / 100).max(1)
+        vec!["bench.in".to_string()]
     };
-    let mut next_tick = Instant::now() + tick;
-    for i in 0..args.events {
-        if i > 0 && i % per_tick == 0 {
-            let now = Instant::now();
-            if next_tick > now {
-                tokio::time::sleep(next_tick - now).await;
+    switchyard::kafka::create_topics(&addr, &topics, args.partitions).await?;
+    let dir = tempfile::tempdir()?;
+    let (db_url, pg_name) = fresh_database(args, dir.path()).await?;
+    let subject = match mode {
+        "broker" => Subject::Broker,
+        "hand-noop" => Subject::Handwritten("noop"),
+        "hand-upsert" => Subject::Handwritten("upsert"),
+        "noop" | "upsert" | "native-noop" | "native-upsert" | "seeds" => {
+            Subject::Router(router_config(mode, &addr, &db_url)?)
+        }
+        other => anyhow::bail!(
+            "unknown mode {other}: broker, noop, upsert, native-noop, native-upsert, hand-noop, hand-upsert, seeds or reload"
+        ),
+    };
+    anyhow::ensure!(
+        !matches!(subject, Subject::Handwritten(_)) || pg_name.is_some(),
+        "the hand-written consumer runs on PostgreSQL only (asyncpg)"
+    );
+    let log_path = dir.path().join("consumer.log");
+    let db = Database::connect(&db_url, 2).await?;
+    let mut warmup = 0i64;
+    let (_consumer, bare) = match &subject {
+        Subject::Router(config) => {
+            let path = dir.path().join("bench.toml");
+            std::fs::write(&path, config)?;
+            let router = start_router(&path, &log_path, "warn,switchyard::consumer=info").await?;
+            if seeds {
+                db.run_script(
+                    "INSERT INTO customers (id, name) VALUES ('cust-bench', 'Boulangerie Durand SARL')",
+                )
+                .await?;
+                // The users the interview events count against.
+                let created = (0..SEED_USERS).map(|u| {
+                    let mut r = seed_record(2);
+                    r.key = format!("stats-seed-{u}");
+                    r.payload = serde_json::json!({
+                        "eventId": format!("ev-seed-{u}"), "eventType": "user.created",
+                        "timestamp": "2025-10-06T10:00:00.000Z", "userId": format!("stats-seed-{u}"),
+                        "data": {"keycloakId": "kc", "email": format!("seed.{u}@example.ru"), "fullName": "Иван Петров"}})
+                    .to_string()
+                    .into_bytes();
+                    r
+                });
+                let warm = Args {
+                    rate: 0,
+                    events: SEED_USERS,
+                    ..args.clone()
+                };
+                produce_all(&addr, &warm, created).await?;
+                warmup = SEED_USERS as i64;
+                wait_for(
+                    &db,
+                    "SELECT count(*) FROM switchyard_processed",
+                    warmup,
+                    &log_path,
+                )
+                .await?;
             }
-            next_tick += tick;
+            (Some(router), None)
         }
-        let key = format!("k{}", i % 1000);
-        let now_us = SystemTime::now().duration_since(UNIX_EPOCH)?.as_micros() as i64;
-        let d = producer.send_result(
-            FutureRecord::<str, [u8]>::to("bench.in")
-                .key(&key)
-                .payload(payload),
-        );
-        match d {
-            Ok(d) => deliveries.push((now_us, d)),
-            Err((e, _)) => anyhow::bail!("produce: {e}"),
-        }
-    }
-    for (t, d) in deliveries {
-        match d.await {
-            Ok(Ok(delivery)) => {
-                sent_at.insert((delivery.partition, delivery.offset), t);
-            }
-            Ok(Err((e, _))) => anyhow::bail!("delivery: {e}"),
-            Err(_) => anyhow::bail!("delivery cancelled"),
-        }
-    }
+        Subject::Handwritten(hmode) => (
+            Some(start_handwritten(&addr, &db_url, hmode, args.events, &log_path).await?),
+            None,
+        ),
+        Subject::Broker => (None, Some(bare_consumer(&addr, args.events)?)),
+    };
+
+    let started = Instant::now();
+    let sent_at = if seeds {
+        produce_all(&addr, args, (0..args.events).map(seed_record)).await?
+    } else {
+        produce_all(&addr, args, (0..args.events).map(bench_record)).await?
+    };
     let produced_in = started.elapsed();
     let total = args.events as i64;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while scalar(&db, "SELECT count(*) FROM switchyard_processed").await? < total {
-        if Instant::now() > deadline {
-            anyhow::bail!(
-                "timed out; router log:\n{}",
-                std::fs::read_to_string(&log_path)?
+    let sqlite = args.database == "sqlite";
+    let done: DoneAt = match (&subject, bare) {
+        (Subject::Broker, Some(consumer)) => consumer.await??,
+        (Subject::Handwritten(_), _) => {
+            wait_for(
+                &db,
+                "SELECT count(*) FROM processed_events",
+                total,
+                &log_path,
+            )
+            .await?;
+            let rows = all_rows(
+                &db,
+                "SELECT event_key, (extract(epoch from processed_at) * 1000000)::bigint FROM processed_events",
+            )
+            .await?;
+            rows.rows
+                .iter()
+                .filter_map(|r| match r.as_slice() {
+                    [Value::Text(k), Value::Int(t)] => {
+                        let mut parts = k.rsplitn(3, '/');
+                        let offset = parts.next()?.parse().ok()?;
+                        let partition = parts.next()?.parse().ok()?;
+                        Some(((parts.next()?.to_string(), partition, offset), *t))
+                    }
+                    _ => None,
+                })
+                .collect()
+        }
+        _ => {
+            wait_for(
+                &db,
+                "SELECT count(*) FROM switchyard_processed",
+                total + warmup,
+                &log_path,
+            )
+            .await?;
+            let sql = format!(
+                "SELECT topic, kafka_partition, kafka_offset, {} FROM switchyard_processed",
+                processed_at_micros(sqlite)
             );
+            all_rows(&db, &sql)
+                .await?
+                .rows
+                .iter()
+                .filter_map(|r| match r.as_slice() {
+                    [Value::Text(t), Value::Int(p), Value::Int(o), Value::Int(at)] => {
+                        Some(((t.clone(), *p as i32, *o), *at))
+                    }
+                    _ => None,
+                })
+                .collect()
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    };
     let wall = started.elapsed();
-
-    // Per-event latency from the markers.
-    let sql = format!(
-        "SELECT kafka_partition, kafka_offset, {} FROM switchyard_processed",
-        processed_at_micros(args.database == "sqlite")
-    );
-    let rows = all_rows(&db, &sql).await?;
-    let mut latencies = Vec::with_capacity(rows.rows.len());
-    let (mut first_sent, mut last_done) = (i64::MAX, i64::MIN);
-    for r in &rows.rows {
-        if let [Value::Int(p), Value::Int(o), Value::Int(done)] = r.as_slice()
-            && let Some(sent) = sent_at.get(&(*p as i32, *o))
-        {
-            latencies.push((*done - *sent) as f64 / 1000.0);
-            first_sent = first_sent.min(*sent);
-            last_done = last_done.max(*done);
+    let (events_per_s, latencies) = figures(&sent_at, &done);
+    let upserted = match mode {
+        "upsert" | "native-upsert" | "hand-upsert" => {
+            scalar(
+                &db,
+                "SELECT coalesce(sum(n), 0)::bigint FROM bench_counters",
+            )
+            .await?
         }
-    }
-    latencies.sort_by(|a, b| a.total_cmp(b));
-    let span_s = (last_done - first_sent) as f64 / 1e6;
-    let upserted = if mode == "upsert" {
+        _ => 0,
+    };
+    let dead_lettered = if matches!(subject, Subject::Router(_)) {
         scalar(
             &db,
-            "SELECT coalesce(sum(n), 0)::bigint FROM bench_counters",
+            "SELECT count(*) FROM switchyard_processed WHERE outcome = 'dead-lettered'",
         )
-        .await
-        .or_else(|_| Ok::<i64, anyhow::Error>(-1))?
+        .await?
     } else {
         0
     };
     db.close().await;
-    drop(_router);
-    if args.database != "sqlite" {
-        use sqlx::Connection;
-        let mut conn = sqlx::PgConnection::connect(&admin).await?;
-        sqlx::query(&format!(
-            "DROP DATABASE IF EXISTS \"{pg_name}\" WITH (FORCE)"
-        ))
-        .execute(&mut conn)
-        .await?;
-    }
+    drop(_consumer);
+    drop_database(pg_name).await?;
     Ok(serde_json::json!({
         "mode": mode,
         "database": args.database,
         "events": args.events,
         "rate": args.rate,
         "partitions": args.partitions,
-        "events_per_s": (args.events as f64 / span_s).round(),
+        "events_per_s": events_per_s.round(),
         "latency_ms": {
             "p50": percentile(&latencies, 50.0),
             "p90": percentile(&latencies, 90.0),
             "p99": percentile(&latencies, 99.0),
             "max": latencies.last().copied().unwrap_or(f64::NAN),
         },
+        "measured": latencies.len(),
         "produce_s": produced_in.as_secs_f64(),
         "wall_s": wall.as_secs_f64(),
         "upserted_total": upserted,
+        "dead_lettered": dead_lettered,
+    }))
+}
+
+/// Wait until `sql` counts `n`, for at most 10 minutes.
+async fn wait_for(db: &Database, sql: &str, n: i64, log: &Path) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while scalar(db, sql).await.unwrap_or(-1) < n {
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "timed out waiting for {n} from {sql}; consumer log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// The hand-written consumer (tests/clients/handwritten_consumer.py),
+/// started and ready (it has its partitions).
+async fn start_handwritten(
+    addr: &str,
+    db_url: &str,
+    mode: &str,
+    events: usize,
+    log: &Path,
+) -> anyhow::Result<Killed> {
+    let python = std::env::var_os("SWITCHYARD_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".switchyard/venv/bin/python"));
+    let out = dir_file(log, "stdout");
+    let child = Command::new(&python)
+        .arg(root().join("tests/clients/handwritten_consumer.py"))
+        .args([
+            "--brokers",
+            addr,
+            "--topic",
+            "bench.in",
+            "--group",
+            "bench-hand",
+        ])
+        .args([
+            "--database",
+            &db_url.replacen("postgres://", "postgresql://", 1),
+        ])
+        .args(["--mode", mode, "--events", &events.to_string()])
+        .stdout(std::fs::File::create(&out)?)
+        .stderr(std::fs::File::create(log)?)
+        .spawn()
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot start {} (scripts/bench installs it): {e}",
+                python.display()
+            )
+        })?;
+    let child = Killed(child);
+    let started = Instant::now();
+    while !std::fs::read_to_string(&out)?.contains("\"ready\"") {
+        if started.elapsed() > Duration::from_secs(60) {
+            anyhow::bail!(
+                "the hand-written consumer did not get its partitions:\n{}",
+                std::fs::read_to_string(log)?
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(child)
+}
+
+fn dir_file(beside: &Path, name: &str) -> PathBuf {
+    beside.with_file_name(name)
+}
+
+/// A bare consumer in its own thread: reads `events` records and notes
+/// when each arrived.
+fn bare_consumer(
+    addr: &str,
+    events: usize,
+) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<DoneAt>>> {
+    use rdkafka::Message;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer =
+        switchyard::kafka::consumer_config(addr, "bench-bare", &std::collections::BTreeMap::new())
+            .create()?;
+    consumer.subscribe(&["bench.in"])?;
+    // Joined before the first event is sent.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while consumer.assignment()?.count() == 0 {
+        anyhow::ensure!(Instant::now() < deadline, "the bare consumer did not join");
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            m?;
+        }
+    }
+    Ok(tokio::task::spawn_blocking(move || {
+        let mut done = Vec::with_capacity(events);
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while done.len() < events {
+            anyhow::ensure!(Instant::now() < deadline, "the bare consumer timed out");
+            let Some(m) = consumer.poll(Duration::from_millis(100)) else {
+                continue;
+            };
+            let m = m?;
+            let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_micros() as i64;
+            done.push(((m.topic().to_string(), m.partition(), m.offset()), now));
+        }
+        Ok(done)
     }))
 }
 
@@ -548,16 +978,26 @@ async fn main() -> anyhow::Result<()> {
         return run_reload(&args).await;
     }
     println!(
-        "{:<8} {:<9} {:>8} {:>11} {:>9} {:>9} {:>9}",
-        "mode", "database", "events", "events/s", "p50 ms", "p99 ms", "max ms"
+        "machine: {} cores, {}; broker Tansu 0.6 (memory), rate {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        args.database,
+        if args.rate == 0 {
+            "burst".to_string()
+        } else {
+            format!("{}/s", args.rate)
+        }
     );
+    println!(
+        "{:<12} {:>8} {:>11} {:>9} {:>9} {:>9}",
+        "mode", "events", "events/s", "p50 ms", "p99 ms", "max ms"
+    );
+    let mut rates = std::collections::HashMap::new();
     for mode in &args.modes {
         let r = run_mode(&args, mode).await?;
         let l = &r["latency_ms"];
         println!(
-            "{:<8} {:<9} {:>8} {:>11} {:>9.1} {:>9.1} {:>9.1}",
+            "{:<12} {:>8} {:>11} {:>9.1} {:>9.1} {:>9.1}",
             mode,
-            args.database,
             args.events,
             r["events_per_s"],
             l["p50"].as_f64().unwrap_or(f64::NAN),
@@ -565,6 +1005,39 @@ async fn main() -> anyhow::Result<()> {
             l["max"].as_f64().unwrap_or(f64::NAN),
         );
         eprintln!("{r}");
+        rates.insert(mode.clone(), r["events_per_s"].as_f64().unwrap_or(f64::NAN));
+    }
+    for (a, b, what) in [
+        (
+            "noop",
+            "hand-noop",
+            "switchyard no-op / hand-written marker-only consumer",
+        ),
+        (
+            "upsert",
+            "hand-upsert",
+            "switchyard upsert / hand-written upsert consumer",
+        ),
+        (
+            "noop",
+            "native-noop",
+            "sandbox cost on no-op: wasm / native",
+        ),
+        (
+            "upsert",
+            "native-upsert",
+            "sandbox cost on upsert: wasm / native",
+        ),
+        (
+            "noop",
+            "broker",
+            "switchyard no-op / bare consumer (broker ceiling)",
+        ),
+        ("upsert", "noop", "upsert / no-op"),
+    ] {
+        if let (Some(x), Some(y)) = (rates.get(a), rates.get(b)) {
+            println!("ratio {what}: {:.2}", x / y);
+        }
     }
     Ok(())
 }

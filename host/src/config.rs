@@ -229,6 +229,11 @@ pub struct PluginConfig {
     /// cooldown_ms = 30000 }`; `failures = 0` turns it off.
     #[serde(default)]
     pub breaker: crate::breaker::BreakerConfig,
+    /// For `scripts/bench` only: a handler compiled into the host
+    /// (`bench-noop`, `bench-upsert`) takes this plugin's events, to
+    /// measure the sandbox's cost. The component still loads.
+    #[serde(default)]
+    pub native: Option<crate::native::Native>,
 }
 
 /// `[[routes]]`.
@@ -536,6 +541,7 @@ impl Loaded {
                     settings: Arc::new(settings),
                     db_role: None,
                     db_tables: std::sync::Arc::from([]),
+                    native: p.native,
                 };
                 (name.clone(), dir.join(&p.file), env, p.isolation, p.breaker)
             })

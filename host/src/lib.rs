@@ -38,6 +38,7 @@ pub mod explain;
 pub mod kafka;
 pub mod limits;
 pub mod metrics;
+pub mod native;
 pub mod outbox;
 pub mod pipeline;
 pub mod plugin_test;

@@ -243,6 +243,7 @@ pub async fn run(options: &TestOptions) -> anyhow::Result<TestReport> {
         settings: Arc::new(options.settings.clone()),
         db_role: None,
         db_tables: std::sync::Arc::from([]),
+        native: None,
     };
     let plugin = runtime.load_file(&options.plugin, env).await?;
     let db = Database::connect(&options.database, 2).await?;

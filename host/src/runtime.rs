@@ -668,6 +668,11 @@ impl PluginWorker {
             );
             return (empty(Outcome::Rejected(reason), false), Some(tx));
         }
+        if let Some(native) = self.plugin.env.native {
+            return self
+                .handle_native(native, event, tx, options, started)
+                .await;
+        }
         let fresh_instance = self.live.is_none() || options.isolation == Isolation::PerEvent;
         let mut live = match self.live.take() {
             Some(live) if options.isolation == Isolation::Reuse => live,
@@ -772,6 +777,70 @@ impl PluginWorker {
             self.live = Some(live);
         }
         (invocation, tx)
+    }
+}
+
+impl PluginWorker {
+    /// [`PluginWorker::handle`] for a handler compiled into the host
+    /// (`native` in the plugin's config; `scripts/bench` only): the same
+    /// database role, statement timeout and transaction, no WebAssembly.
+    async fn handle_native(
+        &mut self,
+        native: crate::native::Native,
+        event: &Event,
+        mut tx: Tx,
+        options: CallOptions,
+        started: Instant,
+    ) -> (Invocation, Option<Tx>) {
+        let env = self.plugin.env.clone();
+        let mut inv = Invocation {
+            outcome: Outcome::Done,
+            messages: Vec::new(),
+            statements: Vec::new(),
+            statement_count: 0,
+            db_unavailable: false,
+            db_failed: false,
+            logs: Vec::new(),
+            dropped_logs: 0,
+            refused_publishes: Vec::new(),
+            elapsed: Duration::ZERO,
+            fresh_instance: false,
+        };
+        let access = crate::database::PluginAccess {
+            plugin: &env.name,
+            role: env.db_role.as_deref(),
+            tables: &env.db_tables,
+            timeout_ms: env.limits.statement_timeout_ms,
+        };
+        let result = match tx.enter_plugin(&access).await {
+            Ok(()) => {
+                let r = native.handle(event, &mut tx, !options.batch).await;
+                inv.statement_count = usize::from(native == crate::native::Native::BenchUpsert);
+                match tx.leave_plugin(env.db_role.as_deref()).await {
+                    Ok(()) => r,
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        inv.outcome = match result {
+            Ok(outcome) if tx.lost() && outcome.commits() => Outcome::Retry(
+                "the database rolled the event's transaction back; the event runs again"
+                    .to_string(),
+            ),
+            Ok(outcome) => outcome,
+            Err(e) => {
+                inv.db_failed = true;
+                inv.db_unavailable = matches!(
+                    e,
+                    crate::bindings::switchyard::plugin::db::Error::Unavailable(_)
+                );
+                Outcome::Retry(crate::capabilities::db::describe_error(&e))
+            }
+        };
+        inv.db_failed |= tx.lost();
+        inv.elapsed = started.elapsed();
+        (inv, Some(tx))
     }
 }
 

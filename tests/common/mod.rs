@@ -50,7 +50,8 @@ pub struct TestDb {
     pg_name: Option<String>,
 }
 
-fn pg_admin_url() -> String {
+/// The PostgreSQL URL tests create their databases through.
+pub fn pg_admin_url() -> String {
     std::env::var("SWITCHYARD_TEST_PG_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
 }
@@ -171,6 +172,7 @@ impl Harness {
             settings: Arc::new(settings),
             db_role: None,
             db_tables: std::sync::Arc::from([]),
+            native: None,
         };
         let loaded = runtime
             .load_file(&plugin_path(plugin), env)
@@ -191,6 +193,19 @@ impl Harness {
             _runtime: runtime,
             _testdb: testdb,
         }
+    }
+
+    /// Hand the plugin's events to a handler compiled into the host
+    /// (`native` in the config), keeping its migrations and role.
+    pub fn with_native(mut self, native: switchyard::native::Native) -> Self {
+        let mut env = (*self.plugin.env).clone();
+        env.native = Some(native);
+        self.plugin = self
+            .plugin
+            .with_env(env, &self._runtime)
+            .unwrap_or_else(|e| panic!("native: {e}"));
+        self.worker = PluginWorker::new(self.plugin.clone());
+        self
     }
 
     /// Use per-event isolation instead of instance reuse.
@@ -408,6 +423,27 @@ impl Broker {
         switchyard::kafka::create_topics(&self.addr, &topics, partitions)
             .await
             .unwrap_or_else(|e| panic!("creating topics: {e:#}"));
+    }
+
+    /// Freeze the broker process (`SIGSTOP`): connections stay open and
+    /// nothing answers, as with a broker stuck in a long pause.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Let a paused broker go on (`SIGCONT`).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, which: &str) {
+        let status = std::process::Command::new("kill")
+            .args([which, &self.child.id().to_string()])
+            .status();
+        assert!(
+            status.is_ok_and(|s| s.success()),
+            "kill {which} on the broker failed"
+        );
     }
 
     /// A producer.
@@ -751,10 +787,11 @@ pub async fn value_after_reaching(
     scalar(db, sql).await
 }
 
-/// The admin server's address, from the router's log line.
+/// The admin server's address, from the router's log line (the latest,
+/// if the router was restarted).
 pub fn admin_address(log: &str) -> Option<String> {
     log.lines()
-        .find(|l| l.contains("admin server listening"))
+        .rfind(|l| l.contains("admin server listening"))
         .and_then(|l| l.split("address=").nth(1))
         .and_then(|rest| rest.split_whitespace().next())
         .map(str::to_string)

@@ -40,6 +40,9 @@ pub struct PluginEnv {
     /// role's grants enforce them on PostgreSQL, the host on SQLite. Empty
     /// until the router has prepared the plugin.
     pub db_tables: Arc<[String]>,
+    /// A handler compiled into the host that takes the component's events
+    /// (`scripts/bench` only: it measures the sandbox's cost).
+    pub native: Option<crate::native::Native>,
 }
 
 impl PluginEnv {
@@ -53,6 +56,7 @@ impl PluginEnv {
             settings: Arc::new(serde_json::Map::new()),
             db_role: None,
             db_tables: Arc::from([]),
+            native: None,
         }
     }
 }

@@ -1,0 +1,56 @@
+//! Handlers compiled into the host, to measure what the sandbox costs
+//! (`scripts/bench`, modes `native-noop` and `native-upsert`).
+//!
+//! A native handler does the `bench-sink` plugin's work — nothing, or one
+//! upsert per event — through the same pipeline: the event's transaction
+//! and processed-marker, the plugin's database role and statement timeout,
+//! the outbox, the offset store. Only the WebAssembly call is missing (and
+//! with it the instance, the SQL gate and the result caps). A plugin whose
+//! config says `native = "bench-upsert"` still loads its component, for its
+//! name, version and migrations; its events go to the native handler.
+//!
+//! This is a measuring instrument, not a way to ship handlers: there are
+//! only the two below.
+
+use crate::bindings::switchyard::plugin::db::{Error as DbError, Value};
+use crate::database::Tx;
+use crate::event::Event;
+use crate::runtime::Outcome;
+
+/// A handler compiled into the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Native {
+    /// `bench-sink`'s `noop`: done, nothing else.
+    BenchNoop,
+    /// `bench-sink`'s `upsert`: one upsert into `bench_counters`, keyed by
+    /// the record key.
+    BenchUpsert,
+}
+
+/// The statement `bench-sink` runs in `upsert` mode.
+pub const BENCH_UPSERT: &str = "INSERT INTO bench_counters (k, n) VALUES ($1, 1) ON CONFLICT (k) DO UPDATE SET n = bench_counters.n + 1";
+
+impl Native {
+    /// Handle `event` in `tx`, as the plugin would.
+    pub async fn handle(
+        self,
+        event: &Event,
+        tx: &mut Tx,
+        use_savepoint: bool,
+    ) -> Result<Outcome, DbError> {
+        match self {
+            Native::BenchNoop => Ok(Outcome::Done),
+            Native::BenchUpsert => {
+                let key = event
+                    .key
+                    .as_deref()
+                    .and_then(|k| std::str::from_utf8(k).ok())
+                    .unwrap_or("none");
+                tx.execute_with(BENCH_UPSERT, &[Value::Text(key.to_string())], use_savepoint)
+                    .await?;
+                Ok(Outcome::Done)
+            }
+        }
+    }
+}
