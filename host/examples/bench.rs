@@ -50,6 +50,8 @@ struct Args {
     partitions: i32,
     database: String,
     modes: Vec<String>,
+    /// `fetch.wait.max.ms` for the consumers (router and bare), if set.
+    fetch_wait_ms: Option<u64>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -58,6 +60,7 @@ fn parse_args() -> anyhow::Result<Args> {
         rate: 0,
         partitions: 4,
         database: "postgres".into(),
+        fetch_wait_ms: None,
         modes: [
             "broker",
             "noop",
@@ -84,9 +87,10 @@ fn parse_args() -> anyhow::Result<Args> {
             "--partitions" => args.partitions = value()?.parse()?,
             "--database" => args.database = value()?,
             "--modes" => args.modes = value()?.split(',').map(str::to_string).collect(),
+            "--fetch-wait-ms" => args.fetch_wait_ms = Some(value()?.parse()?),
             "--help" | "-h" => {
                 println!(
-                    "scripts/bench [--events N] [--rate R] [--partitions P] [--database postgres|sqlite] [--modes broker,noop,native-noop,hand-noop,upsert,native-upsert,hand-upsert,seeds|reload]"
+                    "scripts/bench [--events N] [--rate R] [--partitions P] [--database postgres|sqlite] [--fetch-wait-ms MS] [--modes broker,noop,native-noop,hand-noop,upsert,native-upsert,hand-upsert,seeds|reload]"
                 );
                 std::process::exit(0);
             }
@@ -440,7 +444,17 @@ fn plugin_dir() -> PathBuf {
 
 /// The config of a router run: `bench-sink` in `mode`, or the shipped
 /// config's four plugins (`seeds`).
-fn router_config(mode: &str, addr: &str, db_url: &str) -> anyhow::Result<String> {
+fn router_config(args: &Args, mode: &str, addr: &str, db_url: &str) -> anyhow::Result<String> {
+    let text = router_config_text(mode, addr, db_url)?;
+    Ok(match args.fetch_wait_ms {
+        Some(ms) => format!("{text}\n[kafka.consumer]\n\"fetch.wait.max.ms\" = \"{ms}\"\n"),
+        None => text,
+    }
+    .to_string()
+        + &std::env::var("SWITCHYARD_BENCH_EXTRA").unwrap_or_default())
+}
+
+fn router_config_text(mode: &str, addr: &str, db_url: &str) -> anyhow::Result<String> {
     let dir = plugin_dir();
     if mode == "seeds" {
         let shipped = std::fs::read_to_string(root().join("config/switchyard.toml"))?;
@@ -518,7 +532,7 @@ async fn run_mode(args: &Args, mode: &str) -> anyhow::Result<Json> {
         "hand-noop" => Subject::Handwritten("noop"),
         "hand-upsert" => Subject::Handwritten("upsert"),
         "noop" | "upsert" | "native-noop" | "native-upsert" | "seeds" => {
-            Subject::Router(router_config(mode, &addr, &db_url)?)
+            Subject::Router(router_config(args, mode, &addr, &db_url)?)
         }
         other => anyhow::bail!(
             "unknown mode {other}: broker, noop, upsert, native-noop, native-upsert, hand-noop, hand-upsert, seeds or reload"
@@ -574,7 +588,7 @@ async fn run_mode(args: &Args, mode: &str) -> anyhow::Result<Json> {
             Some(start_handwritten(&addr, &db_url, hmode, args.events, &log_path).await?),
             None,
         ),
-        Subject::Broker => (None, Some(bare_consumer(&addr, args.events)?)),
+        Subject::Broker => (None, Some(bare_consumer(&addr, args)?)),
     };
 
     let started = Instant::now();
@@ -758,13 +772,17 @@ fn dir_file(beside: &Path, name: &str) -> PathBuf {
 /// when each arrived.
 fn bare_consumer(
     addr: &str,
-    events: usize,
+    args: &Args,
 ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<DoneAt>>> {
     use rdkafka::Message;
     use rdkafka::consumer::{BaseConsumer, Consumer};
+    let events = args.events;
+    let mut extra = std::collections::BTreeMap::new();
+    if let Some(ms) = args.fetch_wait_ms {
+        extra.insert("fetch.wait.max.ms".to_string(), ms.to_string());
+    }
     let consumer: BaseConsumer =
-        switchyard::kafka::consumer_config(addr, "bench-bare", &std::collections::BTreeMap::new())
-            .create()?;
+        switchyard::kafka::consumer_config(addr, "bench-bare", &extra).create()?;
     consumer.subscribe(&["bench.in"])?;
     // Joined before the first event is sent.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -978,14 +996,16 @@ async fn main() -> anyhow::Result<()> {
         return run_reload(&args).await;
     }
     println!(
-        "machine: {} cores, {}; broker Tansu 0.6 (memory), rate {}",
+        "machine: {} cores, {}; broker Tansu 0.6 (memory), rate {}, fetch.wait.max.ms {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         args.database,
         if args.rate == 0 {
             "burst".to_string()
         } else {
             format!("{}/s", args.rate)
-        }
+        },
+        args.fetch_wait_ms
+            .map_or("500 (default)".to_string(), |ms| ms.to_string())
     );
     println!(
         "{:<12} {:>8} {:>11} {:>9} {:>9} {:>9}",

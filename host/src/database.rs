@@ -199,7 +199,7 @@ impl Database {
     /// Start a transaction for one event.
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
         Ok(match self {
-            Database::Postgres(pool) => Tx::Postgres(pool.begin().await?, None),
+            Database::Postgres(pool) => Tx::Postgres(pool.begin().await?, PgState::default()),
             Database::Sqlite(pool, schema) => Tx::Sqlite(SqliteTx {
                 scope: None,
                 tx: pool.begin().await?,
@@ -291,10 +291,26 @@ pub fn backend_of(url: &str) -> Result<Backend, SetupError> {
 /// One event's transaction.
 #[derive(Debug)]
 pub enum Tx {
-    /// On PostgreSQL, with the `statement_timeout` set in it so far.
-    Postgres(sqlx::Transaction<'static, Postgres>, Option<u64>),
+    /// On PostgreSQL, with the role and `statement_timeout` set in it so
+    /// far.
+    Postgres(sqlx::Transaction<'static, Postgres>, PgState),
     /// On SQLite.
     Sqlite(SqliteTx),
+}
+
+/// What a PostgreSQL transaction has set so far: switching roles costs a
+/// round trip, so it happens only when it changes. Leaving a plugin's call
+/// marks the role for reset; the reset is sent before the host's next own
+/// statement ([`Tx::execute_host`], [`Tx::query_host`]). Between the two
+/// no plugin code runs, and the role is `LOCAL` to the transaction.
+#[derive(Debug, Default)]
+pub struct PgState {
+    /// `statement_timeout` in effect.
+    timeout_ms: Option<u64>,
+    /// The plugin role in effect (`None`: the host's own).
+    role: Option<String>,
+    /// Inside a plugin's call.
+    in_plugin: bool,
 }
 
 /// A SQLite transaction, with the plugin sandbox while one of its calls is
@@ -494,9 +510,43 @@ impl Tx {
     }
 
     /// Run one host statement (markers, outbox): no savepoint, since a
-    /// failure there fails the whole event's transaction anyway.
+    /// failure there fails the whole event's transaction anyway. As the
+    /// host's role: a plugin's role still in effect is reset first.
     pub async fn execute_host(&mut self, sql: &str, params: &[Value]) -> Result<u64, DbError> {
+        self.as_host().await?;
         self.execute_with(sql, params, false).await
+    }
+
+    /// Run one host query, with no caps on its result (the host's own
+    /// statements: markers); as [`Tx::execute_host`].
+    pub async fn query_host(&mut self, sql: &str, params: &[Value]) -> Result<Rows, DbError> {
+        self.as_host().await?;
+        let unlimited = Limits {
+            max_rows: usize::MAX,
+            max_result_bytes: usize::MAX,
+            ..Limits::default()
+        };
+        self.query_with(sql, params, &unlimited, false).await
+    }
+
+    /// Back to the host's role if a plugin's is still in effect.
+    async fn as_host(&mut self) -> Result<(), DbError> {
+        if let Tx::Postgres(tx, state) = self {
+            if state.in_plugin {
+                return Err(DbError::Invalid(
+                    "a host statement inside a plugin's call (a switchyard bug); the event runs again"
+                        .to_string(),
+                ));
+            }
+            if state.role.is_some() {
+                sqlx::query("RESET ROLE")
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(map_error)?;
+                state.role = None;
+            }
+        }
+        Ok(())
     }
 
     /// [`Tx::execute`], with the PostgreSQL savepoint optional: without
@@ -598,20 +648,27 @@ impl Tx {
         use sqlx::Executor;
         let (role, timeout_ms) = (access.role, access.timeout_ms);
         match self {
-            Tx::Postgres(tx, current) => {
+            Tx::Postgres(tx, state) => {
                 let mut sql = String::new();
-                if let Some(role) = role {
-                    sql.push_str(&format!("SET LOCAL ROLE \"{}\"; ", role.replace('"', "")));
+                if state.role.as_deref() != role {
+                    match role {
+                        Some(role) => {
+                            sql.push_str(&format!("SET LOCAL ROLE \"{}\"; ", role.replace('"', "")))
+                        }
+                        None => sql.push_str("RESET ROLE; "),
+                    }
                 }
-                if *current != Some(timeout_ms) {
+                if state.timeout_ms != Some(timeout_ms) {
                     sql.push_str(&format!("SET LOCAL statement_timeout = {timeout_ms};"));
                 }
                 if !sql.is_empty() {
                     // Several statements, no parameters: the simple query
                     // protocol, one round trip.
                     (&mut **tx).execute(sql.as_str()).await.map_err(map_error)?;
-                    *current = Some(timeout_ms);
+                    state.timeout_ms = Some(timeout_ms);
+                    state.role = role.map(str::to_string);
                 }
+                state.in_plugin = true;
                 Ok(())
             }
             Tx::Sqlite(SqliteTx {
@@ -637,21 +694,21 @@ impl Tx {
         }
     }
 
-    /// Leave a plugin's call: back to the host's role (PostgreSQL) or an
-    /// unrestricted connection (SQLite) for the host's own statements
-    /// (markers, outbox).
-    pub async fn leave_plugin(&mut self, role: Option<&str>) -> Result<(), DbError> {
+    /// Leave a plugin's call: back to the host's role (PostgreSQL: before
+    /// the host's next own statement, see [`PgState`]) or an unrestricted
+    /// connection (SQLite) for the host's own statements (markers,
+    /// outbox). The next call of the same plugin in this transaction keeps
+    /// its role without a round trip.
+    pub async fn leave_plugin(&mut self, _role: Option<&str>) -> Result<(), DbError> {
         match self {
-            Tx::Postgres(tx, _) if role.is_some() => sqlx::query("RESET ROLE")
-                .execute(&mut **tx)
-                .await
-                .map(|_| ())
-                .map_err(map_error),
+            Tx::Postgres(_, state) => {
+                state.in_plugin = false;
+                Ok(())
+            }
             Tx::Sqlite(tx) => {
                 tx.scope = None;
                 Ok(())
             }
-            Tx::Postgres(..) => Ok(()),
         }
     }
 

@@ -131,6 +131,59 @@ pub async fn mark_processed(tx: &mut Tx, m: Marker<'_>, outcome: &str) -> Result
     Ok(n == 1)
 }
 
+/// Write the markers of a batch (`handled`) in one statement. Returns the
+/// (plugin, dedupe key) pairs written; a pair not returned already had a
+/// marker: a duplicate. A pair twice in `markers` is written once.
+pub async fn mark_many(
+    tx: &mut Tx,
+    markers: &[Marker<'_>],
+) -> Result<std::collections::HashSet<(String, String)>, DbError> {
+    let mut written = std::collections::HashSet::new();
+    if markers.is_empty() {
+        return Ok(written);
+    }
+    let mut sql = String::from(
+        "INSERT INTO switchyard_processed (consumer_group, plugin, dedupe_key, topic, kafka_partition, kafka_offset, outcome, processed_at) VALUES ",
+    );
+    let now = chrono::Utc::now().timestamp_micros();
+    let mut params = Vec::with_capacity(markers.len() * 8);
+    for (i, m) in markers.iter().enumerate() {
+        let b = i * 8;
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!(
+            "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+            b + 1,
+            b + 2,
+            b + 3,
+            b + 4,
+            b + 5,
+            b + 6,
+            b + 7,
+            b + 8
+        ));
+        params.extend([
+            Value::Text(m.group.to_string()),
+            Value::Text(m.plugin.to_string()),
+            Value::Text(m.dedupe_key.to_string()),
+            Value::Text(m.topic.to_string()),
+            Value::Int(i64::from(m.partition)),
+            Value::Int(m.offset),
+            Value::Text("handled".to_string()),
+            Value::Timestamp(now),
+        ]);
+    }
+    sql.push_str(" ON CONFLICT DO NOTHING RETURNING plugin, dedupe_key");
+    let rows = tx.query_host(&sql, &params).await?;
+    for row in rows.rows {
+        if let [Value::Text(plugin), Value::Text(key)] = row.as_slice() {
+            written.insert((plugin.clone(), key.clone()));
+        }
+    }
+    Ok(written)
+}
+
 /// Take the marker of a dead-lettered event for its replay: the marker
 /// under (group, plugin, dedupe key) goes from `dead-lettered` to
 /// `replayed`, in the replay's transaction. Returns `false` when there is
@@ -164,20 +217,41 @@ pub async fn mark_or_claim(tx: &mut Tx, m: Marker<'_>, replay: bool) -> Result<b
     }
 }
 
-/// Write the messages into the outbox, in the event's transaction.
+/// Up to this many messages (five parameters each) go in one statement.
+const ENQUEUE_CHUNK: usize = 100;
+
+/// Write the messages into the outbox, in the event's (or the batch's)
+/// transaction, in order (the relay sends them by id): one statement per
+/// hundred messages.
 pub async fn enqueue(tx: &mut Tx, messages: &[OutMessage]) -> Result<(), DbError> {
-    for m in messages {
-        tx.execute_host(
-            "INSERT INTO switchyard_outbox (topic, msg_key, payload, headers, msg_partition) VALUES ($1, $2, $3, $4, $5)",
-            &[
+    for chunk in messages.chunks(ENQUEUE_CHUNK) {
+        let mut sql = String::from(
+            "INSERT INTO switchyard_outbox (topic, msg_key, payload, headers, msg_partition) VALUES ",
+        );
+        let mut params = Vec::with_capacity(chunk.len() * 5);
+        for (i, m) in chunk.iter().enumerate() {
+            let b = i * 5;
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!(
+                "(${}, ${}, ${}, ${}, ${})",
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4,
+                b + 5
+            ));
+            params.extend([
                 Value::Text(m.topic.clone()),
                 m.key.clone().map_or(Value::Null, Value::Bytes),
                 Value::Bytes(m.payload.clone()),
                 Value::Text(encode_headers(&m.headers)),
-                m.partition.map_or(Value::Null, |p| Value::Int(i64::from(p))),
-            ],
-        )
-        .await?;
+                m.partition
+                    .map_or(Value::Null, |p| Value::Int(i64::from(p))),
+            ]);
+        }
+        tx.execute_host(&sql, &params).await?;
     }
     Ok(())
 }

@@ -283,11 +283,18 @@ impl Lane {
     }
 
     /// Run a batch of consecutive events of this lane's partition in one
-    /// transaction: each event's marker, SQL and outbox rows, for every
+    /// transaction: every event's marker, SQL and outbox rows, for every
     /// plugin, then one commit — PostgreSQL's or SQLite's flush to disk —
     /// for the lot. Returns how many events, from the start, are finished
-    /// (their offsets may be stored); fewer than all only when the lane was
-    /// cancelled.
+    /// (their offsets may be stored): all, or none when the lane was
+    /// cancelled meanwhile.
+    ///
+    /// The round trips are the batch's, not each event's: the markers go
+    /// in one statement first (a marker not written is a duplicate), a
+    /// plugin's role is set when it changes (consecutive calls of one
+    /// plugin keep it), and the messages go to the outbox in one statement
+    /// at the end. A no-op plugin's batch costs about six round trips
+    /// whatever its size.
     ///
     /// The batch is all or nothing. Anything but a plain success — a
     /// retry, a rejection, a trap, a statement that failed in the database,
@@ -295,99 +302,125 @@ impl Lane {
     /// its events one by one on the one-event path, which owns savepoints,
     /// backoff, retry budgets and dead letters. No effect of the abandoned
     /// batch survives (P1 holds per event), and the plugins' statements in
-    /// a batch need no savepoints of their own: a success costs the marker,
-    /// the plugin's own statements and a share of one commit.
+    /// a batch need no savepoints of their own.
     pub async fn process_batch(&mut self, events: &[Event]) -> usize {
         if events.len() == 1 {
             return usize::from(self.process(&events[0]).await == EventEnd::Completed);
         }
         let state = self.ctl.shared.state.load_full();
         let shared = self.ctl.shared.clone();
+        // What runs: each event's plugins, in order.
+        let mut plan: Vec<(&Event, crate::routes::Selected, &PluginSlot)> = Vec::new();
+        for event in events {
+            for sel in state.routes.select(event) {
+                let Some(slot) = state.plugins.get(&sel.plugin) else {
+                    return self.process_each(events, 0).await;
+                };
+                plan.push((event, sel, slot));
+            }
+        }
         let mut tx = match shared.db.begin().await {
             Ok(tx) => tx,
             Err(_) => return self.process_each(events, 0).await,
         };
-        let mut wake_relay = false;
+        // Every new marker in one statement (replays take theirs one by
+        // one below). A marker not written is a duplicate.
+        let markers: Vec<outbox::Marker<'_>> = plan
+            .iter()
+            .filter(|(_, sel, _)| !sel.replay)
+            .map(|(event, sel, _)| {
+                outbox::Marker::of(&shared.group, &sel.plugin, &sel.dedupe_key, event)
+            })
+            .collect();
+        let mut written = match outbox::mark_many(&mut tx, &markers).await {
+            Ok(w) => w,
+            Err(_) => {
+                let _ = tx.rollback().await;
+                return self.process_each(events, 0).await;
+            }
+        };
+        let mut messages = Vec::new();
         // (plugin, outcome, record timestamp), counted once committed.
         let mut counts: Vec<(String, &'static str, Option<i64>)> = Vec::new();
-        for (i, event) in events.iter().enumerate() {
+        for (event, sel, slot) in &plan {
             if self.ctl.cancelled() {
-                // Revoked or stopping: keep what is done, leave the rest.
-                return match tx.commit().await {
-                    Ok(()) => {
-                        self.count_batch(&counts, wake_relay);
-                        i
-                    }
-                    Err(_) => 0,
-                };
+                // Revoked or stopping: the markers of events not handled
+                // yet are in this transaction, so none of it commits; the
+                // partition's next owner handles the batch.
+                let _ = tx.rollback().await;
+                return 0;
             }
-            for sel in state.routes.select(event) {
-                let Some(slot) = state.plugins.get(&sel.plugin) else {
-                    let _ = tx.rollback().await;
-                    return self.process_each(events, 0).await;
-                };
-                let span = event_span(&sel.plugin, event);
+            let span = event_span(&sel.plugin, event);
+            let fresh = if sel.replay {
                 let marker = outbox::Marker::of(&shared.group, &sel.plugin, &sel.dedupe_key, event);
-                match outbox::mark_or_claim(&mut tx, marker, sel.replay).await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        counts.push((sel.plugin.clone(), "duplicate", None));
-                        tracing::info!(parent: &span, dedupe_key = %sel.dedupe_key, "{}", duplicate_line(sel.replay));
-                        continue;
-                    }
+                match outbox::claim_replay(&mut tx, marker).await {
+                    Ok(claimed) => claimed,
                     Err(_) => {
                         let _ = tx.rollback().await;
                         return self.process_each(events, 0).await;
                     }
                 }
-                if shared
-                    .breakers
-                    .admit(&sel.plugin, &slot.plugin.hash, slot.breaker)
-                    != Admission::Run
-                {
-                    // Parking happens on the one-event path.
-                    let _ = tx.rollback().await;
-                    return self.process_each(events, 0).await;
-                }
-                let ctx = Arc::new(EventContext::new(&shared.group, &sel.plugin, event));
-                let options = CallOptions {
-                    record: false,
-                    isolation: slot.isolation,
-                    batch: true,
-                };
-                let worker = worker_for(&mut self.workers, &sel.plugin, slot);
-                let (inv, back) = worker
-                    .handle(ctx, event, tx, options)
-                    .instrument(span.clone())
-                    .await;
-                let success = inv.outcome.commits() && !inv.db_failed && !inv.db_unavailable;
-                if success {
-                    // Anything else is replayed one by one, and counted
-                    // there.
-                    shared.record_call(&sel.plugin, slot, &inv, true);
-                }
-                let Some(back) = back else {
-                    return self.process_each(events, 0).await;
-                };
-                tx = back;
-                if !success || outbox::enqueue(&mut tx, &inv.messages).await.is_err() {
-                    tracing::debug!(parent: &span, outcome = inv.outcome.kind(), "batch rolled back; replaying its events one by one");
-                    let _ = tx.rollback().await;
-                    return self.process_each(events, 0).await;
-                }
-                wake_relay |= !inv.messages.is_empty();
-                match &inv.outcome {
-                    Outcome::Skipped(reason) => {
-                        counts.push((sel.plugin.clone(), "skipped", event.timestamp_ms));
-                        tracing::info!(parent: &span, %reason, "skipped");
-                    }
-                    _ => counts.push((sel.plugin.clone(), "done", event.timestamp_ms)),
-                }
+            } else {
+                // The first of the batch's events with this key runs.
+                written.remove(&(sel.plugin.clone(), sel.dedupe_key.clone()))
+            };
+            if !fresh {
+                counts.push((sel.plugin.clone(), "duplicate", None));
+                tracing::info!(parent: &span, dedupe_key = %sel.dedupe_key, "{}", duplicate_line(sel.replay));
+                continue;
             }
+            if shared
+                .breakers
+                .admit(&sel.plugin, &slot.plugin.hash, slot.breaker)
+                != Admission::Run
+            {
+                // Parking happens on the one-event path.
+                let _ = tx.rollback().await;
+                return self.process_each(events, 0).await;
+            }
+            let ctx = Arc::new(EventContext::new(&shared.group, &sel.plugin, event));
+            let options = CallOptions {
+                record: false,
+                isolation: slot.isolation,
+                batch: true,
+            };
+            let worker = worker_for(&mut self.workers, &sel.plugin, slot);
+            let (inv, back) = worker
+                .handle(ctx, event, tx, options)
+                .instrument(span.clone())
+                .await;
+            let success = inv.outcome.commits() && !inv.db_failed && !inv.db_unavailable;
+            if success {
+                // Anything else is replayed one by one, and counted
+                // there.
+                shared.record_call(&sel.plugin, slot, &inv, true);
+            }
+            let Some(back) = back else {
+                return self.process_each(events, 0).await;
+            };
+            tx = back;
+            if !success {
+                tracing::debug!(parent: &span, outcome = inv.outcome.kind(), "batch rolled back; replaying its events one by one");
+                let _ = tx.rollback().await;
+                return self.process_each(events, 0).await;
+            }
+            messages.extend(inv.messages);
+            match &inv.outcome {
+                Outcome::Skipped(reason) => {
+                    counts.push((sel.plugin.clone(), "skipped", event.timestamp_ms));
+                    tracing::info!(parent: &span, %reason, "skipped");
+                }
+                _ => counts.push((sel.plugin.clone(), "done", event.timestamp_ms)),
+            }
+        }
+        // The batch's messages, in order, then one commit.
+        if outbox::enqueue(&mut tx, &messages).await.is_err() {
+            let _ = tx.rollback().await;
+            return self.process_each(events, 0).await;
         }
         match tx.commit().await {
             Ok(()) => {
-                self.count_batch(&counts, wake_relay);
+                self.count_batch(&counts, !messages.is_empty());
                 events.len()
             }
             Err(e) => {
