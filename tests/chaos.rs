@@ -340,7 +340,18 @@ async fn no_event_is_lost_or_doubled_under_faults() {
         scalar(&db, markers).await == mode.events as i64
     })
     .await;
-    let logs = || format!("a:\n{}\nb:\n{}", a.log_text(), b.log_text());
+    // The last lines of each router's log, for failure messages.
+    let tail = |text: String| {
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    };
+    let logs = || {
+        format!(
+            "router a, last lines:\n{}\nrouter b, last lines:\n{}",
+            tail(a.log_text()),
+            tail(b.log_text())
+        )
+    };
     assert!(
         settled,
         "{} of {} events marked after 300 s\n{}",
@@ -372,17 +383,32 @@ async fn no_event_is_lost_or_doubled_under_faults() {
     let stray: Vec<&String> = effects.keys().filter(|id| !good.contains(*id)).collect();
     let counter = scalar(&db, "SELECT n FROM chaos_counter WHERE id = 1").await;
 
+    // The outbox drains: every committed message reaches the broker.
+    let drained = eventually(Duration::from_secs(180), || async {
+        scalar(&db, "SELECT count(*) FROM switchyard_outbox").await == 0
+    })
+    .await;
+    assert!(
+        drained,
+        "{} messages still in the outbox after 180 s\n{}",
+        scalar(&db, "SELECT count(*) FROM switchyard_outbox").await,
+        logs()
+    );
+
     // Outputs: the good ids, each with one event-id however often sent.
     let outputs = consume_until(
         &broker.addr,
         &["chaos.out"],
         Duration::from_secs(120),
+        // Cheap until there are enough messages: the distinct count parses
+        // every value, and this runs after each one.
         |m| {
-            m.iter()
-                .filter_map(|r| r.json()["id"].as_str().map(str::to_string))
-                .collect::<BTreeSet<_>>()
-                .len()
-                >= good.len()
+            m.len() >= good.len()
+                && m.iter()
+                    .filter_map(|r| r.json()["id"].as_str().map(str::to_string))
+                    .collect::<BTreeSet<_>>()
+                    .len()
+                    >= good.len()
         },
     )
     .await;
@@ -395,15 +421,33 @@ async fn no_event_is_lost_or_doubled_under_faults() {
             .insert(r.header("event-id").unwrap_or_default().to_string());
     }
     let output_ids: BTreeSet<String> = output_event_ids.keys().cloned().collect();
+    // Per partition: what the broker holds, and what was read.
+    let holds = {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let c: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &broker.addr)
+            .create()
+            .unwrap_or_else(|e| panic!("{e}"));
+        (0..PARTITIONS)
+            .map(|p| {
+                let (low, high) = c
+                    .fetch_watermarks("chaos.out", p, Duration::from_secs(10))
+                    .unwrap_or((-1, -1));
+                let read = outputs.iter().filter(|r| r.partition == p).count();
+                format!("chaos.out/{p}: offsets {low}..{high}, read {read}")
+            })
+            .collect::<Vec<_>>()
+    };
     let ambiguous = output_event_ids.values().filter(|e| e.len() != 1).count();
 
     // Dead letters: exactly the poison events.
     let dead = consume_until(&broker.addr, &[DLQ], Duration::from_secs(60), |m| {
-        m.iter()
-            .filter_map(|r| r.json()["id"].as_str().map(str::to_string))
-            .collect::<BTreeSet<_>>()
-            .len()
-            >= poison.len()
+        m.len() >= poison.len()
+            && m.iter()
+                .filter_map(|r| r.json()["id"].as_str().map(str::to_string))
+                .collect::<BTreeSet<_>>()
+                .len()
+                >= poison.len()
     })
     .await;
     let dead_ids: BTreeSet<String> = dead
@@ -439,7 +483,7 @@ async fn no_event_is_lost_or_doubled_under_faults() {
     }
 
     eprintln!(
-        "chaos: {} events ({} poison): lost {}, doubled {}, stray {}, counter {}, outputs {} distinct of {} delivered ({} ids with more than one event-id), dead letters {} distinct of {} delivered; lag {:?}",
+        "chaos: {} events ({} poison): lost {}, doubled {}, stray {}, counter {}, outputs {} distinct of {} delivered ({} ids with more than one event-id; {holds:?}), dead letters {} distinct of {} delivered; lag {:?}",
         mode.events,
         poison.len(),
         lost.len(),
@@ -453,13 +497,46 @@ async fn no_event_is_lost_or_doubled_under_faults() {
         dead.len(),
         lag_lines
     );
-    assert!(lost.is_empty(), "lost effects: {lost:?}");
-    assert!(doubled.is_empty(), "doubled effects: {doubled:?}");
-    assert!(stray.is_empty(), "effects of poison events: {stray:?}");
+    assert!(
+        lost.is_empty(),
+        "{} lost effects (first {:?})",
+        lost.len(),
+        &lost[..lost.len().min(10)]
+    );
+    assert!(
+        doubled.is_empty(),
+        "{} doubled effects (first {:?})",
+        doubled.len(),
+        &doubled[..doubled.len().min(10)]
+    );
+    assert!(
+        stray.is_empty(),
+        "{} effects of poison events (first {:?})",
+        stray.len(),
+        &stray[..stray.len().min(10)]
+    );
     assert_eq!(counter, good.len() as i64, "counter");
-    assert_eq!(output_ids, good, "output ids");
+    let missing: Vec<&String> = good.difference(&output_ids).collect();
+    let extra: Vec<&String> = output_ids.difference(&good).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "output ids: {} missing (first {:?}), {} unexpected (first {:?}); {holds:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)],
+        extra.len(),
+        &extra[..extra.len().min(10)]
+    );
     assert_eq!(ambiguous, 0, "an output id published with two event-ids");
-    assert_eq!(dead_ids, poison, "dead-lettered ids");
+    let dead_missing: Vec<&String> = poison.difference(&dead_ids).collect();
+    let dead_extra: Vec<&String> = dead_ids.difference(&poison).collect();
+    assert!(
+        dead_missing.is_empty() && dead_extra.is_empty(),
+        "dead-lettered ids: {} poison events missing (first {:?}), {} good ones there (first {:?})",
+        dead_missing.len(),
+        &dead_missing[..dead_missing.len().min(10)],
+        dead_extra.len(),
+        &dead_extra[..dead_extra.len().min(10)]
+    );
     assert!(
         dead.iter()
             .all(|r| r.header("switchyard.outcome") == Some("rejected")),

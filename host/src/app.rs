@@ -36,6 +36,9 @@ pub struct RunOptions {
     pub admin: Option<String>,
     /// Called once the router is up (`switchyard dev` prints its banner).
     pub ready: Option<ReadyHook>,
+    /// Consumer settings for keys `[kafka.consumer]` does not set
+    /// (`switchyard dev` on its own Tansu: a short fetch wait).
+    pub consumer_defaults: Vec<(String, String)>,
 }
 
 /// What is running, once the router is up.
@@ -76,6 +79,14 @@ pub fn load_config(options: &RunOptions) -> anyhow::Result<Loaded> {
     }
     if let Some(a) = &options.admin {
         loaded.config.admin.address = Some(a.clone());
+    }
+    for (key, value) in &options.consumer_defaults {
+        loaded
+            .config
+            .kafka
+            .consumer
+            .entry(key.clone())
+            .or_insert_with(|| value.clone());
     }
     Ok(loaded)
 }

@@ -427,6 +427,12 @@ async fn dev_cmd(args: DevArgs) -> anyhow::Result<()> {
         eprintln!("switchyard dev: starting the broker ({})", tansu.display());
         let b = dev::Broker::start(&tansu, args.broker_port).await?;
         options.brokers = Some(b.address.clone());
+        // Tansu 0.6 answers a fetch only when fetch.wait.max.ms runs out,
+        // even with data waiting: 500 ms per event at the default, felt by
+        // whoever is trying a plugin. The config's own value wins.
+        options
+            .consumer_defaults
+            .push(("fetch.wait.max.ms".to_string(), "25".to_string()));
         let note = format!("Tansu, in memory, stopped on exit; log {}", b.log.display());
         broker = Some(b);
         // The broker is new and empty: markers keyed by the old broker's
