@@ -131,6 +131,20 @@ pub async fn mark_processed(tx: &mut Tx, m: Marker<'_>, outcome: &str) -> Result
     Ok(n == 1)
 }
 
+/// `($1, $2), ($3, $4), ...`: `rows` tuples of `columns` numbered
+/// placeholders, for a multi-row `VALUES`.
+fn values_placeholders(rows: usize, columns: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let cells: Vec<String> = (1..=columns)
+                .map(|c| format!("${}", r * columns + c))
+                .collect();
+            format!("({})", cells.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Write the markers of a batch (`handled`) in one statement. Returns the
 /// (plugin, dedupe key) pairs written; a pair not returned already had a
 /// marker: a duplicate. A pair twice in `markers` is written once.
@@ -147,22 +161,8 @@ pub async fn mark_many(
     );
     let now = chrono::Utc::now().timestamp_micros();
     let mut params = Vec::with_capacity(markers.len() * 8);
-    for (i, m) in markers.iter().enumerate() {
-        let b = i * 8;
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        sql.push_str(&format!(
-            "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-            b + 1,
-            b + 2,
-            b + 3,
-            b + 4,
-            b + 5,
-            b + 6,
-            b + 7,
-            b + 8
-        ));
+    sql.push_str(&values_placeholders(markers.len(), 8));
+    for m in markers {
         params.extend([
             Value::Text(m.group.to_string()),
             Value::Text(m.plugin.to_string()),
@@ -229,19 +229,8 @@ pub async fn enqueue(tx: &mut Tx, messages: &[OutMessage]) -> Result<(), DbError
             "INSERT INTO switchyard_outbox (topic, msg_key, payload, headers, msg_partition) VALUES ",
         );
         let mut params = Vec::with_capacity(chunk.len() * 5);
-        for (i, m) in chunk.iter().enumerate() {
-            let b = i * 5;
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&format!(
-                "(${}, ${}, ${}, ${}, ${})",
-                b + 1,
-                b + 2,
-                b + 3,
-                b + 4,
-                b + 5
-            ));
+        sql.push_str(&values_placeholders(chunk.len(), 5));
+        for m in chunk {
             params.extend([
                 Value::Text(m.topic.clone()),
                 m.key.clone().map_or(Value::Null, Value::Bytes),
@@ -575,6 +564,12 @@ pub async fn backlog(db: &Database) -> anyhow::Result<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn placeholders_number_rows_then_columns() {
+        assert_eq!(values_placeholders(2, 3), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(values_placeholders(0, 3), "");
+    }
 
     #[test]
     fn headers_round_trip_exactly() {

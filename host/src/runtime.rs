@@ -556,6 +556,25 @@ pub struct Invocation {
     pub fresh_instance: bool,
 }
 
+impl Invocation {
+    /// An invocation that ran no statement and published nothing.
+    fn empty(outcome: Outcome, fresh_instance: bool, elapsed: Duration) -> Self {
+        Self {
+            outcome,
+            messages: Vec::new(),
+            statements: Vec::new(),
+            statement_count: 0,
+            db_unavailable: false,
+            db_failed: false,
+            logs: Vec::new(),
+            dropped_logs: 0,
+            refused_publishes: Vec::new(),
+            elapsed,
+            fresh_instance,
+        }
+    }
+}
+
 /// How instances are shared between events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -646,18 +665,8 @@ impl PluginWorker {
         options: CallOptions,
     ) -> (Invocation, Option<Tx>) {
         let started = Instant::now();
-        let empty = |outcome: Outcome, fresh_instance: bool| Invocation {
-            outcome,
-            messages: Vec::new(),
-            statements: Vec::new(),
-            statement_count: 0,
-            db_unavailable: false,
-            db_failed: false,
-            logs: Vec::new(),
-            dropped_logs: 0,
-            refused_publishes: Vec::new(),
-            elapsed: started.elapsed(),
-            fresh_instance,
+        let empty = |outcome: Outcome, fresh_instance: bool| {
+            Invocation::empty(outcome, fresh_instance, started.elapsed())
         };
         let size = event.size();
         let max_event_bytes = self.plugin.env.limits.max_event_bytes;
@@ -793,19 +802,7 @@ impl PluginWorker {
         started: Instant,
     ) -> (Invocation, Option<Tx>) {
         let env = self.plugin.env.clone();
-        let mut inv = Invocation {
-            outcome: Outcome::Done,
-            messages: Vec::new(),
-            statements: Vec::new(),
-            statement_count: 0,
-            db_unavailable: false,
-            db_failed: false,
-            logs: Vec::new(),
-            dropped_logs: 0,
-            refused_publishes: Vec::new(),
-            elapsed: Duration::ZERO,
-            fresh_instance: false,
-        };
+        let mut inv = Invocation::empty(Outcome::Done, false, Duration::ZERO);
         let access = crate::database::PluginAccess {
             plugin: &env.name,
             role: env.db_role.as_deref(),
