@@ -179,10 +179,11 @@ pub struct RuntimeConfig {
     /// about 30 000). Memory: up to this many events per assigned
     /// partition. Example: `lane_buffer = 2048`.
     pub lane_buffer: usize,
-    /// Most events of one partition handled in one database transaction
-    /// (each under its own savepoint, so each still commits all-or-nothing
-    /// with its marker and outbox rows). Batches form only from events
-    /// already waiting: a quiet partition is never delayed. 1 disables.
+    /// Most events of one partition handled in one database transaction;
+    /// the batch is all or nothing, and anything but a plain success
+    /// replays its events one by one, each all-or-nothing with its marker
+    /// and outbox rows. Batches form only from events already waiting: a
+    /// quiet partition is never delayed. 1 disables.
     /// Example: `batch_size = 64`.
     pub batch_size: usize,
 }

@@ -300,9 +300,9 @@ pub enum Tx {
 
 /// What a PostgreSQL transaction has set so far: switching roles costs a
 /// round trip, so it happens only when it changes. Leaving a plugin's call
-/// marks the role for reset; the reset is sent before the host's next own
-/// statement ([`Tx::execute_host`], [`Tx::query_host`]). Between the two
-/// no plugin code runs, and the role is `LOCAL` to the transaction.
+/// marks the role and timeout for reset; the reset is sent before the next
+/// statement outside a plugin's call, and before the commit. Between the
+/// two no plugin code runs, and both are `LOCAL` to the transaction.
 #[derive(Debug, Default)]
 pub struct PgState {
     /// `statement_timeout` in effect.
@@ -529,22 +529,37 @@ impl Tx {
         self.query_with(sql, params, &unlimited, false).await
     }
 
-    /// Back to the host's role if a plugin's is still in effect.
+    /// For the host's own statements: refuse inside a plugin's call (a
+    /// bug; an outage-like error, so the event runs again rather than
+    /// spending its attempts), then [`Tx::host_context`].
     async fn as_host(&mut self) -> Result<(), DbError> {
-        if let Tx::Postgres(tx, state) = self {
-            if state.in_plugin {
-                return Err(DbError::Invalid(
-                    "a host statement inside a plugin's call (a switchyard bug); the event runs again"
-                        .to_string(),
-                ));
-            }
-            if state.role.is_some() {
-                sqlx::query("RESET ROLE")
-                    .execute(&mut **tx)
-                    .await
-                    .map_err(map_error)?;
-                state.role = None;
-            }
+        if let Tx::Postgres(_, state) = self
+            && state.in_plugin
+        {
+            return Err(DbError::Unavailable(
+                "a host statement inside a plugin's call (a switchyard bug); the event runs again"
+                    .to_string(),
+            ));
+        }
+        self.host_context().await
+    }
+
+    /// Outside a plugin's call, drop what the last plugin set — its role
+    /// and its `statement_timeout` — before any statement: whoever runs
+    /// it (the router, `switchyard plugin test`) runs it as the host. One
+    /// round trip, only after a plugin's call.
+    async fn host_context(&mut self) -> Result<(), DbError> {
+        use sqlx::Executor;
+        if let Tx::Postgres(tx, state) = self
+            && !state.in_plugin
+            && (state.role.is_some() || state.timeout_ms.is_some())
+        {
+            (&mut **tx)
+                .execute("RESET ROLE; SET LOCAL statement_timeout TO DEFAULT")
+                .await
+                .map_err(map_error)?;
+            state.role = None;
+            state.timeout_ms = None;
         }
         Ok(())
     }
@@ -558,6 +573,7 @@ impl Tx {
         params: &[Value],
         use_savepoint: bool,
     ) -> Result<u64, DbError> {
+        self.host_context().await?;
         match self {
             Tx::Postgres(tx, _) if !use_savepoint => {
                 let q = bind_pg(sqlx::query(sql), params)?;
@@ -600,6 +616,7 @@ impl Tx {
         limits: &Limits,
         use_savepoint: bool,
     ) -> Result<Rows, DbError> {
+        self.host_context().await?;
         match self {
             Tx::Postgres(tx, _) => {
                 if use_savepoint {
@@ -694,8 +711,9 @@ impl Tx {
         }
     }
 
-    /// Leave a plugin's call: back to the host's role (PostgreSQL: before
-    /// the host's next own statement, see [`PgState`]) or an unrestricted
+    /// Leave a plugin's call: back to the host's role and timeout
+    /// (PostgreSQL: before the next statement or the commit, see
+    /// [`PgState`]) or an unrestricted
     /// connection (SQLite) for the host's own statements (markers,
     /// outbox). The next call of the same plugin in this transaction keeps
     /// its role without a round trip.
@@ -720,8 +738,15 @@ impl Tx {
         matches!(self, Tx::Sqlite(t) if t.lost)
     }
 
-    /// Commit the event's work.
-    pub async fn commit(self) -> Result<(), sqlx::Error> {
+    /// Commit the event's work, as the host (deferred triggers must not
+    /// fire as the last plugin's role).
+    pub async fn commit(mut self) -> Result<(), sqlx::Error> {
+        if let Err(e) = self.host_context().await {
+            return Err(sqlx::Error::Protocol(format!(
+                "cannot return to the host's role before commit: {}",
+                crate::capabilities::db::describe_error(&e)
+            )));
+        }
         match self {
             Tx::Postgres(tx, _) => tx.commit().await,
             Tx::Sqlite(SqliteTx { scope, tx, .. }) => {

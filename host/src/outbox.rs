@@ -153,36 +153,49 @@ pub async fn mark_many(
     markers: &[Marker<'_>],
 ) -> Result<std::collections::HashSet<(String, String)>, DbError> {
     let mut written = std::collections::HashSet::new();
-    if markers.is_empty() {
-        return Ok(written);
-    }
-    let mut sql = String::from(
-        "INSERT INTO switchyard_processed (consumer_group, plugin, dedupe_key, topic, kafka_partition, kafka_offset, outcome, processed_at) VALUES ",
-    );
     let now = chrono::Utc::now().timestamp_micros();
-    let mut params = Vec::with_capacity(markers.len() * 8);
-    sql.push_str(&values_placeholders(markers.len(), 8));
-    for m in markers {
-        params.extend([
-            Value::Text(m.group.to_string()),
-            Value::Text(m.plugin.to_string()),
-            Value::Text(m.dedupe_key.to_string()),
-            Value::Text(m.topic.to_string()),
-            Value::Int(i64::from(m.partition)),
-            Value::Int(m.offset),
-            Value::Text("handled".to_string()),
-            Value::Timestamp(now),
-        ]);
-    }
-    sql.push_str(" ON CONFLICT DO NOTHING RETURNING plugin, dedupe_key");
-    let rows = tx.query_host(&sql, &params).await?;
-    for row in rows.rows {
-        if let [Value::Text(plugin), Value::Text(key)] = row.as_slice() {
-            written.insert((plugin.clone(), key.clone()));
+    // Eight parameters a marker: 256 markers stay far below PostgreSQL's
+    // 65 535 and SQLite's 32 766 parameters, whatever batch_size says.
+    for chunk in markers.chunks(MARK_CHUNK) {
+        let mut sql = String::from(
+            "INSERT INTO switchyard_processed (consumer_group, plugin, dedupe_key, topic, kafka_partition, kafka_offset, outcome, processed_at) VALUES ",
+        );
+        let mut params = Vec::with_capacity(chunk.len() * 8);
+        sql.push_str(&values_placeholders(chunk.len(), 8));
+        for m in chunk {
+            params.extend([
+                Value::Text(m.group.to_string()),
+                Value::Text(m.plugin.to_string()),
+                Value::Text(m.dedupe_key.to_string()),
+                Value::Text(m.topic.to_string()),
+                Value::Int(i64::from(m.partition)),
+                Value::Int(m.offset),
+                Value::Text("handled".to_string()),
+                Value::Timestamp(now),
+            ]);
+        }
+        sql.push_str(" ON CONFLICT DO NOTHING RETURNING plugin, dedupe_key");
+        let rows = tx.query_host(&sql, &params).await?;
+        for row in rows.rows {
+            match row.as_slice() {
+                [Value::Text(plugin), Value::Text(key)] => {
+                    written.insert((plugin.clone(), key.clone()));
+                }
+                // Never read a marker as absent: that event would count
+                // as a duplicate and be lost.
+                other => {
+                    return Err(DbError::Invalid(format!(
+                        "unexpected row from the marker insert: {other:?}"
+                    )));
+                }
+            }
         }
     }
     Ok(written)
 }
+
+/// Markers written by one statement.
+const MARK_CHUNK: usize = 256;
 
 /// Take the marker of a dead-lettered event for its replay: the marker
 /// under (group, plugin, dedupe key) goes from `dead-lettered` to

@@ -145,6 +145,13 @@ fn event_span(plugin: &str, event: &Event) -> tracing::Span {
     )
 }
 
+/// A batch that failed for a reason of its own (not a plugin's outcome,
+/// which the one-event path reports): say why, since every batch of the
+/// partition may hit it and fall back to one transaction per event.
+fn batch_fallback(what: &str, error: &str) {
+    tracing::warn!(%error, "{what}; handling the batch's events one by one");
+}
+
 /// The log line for an event skipped because its marker says so.
 fn duplicate_line(replay: bool) -> &'static str {
     if replay {
@@ -316,12 +323,22 @@ impl Lane {
                 let Some(slot) = state.plugins.get(&sel.plugin) else {
                     return self.process_each(events, 0).await;
                 };
+                // A circuit that is not closed parks or tries one event:
+                // that is the one-event path's business, and asking the
+                // breaker here would spend its trial.
+                let (circuit, _) = shared.breakers.state(&sel.plugin, &slot.plugin.hash);
+                if !matches!(circuit, crate::breaker::State::Closed { .. }) {
+                    return self.process_each(events, 0).await;
+                }
                 plan.push((event, sel, slot));
             }
         }
         let mut tx = match shared.db.begin().await {
             Ok(tx) => tx,
-            Err(_) => return self.process_each(events, 0).await,
+            Err(e) => {
+                batch_fallback("cannot begin the batch's transaction", &e.to_string());
+                return self.process_each(events, 0).await;
+            }
         };
         // Every new marker in one statement (replays take theirs one by
         // one below). A marker not written is a duplicate.
@@ -334,8 +351,12 @@ impl Lane {
             .collect();
         let mut written = match outbox::mark_many(&mut tx, &markers).await {
             Ok(w) => w,
-            Err(_) => {
+            Err(e) => {
                 let _ = tx.rollback().await;
+                batch_fallback(
+                    "cannot write the batch's markers",
+                    &crate::capabilities::db::describe_error(&e),
+                );
                 return self.process_each(events, 0).await;
             }
         };
@@ -355,8 +376,12 @@ impl Lane {
                 let marker = outbox::Marker::of(&shared.group, &sel.plugin, &sel.dedupe_key, event);
                 match outbox::claim_replay(&mut tx, marker).await {
                     Ok(claimed) => claimed,
-                    Err(_) => {
+                    Err(e) => {
                         let _ = tx.rollback().await;
+                        batch_fallback(
+                            "cannot claim a replay's marker",
+                            &crate::capabilities::db::describe_error(&e),
+                        );
                         return self.process_each(events, 0).await;
                     }
                 }
@@ -369,12 +394,11 @@ impl Lane {
                 tracing::info!(parent: &span, dedupe_key = %sel.dedupe_key, "{}", duplicate_line(sel.replay));
                 continue;
             }
-            if shared
-                .breakers
-                .admit(&sel.plugin, &slot.plugin.hash, slot.breaker)
-                != Admission::Run
-            {
-                // Parking happens on the one-event path.
+            // The circuit may have opened meanwhile (another lane): parking
+            // and trials happen on the one-event path. Checked without
+            // asking for admission, which would spend a half-open trial.
+            let (circuit, _) = shared.breakers.state(&sel.plugin, &slot.plugin.hash);
+            if !matches!(circuit, crate::breaker::State::Closed { .. }) {
                 let _ = tx.rollback().await;
                 return self.process_each(events, 0).await;
             }
@@ -396,6 +420,7 @@ impl Lane {
                 shared.record_call(&sel.plugin, slot, &inv, true);
             }
             let Some(back) = back else {
+                tracing::error!(parent: &span, "the host lost the batch's transaction (a bug); handling its events one by one");
                 return self.process_each(events, 0).await;
             };
             tx = back;
@@ -414,8 +439,12 @@ impl Lane {
             }
         }
         // The batch's messages, in order, then one commit.
-        if outbox::enqueue(&mut tx, &messages).await.is_err() {
+        if let Err(e) = outbox::enqueue(&mut tx, &messages).await {
             let _ = tx.rollback().await;
+            batch_fallback(
+                "cannot queue the batch's messages",
+                &crate::capabilities::db::describe_error(&e),
+            );
             return self.process_each(events, 0).await;
         }
         match tx.commit().await {
