@@ -199,6 +199,24 @@ fn check_validates_the_shipped_config_and_points_at_mistakes() {
         text(&out.stderr)
     );
 
+    // A benchmark's native handler in a real config: refused, since the
+    // plugin's events would be marked handled without its effects.
+    std::fs::write(
+        &bad,
+        shipped.replace(
+            "file = \"role_mapping.wasm\"",
+            "file = \"role_mapping.wasm\"\nnative = \"bench-noop\"",
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let out = switchyard(&["check", "--config", &bad.to_string_lossy()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("plugin role-mapping: `native`") && stderr.contains("bad.toml:"),
+        "{stderr}"
+    );
+
     // The other plugins as built, stats-increment cut short (a build
     // still being written).
     for plugin in ["role-mapping", "profile-creation", "welcome-notification"] {

@@ -164,6 +164,7 @@ async fn start_router(config: &Path, log_path: &Path, filter: &str) -> anyhow::R
         Command::new(&bin)
             .args(["run", "--config", &config.to_string_lossy()])
             .env("SWITCHYARD_LOG", filter)
+            .env(switchyard::config::NATIVE_ENV, "1")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(log_path)?)

@@ -243,6 +243,10 @@ pub struct PluginConfig {
     pub native: Option<crate::native::Native>,
 }
 
+/// The environment variable that allows `native` in a config
+/// (`scripts/bench` sets it for the routers it starts).
+pub const NATIVE_ENV: &str = "SWITCHYARD_BENCH_NATIVE";
+
 /// `[[routes]]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -353,6 +357,22 @@ impl Loaded {
         })?;
         // Semantic checks, pointing at the offending value.
         let find = |needle: &str| text.find(needle).unwrap_or(0);
+        // A native handler replaces the plugin's own work while its events
+        // are marked handled: only the benchmark may ask for one.
+        if let Some((name, _)) = config
+            .plugins
+            .plugins
+            .iter()
+            .find(|(_, p)| p.native.is_some())
+            && std::env::var(NATIVE_ENV).as_deref() != Ok("1")
+        {
+            return Err(err_at(
+                find("native"),
+                format!(
+                    "plugin {name}: `native` hands its events to a benchmark handler instead of the plugin (their effects would be lost); it is for scripts/bench only, which sets {NATIVE_ENV}=1"
+                ),
+            ));
+        }
         if config.kafka.brokers.trim().is_empty() {
             return Err(err_at(
                 find("brokers"),

@@ -194,7 +194,9 @@ impl Broker {
             .spawn()
             .with_context(|| format!("starting Tansu ({})", tansu.display()))?;
         if let Some(pid) = child.id() {
-            let _ = std::fs::write(PID_FILE, pid.to_string());
+            // `dev`'s own pid too: a broker whose `dev` still runs is
+            // another session's, not a leftover.
+            let _ = std::fs::write(PID_FILE, format!("{} {pid}", std::process::id()));
         }
         let mut broker = Self {
             child,
@@ -245,10 +247,19 @@ async fn stop_stale_broker() {
     let Ok(text) = std::fs::read_to_string(PID_FILE) else {
         return;
     };
-    let _ = std::fs::remove_file(PID_FILE);
-    let Ok(pid) = text.trim().parse::<u32>() else {
+    let mut fields = text.split_whitespace();
+    let (Some(Ok(owner)), Some(Ok(pid))) = (
+        fields.next().map(str::parse::<u32>),
+        fields.next().map(str::parse::<u32>),
+    ) else {
+        let _ = std::fs::remove_file(PID_FILE);
         return;
     };
+    if Path::new(&format!("/proc/{owner}")).exists() {
+        // Another `dev` is running here with its broker: leave both.
+        return;
+    }
+    let _ = std::fs::remove_file(PID_FILE);
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     let cmdline = String::from_utf8_lossy(&cmdline);
     if !(cmdline.contains("tansu") && cmdline.contains("memory://tansu/")) {

@@ -207,12 +207,16 @@ const MARK_CHUNK: usize = 256;
 pub async fn claim_replay(tx: &mut Tx, m: Marker<'_>) -> Result<bool, DbError> {
     let n = tx
         .execute_host(
-            "UPDATE switchyard_processed SET outcome = 'replayed', processed_at = $4 WHERE consumer_group = $1 AND plugin = $2 AND dedupe_key = $3 AND outcome = 'dead-lettered'",
+            // Only a record on the dead letter's own topic and partition
+            // (where `dlq replay` sends it) can take its marker.
+            "UPDATE switchyard_processed SET outcome = 'replayed', processed_at = $4 WHERE consumer_group = $1 AND plugin = $2 AND dedupe_key = $3 AND outcome = 'dead-lettered' AND topic = $5 AND kafka_partition = $6",
             &[
                 Value::Text(m.group.to_string()),
                 Value::Text(m.plugin.to_string()),
                 Value::Text(m.dedupe_key.to_string()),
                 Value::Timestamp(chrono::Utc::now().timestamp_micros()),
+                Value::Text(m.topic.to_string()),
+                Value::Int(i64::from(m.partition)),
             ],
         )
         .await?;

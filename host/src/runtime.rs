@@ -818,7 +818,11 @@ impl PluginWorker {
                     Err(e) => Err(e),
                 }
             }
-            Err(e) => Err(e),
+            Err(e) => {
+                // As on the wasm path: not entering is an outage.
+                inv.db_unavailable = true;
+                Err(e)
+            }
         };
         inv.outcome = match result {
             Ok(outcome) if tx.lost() && outcome.commits() => Outcome::Retry(
@@ -828,7 +832,7 @@ impl PluginWorker {
             Ok(outcome) => outcome,
             Err(e) => {
                 inv.db_failed = true;
-                inv.db_unavailable = matches!(
+                inv.db_unavailable |= matches!(
                     e,
                     crate::bindings::switchyard::plugin::db::Error::Unavailable(_)
                 );
