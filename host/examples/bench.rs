@@ -726,7 +726,7 @@ async fn start_handwritten(
     let python = std::env::var_os("SWITCHYARD_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join(".switchyard/venv/bin/python"));
-    let out = dir_file(log, "stdout");
+    let out = log.with_file_name("stdout");
     let child = Command::new(&python)
         .arg(root().join("tests/clients/handwritten_consumer.py"))
         .args([
@@ -763,10 +763,6 @@ async fn start_handwritten(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(child)
-}
-
-fn dir_file(beside: &Path, name: &str) -> PathBuf {
-    beside.with_file_name(name)
 }
 
 /// A bare consumer in its own thread: reads `events` records and notes

@@ -148,11 +148,8 @@ pub fn explain(loaded: &Loaded, text: &str, event: &Event) -> Explanation {
             "reached": plugin_reports,
         }));
     }
-    let replay = match (
-        event.header_str(crate::dlq::REPLAY_PLUGIN),
-        event.header_str(crate::dlq::REPLAY_KEY),
-    ) {
-        (Some(plugin), Some(key)) => {
+    let replay = match crate::routes::replay_of(event) {
+        Some((plugin, key)) => {
             reached.retain(|(p, _)| p == plugin);
             for r in &mut reached {
                 r.1 = key.to_string();
@@ -163,7 +160,7 @@ pub fn explain(loaded: &Loaded, text: &str, event: &Event) -> Explanation {
             ));
             json!({"plugin": plugin, "dedupe_key": key})
         }
-        _ => Json::Null,
+        None => Json::Null,
     };
     out.push('\n');
     if reached.is_empty() {

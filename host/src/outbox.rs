@@ -131,6 +131,15 @@ pub async fn mark_processed(tx: &mut Tx, m: Marker<'_>, outcome: &str) -> Result
     Ok(n == 1)
 }
 
+/// `INSERT INTO <table_columns> VALUES ($1, ...), ...` for `rows` rows of
+/// `columns` parameters.
+fn multi_row_insert(table_columns: &str, rows: usize, columns: usize) -> String {
+    format!(
+        "INSERT INTO {table_columns} VALUES {}",
+        values_placeholders(rows, columns)
+    )
+}
+
 /// `($1, $2), ($3, $4), ...`: `rows` tuples of `columns` numbered
 /// placeholders, for a multi-row `VALUES`.
 fn values_placeholders(rows: usize, columns: usize) -> String {
@@ -157,11 +166,12 @@ pub async fn mark_many(
     // Eight parameters a marker: 256 markers stay far below PostgreSQL's
     // 65 535 and SQLite's 32 766 parameters, whatever batch_size says.
     for chunk in markers.chunks(MARK_CHUNK) {
-        let mut sql = String::from(
-            "INSERT INTO switchyard_processed (consumer_group, plugin, dedupe_key, topic, kafka_partition, kafka_offset, outcome, processed_at) VALUES ",
+        let mut sql = multi_row_insert(
+            "switchyard_processed (consumer_group, plugin, dedupe_key, topic, kafka_partition, kafka_offset, outcome, processed_at)",
+            chunk.len(),
+            8,
         );
         let mut params = Vec::with_capacity(chunk.len() * 8);
-        sql.push_str(&values_placeholders(chunk.len(), 8));
         for m in chunk {
             params.extend([
                 Value::Text(m.group.to_string()),
@@ -242,11 +252,12 @@ const ENQUEUE_CHUNK: usize = 100;
 /// hundred messages.
 pub async fn enqueue(tx: &mut Tx, messages: &[OutMessage]) -> Result<(), DbError> {
     for chunk in messages.chunks(ENQUEUE_CHUNK) {
-        let mut sql = String::from(
-            "INSERT INTO switchyard_outbox (topic, msg_key, payload, headers, msg_partition) VALUES ",
+        let sql = multi_row_insert(
+            "switchyard_outbox (topic, msg_key, payload, headers, msg_partition)",
+            chunk.len(),
+            5,
         );
         let mut params = Vec::with_capacity(chunk.len() * 5);
-        sql.push_str(&values_placeholders(chunk.len(), 5));
         for m in chunk {
             params.extend([
                 Value::Text(m.topic.clone()),

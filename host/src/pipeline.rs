@@ -145,6 +145,13 @@ fn event_span(plugin: &str, event: &Event) -> tracing::Span {
     )
 }
 
+/// Whether `plugin`'s circuit is closed, asked without admission (which
+/// would spend a half-open trial).
+fn circuit_closed(shared: &Shared, plugin: &str, slot: &PluginSlot) -> bool {
+    let (circuit, _) = shared.breakers.state(plugin, &slot.plugin.hash);
+    matches!(circuit, crate::breaker::State::Closed { .. })
+}
+
 /// A batch that failed for a reason of its own (not a plugin's outcome,
 /// which the one-event path reports): say why, since every batch of the
 /// partition may hit it and fall back to one transaction per event.
@@ -326,8 +333,7 @@ impl Lane {
                 // A circuit that is not closed parks or tries one event:
                 // that is the one-event path's business, and asking the
                 // breaker here would spend its trial.
-                let (circuit, _) = shared.breakers.state(&sel.plugin, &slot.plugin.hash);
-                if !matches!(circuit, crate::breaker::State::Closed { .. }) {
+                if !circuit_closed(&shared, &sel.plugin, slot) {
                     return self.process_each(events, 0).await;
                 }
                 plan.push((event, sel, slot));
@@ -397,8 +403,7 @@ impl Lane {
             // The circuit may have opened meanwhile (another lane): parking
             // and trials happen on the one-event path. Checked without
             // asking for admission, which would spend a half-open trial.
-            let (circuit, _) = shared.breakers.state(&sel.plugin, &slot.plugin.hash);
-            if !matches!(circuit, crate::breaker::State::Closed { .. }) {
+            if !circuit_closed(&shared, &sel.plugin, slot) {
                 let _ = tx.rollback().await;
                 return self.process_each(events, 0).await;
             }

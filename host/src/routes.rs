@@ -81,6 +81,15 @@ pub struct Selected {
     pub replay: bool,
 }
 
+/// The plugin and dedupe key a replay from the dead-letter topic is for:
+/// both replay headers, or it is no replay.
+pub fn replay_of(event: &Event) -> Option<(&str, &str)> {
+    Some((
+        event.header_str(crate::dlq::REPLAY_PLUGIN)?,
+        event.header_str(crate::dlq::REPLAY_KEY)?,
+    ))
+}
+
 /// The dedupe key of an event id: the id itself when short, else its
 /// SHA-256 (an id of any length must fit the marker's primary key).
 pub fn dedupe_key_of_id(id: &str) -> String {
@@ -199,10 +208,7 @@ impl RouteTable {
         // headers alone prove nothing (any producer can write them): the
         // lane honours them only where that key's marker says
         // `dead-lettered`.
-        if let (Some(only), Some(key)) = (
-            event.header_str(crate::dlq::REPLAY_PLUGIN),
-            event.header_str(crate::dlq::REPLAY_KEY),
-        ) {
+        if let Some((only, key)) = replay_of(event) {
             out.retain(|s| s.plugin == only);
             for s in &mut out {
                 s.dedupe_key = key.to_string();
