@@ -108,6 +108,8 @@ pub async fn load_plugins(
             .load_file(&path, env)
             .await
             .with_context(|| format!("plugin {name} (in {})", loaded.path.display()))?;
+        check_identity(&plugin)
+            .with_context(|| format!("plugin {name} (in {})", loaded.path.display()))?;
         tracing::info!(
             plugin = %name,
             version = %plugin.info.version,
@@ -130,31 +132,52 @@ pub async fn load_plugins(
 }
 
 /// Make the database ready for a loaded plugin version: apply its new
-/// migrations and, on PostgreSQL, its role and table grants; returns the
-/// version with its role set, ready to serve.
+/// migrations (as the plugin's own role on PostgreSQL) and return the
+/// version with its database identity set, ready to serve.
+///
+/// The identity is the operator's config key (`env.name`), never the
+/// name the plugin gives itself in `describe()`; a plugin that says it is
+/// someone else is refused (see [`check_identity`]).
 pub async fn prepare_plugin(
     db: &Database,
     runtime: &Runtime,
     plugin: &Arc<crate::runtime::LoadedPlugin>,
 ) -> anyhow::Result<Arc<crate::runtime::LoadedPlugin>> {
-    let info = &plugin.info;
-    let applied = db.migrate(&info.name, &info.migrations).await?;
+    check_identity(plugin)?;
+    let name = &plugin.env.name;
+    let applied = db.migrate(name, &plugin.info.migrations).await?;
     if !applied.is_empty() {
-        tracing::info!(plugin = %info.name, migrations = ?applied, "migrations applied");
+        tracing::info!(plugin = %name, migrations = ?applied, "migrations applied");
     }
     with_database_role(db, runtime, plugin).await
 }
 
-/// The plugin's role and table grants (PostgreSQL), and the version with
-/// its role set; for a plugin whose migrations are applied already.
+/// Refuse a plugin whose `describe()` names another plugin than the
+/// config key it is loaded under: identities (database role, tables,
+/// markers) follow the config key, and a plugin must not be able to
+/// claim another's by saying so.
+pub fn check_identity(plugin: &crate::runtime::LoadedPlugin) -> anyhow::Result<()> {
+    let configured = &*plugin.env.name;
+    let described = plugin.info.name.as_str();
+    if configured != described {
+        anyhow::bail!(
+            "{} says it is plugin `{described}` (its describe()), but the config loads it as [plugins.{configured}]: a plugin runs under the identity of its config key, so they must match — rename the config key to [plugins.{described}] or point it at the right file",
+            plugin.source
+        );
+    }
+    Ok(())
+}
+
+/// The plugin's database role and tables, read from the catalog, and the
+/// version with them set; for a plugin whose migrations are applied.
 pub async fn with_database_role(
     db: &Database,
     runtime: &Runtime,
     plugin: &Arc<crate::runtime::LoadedPlugin>,
 ) -> anyhow::Result<Arc<crate::runtime::LoadedPlugin>> {
-    let info = &plugin.info;
-    let role = db.grant_plugin(&info.name, &info.migrations).await?;
-    let tables: Arc<[String]> = db.plugin_tables(&info.migrations).into();
+    let (role, tables) = db
+        .plugin_identity(&plugin.env.name, &plugin.info.migrations)
+        .await?;
     if role == plugin.env.db_role && tables == plugin.env.db_tables {
         return Ok(plugin.clone());
     }

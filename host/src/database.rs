@@ -10,6 +10,8 @@ use crate::bindings::switchyard::plugin::db::{
     ConstraintKind, ConstraintViolation, Error as DbError, Rows, Value,
 };
 use crate::limits::Limits;
+use crate::pg_identity::PgDb;
+pub use crate::pg_identity::plugin_role;
 use futures_util::TryStreamExt;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow, PgTypeInfo};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
@@ -79,6 +81,19 @@ pub enum SetupError {
         /// Checksum of the SQL now shipped.
         now: String,
     },
+    /// A migration the host refuses to run.
+    #[error("migration {id} of plugin {plugin} is refused: {reason}")]
+    Refused {
+        /// Plugin name.
+        plugin: String,
+        /// Migration id.
+        id: String,
+        /// Why.
+        reason: String,
+    },
+    /// The plugin's database identity could not be set up.
+    #[error(transparent)]
+    Identity(#[from] crate::pg_identity::ProvisionError),
     /// Any other database failure during setup.
     #[error("database setup failed: {0}")]
     Other(#[from] sqlx::Error),
@@ -87,8 +102,9 @@ pub enum SetupError {
 /// A connection pool on the service database.
 #[derive(Debug, Clone)]
 pub enum Database {
-    /// PostgreSQL pool.
-    Postgres(sqlx::PgPool),
+    /// PostgreSQL: the host's pool, and each plugin's identity and pool
+    /// (see [`crate::pg_identity`]).
+    Postgres(Arc<PgDb>),
     /// SQLite pool, and the names of the tables in its schema (which the
     /// plugin sandbox needs to tell a table from a common table
     /// expression).
@@ -134,10 +150,14 @@ impl Database {
                 let pool = PgPoolOptions::new()
                     .max_connections(max_connections.max(1))
                     .acquire_timeout(Duration::from_secs(10))
-                    .connect_with(options)
+                    .connect_with(options.clone())
                     .await
                     .map_err(connect_err)?;
-                Ok(Database::Postgres(pool))
+                Ok(Database::Postgres(Arc::new(PgDb::new(
+                    pool,
+                    options,
+                    max_connections,
+                ))))
             }
             Backend::Sqlite => {
                 let memory = url.contains(":memory:") || url.contains("mode=memory");
@@ -199,7 +219,7 @@ impl Database {
     /// Start a transaction for one event.
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
         Ok(match self {
-            Database::Postgres(pool) => Tx::Postgres(pool.begin().await?, PgState::default()),
+            Database::Postgres(pg) => Tx::Postgres(PgTx::new(pg.clone())),
             Database::Sqlite(pool, schema) => Tx::Sqlite(SqliteTx {
                 scope: None,
                 tx: pool.begin().await?,
@@ -217,8 +237,8 @@ impl Database {
     pub async fn run_script(&self, sql: &str) -> Result<(), sqlx::Error> {
         use sqlx::Executor;
         match self {
-            Database::Postgres(pool) => {
-                let mut tx = setup_tx(pool).await?;
+            Database::Postgres(pg) => {
+                let mut tx = pg.setup_tx().await?;
                 tx.execute(sql).await?;
                 tx.commit().await
             }
@@ -229,11 +249,58 @@ impl Database {
         }
     }
 
-    /// Whether the database answers a trivial query.
+    /// Whether the database takes a write: `/health` asks this, so a
+    /// database that answers reads but refuses writes (read-only after a
+    /// failover, a full disk) is not reported healthy. One upsert of this
+    /// process's heartbeat row in `switchyard_heartbeat`.
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        let sql = "INSERT INTO switchyard_heartbeat (instance, beat_at) VALUES ($1, $2) \
+                   ON CONFLICT (instance) DO UPDATE SET beat_at = excluded.beat_at";
+        let instance = instance_id();
+        let now = chrono::Utc::now().to_rfc3339();
         match self {
-            Database::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()),
-            Database::Sqlite(pool, _) => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()),
+            Database::Postgres(pg) => {
+                use sqlx::Executor;
+                let mut tx = pg.host.begin().await?;
+                tx.execute(
+                    format!(
+                        "SET LOCAL lock_timeout = {}",
+                        crate::pg_identity::EVENT_LOCK_TIMEOUT_MS
+                    )
+                    .as_str(),
+                )
+                .await?;
+                sqlx::query(sql)
+                    .bind(instance)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await
+            }
+            Database::Sqlite(pool, _) => sqlx::query(sql)
+                .bind(instance)
+                .bind(now)
+                .execute(pool)
+                .await
+                .map(|_| ()),
+        }
+    }
+
+    /// The first column of a query's rows as text (SQLite's host
+    /// bookkeeping; empty on PostgreSQL).
+    pub async fn sqlite_strings(&self, sql: &str) -> Result<Vec<String>, sqlx::Error> {
+        match self {
+            Database::Sqlite(pool, _) => sqlx::query_scalar(sql).fetch_all(pool).await,
+            Database::Postgres(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// The PostgreSQL side (host pool, plugin identities), if that is the
+    /// backend.
+    pub fn postgres(&self) -> Option<&Arc<PgDb>> {
+        match self {
+            Database::Postgres(pg) => Some(pg),
+            Database::Sqlite(..) => None,
         }
     }
 
@@ -256,25 +323,22 @@ impl Database {
     /// Close the pool, waiting for connections to be returned.
     pub async fn close(&self) {
         match self {
-            Database::Postgres(pool) => pool.close().await,
+            Database::Postgres(pg) => pg.close().await,
             Database::Sqlite(pool, _) => pool.close().await,
         }
     }
 }
 
-/// A transaction holding switchyard's setup lock (PostgreSQL): several
-/// routers starting together run their `CREATE TABLE IF NOT EXISTS`,
-/// roles and grants one after the other, not into each other (PostgreSQL
-/// can fail both with a unique violation on its catalogs).
-async fn setup_tx(
-    pool: &sqlx::PgPool,
-) -> Result<sqlx::Transaction<'static, Postgres>, sqlx::Error> {
-    use sqlx::Executor;
-    let mut tx = pool.begin().await?;
-    // The key: the first eight bytes of "switchyard" as a number.
-    tx.execute("SELECT pg_advisory_xact_lock(8319683387291953522)")
-        .await?;
-    Ok(tx)
+/// This process's name in `switchyard_heartbeat`: host name and pid.
+fn instance_id() -> String {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "host".to_string());
+        format!("{host}:{}", std::process::id())
+    })
+    .clone()
 }
 
 /// Which backend a URL names.
@@ -291,26 +355,177 @@ pub fn backend_of(url: &str) -> Result<Backend, SetupError> {
 /// One event's transaction.
 #[derive(Debug)]
 pub enum Tx {
-    /// On PostgreSQL, with the role and `statement_timeout` set in it so
-    /// far.
-    Postgres(sqlx::Transaction<'static, Postgres>, PgState),
+    /// On PostgreSQL: one transaction per plugin session it touched, and
+    /// the host's own (see [`PgTx`]).
+    Postgres(PgTx),
     /// On SQLite.
     Sqlite(SqliteTx),
 }
 
-/// What a PostgreSQL transaction has set so far: switching roles costs a
-/// round trip, so it happens only when it changes. Leaving a plugin's call
-/// marks the role and timeout for reset; the reset is sent before the next
-/// statement outside a plugin's call, and before the commit. Between the
-/// two no plugin code runs, and both are `LOCAL` to the transaction.
-#[derive(Debug, Default)]
-pub struct PgState {
-    /// `statement_timeout` in effect.
-    timeout_ms: Option<u64>,
-    /// The plugin role in effect (`None`: the host's own).
-    role: Option<String>,
-    /// Inside a plugin's call.
+/// The statement that opens a plugin session's transaction. Before the
+/// `BEGIN`, in the same round trip, whatever an earlier event could have
+/// left on the pooled session is dropped — settings, advisory locks,
+/// cursors, `LISTEN`s, temporary tables — so no connection serves an event
+/// dirty, whatever got past the SQL gate.
+const PLUGIN_BEGIN: &str = "RESET ALL; SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; DISCARD TEMP; BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE";
+
+/// An event's work on PostgreSQL.
+///
+/// Each plugin's statements run in a session logged in as the plugin's
+/// own role ([`crate::pg_identity`]), so the transaction is one per
+/// plugin: the plugin's SQL, its processed-markers and its outbox rows
+/// (written through the guarded host functions, in the plugin's session)
+/// commit together, which is P1. A batch that reaches several plugins
+/// holds one such transaction per plugin; they commit one after the
+/// other, and if one fails the markers of those committed make their
+/// events duplicates on the retry. Statements of the host that concern no
+/// plugin run in the host's own transaction.
+#[derive(Debug)]
+pub struct PgTx {
+    db: Arc<PgDb>,
+    host: Option<sqlx::Transaction<'static, Postgres>>,
+    sessions: Vec<PgSession>,
+    /// The session of the plugin whose call is in progress, or was last.
+    current: Option<usize>,
     in_plugin: bool,
+    /// A statement outlived the host's deadline and was cancelled: the
+    /// session's state is unknown, its work must not commit.
+    lost: bool,
+}
+
+/// One plugin's transaction in a [`PgTx`].
+#[derive(Debug)]
+struct PgSession {
+    plugin: Arc<str>,
+    role: String,
+    tx: sqlx::Transaction<'static, Postgres>,
+    timeout_ms: u64,
+}
+
+impl PgTx {
+    fn new(db: Arc<PgDb>) -> Self {
+        Self {
+            db,
+            host: None,
+            sessions: Vec::new(),
+            current: None,
+            in_plugin: false,
+            lost: false,
+        }
+    }
+
+    /// The index of `plugin`'s session, begun now if needed with
+    /// `timeout_ms` as its `statement_timeout`.
+    async fn session(&mut self, plugin: &str, timeout_ms: u64) -> Result<usize, DbError> {
+        if let Some(i) = self.sessions.iter().position(|s| &*s.plugin == plugin) {
+            return Ok(i);
+        }
+        let Some(identity) = self.db.plugin(plugin) else {
+            return Err(DbError::Unavailable(format!(
+                "plugin {plugin} has no database identity yet (its role is set up when it is loaded); the event runs again"
+            )));
+        };
+        let mut tx = identity
+            .pool
+            .begin_with(PLUGIN_BEGIN)
+            .await
+            .map_err(map_error)?;
+        {
+            use sqlx::Executor;
+            (&mut *tx)
+                .execute(format!("SET LOCAL statement_timeout = {timeout_ms}").as_str())
+                .await
+                .map_err(map_error)?;
+        }
+        self.sessions.push(PgSession {
+            plugin: identity.plugin.clone(),
+            role: identity.role.clone(),
+            tx,
+            timeout_ms,
+        });
+        Ok(self.sessions.len() - 1)
+    }
+
+    /// The host's own transaction, begun now if needed.
+    async fn host(&mut self) -> Result<&mut sqlx::Transaction<'static, Postgres>, DbError> {
+        if self.host.is_none() {
+            self.host = Some(self.db.host.begin().await.map_err(map_error)?);
+        }
+        self.host
+            .as_mut()
+            .ok_or_else(|| DbError::Unavailable("the host's transaction is gone".to_string()))
+    }
+
+    /// Where a statement of the plugin API goes: the current plugin
+    /// session, or the host's transaction outside any plugin.
+    async fn target(
+        &mut self,
+    ) -> Result<
+        (
+            &mut sqlx::Transaction<'static, Postgres>,
+            Option<(String, u64)>,
+        ),
+        DbError,
+    > {
+        match self.current {
+            Some(i) if self.in_plugin => {
+                let s = &mut self.sessions[i];
+                Ok((&mut s.tx, Some((s.role.clone(), s.timeout_ms))))
+            }
+            Some(i) => Ok((&mut self.sessions[i].tx, None)),
+            None => Ok((self.host().await?, None)),
+        }
+    }
+}
+
+/// A guarded host call's connection: the plugin's session and the secret
+/// the `switchyard_host` functions require as their first argument.
+pub struct HostCall<'a> {
+    /// The plugin's session, inside the event's transaction.
+    pub conn: &'a mut sqlx::PgConnection,
+    /// The host's secret (bind it; never format it into SQL).
+    pub secret: Arc<str>,
+}
+
+/// How long past a statement's `statement_timeout` the host waits before
+/// it cancels the statement itself, and then how long for the cancel.
+const CANCEL_GRACE: Duration = Duration::from_secs(2);
+const CANCEL_WAIT: Duration = Duration::from_secs(5);
+
+/// Run a plugin's statement under the host's deadline: past its
+/// `statement_timeout` plus a grace, the host cancels it on the server
+/// (`pg_cancel_backend`) and waits a little for the session to answer; a
+/// session that still does not is given up (the event's work is lost and
+/// runs again).
+async fn under_deadline<T>(
+    db: &PgDb,
+    deadline: Option<(String, u64)>,
+    lost: &mut bool,
+    fut: impl std::future::Future<Output = Result<T, DbError>>,
+) -> Result<T, DbError> {
+    let Some((role, timeout_ms)) = deadline else {
+        return fut.await;
+    };
+    tokio::pin!(fut);
+    let limit = Duration::from_millis(timeout_ms) + CANCEL_GRACE;
+    if let Ok(result) = tokio::time::timeout(limit, &mut fut).await {
+        return result;
+    }
+    match db.cancel_overdue(&role, timeout_ms).await {
+        Ok(n) => {
+            tracing::warn!(%role, cancelled = n, timeout_ms, "a plugin statement outlived its statement_timeout; cancelled it on the server")
+        }
+        Err(e) => tracing::warn!(%role, error = %e, "cannot cancel an overdue plugin statement"),
+    }
+    match tokio::time::timeout(CANCEL_WAIT, &mut fut).await {
+        Ok(Err(DbError::Limit(m))) => Err(DbError::Limit(m)),
+        Ok(Ok(_)) | Ok(Err(_)) | Err(_) => {
+            *lost = true;
+            Err(DbError::Limit(format!(
+                "statement stopped at the host's deadline ({timeout_ms} ms statement_timeout_ms)"
+            )))
+        }
+    }
 }
 
 /// A SQLite transaction, with the plugin sandbox while one of its calls is
@@ -509,57 +724,75 @@ impl Tx {
         self.execute_with(sql, params, true).await
     }
 
-    /// Run one host statement (markers, outbox): no savepoint, since a
-    /// failure there fails the whole event's transaction anyway. As the
-    /// host's role: a plugin's role still in effect is reset first.
+    /// Run one statement of the host's own, outside any plugin session
+    /// (PostgreSQL: the host's transaction; SQLite: outside the sandbox).
     pub async fn execute_host(&mut self, sql: &str, params: &[Value]) -> Result<u64, DbError> {
-        self.as_host().await?;
-        self.execute_with(sql, params, false).await
+        self.as_host()?;
+        match self {
+            Tx::Postgres(t) => {
+                let tx = t.host().await?;
+                let q = bind_pg(sqlx::query(sql), params)?;
+                q.execute(&mut **tx)
+                    .await
+                    .map(|r| r.rows_affected())
+                    .map_err(map_error)
+            }
+            Tx::Sqlite(tx) => tx.execute(sql, params).await,
+        }
     }
 
-    /// Run one host query, with no caps on its result (the host's own
-    /// statements: markers); as [`Tx::execute_host`].
+    /// Run one host query, with no caps on its result; as
+    /// [`Tx::execute_host`].
     pub async fn query_host(&mut self, sql: &str, params: &[Value]) -> Result<Rows, DbError> {
-        self.as_host().await?;
+        self.as_host()?;
         let unlimited = Limits {
             max_rows: usize::MAX,
             max_result_bytes: usize::MAX,
             ..Limits::default()
         };
-        self.query_with(sql, params, &unlimited, false).await
+        match self {
+            Tx::Postgres(t) => {
+                let tx = t.host().await?;
+                pg_query(tx, sql, params, &unlimited, false).await
+            }
+            Tx::Sqlite(tx) => tx.query(sql, params, &unlimited).await,
+        }
     }
 
-    /// For the host's own statements: refuse inside a plugin's call (a
-    /// bug; an outage-like error, so the event runs again rather than
-    /// spending its attempts), then [`Tx::host_context`].
-    async fn as_host(&mut self) -> Result<(), DbError> {
-        if let Tx::Postgres(_, state) = self
-            && state.in_plugin
+    /// The connection and secret for a guarded host call on behalf of
+    /// `plugin` (markers, outbox rows): the plugin's session in this
+    /// transaction, begun now if needed. `None` on SQLite, where the host
+    /// writes its tables directly ([`Tx::execute_host`]).
+    pub async fn host_call(&mut self, plugin: &str) -> Result<Option<HostCall<'_>>, DbError> {
+        self.as_host()?;
+        let Tx::Postgres(t) = self else {
+            return Ok(None);
+        };
+        let Some(secret) = t.db.secret() else {
+            return Err(DbError::Unavailable(
+                "switchyard's host functions are not set up (a switchyard bug); the event runs again"
+                    .to_string(),
+            ));
+        };
+        let timeout = crate::limits::Limits::default().statement_timeout_ms;
+        let i = t.session(plugin, timeout).await?;
+        Ok(Some(HostCall {
+            conn: &mut t.sessions[i].tx,
+            secret,
+        }))
+    }
+
+    /// Refuse a host statement inside a plugin's call (a bug; an
+    /// outage-like error, so the event runs again rather than spending
+    /// its attempts).
+    fn as_host(&self) -> Result<(), DbError> {
+        if let Tx::Postgres(t) = self
+            && t.in_plugin
         {
             return Err(DbError::Unavailable(
                 "a host statement inside a plugin's call (a switchyard bug); the event runs again"
                     .to_string(),
             ));
-        }
-        self.host_context().await
-    }
-
-    /// Outside a plugin's call, drop what the last plugin set — its role
-    /// and its `statement_timeout` — before any statement: whoever runs
-    /// it (the router, `switchyard plugin test`) runs it as the host. One
-    /// round trip, only after a plugin's call.
-    async fn host_context(&mut self) -> Result<(), DbError> {
-        use sqlx::Executor;
-        if let Tx::Postgres(tx, state) = self
-            && !state.in_plugin
-            && (state.role.is_some() || state.timeout_ms.is_some())
-        {
-            (&mut **tx)
-                .execute("RESET ROLE; SET LOCAL statement_timeout TO DEFAULT")
-                .await
-                .map_err(map_error)?;
-            state.role = None;
-            state.timeout_ms = None;
         }
         Ok(())
     }
@@ -573,24 +806,27 @@ impl Tx {
         params: &[Value],
         use_savepoint: bool,
     ) -> Result<u64, DbError> {
-        self.host_context().await?;
         match self {
-            Tx::Postgres(tx, _) if !use_savepoint => {
-                let q = bind_pg(sqlx::query(sql), params)?;
-                q.execute(&mut **tx)
-                    .await
-                    .map(|r| r.rows_affected())
-                    .map_err(map_error)
-            }
-            Tx::Postgres(tx, _) => {
-                savepoint(tx).await?;
-                let q = bind_pg(sqlx::query(sql), params);
-                let result = match q {
-                    Ok(q) => q.execute(&mut **tx).await.map_err(map_error),
-                    Err(e) => Err(e),
+            Tx::Postgres(t) => {
+                let db = t.db.clone();
+                let mut lost = t.lost;
+                let (tx, deadline) = t.target().await?;
+                let work = async {
+                    if use_savepoint {
+                        savepoint(tx).await?;
+                    }
+                    let result = match bind_pg(sqlx::query(sql), params) {
+                        Ok(q) => q.execute(&mut **tx).await.map_err(map_error),
+                        Err(e) => Err(e),
+                    };
+                    if use_savepoint {
+                        finish_savepoint(tx, result.is_ok()).await?;
+                    }
+                    result.map(|r| r.rows_affected())
                 };
-                finish_savepoint(tx, result.is_ok()).await?;
-                result.map(|r| r.rows_affected())
+                let result = under_deadline(&db, deadline, &mut lost, work).await;
+                t.lost = lost;
+                result
             }
             Tx::Sqlite(tx) => tx.execute(sql, params).await,
         }
@@ -616,76 +852,65 @@ impl Tx {
         limits: &Limits,
         use_savepoint: bool,
     ) -> Result<Rows, DbError> {
-        self.host_context().await?;
         match self {
-            Tx::Postgres(tx, _) => {
-                if use_savepoint {
-                    savepoint(tx).await?;
-                }
-                let result = match bind_pg(sqlx::query(sql), params) {
-                    Ok(q) => {
-                        let mut stream = q.fetch(&mut **tx);
-                        let mut collector = Collector::new(limits);
-                        loop {
-                            match stream.try_next().await {
-                                Ok(Some(row)) => {
-                                    if let Err(e) = collector.push_pg(&row) {
-                                        break Err(e);
-                                    }
-                                }
-                                Ok(None) => break Ok(collector.finish()),
-                                Err(e) => break Err(map_error(e)),
-                            }
-                        }
-                    }
-                    Err(e) => Err(e),
-                };
-                if use_savepoint {
-                    finish_savepoint(tx, result.is_ok()).await?;
-                }
+            Tx::Postgres(t) => {
+                let db = t.db.clone();
+                let mut lost = t.lost;
+                let (tx, deadline) = t.target().await?;
+                let work = pg_query(tx, sql, params, limits, use_savepoint);
+                let result = under_deadline(&db, deadline, &mut lost, work).await;
+                t.lost = lost;
                 result
             }
             Tx::Sqlite(tx) => tx.query(sql, params, limits).await,
         }
     }
 
+    /// Run `sql` in `plugin`'s own session of this transaction (opened now
+    /// if needed), outside its call: what the plugin itself would see,
+    /// including its uncommitted work (`switchyard plugin test`'s
+    /// snapshots). On SQLite, the one connection.
+    pub async fn query_as_plugin(
+        &mut self,
+        plugin: &str,
+        sql: &str,
+        limits: &Limits,
+    ) -> Result<Rows, DbError> {
+        match self {
+            Tx::Postgres(t) => {
+                let timeout = crate::limits::Limits::default().statement_timeout_ms;
+                let i = t.session(plugin, timeout).await?;
+                pg_query(&mut t.sessions[i].tx, sql, &[], limits, true).await
+            }
+            Tx::Sqlite(tx) => tx.query(sql, &[], limits).await,
+        }
+    }
+
     /// Enter a plugin's call.
     ///
-    /// On PostgreSQL: switch to the plugin's own database role, if it has
-    /// one, so that the database enforces its table grants, and set
-    /// `statement_timeout` to `timeout_ms` so that the server cancels a
-    /// statement that runs longer. Both are `LOCAL` to this transaction; a
-    /// plugin cannot undo them (`SET`, `RESET` and `set_config` are refused
-    /// by the SQL gate, and its role is not a member of the host's). One
-    /// round trip, skipped when nothing changes.
+    /// On PostgreSQL: its statements go to its own session (logged in as
+    /// its role), begun with `timeout_ms` as `statement_timeout`, which the
+    /// plugin cannot change (the SQL gate refuses `SET` and `set_config`,
+    /// and the host cancels a statement that outlives it anyway).
     ///
     /// On SQLite, which has no roles: restrict the connection to `tables`
     /// and each statement to `timeout_ms` (see [`crate::sqlite_sandbox`]).
     pub async fn enter_plugin(&mut self, access: &PluginAccess<'_>) -> Result<(), DbError> {
-        use sqlx::Executor;
-        let (role, timeout_ms) = (access.role, access.timeout_ms);
+        let timeout_ms = access.timeout_ms;
         match self {
-            Tx::Postgres(tx, state) => {
-                let mut sql = String::new();
-                if state.role.as_deref() != role {
-                    match role {
-                        Some(role) => {
-                            sql.push_str(&format!("SET LOCAL ROLE \"{}\"; ", role.replace('"', "")))
-                        }
-                        None => sql.push_str("RESET ROLE; "),
-                    }
+            Tx::Postgres(t) => {
+                let i = t.session(access.plugin, timeout_ms).await?;
+                let s = &mut t.sessions[i];
+                if s.timeout_ms != timeout_ms {
+                    use sqlx::Executor;
+                    (&mut *s.tx)
+                        .execute(format!("SET LOCAL statement_timeout = {timeout_ms}").as_str())
+                        .await
+                        .map_err(map_error)?;
+                    s.timeout_ms = timeout_ms;
                 }
-                if state.timeout_ms != Some(timeout_ms) {
-                    sql.push_str(&format!("SET LOCAL statement_timeout = {timeout_ms};"));
-                }
-                if !sql.is_empty() {
-                    // Several statements, no parameters: the simple query
-                    // protocol, one round trip.
-                    (&mut **tx).execute(sql.as_str()).await.map_err(map_error)?;
-                    state.timeout_ms = Some(timeout_ms);
-                    state.role = role.map(str::to_string);
-                }
-                state.in_plugin = true;
+                t.current = Some(i);
+                t.in_plugin = true;
                 Ok(())
             }
             Tx::Sqlite(SqliteTx {
@@ -711,16 +936,13 @@ impl Tx {
         }
     }
 
-    /// Leave a plugin's call: back to the host's role and timeout
-    /// (PostgreSQL: before the next statement or the commit, see
-    /// [`PgState`]) or an unrestricted
-    /// connection (SQLite) for the host's own statements (markers,
-    /// outbox). The next call of the same plugin in this transaction keeps
-    /// its role without a round trip.
+    /// Leave a plugin's call: the host's statements that follow (markers,
+    /// outbox) go through guarded calls (PostgreSQL) or run outside the
+    /// sandbox (SQLite).
     pub async fn leave_plugin(&mut self, _role: Option<&str>) -> Result<(), DbError> {
         match self {
-            Tx::Postgres(_, state) => {
-                state.in_plugin = false;
+            Tx::Postgres(t) => {
+                t.in_plugin = false;
                 Ok(())
             }
             Tx::Sqlite(tx) => {
@@ -730,25 +952,36 @@ impl Tx {
         }
     }
 
-    /// Whether the database rolled the transaction back on its own during
-    /// a plugin's call (SQLite does when a write is interrupted at its
-    /// statement timeout): the event's work so far is gone and the event
-    /// must run again; committing would lose its marker.
+    /// Whether the event's work so far is gone and must not commit: SQLite
+    /// rolled the transaction back on its own (a write interrupted at its
+    /// statement timeout), or a PostgreSQL statement had to be cancelled
+    /// at the host's deadline.
     pub fn lost(&self) -> bool {
-        matches!(self, Tx::Sqlite(t) if t.lost)
+        match self {
+            Tx::Sqlite(t) => t.lost,
+            Tx::Postgres(t) => t.lost,
+        }
     }
 
-    /// Commit the event's work, as the host (deferred triggers must not
-    /// fire as the last plugin's role).
-    pub async fn commit(mut self) -> Result<(), sqlx::Error> {
-        if let Err(e) = self.host_context().await {
-            return Err(sqlx::Error::Protocol(format!(
-                "cannot return to the host's role before commit: {}",
-                crate::capabilities::db::describe_error(&e)
-            )));
-        }
+    /// Commit the event's work: every plugin session's transaction, then
+    /// the host's.
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
         match self {
-            Tx::Postgres(tx, _) => tx.commit().await,
+            Tx::Postgres(t) => {
+                if t.lost {
+                    return Err(sqlx::Error::Protocol(
+                        "a statement was cancelled at the host's deadline; the event's work is not committed"
+                            .to_string(),
+                    ));
+                }
+                for s in t.sessions {
+                    s.tx.commit().await?;
+                }
+                if let Some(host) = t.host {
+                    host.commit().await?;
+                }
+                Ok(())
+            }
             Tx::Sqlite(SqliteTx { scope, tx, .. }) => {
                 drop(scope);
                 tx.commit().await
@@ -759,7 +992,22 @@ impl Tx {
     /// Roll the event's work back.
     pub async fn rollback(self) -> Result<(), sqlx::Error> {
         match self {
-            Tx::Postgres(tx, _) => tx.rollback().await,
+            Tx::Postgres(t) => {
+                let mut first = Ok(());
+                for s in t.sessions {
+                    let r = s.tx.rollback().await;
+                    if first.is_ok() {
+                        first = r;
+                    }
+                }
+                if let Some(host) = t.host {
+                    let r = host.rollback().await;
+                    if first.is_ok() {
+                        first = r;
+                    }
+                }
+                first
+            }
             Tx::Sqlite(SqliteTx { scope, tx, .. }) => {
                 drop(scope);
                 tx.rollback().await
@@ -768,6 +1016,40 @@ impl Tx {
     }
 }
 
+/// A PostgreSQL query on `tx`, rows collected under `limits`.
+async fn pg_query(
+    tx: &mut sqlx::Transaction<'static, Postgres>,
+    sql: &str,
+    params: &[Value],
+    limits: &Limits,
+    use_savepoint: bool,
+) -> Result<Rows, DbError> {
+    if use_savepoint {
+        savepoint(tx).await?;
+    }
+    let result = match bind_pg(sqlx::query(sql), params) {
+        Ok(q) => {
+            let mut stream = q.fetch(&mut **tx);
+            let mut collector = Collector::new(limits);
+            loop {
+                match stream.try_next().await {
+                    Ok(Some(row)) => {
+                        if let Err(e) = collector.push_pg(&row) {
+                            break Err(e);
+                        }
+                    }
+                    Ok(None) => break Ok(collector.finish()),
+                    Err(e) => break Err(map_error(e)),
+                }
+            }
+        }
+        Err(e) => Err(e),
+    };
+    if use_savepoint {
+        finish_savepoint(tx, result.is_ok()).await?;
+    }
+    result
+}
 /// A plugin's identity and grants, as [`Tx::enter_plugin`] applies them.
 #[derive(Debug, Clone, Copy)]
 pub struct PluginAccess<'a> {
@@ -1111,23 +1393,6 @@ fn classify_sqlstate(code: &str, message: String) -> DbError {
     }
 }
 
-/// The PostgreSQL role a plugin's SQL runs as: `switchyard_plugin_<name>`.
-pub fn plugin_role(plugin: &str) -> String {
-    let name: String = plugin
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let mut role = format!("switchyard_plugin_{name}");
-    role.truncate(63);
-    role
-}
-
 /// The tables a migration script creates (`CREATE TABLE [IF NOT EXISTS]
 /// name`), lowercased, without schema.
 pub fn tables_created(script: &str) -> Vec<String> {
@@ -1172,83 +1437,72 @@ impl Database {
     /// Apply the plugin's migrations that have not been applied yet, in
     /// order, each in its own transaction, and record them in
     /// `switchyard_migrations`. Returns the ids applied now.
+    ///
+    /// On PostgreSQL each migration runs in a session logged in as the
+    /// plugin's own role (which is set up first), so what it creates is
+    /// the plugin's, and it can do nothing the plugin could not; the record
+    /// commits in the same transaction through a guarded host function.
+    /// On SQLite the tables a migration created are read from the schema
+    /// before and after it and recorded as the plugin's.
     pub async fn migrate(
         &self,
         plugin: &str,
         migrations: &[MigrationSql],
     ) -> Result<Vec<String>, SetupError> {
-        self.run_script(
-            "CREATE TABLE IF NOT EXISTS switchyard_migrations (
-                plugin TEXT NOT NULL,
-                id TEXT NOT NULL,
-                checksum TEXT NOT NULL,
-                applied_at TEXT NOT NULL,
-                PRIMARY KEY (plugin, id)
-            )",
-        )
-        .await?;
         let mut applied_now = Vec::new();
-        for m in migrations {
-            let script = match self.backend() {
-                Backend::Postgres => &m.postgres,
-                Backend::Sqlite => &m.sqlite,
-            };
-            let checksum = crate::runtime::short_hash(script.as_bytes());
-            let recorded = self.migration_checksum(plugin, &m.id).await?;
-            match recorded {
-                Some(applied) if applied == checksum => continue,
-                Some(applied) => {
-                    return Err(SetupError::MigrationChanged {
-                        plugin: plugin.to_string(),
-                        id: m.id.clone(),
-                        applied,
-                        now: checksum,
-                    });
+        if let Database::Postgres(pg) = self {
+            let identity = pg.provision(plugin).await.map_err(SetupError::Identity)?;
+            for m in migrations {
+                let checksum = crate::runtime::short_hash(m.postgres.as_bytes());
+                if self.already_applied(plugin, m, &checksum).await? {
+                    continue;
                 }
-                None => {}
+                if self.migrate_as_plugin(pg, &identity, m, &checksum).await? {
+                    applied_now.push(m.id.clone());
+                }
+            }
+            return Ok(applied_now);
+        }
+        let Database::Sqlite(pool, _) = self else {
+            return Ok(applied_now);
+        };
+        for m in migrations {
+            let checksum = crate::runtime::short_hash(m.sqlite.as_bytes());
+            if self.already_applied(plugin, m, &checksum).await? {
+                continue;
             }
             let failed = |source| SetupError::Migration {
                 plugin: plugin.to_string(),
                 id: m.id.clone(),
                 source,
             };
-            let now = chrono::Utc::now().to_rfc3339();
-            match self {
-                Database::Postgres(pool) => {
-                    use sqlx::Executor;
-                    let mut tx = pool.begin().await.map_err(failed)?;
-                    // Two routers starting together must not both migrate.
-                    tx.execute("LOCK TABLE switchyard_migrations IN EXCLUSIVE MODE")
-                        .await
-                        .map_err(failed)?;
-                    let again: Option<String> = sqlx::query_scalar(
-                        "SELECT checksum FROM switchyard_migrations WHERE plugin = $1 AND id = $2",
-                    )
-                    .bind(plugin)
-                    .bind(&m.id)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(failed)?;
-                    if again.is_none() {
-                        tx.execute(script.as_str()).await.map_err(failed)?;
-                        sqlx::query("INSERT INTO switchyard_migrations (plugin, id, checksum, applied_at) VALUES ($1, $2, $3, $4)")
-                            .bind(plugin).bind(&m.id).bind(&checksum).bind(&now)
-                            .execute(&mut *tx).await.map_err(failed)?;
-                        applied_now.push(m.id.clone());
-                    }
-                    tx.commit().await.map_err(failed)?;
+            use sqlx::Executor;
+            let mut tx = pool.begin().await.map_err(failed)?;
+            let before = sqlite_tables(&mut tx).await.map_err(failed)?;
+            tx.execute(m.sqlite.as_str()).await.map_err(failed)?;
+            let after = sqlite_tables(&mut tx).await.map_err(failed)?;
+            for table in after.iter().filter(|t| !before.contains(t)) {
+                if table.starts_with("switchyard_") {
+                    return Err(SetupError::Refused {
+                        plugin: plugin.to_string(),
+                        id: m.id.clone(),
+                        reason: format!("it creates {table}: switchyard_* names are the host's"),
+                    });
                 }
-                Database::Sqlite(pool, _) => {
-                    use sqlx::Executor;
-                    let mut tx = pool.begin().await.map_err(failed)?;
-                    tx.execute(script.as_str()).await.map_err(failed)?;
-                    sqlx::query("INSERT INTO switchyard_migrations (plugin, id, checksum, applied_at) VALUES ($1, $2, $3, $4)")
-                        .bind(plugin).bind(&m.id).bind(&checksum).bind(&now)
-                        .execute(&mut *tx).await.map_err(failed)?;
-                    tx.commit().await.map_err(failed)?;
-                    applied_now.push(m.id.clone());
-                }
+                sqlx::query(
+                    "INSERT INTO switchyard_plugin_tables (plugin, table_name) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                )
+                .bind(plugin)
+                .bind(table)
+                .execute(&mut *tx)
+                .await
+                .map_err(failed)?;
             }
+            sqlx::query("INSERT INTO switchyard_migrations (plugin, id, checksum, applied_at, runs_as_plugin) VALUES ($1, $2, $3, $4, 1)")
+                .bind(plugin).bind(&m.id).bind(&checksum).bind(chrono::Utc::now().to_rfc3339())
+                .execute(&mut *tx).await.map_err(failed)?;
+            tx.commit().await.map_err(failed)?;
+            applied_now.push(m.id.clone());
         }
         if !applied_now.is_empty() {
             self.refresh_schema().await?;
@@ -1256,91 +1510,222 @@ impl Database {
         Ok(applied_now)
     }
 
-    /// On PostgreSQL, make sure the plugin's role exists and holds
-    /// `SELECT, INSERT, UPDATE, DELETE` on exactly the tables its
-    /// migrations create (and their sequences), and nothing else; return
-    /// the role. The host's user needs `CREATEROLE` (or to be a superuser)
-    /// and becomes a member of the role so that it can `SET ROLE` to it.
-    /// SQLite has no roles: `None`.
-    pub async fn grant_plugin(
+    /// Whether `m` is applied already with this checksum; an error if it
+    /// was applied with another.
+    async fn already_applied(
+        &self,
+        plugin: &str,
+        m: &MigrationSql,
+        checksum: &str,
+    ) -> Result<bool, SetupError> {
+        match self.migration_checksum(plugin, &m.id).await? {
+            Some(applied) if applied == checksum => Ok(true),
+            Some(applied) => Err(SetupError::MigrationChanged {
+                plugin: plugin.to_string(),
+                id: m.id.clone(),
+                applied,
+                now: checksum.to_string(),
+            }),
+            None => Ok(false),
+        }
+    }
+
+    /// One PostgreSQL migration in the plugin's own session. The plugin's
+    /// role may create objects in the service schema only while its
+    /// migration runs. Returns `false` if another router applied it
+    /// meanwhile.
+    async fn migrate_as_plugin(
+        &self,
+        pg: &PgDb,
+        identity: &crate::pg_identity::PluginDb,
+        m: &MigrationSql,
+        checksum: &str,
+    ) -> Result<bool, SetupError> {
+        use sqlx::Executor;
+        let failed = |source| SetupError::Migration {
+            plugin: identity.plugin.to_string(),
+            id: m.id.clone(),
+            source,
+        };
+        let role = crate::pg_identity::quote_ident(&identity.role);
+        let schema = crate::pg_identity::quote_ident(&pg.app_schema());
+        let grant = format!("GRANT CREATE ON SCHEMA {schema} TO {role}");
+        let revoke = format!("REVOKE CREATE ON SCHEMA {schema} FROM {role}");
+        pg.host.execute(grant.as_str()).await.map_err(failed)?;
+        let result = async {
+            let secret = pg.secret().ok_or_else(|| {
+                sqlx::Error::Protocol("switchyard's host functions are not set up".to_string())
+            })?;
+            let mut tx = identity.pool.begin_with(PLUGIN_BEGIN).await?;
+            tx.execute("SET LOCAL statement_timeout = 300000").await?;
+            let recorded: Option<String> = sqlx::query_scalar(&format!(
+                "SELECT {}.migration_begin($1, $2, $3)",
+                crate::pg_identity::HOST_SCHEMA
+            ))
+            .bind(&*secret)
+            .bind(&*identity.plugin)
+            .bind(&m.id)
+            .fetch_one(&mut *tx)
+            .await?;
+            if recorded.is_some() {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            tx.execute(m.postgres.as_str()).await?;
+            sqlx::query(&format!(
+                "SELECT {}.migration_done($1, $2, $3, $4)",
+                crate::pg_identity::HOST_SCHEMA
+            ))
+            .bind(&*secret)
+            .bind(&*identity.plugin)
+            .bind(&m.id)
+            .bind(checksum)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(true)
+        }
+        .await;
+        let revoked = pg.host.execute(revoke.as_str()).await;
+        let applied = result.map_err(failed)?;
+        revoked.map_err(failed)?;
+        Ok(applied)
+    }
+
+    /// The plugin's database identity once its migrations are applied:
+    /// its role (PostgreSQL) and the tables it may use, read from the
+    /// catalog — what its role owns (PostgreSQL), what its migrations
+    /// created (SQLite). Tables of an earlier layout, which the host
+    /// created for the plugin, are handed over once (see
+    /// [`Database::adopt_tables`]).
+    pub async fn plugin_identity(
         &self,
         plugin: &str,
         migrations: &[MigrationSql],
-    ) -> Result<Option<String>, SetupError> {
-        let Database::Postgres(pool) = self else {
-            return Ok(None);
-        };
-        let role = plugin_role(plugin);
-        let failed = |source| SetupError::Migration {
-            plugin: plugin.to_string(),
-            id: format!("grants for role {role}"),
-            source,
-        };
-        use sqlx::Executor;
-        // One transaction under the setup lock: routers starting together
-        // would otherwise race on the role and on concurrent GRANTs
-        // ("tuple concurrently updated").
-        let mut tx = setup_tx(pool).await.map_err(failed)?;
-        let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_roles WHERE rolname = $1")
-            .bind(&role)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(failed)?;
-        if exists.is_none() {
-            tx.execute(format!("CREATE ROLE \"{role}\" NOLOGIN").as_str())
-                .await
-                .map_err(failed)?;
+    ) -> Result<(Option<String>, Arc<[String]>), SetupError> {
+        self.adopt_tables(plugin, migrations).await?;
+        match self {
+            Database::Postgres(pg) => {
+                let identity = pg.provision(plugin).await.map_err(SetupError::Identity)?;
+                let tables = pg.owned_tables(&identity.role).await?;
+                Ok((Some(identity.role), tables.into()))
+            }
+            Database::Sqlite(pool, _) => {
+                let tables: Vec<String> = sqlx::query_scalar(
+                    "SELECT lower(table_name) FROM switchyard_plugin_tables WHERE plugin = $1 ORDER BY 1",
+                )
+                .bind(plugin)
+                .fetch_all(pool)
+                .await?;
+                Ok((None, tables.into()))
+            }
         }
-        tx.execute(
-            format!(
-                "GRANT \"{role}\" TO CURRENT_USER; GRANT USAGE ON SCHEMA public TO \"{role}\";"
-            )
-            .as_str(),
-        )
-        .await
-        .map_err(failed)?;
-        let tables = self.plugin_tables(migrations);
-        for t in &tables {
-            tx.execute(
-                format!("GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE \"{t}\" TO \"{role}\"")
-                    .as_str(),
-            )
-            .await
-            .map_err(failed)?;
-        }
-        let sequences: Vec<String> = sqlx::query_scalar(
-            "SELECT s.relname::text FROM pg_class s JOIN pg_depend d ON d.objid = s.oid \
-             JOIN pg_class t ON d.refobjid = t.oid WHERE s.relkind = 'S' AND t.relname = ANY($1)",
-        )
-        .bind(&tables)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(failed)?;
-        for seq in sequences {
-            tx.execute(format!("GRANT USAGE, SELECT ON SEQUENCE \"{seq}\" TO \"{role}\"").as_str())
-                .await
-                .map_err(failed)?;
-        }
-        tx.commit().await.map_err(failed)?;
-        Ok(Some(role))
     }
 
-    /// The tables a plugin's migrations create on this backend: the only
-    /// ones its statements may use.
-    pub fn plugin_tables(&self, migrations: &[MigrationSql]) -> Vec<String> {
-        let mut tables: Vec<String> = Vec::new();
-        for m in migrations {
+    /// Upgrade from the layout before plugin identities, where the host
+    /// ran migrations and kept their tables: for the plugin's migrations
+    /// recorded then (`runs_as_plugin` false), the tables their
+    /// `CREATE TABLE` statements name become the plugin's — on PostgreSQL
+    /// by ownership, only tables the host's user still owns; on SQLite in
+    /// `switchyard_plugin_tables`, only tables no plugin has — and the
+    /// migrations are marked done. This is the one place a migration's
+    /// text decides anything, and only for migrations applied before the
+    /// upgrade: a new plugin's migration cannot claim a table this way.
+    async fn adopt_tables(
+        &self,
+        plugin: &str,
+        migrations: &[MigrationSql],
+    ) -> Result<(), SetupError> {
+        let old: Vec<String> =
+            match self {
+                Database::Postgres(pg) => sqlx::query_scalar(
+                    "SELECT id FROM switchyard_migrations WHERE plugin = $1 AND NOT runs_as_plugin",
+                )
+                .bind(plugin)
+                .fetch_all(&pg.host)
+                .await?,
+                Database::Sqlite(pool, _) => sqlx::query_scalar(
+                    "SELECT id FROM switchyard_migrations WHERE plugin = $1 AND NOT runs_as_plugin",
+                )
+                .bind(plugin)
+                .fetch_all(pool)
+                .await?,
+            };
+        if old.is_empty() {
+            return Ok(());
+        }
+        let mut names: Vec<String> = Vec::new();
+        for m in migrations.iter().filter(|m| old.contains(&m.id)) {
             let script = match self.backend() {
                 Backend::Postgres => &m.postgres,
                 Backend::Sqlite => &m.sqlite,
             };
             for t in tables_created(script) {
-                if !tables.contains(&t) {
-                    tables.push(t);
+                if !t.starts_with("switchyard_") && !names.contains(&t) {
+                    names.push(t);
                 }
             }
         }
-        tables
+        match self {
+            Database::Postgres(pg) => {
+                let identity = pg.provision(plugin).await.map_err(SetupError::Identity)?;
+                use sqlx::Executor;
+                let mut tx = pg.setup_tx().await?;
+                let mine: Vec<String> = sqlx::query_scalar(
+                    "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c
+                       JOIN pg_namespace n ON n.oid = c.relnamespace
+                      WHERE c.relkind IN ('r', 'p') AND n.nspname = $1
+                        AND lower(c.relname) = ANY($2)
+                        AND c.relowner = (SELECT oid FROM pg_roles WHERE rolname = current_user)",
+                )
+                .bind(pg.app_schema())
+                .bind(&names)
+                .fetch_all(&mut *tx)
+                .await?;
+                for table in &mine {
+                    tx.execute(
+                        format!(
+                            "ALTER TABLE {table} OWNER TO {}",
+                            crate::pg_identity::quote_ident(&identity.role)
+                        )
+                        .as_str(),
+                    )
+                    .await?;
+                }
+                sqlx::query("UPDATE switchyard_migrations SET runs_as_plugin = true WHERE plugin = $1 AND id = ANY($2)")
+                    .bind(plugin)
+                    .bind(&old)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                if !mine.is_empty() {
+                    tracing::info!(plugin, role = %identity.role, tables = ?mine, "tables of the earlier layout handed over to the plugin's role");
+                }
+            }
+            Database::Sqlite(pool, _) => {
+                let mut tx = pool.begin().await?;
+                let existing = sqlite_tables(&mut tx).await?;
+                for t in names.iter().filter(|t| existing.contains(t)) {
+                    sqlx::query(
+                        "INSERT INTO switchyard_plugin_tables (plugin, table_name) SELECT $1, $2 \
+                         WHERE NOT EXISTS (SELECT 1 FROM switchyard_plugin_tables WHERE lower(table_name) = $2)",
+                    )
+                    .bind(plugin)
+                    .bind(t)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                for id in &old {
+                    sqlx::query("UPDATE switchyard_migrations SET runs_as_plugin = 1 WHERE plugin = $1 AND id = $2")
+                        .bind(plugin)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+            }
+        }
+        Ok(())
     }
 
     async fn migration_checksum(
@@ -1350,11 +1735,11 @@ impl Database {
     ) -> Result<Option<String>, SetupError> {
         let sql = "SELECT checksum FROM switchyard_migrations WHERE plugin = $1 AND id = $2";
         Ok(match self {
-            Database::Postgres(pool) => {
+            Database::Postgres(pg) => {
                 sqlx::query_scalar(sql)
                     .bind(plugin)
                     .bind(id)
-                    .fetch_optional(pool)
+                    .fetch_optional(&pg.host)
                     .await?
             }
             Database::Sqlite(pool, _) => {
@@ -1366,6 +1751,15 @@ impl Database {
             }
         })
     }
+}
+
+/// The lowercased names of a SQLite schema's tables and views.
+async fn sqlite_tables(conn: &mut sqlx::SqliteConnection) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT lower(name) FROM sqlite_schema WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
+    )
+    .fetch_all(conn)
+    .await
 }
 
 #[cfg(test)]

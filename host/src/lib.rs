@@ -40,6 +40,7 @@ pub mod limits;
 pub mod metrics;
 pub mod native;
 pub mod outbox;
+pub mod pg_identity;
 pub mod pipeline;
 pub mod plugin_test;
 pub mod reload;

@@ -39,6 +39,20 @@ CREATE TABLE IF NOT EXISTS switchyard_outbox (
     headers text NOT NULL,
     msg_partition integer,
     created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS switchyard_migrations (
+    plugin TEXT NOT NULL,
+    id TEXT NOT NULL,
+    checksum TEXT NOT NULL,
+    applied_at TEXT NOT NULL,
+    PRIMARY KEY (plugin, id)
+);
+-- Migrations applied before plugins had identities ran as the host:
+-- false until their tables are handed over (Database::adopt_tables).
+ALTER TABLE switchyard_migrations ADD COLUMN IF NOT EXISTS runs_as_plugin boolean NOT NULL DEFAULT false;
+CREATE TABLE IF NOT EXISTS switchyard_heartbeat (
+    instance text PRIMARY KEY,
+    beat_at text NOT NULL
 );";
 
 const SQLITE_TABLES: &str = "
@@ -61,15 +75,47 @@ CREATE TABLE IF NOT EXISTS switchyard_outbox (
     headers TEXT NOT NULL,
     msg_partition INTEGER,
     created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS switchyard_migrations (
+    plugin TEXT NOT NULL,
+    id TEXT NOT NULL,
+    checksum TEXT NOT NULL,
+    applied_at TEXT NOT NULL,
+    PRIMARY KEY (plugin, id)
+);
+CREATE TABLE IF NOT EXISTS switchyard_plugin_tables (
+    plugin TEXT NOT NULL,
+    table_name TEXT NOT NULL,
+    PRIMARY KEY (table_name)
+);
+CREATE TABLE IF NOT EXISTS switchyard_heartbeat (
+    instance TEXT PRIMARY KEY,
+    beat_at TEXT NOT NULL
 );";
 
-/// Create the router's tables if they are missing.
+/// Create the router's tables if they are missing, bring them up to
+/// date, and on PostgreSQL set up the host schema and its guarded
+/// functions (see [`crate::pg_identity`]).
 pub async fn create_tables(db: &Database) -> Result<(), sqlx::Error> {
     db.run_script(match db.backend() {
         Backend::Postgres => POSTGRES_TABLES,
         Backend::Sqlite => SQLITE_TABLES,
     })
-    .await
+    .await?;
+    match db.postgres() {
+        Some(pg) => pg.setup().await,
+        None => {
+            // SQLite has no ADD COLUMN IF NOT EXISTS.
+            let columns: Vec<String> = db
+                .sqlite_strings("SELECT name FROM pragma_table_info('switchyard_migrations')")
+                .await?;
+            if !columns.iter().any(|c| c == "runs_as_plugin") {
+                db.run_script("ALTER TABLE switchyard_migrations ADD COLUMN runs_as_plugin INTEGER NOT NULL DEFAULT 0")
+                    .await?;
+            }
+            Ok(())
+        }
+    }
 }
 
 /// The processed-marker of one event in one plugin: its primary key is
@@ -113,10 +159,55 @@ impl<'a> Marker<'a> {
 /// `dead-lettered`). Returns `false` when the marker already existed: a
 /// duplicate, to be skipped.
 pub async fn mark_processed(tx: &mut Tx, m: Marker<'_>, outcome: &str) -> Result<bool, DbError> {
-    let n = tx
-        .execute_host(
-            "INSERT INTO switchyard_processed (consumer_group, plugin, dedupe_key, topic, kafka_partition, kafka_offset, outcome, processed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
-            &[
+    let written = mark_plugin(tx, m.plugin, std::slice::from_ref(&m), outcome).await?;
+    Ok(written.contains(m.dedupe_key))
+}
+
+/// Write markers of one plugin with `outcome`; returns the dedupe keys
+/// written (a key not returned had a marker already). On PostgreSQL one
+/// guarded call in the plugin's session, whatever the count.
+async fn mark_plugin(
+    tx: &mut Tx,
+    plugin: &str,
+    markers: &[Marker<'_>],
+    outcome: &str,
+) -> Result<std::collections::HashSet<String>, DbError> {
+    let mut written = std::collections::HashSet::new();
+    let now = chrono::Utc::now();
+    if let Some(call) = tx.host_call(plugin).await? {
+        let group = markers.first().map_or("", |m| m.group);
+        let keys: Vec<&str> = markers.iter().map(|m| m.dedupe_key).collect();
+        let topics: Vec<&str> = markers.iter().map(|m| m.topic).collect();
+        let partitions: Vec<i32> = markers.iter().map(|m| m.partition).collect();
+        let offsets: Vec<i64> = markers.iter().map(|m| m.offset).collect();
+        let rows: Vec<String> =
+            sqlx::query_scalar("SELECT switchyard_host.mark($1, $2, $3, $4, $5, $6, $7, $8, $9)")
+                .bind(&*call.secret)
+                .bind(group)
+                .bind(plugin)
+                .bind(&keys)
+                .bind(&topics)
+                .bind(&partitions)
+                .bind(&offsets)
+                .bind(outcome)
+                .bind(now)
+                .fetch_all(&mut *call.conn)
+                .await
+                .map_err(crate::database::map_error)?;
+        written.extend(rows);
+        return Ok(written);
+    }
+    // Eight parameters a marker: 256 markers stay far below SQLite's
+    // 32 766 parameters, whatever batch_size says.
+    for chunk in markers.chunks(MARK_CHUNK) {
+        let mut sql = multi_row_insert(
+            "switchyard_processed (consumer_group, plugin, dedupe_key, topic, kafka_partition, kafka_offset, outcome, processed_at)",
+            chunk.len(),
+            8,
+        );
+        let mut params = Vec::with_capacity(chunk.len() * 8);
+        for m in chunk {
+            params.extend([
                 Value::Text(m.group.to_string()),
                 Value::Text(m.plugin.to_string()),
                 Value::Text(m.dedupe_key.to_string()),
@@ -124,11 +215,27 @@ pub async fn mark_processed(tx: &mut Tx, m: Marker<'_>, outcome: &str) -> Result
                 Value::Int(i64::from(m.partition)),
                 Value::Int(m.offset),
                 Value::Text(outcome.to_string()),
-                Value::Timestamp(chrono::Utc::now().timestamp_micros()),
-            ],
-        )
-        .await?;
-    Ok(n == 1)
+                Value::Timestamp(now.timestamp_micros()),
+            ]);
+        }
+        sql.push_str(" ON CONFLICT DO NOTHING RETURNING dedupe_key");
+        let rows = tx.query_host(&sql, &params).await?;
+        for row in rows.rows {
+            match row.as_slice() {
+                [Value::Text(key)] => {
+                    written.insert(key.clone());
+                }
+                // Never read a marker as absent: that event would count
+                // as a duplicate and be lost.
+                other => {
+                    return Err(DbError::Invalid(format!(
+                        "unexpected row from the marker insert: {other:?}"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(written)
 }
 
 /// `INSERT INTO <table_columns> VALUES ($1, ...), ...` for `rows` rows of
@@ -154,51 +261,26 @@ fn values_placeholders(rows: usize, columns: usize) -> String {
         .join(", ")
 }
 
-/// Write the markers of a batch (`handled`) in one statement. Returns the
-/// (plugin, dedupe key) pairs written; a pair not returned already had a
-/// marker: a duplicate. A pair twice in `markers` is written once.
+/// Write the markers of a batch (`handled`): one statement per plugin.
+/// Returns the (plugin, dedupe key) pairs written; a pair not returned
+/// already had a marker: a duplicate. A pair twice in `markers` is
+/// written once.
 pub async fn mark_many(
     tx: &mut Tx,
     markers: &[Marker<'_>],
 ) -> Result<std::collections::HashSet<(String, String)>, DbError> {
+    let mut plugins: Vec<&str> = markers.iter().map(|m| m.plugin).collect();
+    plugins.sort_unstable();
+    plugins.dedup();
     let mut written = std::collections::HashSet::new();
-    let now = chrono::Utc::now().timestamp_micros();
-    // Eight parameters a marker: 256 markers stay far below PostgreSQL's
-    // 65 535 and SQLite's 32 766 parameters, whatever batch_size says.
-    for chunk in markers.chunks(MARK_CHUNK) {
-        let mut sql = multi_row_insert(
-            "switchyard_processed (consumer_group, plugin, dedupe_key, topic, kafka_partition, kafka_offset, outcome, processed_at)",
-            chunk.len(),
-            8,
-        );
-        let mut params = Vec::with_capacity(chunk.len() * 8);
-        for m in chunk {
-            params.extend([
-                Value::Text(m.group.to_string()),
-                Value::Text(m.plugin.to_string()),
-                Value::Text(m.dedupe_key.to_string()),
-                Value::Text(m.topic.to_string()),
-                Value::Int(i64::from(m.partition)),
-                Value::Int(m.offset),
-                Value::Text("handled".to_string()),
-                Value::Timestamp(now),
-            ]);
-        }
-        sql.push_str(" ON CONFLICT DO NOTHING RETURNING plugin, dedupe_key");
-        let rows = tx.query_host(&sql, &params).await?;
-        for row in rows.rows {
-            match row.as_slice() {
-                [Value::Text(plugin), Value::Text(key)] => {
-                    written.insert((plugin.clone(), key.clone()));
-                }
-                // Never read a marker as absent: that event would count
-                // as a duplicate and be lost.
-                other => {
-                    return Err(DbError::Invalid(format!(
-                        "unexpected row from the marker insert: {other:?}"
-                    )));
-                }
-            }
+    for plugin in plugins {
+        let mine: Vec<Marker<'_>> = markers
+            .iter()
+            .filter(|m| m.plugin == plugin)
+            .copied()
+            .collect();
+        for key in mark_plugin(tx, plugin, &mine, "handled").await? {
+            written.insert((plugin.to_string(), key));
         }
     }
     Ok(written)
@@ -215,6 +297,22 @@ const MARK_CHUNK: usize = 256;
 /// must not run. If the transaction rolls back, the marker stays
 /// `dead-lettered` and the dead letter can be replayed again.
 pub async fn claim_replay(tx: &mut Tx, m: Marker<'_>) -> Result<bool, DbError> {
+    let now = chrono::Utc::now();
+    if let Some(call) = tx.host_call(m.plugin).await? {
+        return sqlx::query_scalar(
+            "SELECT switchyard_host.claim_replay($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&*call.secret)
+        .bind(m.group)
+        .bind(m.plugin)
+        .bind(m.dedupe_key)
+        .bind(m.topic)
+        .bind(m.partition)
+        .bind(now)
+        .fetch_one(&mut *call.conn)
+        .await
+        .map_err(crate::database::map_error);
+    }
     let n = tx
         .execute_host(
             // Only a record on the dead letter's own topic and partition
@@ -224,7 +322,7 @@ pub async fn claim_replay(tx: &mut Tx, m: Marker<'_>) -> Result<bool, DbError> {
                 Value::Text(m.group.to_string()),
                 Value::Text(m.plugin.to_string()),
                 Value::Text(m.dedupe_key.to_string()),
-                Value::Timestamp(chrono::Utc::now().timestamp_micros()),
+                Value::Timestamp(now.timestamp_micros()),
                 Value::Text(m.topic.to_string()),
                 Value::Int(i64::from(m.partition)),
             ],
@@ -247,10 +345,36 @@ pub async fn mark_or_claim(tx: &mut Tx, m: Marker<'_>, replay: bool) -> Result<b
 /// Up to this many messages (five parameters each) go in one statement.
 const ENQUEUE_CHUNK: usize = 100;
 
-/// Write the messages into the outbox, in the event's (or the batch's)
-/// transaction, in order (the relay sends them by id): one statement per
-/// hundred messages.
-pub async fn enqueue(tx: &mut Tx, messages: &[OutMessage]) -> Result<(), DbError> {
+/// Write `plugin`'s messages into the outbox, in the event's (or the
+/// batch's) transaction, in order (the relay sends them by id). On
+/// PostgreSQL one guarded call in the plugin's session; on SQLite one
+/// statement per hundred messages.
+pub async fn enqueue(tx: &mut Tx, plugin: &str, messages: &[OutMessage]) -> Result<(), DbError> {
+    if messages.is_empty() {
+        return Ok(());
+    }
+    if let Some(call) = tx.host_call(plugin).await? {
+        let topics: Vec<&str> = messages.iter().map(|m| m.topic.as_str()).collect();
+        let keys: Vec<Option<&[u8]>> = messages.iter().map(|m| m.key.as_deref()).collect();
+        let payloads: Vec<&[u8]> = messages.iter().map(|m| m.payload.as_slice()).collect();
+        let headers: Vec<String> = messages
+            .iter()
+            .map(|m| encode_headers(&m.headers))
+            .collect();
+        let partitions: Vec<Option<i32>> = messages.iter().map(|m| m.partition).collect();
+        sqlx::query("SELECT switchyard_host.enqueue($1, $2, $3, $4, $5, $6, $7)")
+            .bind(&*call.secret)
+            .bind(plugin)
+            .bind(&topics)
+            .bind(&keys)
+            .bind(&payloads)
+            .bind(&headers)
+            .bind(&partitions)
+            .execute(&mut *call.conn)
+            .await
+            .map_err(crate::database::map_error)?;
+        return Ok(());
+    }
     for chunk in messages.chunks(ENQUEUE_CHUNK) {
         let sql = multi_row_insert(
             "switchyard_outbox (topic, msg_key, payload, headers, msg_partition)",

@@ -366,7 +366,7 @@ impl Lane {
                 return self.process_each(events, 0).await;
             }
         };
-        let mut messages = Vec::new();
+        let mut messages: Vec<(String, Vec<crate::capabilities::publish::OutMessage>)> = Vec::new();
         // (plugin, outcome, record timestamp), counted once committed.
         let mut counts: Vec<(String, &'static str, Option<i64>)> = Vec::new();
         for (event, sel, slot) in &plan {
@@ -434,7 +434,10 @@ impl Lane {
                 let _ = tx.rollback().await;
                 return self.process_each(events, 0).await;
             }
-            messages.extend(inv.messages);
+            match messages.iter_mut().find(|(p, _)| *p == sel.plugin) {
+                Some((_, queued)) => queued.extend(inv.messages),
+                None => messages.push((sel.plugin.clone(), inv.messages)),
+            }
             match &inv.outcome {
                 Outcome::Skipped(reason) => {
                     counts.push((sel.plugin.clone(), "skipped", event.timestamp_ms));
@@ -443,18 +446,22 @@ impl Lane {
                 _ => counts.push((sel.plugin.clone(), "done", event.timestamp_ms)),
             }
         }
-        // The batch's messages, in order, then one commit.
-        if let Err(e) = outbox::enqueue(&mut tx, &messages).await {
-            let _ = tx.rollback().await;
-            batch_fallback(
-                "cannot queue the batch's messages",
-                &crate::capabilities::db::describe_error(&e),
-            );
-            return self.process_each(events, 0).await;
+        // The batch's messages, each plugin's in order, then the commit.
+        let mut any_messages = false;
+        for (plugin, queued) in &messages {
+            any_messages |= !queued.is_empty();
+            if let Err(e) = outbox::enqueue(&mut tx, plugin, queued).await {
+                let _ = tx.rollback().await;
+                batch_fallback(
+                    "cannot queue the batch's messages",
+                    &crate::capabilities::db::describe_error(&e),
+                );
+                return self.process_each(events, 0).await;
+            }
         }
         match tx.commit().await {
             Ok(()) => {
-                self.count_batch(&counts, !messages.is_empty());
+                self.count_batch(&counts, any_messages);
                 events.len()
             }
             Err(e) => {
@@ -567,7 +574,7 @@ impl Lane {
             // 3. Commit or decide.
             let kind = inv.outcome.kind();
             if inv.outcome.commits() {
-                let enqueued = outbox::enqueue(&mut tx, &inv.messages).await;
+                let enqueued = outbox::enqueue(&mut tx, name, &inv.messages).await;
                 let committed = match enqueued {
                     Ok(()) => tx.commit().await.map_err(|e| e.to_string()),
                     Err(e @ crate::bindings::switchyard::plugin::db::Error::Unavailable(_)) => {

@@ -246,7 +246,16 @@ pub async fn run(options: &TestOptions) -> anyhow::Result<TestReport> {
         native: None,
     };
     let plugin = runtime.load_file(&options.plugin, env).await?;
+    // With no config, the plugin's own name is its identity.
+    let plugin = if *plugin.env.name != *plugin.info.name {
+        let mut env = (*plugin.env).clone();
+        env.name = plugin.info.name.as_str().into();
+        plugin.with_env(env, &runtime)?
+    } else {
+        plugin
+    };
     let db = Database::connect(&options.database, 2).await?;
+    crate::outbox::create_tables(&db).await?;
     let applied = db
         .migrate(&plugin.info.name, &plugin.info.migrations)
         .await?;
@@ -300,7 +309,7 @@ async fn run_one(
     event: &Event,
 ) -> anyhow::Result<Json> {
     let mut tx = db.begin().await?;
-    let before = snapshot(db.backend(), &mut tx).await?;
+    let before = snapshot(db.backend(), &plugin.info.name, &mut tx).await?;
     let ctx = Arc::new(EventContext::new("plugin-test", &plugin.info.name, event));
     let (invocation, tx) = worker
         .handle(
@@ -316,7 +325,7 @@ async fn run_one(
     let Some(mut tx) = tx else {
         anyhow::bail!("the event's transaction was lost by the host (a bug): nothing committed");
     };
-    let after = snapshot(db.backend(), &mut tx).await?;
+    let after = snapshot(db.backend(), &plugin.info.name, &mut tx).await?;
     let committed = invocation.outcome.commits();
     if committed {
         tx.commit().await?;
@@ -333,21 +342,21 @@ async fn run_one(
 
 type Snapshot = BTreeMap<String, Result<Vec<Json>, String>>;
 
-/// Every row of every user table, read inside the event's transaction
-/// (switchyard's own tables excluded). Tables over the row cap are named
-/// but not diffed.
-async fn snapshot(backend: Backend, tx: &mut Tx) -> anyhow::Result<Snapshot> {
+/// Every row of every user table the plugin can read, read inside the
+/// event's transaction in the plugin's own session (switchyard's own
+/// tables excluded). Tables over the row cap are named but not diffed.
+async fn snapshot(backend: Backend, plugin: &str, tx: &mut Tx) -> anyhow::Result<Snapshot> {
     let list = match backend {
         Backend::Sqlite => {
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name NOT LIKE 'switchyard_%' ORDER BY name"
         }
         Backend::Postgres => {
-            "SELECT table_name::text FROM information_schema.tables WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' AND table_name NOT LIKE 'switchyard\\_%' ORDER BY 1"
+            "SELECT table_name::text FROM information_schema.tables WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' AND table_name NOT LIKE 'switchyard\\_%' AND has_table_privilege(format('%I.%I', table_schema, table_name), 'SELECT') ORDER BY 1"
         }
     };
     let limits = Limits::default();
     let tables = tx
-        .query(list, &[], &limits)
+        .query_as_plugin(plugin, list, &limits)
         .await
         .map_err(|e| anyhow::anyhow!("cannot list tables: {e:?}"))?;
     let mut out = Snapshot::new();
@@ -356,7 +365,7 @@ async fn snapshot(backend: Backend, tx: &mut Tx) -> anyhow::Result<Snapshot> {
             continue;
         };
         let sql = format!("SELECT * FROM \"{}\"", table.replace('"', "\"\""));
-        let rows = match tx.query(&sql, &[], &limits).await {
+        let rows = match tx.query_as_plugin(plugin, &sql, &limits).await {
             Ok(rows) => Ok(rows_json(&rows)),
             Err(e) => Err(crate::capabilities::db::describe_error(&e)),
         };

@@ -181,6 +181,9 @@ impl Harness {
         let db = Database::connect(&testdb.url, 4)
             .await
             .unwrap_or_else(|e| panic!("database: {e}"));
+        switchyard::outbox::create_tables(&db)
+            .await
+            .unwrap_or_else(|e| panic!("switchyard's tables: {e}"));
         let loaded = switchyard::app::prepare_plugin(&db, &runtime, &loaded)
             .await
             .unwrap_or_else(|e| panic!("preparing {plugin}: {e:#}"));

@@ -1,0 +1,606 @@
+//! Plugin identities on PostgreSQL: who a plugin's SQL runs as.
+//!
+//! The boundary between plugins, and between a plugin and the host, is the
+//! database session's identity, not a filter on SQL text:
+//!
+//! - Each plugin has its own **login role**, `switchyard_plugin_<name>`
+//!   (named after the operator's config key, never after what the plugin
+//!   says it is). Its statements run in sessions *logged in* as that role,
+//!   from a pool of its own. `SET ROLE` is checked against the session
+//!   user, so there is nothing to reset to: `set_config('role', ...)`,
+//!   however it is spelled, leaves the plugin the plugin.
+//! - The plugin's **migrations run in such a session** too, so the tables
+//!   they create are owned by the plugin's role; what a plugin may touch
+//!   afterwards is what it owns, read from the catalog.
+//! - The host's bookkeeping — processed-markers and outbox rows — must
+//!   commit in the *plugin's* transaction (P1). It gets there through
+//!   functions in the host-owned schema `switchyard_host`, `SECURITY
+//!   DEFINER`, that refuse to run unless their first argument is the
+//!   host's secret, which only ever travels as a bind parameter and lives
+//!   in a table no plugin role can read; they also check that the session
+//!   user is the role registered for the plugin named in the call. A
+//!   plugin that calls them itself gets `permission denied`.
+//! - Host tables (`switchyard_*`) are owned by the host's user with no
+//!   grants to anyone: a plugin role cannot read or write them.
+//!
+//! The host's user needs `LOGIN CREATEROLE` and to own the database (or
+//! at least its `public` schema); no superuser.
+
+use sqlx::Executor;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// The host-owned schema of the guarded functions and the host's secrets.
+pub const HOST_SCHEMA: &str = "switchyard_host";
+
+/// `lock_timeout` of the host's setup statements: a lock held elsewhere
+/// (another router's setup, an operator's session) becomes an error that
+/// says so within seconds instead of a hang.
+pub const SETUP_LOCK_TIMEOUT_MS: u64 = 10_000;
+
+/// `lock_timeout` inside a plugin's transaction (its statements and the
+/// host's markers): a row lock held by another transaction for longer
+/// than this fails the statement instead of holding the lane.
+pub const EVENT_LOCK_TIMEOUT_MS: u64 = 5_000;
+
+/// A plugin's database identity: its role and the pool of sessions logged
+/// in as it.
+#[derive(Debug, Clone)]
+pub struct PluginDb {
+    /// The plugin's name (its config key).
+    pub plugin: Arc<str>,
+    /// Its login role.
+    pub role: String,
+    /// Sessions logged in as `role`.
+    pub pool: PgPool,
+}
+
+/// Everything the host keeps for PostgreSQL: its own pool, how to open
+/// sessions as plugins, the plugins' identities and the host's secret.
+#[derive(Debug)]
+pub struct PgDb {
+    /// The host's own sessions (setup, relay, admin, dead letters).
+    pub host: PgPool,
+    /// The host's connect options: plugin sessions use the same server
+    /// and database with the plugin's role and password.
+    options: PgConnectOptions,
+    /// Pool size of each plugin's sessions.
+    max_connections: u32,
+    /// The schema that holds the service's tables (`public` unless the
+    /// host's `search_path` says otherwise).
+    app_schema: RwLock<Option<String>>,
+    /// Plugin name → identity, once provisioned.
+    plugins: RwLock<HashMap<String, PluginDb>>,
+    /// The secret the guarded host functions require; read at setup.
+    secret: RwLock<Option<Arc<str>>>,
+}
+
+/// Quote an identifier for PostgreSQL.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Quote a string literal for PostgreSQL (standard_conforming_strings).
+fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// The PostgreSQL role a plugin's SQL runs as: `switchyard_plugin_<name>`,
+/// lowercase ASCII letters, digits and `_`; at most 63 bytes.
+pub fn plugin_role(plugin: &str) -> String {
+    let name: String = plugin
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let mut role = format!("switchyard_plugin_{name}");
+    role.truncate(63);
+    role
+}
+
+/// A random secret of 256 bits, hex.
+fn random_secret() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+impl PgDb {
+    /// Wrap the host's pool; nothing is created until [`PgDb::setup`].
+    pub fn new(host: PgPool, options: PgConnectOptions, max_connections: u32) -> Self {
+        Self {
+            host,
+            options,
+            max_connections: max_connections.max(1),
+            app_schema: RwLock::new(None),
+            plugins: RwLock::new(HashMap::new()),
+            secret: RwLock::new(None),
+        }
+    }
+
+    /// The secret for guarded host calls, once [`PgDb::setup`] ran.
+    pub fn secret(&self) -> Option<Arc<str>> {
+        self.secret
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The identity of `plugin`, once provisioned.
+    pub fn plugin(&self, plugin: &str) -> Option<PluginDb> {
+        self.plugins
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(plugin)
+            .cloned()
+    }
+
+    /// The schema of the service's tables.
+    pub fn app_schema(&self) -> String {
+        self.app_schema
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .unwrap_or_else(|| "public".to_string())
+    }
+
+    /// A transaction on the host's pool holding switchyard's setup lock,
+    /// with a `lock_timeout`: routers starting together run their setup
+    /// one after the other, and a lock held elsewhere fails within seconds
+    /// with a message instead of hanging.
+    pub async fn setup_tx(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+        let mut tx = self.host.begin().await?;
+        tx.execute(
+            format!(
+                "SET LOCAL lock_timeout = {SETUP_LOCK_TIMEOUT_MS}; SELECT pg_advisory_xact_lock(8319683387291953522)"
+            )
+            .as_str(),
+        )
+        .await?;
+        Ok(tx)
+    }
+
+    /// Create (or bring up to date) the host schema, its secret, the
+    /// registry of plugin roles and the guarded functions. Run after the
+    /// host's tables exist; idempotent.
+    pub async fn setup(&self) -> Result<(), sqlx::Error> {
+        let mut tx = self.setup_tx().await?;
+        let app: String = sqlx::query_scalar("SELECT current_schema()::text")
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.execute(host_schema_sql(&app).as_str()).await?;
+        sqlx::query(&format!(
+            "INSERT INTO {HOST_SCHEMA}.secret (id, secret) VALUES (1, $1) ON CONFLICT (id) DO NOTHING"
+        ))
+        .bind(random_secret())
+        .execute(&mut *tx)
+        .await?;
+        let secret: String = sqlx::query_scalar(&format!(
+            "SELECT secret FROM {HOST_SCHEMA}.secret WHERE id = 1"
+        ))
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        *self
+            .secret
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(secret.into());
+        *self
+            .app_schema
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(app);
+        Ok(())
+    }
+
+    /// Make sure `plugin` has its login role, a password the host knows,
+    /// the right to call the guarded functions and nothing else it should
+    /// not have; open (or reuse) its pool. Refuses a role that is
+    /// registered to another plugin (two config keys that map to one
+    /// role).
+    pub async fn provision(&self, plugin: &str) -> Result<PluginDb, ProvisionError> {
+        if let Some(known) = self.plugin(plugin) {
+            return Ok(known);
+        }
+        let role = plugin_role(plugin);
+        let failed = |source| ProvisionError::Database {
+            role: role.clone(),
+            source,
+        };
+        let mut tx = self.setup_tx().await.map_err(failed)?;
+        let registered: Option<(String, String)> = sqlx::query_as(&format!(
+            "SELECT plugin, password FROM {HOST_SCHEMA}.plugin_roles WHERE role = $1"
+        ))
+        .bind(&role)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(failed)?;
+        let password = match registered {
+            Some((owner, _)) if owner != plugin => {
+                return Err(ProvisionError::RoleTaken {
+                    plugin: plugin.to_string(),
+                    role,
+                    owner,
+                });
+            }
+            Some((_, password)) => password,
+            None => {
+                let password = random_secret();
+                sqlx::query(&format!(
+                    "INSERT INTO {HOST_SCHEMA}.plugin_roles (plugin, role, password) VALUES ($1, $2, $3)"
+                ))
+                .bind(plugin)
+                .bind(&role)
+                .bind(&password)
+                .execute(&mut *tx)
+                .await
+                .map_err(failed)?;
+                password
+            }
+        };
+        let info: Option<(bool, bool)> =
+            sqlx::query_as("SELECT rolsuper, rolcanlogin FROM pg_roles WHERE rolname = $1")
+                .bind(&role)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(failed)?;
+        if let Some((true, _)) = info {
+            return Err(ProvisionError::Superuser { role });
+        }
+        let quoted = quote_ident(&role);
+        let attributes = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS CONNECTION LIMIT -1";
+        let create_or_alter = if info.is_none() {
+            format!(
+                "CREATE ROLE {quoted} {attributes} PASSWORD {}",
+                quote_literal(&password)
+            )
+        } else {
+            // An existing role (a NOLOGIN role of an earlier layout, or one
+            // an operator made): log in with the password the host knows.
+            format!(
+                "ALTER ROLE {quoted} {attributes} PASSWORD {}",
+                quote_literal(&password)
+            )
+        };
+        tx.execute(create_or_alter.as_str()).await.map_err(failed)?;
+        let app = quote_ident(&self.app_schema());
+        // The host is a member of the plugin's role (to hand its tables
+        // over, read them for `plugin test`, and cancel its statements);
+        // the plugin role is a member of nothing. Its sessions' defaults:
+        // the service schema only, and the host's timeouts.
+        tx.execute(
+            format!(
+                "GRANT {quoted} TO CURRENT_USER;
+                 GRANT USAGE ON SCHEMA {app} TO {quoted};
+                 REVOKE CREATE ON SCHEMA {app} FROM {quoted};
+                 GRANT USAGE ON SCHEMA {HOST_SCHEMA} TO {quoted};
+                 GRANT EXECUTE ON FUNCTION {HOST_SCHEMA}.mark(text, text, text, text[], text[], integer[], bigint[], text, timestamptz) TO {quoted};
+                 GRANT EXECUTE ON FUNCTION {HOST_SCHEMA}.claim_replay(text, text, text, text, text, integer, timestamptz) TO {quoted};
+                 GRANT EXECUTE ON FUNCTION {HOST_SCHEMA}.enqueue(text, text, text[], bytea[], bytea[], text[], integer[]) TO {quoted};
+                 GRANT EXECUTE ON FUNCTION {HOST_SCHEMA}.migration_begin(text, text, text) TO {quoted};
+                 GRANT EXECUTE ON FUNCTION {HOST_SCHEMA}.migration_done(text, text, text, text) TO {quoted};"
+            )
+            .as_str(),
+        )
+        .await
+        .map_err(failed)?;
+        // Grants of an earlier layout (tables named in a migration's text,
+        // the host's own tables among them) are taken back: from now on a
+        // plugin uses what it owns.
+        let stray: Vec<String> = sqlx::query_scalar(
+            "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c
+               JOIN pg_namespace n ON n.oid = c.relnamespace
+               CROSS JOIN LATERAL aclexplode(c.relacl) a
+              WHERE a.grantee = (SELECT oid FROM pg_roles WHERE rolname = $1)
+                AND c.relowner <> a.grantee
+              GROUP BY 1",
+        )
+        .bind(&role)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(failed)?;
+        for rel in stray {
+            tx.execute(format!("REVOKE ALL ON {rel} FROM {quoted}").as_str())
+                .await
+                .map_err(failed)?;
+        }
+        tx.commit().await.map_err(failed)?;
+
+        let options = self
+            .options
+            .clone()
+            .username(&role)
+            .password(&password)
+            .application_name(&format!("switchyard plugin {plugin}"))
+            .options([
+                ("search_path", self.app_schema().as_str()),
+                ("lock_timeout", &EVENT_LOCK_TIMEOUT_MS.to_string()),
+                ("idle_in_transaction_session_timeout", "600000"),
+            ]);
+        let pool = PgPoolOptions::new()
+            .max_connections(self.max_connections)
+            .min_connections(0)
+            .idle_timeout(Duration::from_secs(120))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_lazy_with(options);
+        // Fail now, with a message, if the role cannot log in (pg_hba.conf).
+        pool.acquire()
+            .await
+            .map_err(|source| ProvisionError::Login {
+                role: role.clone(),
+                source,
+            })?;
+        let db = PluginDb {
+            plugin: plugin.into(),
+            role,
+            pool,
+        };
+        self.plugins
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(plugin.to_string(), db.clone());
+        Ok(db)
+    }
+
+    /// The tables `role` owns in the service schema: what the plugin may
+    /// use, read from the catalog.
+    pub async fn owned_tables(&self, role: &str) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT c.relname::text FROM pg_class c
+               JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.relowner = (SELECT oid FROM pg_roles WHERE rolname = $1)
+                AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+                AND n.nspname = $2
+              ORDER BY 1",
+        )
+        .bind(role)
+        .bind(self.app_schema())
+        .fetch_all(&self.host)
+        .await
+    }
+
+    /// Cancel the plugin's statements that have run longer than
+    /// `timeout_ms` (the host's deadline, when the server's own
+    /// `statement_timeout` did not stop them); returns how many.
+    pub async fn cancel_overdue(&self, role: &str, timeout_ms: u64) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT count(*) FILTER (WHERE pg_cancel_backend(pid)) FROM pg_stat_activity
+              WHERE usename = $1 AND state = 'active' AND pid <> pg_backend_pid()
+                AND clock_timestamp() - query_start > make_interval(secs => $2::float8 / 1000)",
+        )
+        .bind(role)
+        .bind(timeout_ms as f64)
+        .fetch_one(&self.host)
+        .await
+    }
+
+    /// Close every pool.
+    pub async fn close(&self) {
+        let pools: Vec<PgPool> = self
+            .plugins
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .map(|p| p.pool.clone())
+            .collect();
+        for pool in pools {
+            pool.close().await;
+        }
+        self.host.close().await;
+    }
+}
+
+/// Why a plugin's identity could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    /// Two config keys map to one role.
+    #[error(
+        "plugin {plugin} would run as database role {role}, which belongs to plugin {owner}: config keys that differ only in case or punctuation map to the same role; rename one of them"
+    )]
+    RoleTaken {
+        /// The plugin asking.
+        plugin: String,
+        /// The role.
+        role: String,
+        /// The plugin it is registered to.
+        owner: String,
+    },
+    /// The role exists and is a superuser: it would be no boundary.
+    #[error(
+        "database role {role} is a superuser; a plugin's role must not be: drop it or make it NOSUPERUSER"
+    )]
+    Superuser {
+        /// The role.
+        role: String,
+    },
+    /// The plugin's role cannot log in.
+    #[error(
+        "plugin sessions cannot log in as {role}: {source}; pg_hba.conf must let switchyard_plugin_* roles connect to this database the way the host's user does (password or trust)"
+    )]
+    Login {
+        /// The role.
+        role: String,
+        /// The driver's error.
+        source: sqlx::Error,
+    },
+    /// Any other database error.
+    #[error(
+        "cannot set up database role {role}: {source} (the host's user needs LOGIN CREATEROLE and to own the database)"
+    )]
+    Database {
+        /// The role.
+        role: String,
+        /// The driver's error.
+        source: sqlx::Error,
+    },
+}
+
+/// The host schema, its tables and the guarded functions. `app` is the
+/// schema of `switchyard_processed` and `switchyard_outbox`.
+fn host_schema_sql(app: &str) -> String {
+    let app = quote_ident(app);
+    // Every function: SECURITY DEFINER (it runs as the host), a fixed
+    // search_path (a plugin cannot shadow what it calls), schema-qualified
+    // tables, and the guard first.
+    let definer = "LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp";
+    format!(
+        r#"
+CREATE SCHEMA IF NOT EXISTS {HOST_SCHEMA};
+REVOKE ALL ON SCHEMA {HOST_SCHEMA} FROM PUBLIC;
+CREATE TABLE IF NOT EXISTS {HOST_SCHEMA}.secret (
+    id integer PRIMARY KEY CHECK (id = 1),
+    secret text NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {HOST_SCHEMA}.plugin_roles (
+    plugin text PRIMARY KEY,
+    role text NOT NULL UNIQUE,
+    password text NOT NULL
+);
+REVOKE ALL ON ALL TABLES IN SCHEMA {HOST_SCHEMA} FROM PUBLIC;
+REVOKE ALL ON {app}.switchyard_processed, {app}.switchyard_outbox FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION {HOST_SCHEMA}.guard(p_secret text, p_plugin text) RETURNS void
+{definer} AS $f$
+BEGIN
+    IF p_secret IS NULL OR NOT EXISTS (
+        SELECT 1 FROM {HOST_SCHEMA}.secret WHERE id = 1 AND secret = p_secret
+    ) THEN
+        RAISE EXCEPTION 'switchyard host function called without the host''s secret'
+            USING ERRCODE = '42501';
+    END IF;
+    IF NOT EXISTS (
+        SELECT 1 FROM {HOST_SCHEMA}.plugin_roles WHERE plugin = p_plugin AND role = session_user
+    ) THEN
+        RAISE EXCEPTION 'session user % is not the database role of plugin %', session_user, p_plugin
+            USING ERRCODE = '42501';
+    END IF;
+END
+$f$;
+REVOKE ALL ON FUNCTION {HOST_SCHEMA}.guard(text, text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION {HOST_SCHEMA}.mark(
+    p_secret text, p_group text, p_plugin text, p_keys text[], p_topics text[],
+    p_partitions integer[], p_offsets bigint[], p_outcome text, p_at timestamptz
+) RETURNS SETOF text
+{definer} AS $f$
+BEGIN
+    PERFORM {HOST_SCHEMA}.guard(p_secret, p_plugin);
+    RETURN QUERY
+    INSERT INTO {app}.switchyard_processed AS p
+        (consumer_group, plugin, dedupe_key, topic, kafka_partition, kafka_offset, outcome, processed_at)
+    SELECT p_group, p_plugin, u.k, u.t, u.pa, u.o, p_outcome, p_at
+      FROM unnest(p_keys, p_topics, p_partitions, p_offsets) AS u(k, t, pa, o)
+    ON CONFLICT DO NOTHING
+    RETURNING p.dedupe_key;
+END
+$f$;
+REVOKE ALL ON FUNCTION {HOST_SCHEMA}.mark(text, text, text, text[], text[], integer[], bigint[], text, timestamptz) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION {HOST_SCHEMA}.claim_replay(
+    p_secret text, p_group text, p_plugin text, p_key text, p_topic text,
+    p_partition integer, p_at timestamptz
+) RETURNS boolean
+{definer} AS $f$
+BEGIN
+    PERFORM {HOST_SCHEMA}.guard(p_secret, p_plugin);
+    UPDATE {app}.switchyard_processed
+       SET outcome = 'replayed', processed_at = p_at
+     WHERE consumer_group = p_group AND plugin = p_plugin AND dedupe_key = p_key
+       AND outcome = 'dead-lettered' AND topic = p_topic AND kafka_partition = p_partition;
+    RETURN FOUND;
+END
+$f$;
+REVOKE ALL ON FUNCTION {HOST_SCHEMA}.claim_replay(text, text, text, text, text, integer, timestamptz) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION {HOST_SCHEMA}.enqueue(
+    p_secret text, p_plugin text, p_topics text[], p_keys bytea[], p_payloads bytea[],
+    p_headers text[], p_partitions integer[]
+) RETURNS void
+{definer} AS $f$
+BEGIN
+    PERFORM {HOST_SCHEMA}.guard(p_secret, p_plugin);
+    INSERT INTO {app}.switchyard_outbox (topic, msg_key, payload, headers, msg_partition)
+    SELECT u.t, u.k, u.v, u.h, u.pa
+      FROM unnest(p_topics, p_keys, p_payloads, p_headers, p_partitions)
+           WITH ORDINALITY AS u(t, k, v, h, pa, n)
+     ORDER BY u.n;
+END
+$f$;
+REVOKE ALL ON FUNCTION {HOST_SCHEMA}.enqueue(text, text, text[], bytea[], bytea[], text[], integer[]) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION {HOST_SCHEMA}.migration_begin(p_secret text, p_plugin text, p_id text)
+RETURNS text
+{definer} AS $f$
+BEGIN
+    PERFORM {HOST_SCHEMA}.guard(p_secret, p_plugin);
+    -- Two routers starting together migrate one after the other.
+    PERFORM pg_advisory_xact_lock(hashtextextended('switchyard migration ' || p_plugin, 0));
+    RETURN (SELECT checksum FROM {app}.switchyard_migrations WHERE plugin = p_plugin AND id = p_id);
+END
+$f$;
+REVOKE ALL ON FUNCTION {HOST_SCHEMA}.migration_begin(text, text, text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION {HOST_SCHEMA}.migration_done(p_secret text, p_plugin text, p_id text, p_checksum text)
+RETURNS void
+{definer} AS $f$
+BEGIN
+    PERFORM {HOST_SCHEMA}.guard(p_secret, p_plugin);
+    INSERT INTO {app}.switchyard_migrations (plugin, id, checksum, applied_at, runs_as_plugin)
+    VALUES (p_plugin, p_id, p_checksum, to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'), true);
+END
+$f$;
+REVOKE ALL ON FUNCTION {HOST_SCHEMA}.migration_done(text, text, text, text) FROM PUBLIC;
+"#
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_are_plain_lowercase_identifiers() {
+        assert_eq!(
+            plugin_role("role-mapping"),
+            "switchyard_plugin_role_mapping"
+        );
+        assert_eq!(plugin_role("Role.Mapping"), plugin_role("role-mapping"));
+        assert!(plugin_role(&"x".repeat(100)).len() <= 63);
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+    }
+
+    #[test]
+    fn every_guarded_function_checks_the_secret_first() {
+        let sql = host_schema_sql("public");
+        for f in [
+            "mark(",
+            "claim_replay(",
+            "enqueue(",
+            "migration_begin(",
+            "migration_done(",
+        ] {
+            let at = sql
+                .find(&format!("FUNCTION {HOST_SCHEMA}.{f}"))
+                .unwrap_or_else(|| panic!("{f} missing"));
+            let body = &sql[at..];
+            let guard = body.find("PERFORM switchyard_host.guard(p_secret");
+            let end = body.find("END\n$f$");
+            assert!(
+                matches!((guard, end), (Some(g), Some(e)) if g < e),
+                "{f} does not call the guard"
+            );
+            assert!(body.contains("SECURITY DEFINER SET search_path = pg_catalog, pg_temp"));
+        }
+    }
+}
