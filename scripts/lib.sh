@@ -7,7 +7,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 export SWITCHYARD_PLUGIN_DIR="${SWITCHYARD_PLUGIN_DIR:-${CARGO_TARGET_DIR:-$ROOT/target}/wasm32-wasip2/plugin}"
-PLUGINS=(role-mapping profile-creation stats-increment welcome-notification test-hostile bench-sink test-marker test-marker-b test-bad-start test-chaos)
+PLUGINS=(role-mapping profile-creation stats-increment welcome-notification test-hostile bench-sink test-marker test-marker-b test-bad-start test-chaos test-fragile)
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 

@@ -47,7 +47,7 @@ async fn plugin_swapped_20_times_under_load_loses_and_doubles_nothing() {
     std::fs::write(
         &config,
         format!(
-            "[kafka]\nbrokers = \"{}\"\n[database]\nurl = \"{}\"\n[plugins.marker]\nfile = \"marker.wasm\"\n[[routes]]\ntopics = [\"ticks\"]\nplugins = [\"marker\"]\n",
+            "[kafka]\nbrokers = \"{}\"\n[database]\nurl = \"{}\"\n[plugins.test-marker]\nfile = \"marker.wasm\"\n[[routes]]\ntopics = [\"ticks\"]\nplugins = [\"test-marker\"]\n",
             broker.addr, testdb.url
         ),
     )
@@ -215,7 +215,7 @@ async fn config_reload_adds_a_route_and_changes_a_setting() {
         .unwrap_or_default();
     let config_text = |subject: &str, topics: &str, extra: &str| {
         format!(
-            "[kafka]\nbrokers = \"{}\"\n[database]\nurl = \"{}\"\n[plugins]\ndir = \"{}\"\n[plugins.welcome]\nfile = \"welcome_notification.wasm\"\npublish = [\"notification.send.email\"]\nsettings = {{ subject = \"{subject}\" }}\n[[routes]]\ntopics = [{topics}]\nplugins = [\"welcome\"]\n{extra}",
+            "[kafka]\nbrokers = \"{}\"\n[database]\nurl = \"{}\"\n[plugins]\ndir = \"{}\"\n[plugins.welcome-notification]\nfile = \"welcome_notification.wasm\"\npublish = [\"notification.send.email\"]\nsettings = {{ subject = \"{subject}\" }}\n[[routes]]\ntopics = [{topics}]\nplugins = [\"welcome-notification\"]\n{extra}",
             broker.addr,
             testdb.url,
             plugin_dir.display()

@@ -43,15 +43,15 @@ max_backoff_ms = 50
 dir = "{plugin_dir}"
 
 # Breaker off: every hostile event must be judged on its own.
-[plugins.hostile]
+[plugins.test-hostile]
 file = "test_hostile.wasm"
 publish = ["hostile.out"]
 limits = {{ deadline_ms = 300, memory_bytes = 16777216, statement_timeout_ms = 300, max_publish_bytes = 65536 }}
 breaker = {{ failures = 0 }}
 
 # The same build with a breaker that opens after two failed calls.
-[plugins.fragile]
-file = "test_hostile.wasm"
+[plugins.test-fragile]
+file = "test_fragile.wasm"
 limits = {{ deadline_ms = 300 }}
 breaker = {{ failures = 2, cooldown_ms = 600000 }}
 
@@ -61,11 +61,11 @@ publish = ["user.quota_exceeded"]
 
 [[routes]]
 topics = ["hostile.cmds"]
-plugins = ["hostile"]
+plugins = ["test-hostile"]
 
 [[routes]]
 topics = ["fragile.cmds"]
-plugins = ["fragile"]
+plugins = ["test-fragile"]
 
 [[routes]]
 topics = ["user.created"]
@@ -295,7 +295,7 @@ async fn hostile_plugins_are_contained_in_a_live_router() {
         );
         assert_eq!(
             letter.header("switchyard.plugin"),
-            Some("hostile"),
+            Some("test-hostile"),
             "{case}"
         );
         assert_eq!(
@@ -331,7 +331,7 @@ async fn hostile_plugins_are_contained_in_a_live_router() {
 
     let fragile: Vec<_> = dead
         .iter()
-        .filter(|d| d.header("switchyard.plugin") == Some("fragile"))
+        .filter(|d| d.header("switchyard.plugin") == Some("test-fragile"))
         .collect();
     assert_eq!(fragile.len(), 3);
     // The breaker counts events, not attempts: the first loop fails all

@@ -362,12 +362,14 @@ pub enum Tx {
     Sqlite(SqliteTx),
 }
 
-/// The statement that opens a plugin session's transaction. Before the
-/// `BEGIN`, in the same round trip, whatever an earlier event could have
-/// left on the pooled session is dropped — settings, advisory locks,
-/// cursors, `LISTEN`s, temporary tables — so no connection serves an event
-/// dirty, whatever got past the SQL gate.
-const PLUGIN_BEGIN: &str = "RESET ALL; SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; DISCARD TEMP; BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE";
+/// The statement that opens a plugin session's transaction. In the same
+/// round trip, right after the `BEGIN` (which comes first so that a
+/// session default such as `default_transaction_read_only` cannot decide
+/// the transaction's mode), whatever an earlier event could have left on
+/// the pooled session is dropped — settings, advisory locks, cursors,
+/// `LISTEN`s, temporary tables — so no connection serves an event dirty,
+/// whatever got past the SQL gate.
+pub(crate) const PLUGIN_BEGIN: &str = "BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE; RESET ALL; SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; DISCARD TEMP";
 
 /// An event's work on PostgreSQL.
 ///
@@ -1682,15 +1684,20 @@ impl Database {
                 .bind(&names)
                 .fetch_all(&mut *tx)
                 .await?;
-                for table in &mine {
-                    tx.execute(
-                        format!(
-                            "ALTER TABLE {table} OWNER TO {}",
-                            crate::pg_identity::quote_ident(&identity.role)
-                        )
-                        .as_str(),
-                    )
-                    .await?;
+                // A new owner needs CREATE on the schema; granted and
+                // taken back inside this transaction, so no session of
+                // the plugin ever holds it.
+                let role = crate::pg_identity::quote_ident(&identity.role);
+                let schema = crate::pg_identity::quote_ident(&pg.app_schema());
+                if !mine.is_empty() {
+                    tx.execute(format!("GRANT CREATE ON SCHEMA {schema} TO {role}").as_str())
+                        .await?;
+                    for table in &mine {
+                        tx.execute(format!("ALTER TABLE {table} OWNER TO {role}").as_str())
+                            .await?;
+                    }
+                    tx.execute(format!("REVOKE CREATE ON SCHEMA {schema} FROM {role}").as_str())
+                        .await?;
                 }
                 sqlx::query("UPDATE switchyard_migrations SET runs_as_plugin = true WHERE plugin = $1 AND id = ANY($2)")
                     .bind(plugin)

@@ -156,18 +156,28 @@ impl PgDb {
     /// A transaction on the host's pool holding switchyard's setup lock,
     /// with a `lock_timeout`: routers starting together run their setup
     /// one after the other, and a lock held elsewhere fails within seconds
-    /// with a message instead of hanging.
+    /// with a message instead of hanging. The lock is a table lock on
+    /// `switchyard_host.setup_lock`, which no plugin role can take (an
+    /// advisory lock can be taken by any session, a plugin's included);
+    /// only the very first setup, before that table exists, uses an
+    /// advisory lock.
     pub async fn setup_tx(
         &self,
     ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
         let mut tx = self.host.begin().await?;
-        tx.execute(
-            format!(
-                "SET LOCAL lock_timeout = {SETUP_LOCK_TIMEOUT_MS}; SELECT pg_advisory_xact_lock(8319683387291953522)"
-            )
-            .as_str(),
-        )
+        tx.execute(format!("SET LOCAL lock_timeout = {SETUP_LOCK_TIMEOUT_MS}").as_str())
+            .await?;
+        let lock_table: Option<String> = sqlx::query_scalar(&format!(
+            "SELECT to_regclass('{HOST_SCHEMA}.setup_lock')::text"
+        ))
+        .fetch_one(&mut *tx)
         .await?;
+        let lock = match lock_table {
+            Some(table) => format!("LOCK TABLE {table} IN EXCLUSIVE MODE"),
+            // The key: the first eight bytes of "switchyard" as a number.
+            None => "SELECT pg_advisory_xact_lock(8319683387291953522)".to_string(),
+        };
+        tx.execute(lock.as_str()).await?;
         Ok(tx)
     }
 
@@ -212,6 +222,24 @@ impl PgDb {
         if let Some(known) = self.plugin(plugin) {
             return Ok(known);
         }
+        // Roles are the cluster's, not the database's: routers of other
+        // databases of the same cluster may alter the same role at the
+        // same moment ("tuple concurrently updated"). Try again.
+        let mut attempt = 0;
+        loop {
+            match self.provision_once(plugin).await {
+                Err(ProvisionError::Database { source, .. })
+                    if attempt < 5 && source.to_string().contains("concurrently") =>
+                {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn provision_once(&self, plugin: &str) -> Result<PluginDb, ProvisionError> {
         let role = plugin_role(plugin);
         let failed = |source| ProvisionError::Database {
             role: role.clone(),
@@ -248,17 +276,22 @@ impl PgDb {
                 password
             }
         };
-        let info: Option<(bool, bool)> =
-            sqlx::query_as("SELECT rolsuper, rolcanlogin FROM pg_roles WHERE rolname = $1")
-                .bind(&role)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(failed)?;
-        if let Some((true, _)) = info {
+        let info: Option<(bool, bool, bool)> = sqlx::query_as(
+            "SELECT rolsuper, rolreplication, rolbypassrls FROM pg_roles WHERE rolname = $1",
+        )
+        .bind(&role)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(failed)?;
+        if let Some((superuser, replication, bypassrls)) = info
+            && (superuser || replication || bypassrls)
+        {
             return Err(ProvisionError::Superuser { role });
         }
         let quoted = quote_ident(&role);
-        let attributes = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS CONNECTION LIMIT -1";
+        // Only what a CREATEROLE user may set; superuser, replication and
+        // bypassrls are off by default and refused above.
+        let attributes = "LOGIN NOCREATEDB NOCREATEROLE NOINHERIT";
         let create_or_alter = if info.is_none() {
             format!(
                 "CREATE ROLE {quoted} {attributes} PASSWORD {}",
@@ -415,9 +448,10 @@ pub enum ProvisionError {
         /// The plugin it is registered to.
         owner: String,
     },
-    /// The role exists and is a superuser: it would be no boundary.
+    /// The role exists with SUPERUSER, REPLICATION or BYPASSRLS: it
+    /// would be no boundary.
     #[error(
-        "database role {role} is a superuser; a plugin's role must not be: drop it or make it NOSUPERUSER"
+        "database role {role} has SUPERUSER, REPLICATION or BYPASSRLS; a plugin's role must have none of them: drop it or ALTER ROLE it (as a superuser)"
     )]
     Superuser {
         /// The role.
@@ -461,6 +495,7 @@ CREATE TABLE IF NOT EXISTS {HOST_SCHEMA}.secret (
     id integer PRIMARY KEY CHECK (id = 1),
     secret text NOT NULL
 );
+CREATE TABLE IF NOT EXISTS {HOST_SCHEMA}.setup_lock (id integer PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS {HOST_SCHEMA}.plugin_roles (
     plugin text PRIMARY KEY,
     role text NOT NULL UNIQUE,
@@ -543,8 +578,9 @@ RETURNS text
 {definer} AS $f$
 BEGIN
     PERFORM {HOST_SCHEMA}.guard(p_secret, p_plugin);
-    -- Two routers starting together migrate one after the other.
-    PERFORM pg_advisory_xact_lock(hashtextextended('switchyard migration ' || p_plugin, 0));
+    -- Two routers starting together migrate one after the other: a row
+    -- lock on the plugin's registry row, which no plugin role can take.
+    PERFORM 1 FROM {HOST_SCHEMA}.plugin_roles WHERE plugin = p_plugin FOR UPDATE;
     RETURN (SELECT checksum FROM {app}.switchyard_migrations WHERE plugin = p_plugin AND id = p_id);
 END
 $f$;

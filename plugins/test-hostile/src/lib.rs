@@ -23,6 +23,9 @@ static HANDLED: AtomicU64 = AtomicU64::new(0);
 
 struct Hostile;
 
+/// The plugin's one migration, on both backends.
+const HOSTILE_MIGRATION: &str = "/* CREATE TABLE switchyard_outbox (x int) */ CREATE TABLE IF NOT EXISTS hostile_marks (id TEXT PRIMARY KEY, note TEXT NOT NULL DEFAULT 'CREATE TABLE switchyard_processed (x int)')";
+
 #[derive(serde::Deserialize)]
 struct Command {
     #[serde(rename = "do")]
@@ -53,13 +56,17 @@ fn recurse(depth: u64) -> u64 {
 
 impl switchyard_plugin::Guest for Hostile {
     fn describe() -> PluginInfo {
+        // The package's name: this source is also built as `test-fragile`
+        // (a second plugin with its own identity). The migration names the
+        // host's tables in a comment and a string, which must not make
+        // them the plugin's.
         switchyard_plugin::info(
-            "test-hostile",
+            env!("CARGO_PKG_NAME"),
             env!("CARGO_PKG_VERSION"),
             vec![switchyard_plugin::migration(
                 "0001-create-hostile-marks",
-                "CREATE TABLE IF NOT EXISTS hostile_marks (id TEXT PRIMARY KEY, note TEXT NOT NULL)",
-                "CREATE TABLE IF NOT EXISTS hostile_marks (id TEXT PRIMARY KEY, note TEXT NOT NULL)",
+                HOSTILE_MIGRATION,
+                HOSTILE_MIGRATION,
             )],
         )
     }
