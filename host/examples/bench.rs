@@ -489,12 +489,12 @@ url = "{db_url}"
 max_connections = 16
 [plugins]
 dir = "{}"
-[plugins.bench]
+[plugins.bench-sink]
 file = "bench_sink.wasm"
 settings = {{ mode = "{work}" }}
 {native}[[routes]]
 topics = ["bench.in"]
-plugins = ["bench"]
+plugins = ["bench-sink"]
 "#,
         dir.display()
     ))
@@ -853,7 +853,7 @@ async fn run_reload(args: &Args) -> anyhow::Result<()> {
     let db_url = format!("sqlite:{}", dir.path().join("reload.db").display());
     let config = dir.path().join("reload.toml");
     let mut text = format!(
-        "[kafka]\nbrokers = \"{addr}\"\ngroup = \"bench\"\n[database]\nurl = \"{db_url}\"\n[plugins.bench]\nfile = \"bench_sink.wasm\"\n[[routes]]\ntopics = [\"bench.in\"]\nplugins = [\"bench\"]\n"
+        "[kafka]\nbrokers = \"{addr}\"\ngroup = \"bench\"\n[database]\nurl = \"{db_url}\"\n[plugins.bench-sink]\nfile = \"bench_sink.wasm\"\n[[routes]]\ntopics = [\"bench.in\"]\nplugins = [\"bench-sink\"]\n"
     );
     for f in shipped {
         let name = f.replace('_', "-");
@@ -906,11 +906,7 @@ async fn run_reload(args: &Args) -> anyhow::Result<()> {
         let written = SystemTime::now().duration_since(UNIX_EPOCH)?.as_micros() as i64;
         let wall = Instant::now();
         std::fs::rename(&tmp, &path)?;
-        let name = if *f == "bench_sink" {
-            "bench".to_string()
-        } else {
-            f.replace('_', "-")
-        };
+        let name = f.replace('_', "-");
         let needle = format!("plugin reloaded plugin={name} ");
         while !std::fs::read_to_string(&log_path)?.contains(&needle) {
             if wall.elapsed() > Duration::from_secs(30) {

@@ -11,6 +11,9 @@
 //!   `log` — one module each;
 //! - [`database`]: PostgreSQL or SQLite, per-event transactions, typed
 //!   values, plugin migrations;
+//! - [`pg_identity`]: PostgreSQL plugin identities — login roles, their
+//!   pools, and the guarded functions the host writes markers and outbox
+//!   rows with;
 //! - [`sql_gate`]: which SQL a plugin may send;
 //! - [`limits`]: per-plugin resource limits;
 //! - [`event`]: the host's view of a consumed event;
