@@ -229,6 +229,28 @@ impl Database {
         }
     }
 
+    /// The column names of `table` (a host table: the name is the
+    /// host's, never a plugin's), for forward migrations of the router's
+    /// own tables.
+    pub async fn column_names(&self, table: &str) -> Result<Vec<String>, sqlx::Error> {
+        match self {
+            Database::Postgres(pool) => {
+                sqlx::query_scalar(
+                    "SELECT column_name::text FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1",
+                )
+                .bind(table)
+                .fetch_all(pool)
+                .await
+            }
+            Database::Sqlite(pool, _) => {
+                sqlx::query_scalar("SELECT name FROM pragma_table_info($1)")
+                    .bind(table)
+                    .fetch_all(pool)
+                    .await
+            }
+        }
+    }
+
     /// Whether the database answers a trivial query.
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
         match self {
