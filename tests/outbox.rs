@@ -322,3 +322,96 @@ async fn refused_messages_are_moved_aside_and_other_plugins_flow() {
         "{health}"
     );
 }
+
+/// The outbox as the first release created it, with one row in it.
+const OLD_OUTBOX: [(Backend, &str); 2] = [
+    (
+        Backend::Postgres,
+        "CREATE TABLE switchyard_outbox (id bigserial PRIMARY KEY, topic text NOT NULL, msg_key bytea, payload bytea NOT NULL, headers text NOT NULL, msg_partition integer, created_at timestamptz NOT NULL DEFAULT now()); INSERT INTO switchyard_outbox (topic, payload, headers) VALUES ('shared.out', 'old', '[]')",
+    ),
+    (
+        Backend::Sqlite,
+        "CREATE TABLE switchyard_outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, msg_key BLOB, payload BLOB NOT NULL, headers TEXT NOT NULL, msg_partition INTEGER, created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP); INSERT INTO switchyard_outbox (topic, payload, headers) VALUES ('shared.out', 'old', '[]')",
+    ),
+];
+
+/// An outbox created by an earlier version gains its new columns (its
+/// rows belong to plugin `''`), twice without harm; then one relay pass
+/// on it, on each backend, sends the good rows and quarantines the bad
+/// one, so the relay's SQL runs on both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_outbox_is_migrated_forward_and_relayed_on_both_backends() {
+    let broker = Broker::start();
+    broker.create_topics(&[DLQ], 1).await;
+    broker.create_topics(&[OUT], 2).await;
+    for (backend, old) in OLD_OUTBOX {
+        let testdb = TestDb::new(backend).await;
+        let db = Database::connect(&testdb.url, 2)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        db.run_script(old).await.unwrap_or_else(|e| panic!("{e}"));
+        for _ in 0..2 {
+            switchyard::outbox::create_tables(&db)
+                .await
+                .unwrap_or_else(|e| panic!("{backend:?}: {e}"));
+        }
+        let columns = db
+            .column_names("switchyard_outbox")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        for c in ["plugin", "retry_at_ms"] {
+            assert!(
+                columns.iter().any(|have| have == c),
+                "{backend:?}: {columns:?}"
+            );
+        }
+        assert_eq!(
+            scalar(
+                &db,
+                "SELECT count(*) FROM switchyard_outbox WHERE plugin = ''"
+            )
+            .await,
+            1,
+            "{backend:?}: the old row is the unnamed plugin's"
+        );
+        legacy_rows(
+            &db,
+            &[
+                ("a", Some(9), "a-stuck".into(), 10, "e-a".into()),
+                ("b", None, "b-1".into(), 10, "e-b".into()),
+            ],
+        )
+        .await;
+        let state = switchyard::outbox::state(&db)
+            .await
+            .unwrap_or_else(|e| panic!("{backend:?}: {e}"));
+        assert_eq!(state.backlog, 3, "{backend:?}");
+        assert!(state.oldest_age_s >= 0, "{backend:?}");
+
+        let metrics = std::sync::Arc::new(switchyard::metrics::Metrics::default());
+        let relay = switchyard::outbox::Relay::new(
+            db.clone(),
+            broker.producer(),
+            std::sync::Arc::new(tokio::sync::Notify::new()),
+            switchyard::outbox::DeadLetters {
+                topic: DLQ.into(),
+                message_max_bytes: 1_000_000,
+            },
+            metrics.clone(),
+        );
+        let pass = relay
+            .pass()
+            .await
+            .unwrap_or_else(|e| panic!("{backend:?}: {e:#}"));
+        assert_eq!(
+            (pass.delivered, pass.quarantined, pass.failed, pass.parked),
+            (2, 1, 0, 0),
+            "{backend:?}"
+        );
+        assert_eq!(
+            metrics.outbox_quarantined_count("a", "unknown_partition"),
+            1
+        );
+        assert_eq!(relay.backlog().await.unwrap_or(-1), 0, "{backend:?}");
+    }
+}
