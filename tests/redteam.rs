@@ -172,6 +172,7 @@ impl Arena {
             payload: b"{}".to_vec(),
             headers: vec![],
             partition: None,
+            plugin: name.to_string(),
         };
         if let Err(e) =
             switchyard::outbox::enqueue(&mut tx, &name, std::slice::from_ref(&message)).await

@@ -350,7 +350,8 @@ async fn hostile_plugins_are_contained_in_a_live_router() {
         assert_eq!(letter.header("switchyard.outcome"), Some("parked"));
         let error = letter.header("switchyard.error").unwrap_or_default();
         assert!(
-            error.contains("circuit open for plugin fragile after 2 consecutive failed events")
+            error
+                .contains("circuit open for plugin test-fragile after 2 consecutive failed events")
                 && error.contains("deadline exceeded"),
             "{error}"
         );

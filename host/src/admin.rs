@@ -53,13 +53,62 @@ impl AdminState {
 /// How long `/health` and `/metrics` wait for the outbox backlog query.
 const BACKLOG_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The outbox backlog, or why it is unknown.
-async fn backlog(s: &AdminState) -> Result<i64, String> {
-    match tokio::time::timeout(BACKLOG_TIMEOUT, crate::outbox::backlog(&s.shared.db)).await {
+/// The outbox's backlog, oldest row and parked rows, or why they are
+/// unknown.
+async fn backlog(s: &AdminState) -> Result<crate::outbox::OutboxState, String> {
+    match tokio::time::timeout(BACKLOG_TIMEOUT, crate::outbox::state(&s.shared.db)).await {
         Ok(Ok(n)) => Ok(n),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("no answer within {BACKLOG_TIMEOUT:?}")),
     }
+}
+
+/// `/health` says `degraded` while the oldest outbox row is older than
+/// this: messages are committed and not reaching Kafka.
+pub const OUTBOX_AGE_DEGRADED: Duration = Duration::from_secs(30);
+
+/// `/health` says `degraded` for this long after an outbox message was
+/// quarantined (refused by the broker for good and dead-lettered), or its
+/// dead letter failed.
+pub const QUARANTINE_RECENT: Duration = Duration::from_secs(300);
+
+/// Why the outbox makes the router `degraded`, if it does: a pure
+/// function of what `/health` gathered.
+pub fn outbox_degraded(
+    state: &crate::outbox::OutboxState,
+    quarantined_ago: Option<Duration>,
+    dead_letter_failed_ago: Option<Duration>,
+) -> Vec<String> {
+    let mut why = Vec::new();
+    if state.oldest_age_s > 0
+        && Duration::from_secs(state.oldest_age_s.unsigned_abs()) > OUTBOX_AGE_DEGRADED
+    {
+        why.push(format!(
+            "the oldest outbox message has waited {} s (over {} s): messages are not reaching Kafka",
+            state.oldest_age_s,
+            OUTBOX_AGE_DEGRADED.as_secs()
+        ));
+    }
+    if state.parked > 0 {
+        why.push(format!(
+            "{} outbox message(s) refused by the broker for good could not be dead-lettered; retried every {} s",
+            state.parked,
+            crate::outbox::DEAD_LETTER_RETRY.as_secs()
+        ));
+    }
+    if quarantined_ago.is_some_and(|d| d < QUARANTINE_RECENT) {
+        why.push(format!(
+            "outbox messages are being quarantined (refused by the broker for good, moved to the dead-letter topic) in the last {} s",
+            QUARANTINE_RECENT.as_secs()
+        ));
+    }
+    if dead_letter_failed_ago.is_some_and(|d| d < QUARANTINE_RECENT) && state.parked == 0 {
+        why.push(format!(
+            "a quarantined outbox message's dead letter failed in the last {} s",
+            QUARANTINE_RECENT.as_secs()
+        ));
+    }
+    why
 }
 
 /// Bind the admin address; done before the plugins compile, so that an
@@ -169,13 +218,36 @@ async fn health(State(s): AdminRef) -> Response {
             }),
         );
     }
+    let m = &s.shared.metrics;
+    let last_quarantine = m.last_quarantine();
+    let dead_letter_failure = m.last_dead_letter_failure();
+    let mut reasons: Vec<String> = plugins
+        .iter()
+        .filter(|(_, p)| p["state"] != "serving")
+        .map(|(name, p)| format!("plugin {name} is {}", p["state"].as_str().unwrap_or("?")))
+        .collect();
     let outbox = match backlog {
-        Ok(n) => json!({"ok": true, "backlog": n}),
+        Ok(state) => {
+            let degraded = outbox_degraded(
+                &state,
+                last_quarantine
+                    .as_ref()
+                    .and_then(|q| q.instant)
+                    .map(|i| i.elapsed()),
+                dead_letter_failure.as_ref().map(|(ago, _)| *ago),
+            );
+            reasons.extend(degraded.iter().cloned());
+            json!({"ok": true, "backlog": state.backlog, "oldest_age_s": state.oldest_age_s,
+                "parked": state.parked, "last_quarantine": last_quarantine,
+                "last_dead_letter_error": dead_letter_failure.map(|(_, why)| why),
+                "degraded": degraded})
+        }
         Err(e) => json!({"ok": false, "error": e}),
     };
     let ok = database["ok"] == true && kafka["ok"] == true && outbox["ok"] == true;
     let body = json!({
-        "status": if !ok { "down" } else if all_serving { "ok" } else { "degraded" },
+        "status": if !ok { "down" } else if all_serving && reasons.is_empty() { "ok" } else { "degraded" },
+        "reasons": reasons,
         "database": database,
         "kafka": kafka,
         "outbox": outbox,
@@ -194,8 +266,9 @@ async fn metrics(State(s): AdminRef) -> Response {
     let m = &s.shared.metrics;
     let _one_at_a_time = s.scrape.lock().await;
     match backlog(&s).await {
-        Ok(n) => {
-            m.outbox_backlog.set(n);
+        Ok(state) => {
+            m.outbox_backlog.set(state.backlog);
+            m.outbox_oldest_age_seconds.set(state.oldest_age_s);
         }
         Err(e) => {
             tracing::warn!(error = %e, "/metrics: the outbox backlog is unknown; the gauge keeps its last value")
@@ -277,4 +350,37 @@ async fn plugins(State(s): AdminRef) -> Response {
 
 async fn routes(State(s): AdminRef) -> Response {
     axum::Json(s.shared.state.load_full().routes.describe()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::OutboxState;
+
+    #[test]
+    fn the_outbox_degrades_health_when_old_or_quarantining() {
+        let fine = OutboxState {
+            backlog: 3,
+            oldest_age_s: 1,
+            parked: 0,
+        };
+        assert!(outbox_degraded(&fine, None, None).is_empty());
+        assert!(
+            outbox_degraded(&fine, Some(QUARANTINE_RECENT * 2), None).is_empty(),
+            "an old quarantine is history"
+        );
+        let quarantining = outbox_degraded(&fine, Some(Duration::from_secs(5)), None);
+        assert_eq!(quarantining.len(), 1);
+        assert!(quarantining[0].contains("quarantined"), "{quarantining:?}");
+        let old = OutboxState {
+            oldest_age_s: 31,
+            ..fine.clone()
+        };
+        let why = outbox_degraded(&old, None, None);
+        assert!(why[0].contains("waited 31 s"), "{why:?}");
+        let parked = OutboxState { parked: 2, ..fine };
+        let why = outbox_degraded(&parked, None, Some(Duration::from_secs(1)));
+        assert_eq!(why.len(), 1, "{why:?}");
+        assert!(why[0].contains("could not be dead-lettered"), "{why:?}");
+    }
 }

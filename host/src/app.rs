@@ -221,8 +221,13 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let loaded = load_config(&options)?;
     let config = loaded.config.clone();
+    let catalog = Arc::new(
+        crate::topics::TopicCatalog::new(&config.kafka.brokers)
+            .context("creating the Kafka metadata client")?,
+    );
     let runtime = Arc::new(Runtime::new(RuntimeOptions {
         max_instances: config.runtime.max_instances,
+        topics: Some(catalog),
         ..RuntimeOptions::default()
     })?);
     let admin_listener = match &config.admin.address {
@@ -276,6 +281,12 @@ pub async fn run(
             .create()
             .context("creating the Kafka producer")?;
     let wake = Arc::new(Notify::new());
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let dead_letters = outbox::DeadLetters {
+        topic: config.dead_letter.topic.clone(),
+        message_max_bytes: kafka::producer_message_max_bytes(&config.kafka.producer)
+            .unwrap_or(kafka::DEFAULT_MESSAGE_MAX_BYTES),
+    };
     let shared = Arc::new(Shared {
         state: arc_swap::ArcSwap::from_pointee(RouterState { routes, plugins }),
         db: db.clone(),
@@ -284,16 +295,21 @@ pub async fn run(
         group: config.kafka.group.clone(),
         retry: config.retry.clone(),
         relay_wake: wake.clone(),
-        metrics: crate::metrics::Metrics::default(),
+        metrics: metrics.clone(),
         breakers: Breakers::default(),
     });
 
     let (stop_relay_tx, stop_relay_rx) = tokio::sync::oneshot::channel::<()>();
-    let relay_task = tokio::spawn(Relay::new(db.clone(), producer.clone(), wake.clone()).run(
-        async {
-            let _ = stop_relay_rx.await;
-        },
-    ));
+    let relay = Relay::new(
+        db.clone(),
+        producer.clone(),
+        wake.clone(),
+        dead_letters.clone(),
+        metrics.clone(),
+    );
+    let relay_task = tokio::spawn(relay.run(async {
+        let _ = stop_relay_rx.await;
+    }));
 
     let lanes = Lanes::default();
     let consumer = Arc::new(consumer::create(
@@ -377,7 +393,7 @@ pub async fn run(
     }
     let _ = stop_relay_tx.send(());
     let _ = relay_task.await;
-    let left = Relay::new(db.clone(), producer, wake)
+    let left = Relay::new(db.clone(), producer, wake, dead_letters, metrics)
         .drain(Duration::from_secs(10))
         .await;
     if left != 0 {

@@ -420,6 +420,28 @@ impl Loaded {
                 ));
             }
         }
+        // The publish cap may not exceed what the producer accepts: a
+        // message between the two would be allowed to the plugin and then
+        // refused by the producer in the outbox. The default cap is
+        // lowered to the producer's limit (see `plugin_envs`); a cap set
+        // above it is a mistake to point at.
+        let producer_max = crate::kafka::producer_message_max_bytes(&config.kafka.producer)
+            .map_err(|why| err_at(find("message.max.bytes"), why))?;
+        for (name, plugin) in &config.plugins.plugins {
+            let cap = plugin.limits.max_publish_bytes;
+            if cap != Limits::default().max_publish_bytes && cap > producer_max {
+                let section = find(&format!("[plugins.{name}]"));
+                let at = text[section..]
+                    .find("max_publish_bytes")
+                    .map_or(section, |i| section + i);
+                return Err(err_at(
+                    at,
+                    format!(
+                        "plugin {name}: `limits.max_publish_bytes` = {cap} is over the producer's `message.max.bytes` ({producer_max}), so messages in between would be accepted from the plugin and refused by Kafka; lower it, or raise `message.max.bytes` under [kafka.producer] (and the topics' max.message.bytes on the brokers)"
+                    ),
+                ));
+            }
+        }
         if config.retry.max_attempts == 0 {
             return Err(err_at(
                 find("max_attempts"),
@@ -552,6 +574,10 @@ impl Loaded {
         dir_override: Option<&Path>,
     ) -> Vec<(String, PathBuf, PluginEnv, Isolation, BreakerConfig)> {
         let dir = self.plugin_dir(dir_override);
+        // Checked when the config was loaded; the default stands in for a
+        // value that no longer parses.
+        let producer_max = crate::kafka::producer_message_max_bytes(&self.config.kafka.producer)
+            .unwrap_or(crate::kafka::DEFAULT_MESSAGE_MAX_BYTES);
         self.config
             .plugins
             .plugins
@@ -561,9 +587,11 @@ impl Loaded {
                     Ok(serde_json::Value::Object(m)) => m,
                     _ => serde_json::Map::new(),
                 };
+                let mut limits = p.limits.clone();
+                limits.clamp_to_producer(producer_max);
                 let env = PluginEnv {
                     name: name.as_str().into(),
-                    limits: p.limits.clone(),
+                    limits,
                     grants: Grants::new(p.publish.clone()),
                     settings: Arc::new(settings),
                     db_role: None,
@@ -684,5 +712,38 @@ dedupe = { header = "event-id" }
             assert!(err.contains(expect), "{to}: {err}");
             assert!(err.starts_with("config/test.toml:"), "{err}");
         }
+    }
+
+    #[test]
+    fn the_publish_cap_follows_the_producers_limit() -> Result<(), ConfigError> {
+        // The default cap (1 MiB) is lowered to librdkafka's default.
+        let envs = load(GOOD)?.plugin_envs(None);
+        assert_eq!(envs[0].2.limits.max_publish_bytes, 1_000_000);
+        // A smaller producer limit lowers it further.
+        let small = GOOD.replace(
+            "brokers = \"127.0.0.1:9092\"",
+            "brokers = \"127.0.0.1:9092\"\nproducer = { \"message.max.bytes\" = \"200000\" }",
+        );
+        let envs = load(&small)?.plugin_envs(None);
+        assert_eq!(envs[0].2.limits.max_publish_bytes, 200_000);
+        // A cap set above the producer's limit is refused where it is.
+        let over = small.replace(
+            "limits = { deadline_ms = 250 }",
+            "limits = { deadline_ms = 250, max_publish_bytes = 500000 }",
+        );
+        let err = load(&over).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.starts_with("config/test.toml:13:"), "{err}");
+        assert!(
+            err.contains(
+                "max_publish_bytes` = 500000 is over the producer's `message.max.bytes` (200000)"
+            ),
+            "{err}"
+        );
+        // A producer limit librdkafka would refuse is refused here.
+        let bad = small.replace("\"200000\"", "\"lots\"");
+        let err = load(&bad).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("message.max.bytes"), "{err}");
+        assert!(err.starts_with("config/test.toml:4:"), "{err}");
+        Ok(())
     }
 }

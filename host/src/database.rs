@@ -249,6 +249,28 @@ impl Database {
         }
     }
 
+    /// The column names of `table` (a host table: the name is the
+    /// host's, never a plugin's), for forward migrations of the router's
+    /// own tables.
+    pub async fn column_names(&self, table: &str) -> Result<Vec<String>, sqlx::Error> {
+        match self {
+            Database::Postgres(pg) => {
+                sqlx::query_scalar(
+                    "SELECT column_name::text FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1",
+                )
+                .bind(table)
+                .fetch_all(&pg.host)
+                .await
+            }
+            Database::Sqlite(pool, _) => {
+                sqlx::query_scalar("SELECT name FROM pragma_table_info($1)")
+                    .bind(table)
+                    .fetch_all(pool)
+                    .await
+            }
+        }
+    }
+
     /// Whether the database takes a write: `/health` asks this, so a
     /// database that answers reads but refuses writes (read-only after a
     /// failover, a full disk) is not reported healthy. One upsert of this

@@ -113,7 +113,8 @@ pub struct Filter {
     pub plugin: Option<String>,
     /// Only those whose error contains this (case-insensitive).
     pub reason: Option<String>,
-    /// Only this outcome (`failed`, `rejected`, `retry`, `parked`).
+    /// Only this outcome (`failed`, `rejected`, `retry`, `parked`, or
+    /// `quarantined`: an outbox message the broker refused for good).
     pub outcome: Option<String>,
     /// Only those dead-lettered at or after this time.
     pub since: Option<chrono::DateTime<chrono::Utc>>,
@@ -399,6 +400,14 @@ async fn check(
         e.skipped = Some(Skip::Refused(why));
         e
     };
+    if d.header("switchyard.outcome") == Some("quarantined") {
+        let why = format!(
+            "a message plugin {plugin} published that the broker refused for good ({}), not a consumed event: there is no event to replay; fix the cause and produce it to {} by hand if it is still wanted",
+            d.header("switchyard.reason").unwrap_or("?"),
+            d.header("switchyard.original-topic").unwrap_or("its topic")
+        );
+        return Ok((refuse(entry, why), None));
+    }
     if plugin == "?" || d.origin().is_none() {
         let why = "it lacks the switchyard.plugin or switchyard.origin-* headers: not written by switchyard".to_string();
         return Ok((refuse(entry, why), None));

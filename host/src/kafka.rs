@@ -5,7 +5,9 @@ use crate::event::Event;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::types::RDKafkaErrorCode;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -120,4 +122,233 @@ pub fn to_headers(headers: &[(String, Option<Vec<u8>>)]) -> OwnedHeaders {
             })
         },
     )
+}
+
+/// librdkafka's default `message.max.bytes`: the largest record the
+/// producer accepts unless `[kafka.producer]` says otherwise.
+pub const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+
+/// The producer's `message.max.bytes` from `[kafka.producer]`, or
+/// librdkafka's default. `Err` says why a configured value is unusable
+/// (librdkafka accepts 1000 ..= 1000000000).
+pub fn producer_message_max_bytes(extra: &BTreeMap<String, String>) -> Result<usize, String> {
+    match extra.get("message.max.bytes") {
+        None => Ok(DEFAULT_MESSAGE_MAX_BYTES),
+        Some(text) => match text.trim().parse::<usize>() {
+            Ok(n) if (1_000..=1_000_000_000).contains(&n) => Ok(n),
+            _ => Err(format!(
+                "`kafka.producer.\"message.max.bytes\"` = {text:?} must be a whole number of bytes from 1000 to 1000000000"
+            )),
+        },
+    }
+}
+
+/// Bytes of an unsigned LEB128 varint holding `n` zigzag-encoded, as
+/// librdkafka counts a header's name and value lengths.
+fn zigzag_varint_len(n: usize) -> usize {
+    let mut z = (n as u64) << 1;
+    let mut len = 1;
+    while z >= 0x80 {
+        z >>= 7;
+        len += 1;
+    }
+    len
+}
+
+/// The most a record's framing adds (MessageV2: length, attributes,
+/// timestamp and offset deltas, key and value lengths, header count), as
+/// librdkafka reserves it: `RD_KAFKAP_MESSAGE_V2_MAX_OVERHEAD`.
+pub const RECORD_OVERHEAD_BYTES: usize = 5 + 1 + 10 + 5 + 5 + 5 + 5;
+
+/// The size librdkafka compares with `message.max.bytes` when a record is
+/// produced (`rd_kafka_msg_max_wire_size`): key + value + each header's
+/// name, value and their varint lengths + the framing overhead. The host's
+/// publish cap counts the same, so a message the plugin was allowed to
+/// publish is one the producer accepts.
+pub fn record_wire_size(
+    key: Option<&[u8]>,
+    value: &[u8],
+    headers: &[(String, Option<Vec<u8>>)],
+) -> usize {
+    let headers: usize = headers
+        .iter()
+        .map(|(name, v)| {
+            let value = v.as_ref().map_or(0, Vec::len);
+            name.len() + value + zigzag_varint_len(name.len()) + zigzag_varint_len(value)
+        })
+        .sum();
+    RECORD_OVERHEAD_BYTES + key.map_or(0, <[u8]>::len) + value.len() + headers
+}
+
+/// What a failed produce means for the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProduceFailure {
+    /// The broker, the network or the producer is having trouble: the same
+    /// record succeeds later. Keep it and try again.
+    Transient,
+    /// The record itself can never be written as it is (too large, a
+    /// partition or topic that does not exist, not authorised, invalid):
+    /// retrying it only blocks what comes after. The label names the
+    /// reason in metrics and dead-letter headers.
+    Permanent(&'static str),
+}
+
+/// Classify a produce error, from `send_result` or from the delivery
+/// report. Only errors that are the record's own fault are permanent;
+/// everything else — outages, timeouts, leader elections, too few
+/// replicas, and failures of the producer or the cluster as a whole
+/// (cluster authorisation, a fatal idempotence error) that no single
+/// record causes — is transient, so a good record is never moved aside
+/// because of the infrastructure. Unknown codes are transient too: the
+/// row waits, nothing is lost, and `/health` shows the outbox ageing.
+pub fn classify_produce_error(e: &KafkaError) -> ProduceFailure {
+    use RDKafkaErrorCode as C;
+    let code = match e {
+        KafkaError::MessageProduction(code) => *code,
+        _ => return ProduceFailure::Transient,
+    };
+    ProduceFailure::Permanent(match code {
+        // Over message.max.bytes (producer) or the topic's
+        // max.message.bytes (broker).
+        C::MessageSizeTooLarge | C::InvalidMessageSize | C::MessageBatchTooLarge => {
+            "message_too_large"
+        }
+        // librdkafka knows the topic's partitions and this one is not
+        // among them.
+        C::UnknownPartition => "unknown_partition",
+        // librdkafka gave up waiting for the topic to appear
+        // (topic.metadata.propagation.max.ms). The broker's own
+        // UnknownTopicOrPartition is transient: it is what a broker says
+        // while a topic is being created or a leader moves.
+        C::UnknownTopic => "unknown_topic",
+        C::InvalidTopic => "invalid_topic",
+        C::TopicAuthorizationFailed => "topic_authorization_failed",
+        C::InvalidRecord | C::InvalidMessage | C::BadMessage | C::InvalidArgument => {
+            "invalid_record"
+        }
+        C::InvalidTimestamp => "invalid_timestamp",
+        C::UnsupportedForMessageFormat => "unsupported_for_message_format",
+        C::PolicyViolation => "policy_violation",
+        _ => return ProduceFailure::Transient,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    #[test]
+    fn produce_errors_are_classified() {
+        use ProduceFailure::{Permanent, Transient};
+        let p = |c| KafkaError::MessageProduction(c);
+        let table = [
+            // The record's own fault: retrying cannot help.
+            (p(C::MessageSizeTooLarge), Permanent("message_too_large")),
+            (p(C::MessageBatchTooLarge), Permanent("message_too_large")),
+            (p(C::InvalidMessageSize), Permanent("message_too_large")),
+            (p(C::UnknownPartition), Permanent("unknown_partition")),
+            (p(C::UnknownTopic), Permanent("unknown_topic")),
+            (p(C::InvalidTopic), Permanent("invalid_topic")),
+            (
+                p(C::TopicAuthorizationFailed),
+                Permanent("topic_authorization_failed"),
+            ),
+            (p(C::InvalidRecord), Permanent("invalid_record")),
+            (p(C::InvalidMessage), Permanent("invalid_record")),
+            (p(C::InvalidTimestamp), Permanent("invalid_timestamp")),
+            (
+                p(C::UnsupportedForMessageFormat),
+                Permanent("unsupported_for_message_format"),
+            ),
+            (p(C::PolicyViolation), Permanent("policy_violation")),
+            // The infrastructure's: the same record succeeds later.
+            (p(C::MessageTimedOut), Transient),
+            (p(C::BrokerTransportFailure), Transient),
+            (p(C::AllBrokersDown), Transient),
+            (p(C::RequestTimedOut), Transient),
+            (p(C::NotEnoughReplicas), Transient),
+            (p(C::NotEnoughReplicasAfterAppend), Transient),
+            (p(C::LeaderNotAvailable), Transient),
+            (p(C::NotLeaderForPartition), Transient),
+            (p(C::UnknownTopicOrPartition), Transient),
+            (p(C::QueueFull), Transient),
+            (p(C::KafkaStorageError), Transient),
+            (p(C::NetworkException), Transient),
+            // Not one record's fault: the producer or the cluster.
+            (p(C::ClusterAuthorizationFailed), Transient),
+            (p(C::Fatal), Transient),
+            (p(C::OutOfOrderSequenceNumber), Transient),
+            (KafkaError::Canceled, Transient),
+            (KafkaError::Global(C::MessageSizeTooLarge), Transient),
+        ];
+        for (error, expected) in table {
+            assert_eq!(classify_produce_error(&error), expected, "{error}");
+        }
+    }
+    use RDKafkaErrorCode as C;
+
+    #[test]
+    fn varint_lengths_match_zigzag_encoding() {
+        assert_eq!(zigzag_varint_len(0), 1);
+        assert_eq!(zigzag_varint_len(63), 1);
+        assert_eq!(zigzag_varint_len(64), 2);
+        assert_eq!(zigzag_varint_len(8191), 2);
+        assert_eq!(zigzag_varint_len(8192), 3);
+    }
+
+    /// The host's count is librdkafka's: at the producer's limit a record
+    /// is accepted, one byte over it is refused (checked by librdkafka
+    /// itself, before any broker is involved).
+    #[test]
+    fn record_size_is_counted_as_the_producer_counts_it() {
+        let max = 2_000;
+        let producer: FutureProducer = match ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:1")
+            .set("message.max.bytes", max.to_string())
+            .set("message.timeout.ms", "1000")
+            .create()
+        {
+            Ok(p) => p,
+            Err(e) => panic!("cannot create a producer: {e}"),
+        };
+        let headers = vec![
+            ("event-id".to_string(), Some(b"abc:0".to_vec())),
+            ("h".repeat(70), Some(vec![7; 200])),
+            ("null".to_string(), None),
+        ];
+        let key = b"key-1".to_vec();
+        let framing = record_wire_size(Some(&key), &[], &headers);
+        for (len, accepted) in [(max - framing, true), (max - framing + 1, false)] {
+            let value = vec![b'x'; len];
+            assert_eq!(
+                record_wire_size(Some(&key), &value, &headers),
+                len + framing
+            );
+            let record = FutureRecord::to("t")
+                .key(&key[..])
+                .payload(&value[..])
+                .headers(to_headers(&headers));
+            match producer.send_result(record) {
+                Ok(_) => assert!(accepted, "{len} bytes of value were accepted"),
+                Err((e, _)) => {
+                    assert!(!accepted, "{len} bytes refused: {e}");
+                    assert_eq!(
+                        classify_produce_error(&e),
+                        ProduceFailure::Permanent("message_too_large")
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_producer_limit_comes_from_the_config() {
+        let mut extra = BTreeMap::new();
+        assert_eq!(producer_message_max_bytes(&extra), Ok(1_000_000));
+        extra.insert("message.max.bytes".to_string(), "200000".to_string());
+        assert_eq!(producer_message_max_bytes(&extra), Ok(200_000));
+        extra.insert("message.max.bytes".to_string(), "12".to_string());
+        assert!(producer_message_max_bytes(&extra).is_err());
+    }
 }

@@ -24,7 +24,9 @@
 //!   retries, dead letters;
 //! - [`outbox`]: the outbox table and its relay; [`kafka`]: client
 //!   settings; [`app`]: `switchyard run` and `switchyard check`;
-//! - [`reload`]: hot reload of plugin files and the routing config.
+//! - [`reload`]: hot reload of plugin files and the routing config;
+//! - [`topics`]: partition counts, to refuse a publish to a partition
+//!   that does not exist.
 
 pub mod admin;
 pub mod app;
@@ -51,3 +53,4 @@ pub mod routes;
 pub mod runtime;
 pub mod sql_gate;
 pub mod sqlite_sandbox;
+pub mod topics;

@@ -44,7 +44,14 @@ pub struct Limits {
     pub max_result_bytes: usize,
     /// Most statements per event.
     pub max_statements: usize,
-    /// Largest message (key + value + headers) `publish` accepts, in bytes.
+    /// Largest message `publish` accepts, in bytes, counted as the Kafka
+    /// producer counts it against its `message.max.bytes`: key + value +
+    /// headers (with the host's `event-id`, `request-id` and trace
+    /// context) + their length prefixes + 36 bytes of record framing. It
+    /// never exceeds the producer's `message.max.bytes` (default
+    /// 1000000): the default (1 MiB) is lowered to it, and a config that
+    /// sets a larger value is refused. Example: `max_publish_bytes =
+    /// 65536`.
     pub max_publish_bytes: usize,
     /// Most messages one event may publish.
     pub max_publishes: usize,
@@ -78,8 +85,35 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// Lower the publish cap to what the producer accepts
+    /// (`message.max.bytes`), so that no message a plugin was allowed to
+    /// publish can be refused by the producer for its size and wait in
+    /// the outbox.
+    pub fn clamp_to_producer(&mut self, message_max_bytes: usize) {
+        self.max_publish_bytes = self.max_publish_bytes.min(message_max_bytes);
+    }
+
     /// The deadline in epoch ticks (rounded up, at least one).
     pub fn deadline_ticks(&self) -> u64 {
         self.deadline_ms.div_ceil(EPOCH_TICK_MS).max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_publish_cap_never_exceeds_the_producers_limit() {
+        let mut l = Limits::default();
+        assert_eq!(l.max_publish_bytes, 1 << 20);
+        l.clamp_to_producer(crate::kafka::DEFAULT_MESSAGE_MAX_BYTES);
+        assert_eq!(l.max_publish_bytes, 1_000_000);
+        let mut small = Limits {
+            max_publish_bytes: 65_536,
+            ..Limits::default()
+        };
+        small.clamp_to_producer(1_000_000);
+        assert_eq!(small.max_publish_bytes, 65_536, "a lower cap stays");
     }
 }

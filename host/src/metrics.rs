@@ -49,6 +49,32 @@ pub struct PartitionLabels {
     pub partition: i32,
 }
 
+/// `plugin`, `reason`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QuarantineLabels {
+    /// The plugin that published the message (`""` for outbox rows
+    /// written before rows named their plugin).
+    pub plugin: String,
+    /// Why the broker refused it for good: `message_too_large`,
+    /// `unknown_partition`, `unknown_topic`, `topic_authorization_failed`,
+    /// `invalid_record`, ... (see `kafka::classify_produce_error`).
+    pub reason: String,
+}
+
+/// The last outbox message moved to the dead-letter topic, for `/health`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct QuarantineNote {
+    /// Its plugin.
+    pub plugin: String,
+    /// Why.
+    pub reason: String,
+    /// When (RFC 3339).
+    pub at: String,
+    /// When, for the age `/health` compares.
+    #[serde(skip)]
+    pub instant: Option<std::time::Instant>,
+}
+
 /// `plugin`, `version`, `hash`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionLabels {
@@ -90,7 +116,13 @@ pub struct Metrics {
     pub consumer_lag: Family<PartitionLabels, Gauge>,
     /// 1 for each plugin version in service (set at scrape).
     pub plugin_info: Family<VersionLabels, Gauge>,
+    /// Age of the oldest outbox row, in seconds (set at scrape).
+    pub outbox_oldest_age_seconds: Gauge,
+    outbox_quarantined: Family<QuarantineLabels, Counter>,
+    outbox_dead_letter_failures: Counter,
     last_errors: Mutex<HashMap<String, LastError>>,
+    last_quarantine: Mutex<Option<QuarantineNote>>,
+    last_dead_letter_failure: Mutex<Option<(std::time::Instant, String)>>,
 }
 
 fn call_buckets() -> Histogram {
@@ -186,6 +218,24 @@ impl Default for Metrics {
             "The plugin versions in service (value 1)",
             plugin_info.clone(),
         );
+        let outbox_oldest_age_seconds = Gauge::default();
+        registry.register(
+            "outbox_oldest_age_seconds",
+            "Age of the oldest message waiting in the outbox (0 when it is empty)",
+            outbox_oldest_age_seconds.clone(),
+        );
+        let outbox_quarantined = Family::<QuarantineLabels, Counter>::default();
+        registry.register(
+            "outbox_quarantined",
+            "Outbox messages the broker refused for good (too large, no such partition, ...), moved to the dead-letter topic so the messages behind them flow, by plugin and reason",
+            outbox_quarantined.clone(),
+        );
+        let outbox_dead_letter_failures = Counter::default();
+        registry.register(
+            "outbox_dead_letter_failures",
+            "Refused outbox messages whose dead letter could not be written: the row stays and is tried again later",
+            outbox_dead_letter_failures.clone(),
+        );
         Self {
             registry,
             events,
@@ -201,7 +251,12 @@ impl Default for Metrics {
             outbox_backlog,
             consumer_lag,
             plugin_info,
+            outbox_oldest_age_seconds,
+            outbox_quarantined,
+            outbox_dead_letter_failures,
             last_errors: Mutex::new(HashMap::new()),
+            last_quarantine: Mutex::new(None),
+            last_dead_letter_failure: Mutex::new(None),
         }
     }
 }
@@ -321,6 +376,69 @@ impl Metrics {
             .cloned()
     }
 
+    /// An outbox message of `plugin` was refused for good (`reason`) and
+    /// moved to the dead-letter topic; also the plugin's last error.
+    pub fn outbox_quarantined(&self, plugin: &str, reason: &str) {
+        self.outbox_quarantined
+            .get_or_create(&QuarantineLabels {
+                plugin: plugin.to_string(),
+                reason: reason.to_string(),
+            })
+            .inc();
+        let now = chrono::Utc::now().to_rfc3339();
+        self.set_last_error(
+            plugin,
+            &format!("an outbox message was refused by the broker for good ({reason}) and moved to the dead-letter topic"),
+        );
+        *self
+            .last_quarantine
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(QuarantineNote {
+            plugin: plugin.to_string(),
+            reason: reason.to_string(),
+            at: now,
+            instant: Some(std::time::Instant::now()),
+        });
+    }
+
+    /// Outbox messages of `plugin` quarantined for `reason` (for tests).
+    pub fn outbox_quarantined_count(&self, plugin: &str, reason: &str) -> u64 {
+        self.outbox_quarantined
+            .get(&QuarantineLabels {
+                plugin: plugin.to_string(),
+                reason: reason.to_string(),
+            })
+            .map_or(0, |c| c.get())
+    }
+
+    /// The last quarantined outbox message, if any.
+    pub fn last_quarantine(&self) -> Option<QuarantineNote> {
+        self.last_quarantine
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// A refused outbox message's dead letter failed (`why`).
+    pub fn outbox_dead_letter_failed(&self, why: &str) {
+        self.outbox_dead_letter_failures.inc();
+        *self
+            .last_dead_letter_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some((std::time::Instant::now(), why.to_string()));
+    }
+
+    /// The last failed dead letter of a refused outbox message: how long
+    /// ago, and why.
+    pub fn last_dead_letter_failure(&self) -> Option<(Duration, String)> {
+        self.last_dead_letter_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .map(|(at, why)| (at.elapsed(), why.clone()))
+    }
+
     /// Everything, in the OpenMetrics text format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -361,6 +479,17 @@ mod tests {
         assert_eq!(
             m.last_error("stats").map(|e| e.reason),
             Some("bad event".into())
+        );
+        m.outbox_quarantined("stats", "message_too_large");
+        let text = m.encode();
+        assert!(
+            text.contains(r#"switchyard_outbox_quarantined_total{plugin="stats",reason="message_too_large"} 1"#),
+            "{text}"
+        );
+        assert_eq!(m.outbox_quarantined_count("stats", "message_too_large"), 1);
+        assert_eq!(
+            m.last_quarantine().map(|q| q.reason),
+            Some("message_too_large".into())
         );
     }
 }

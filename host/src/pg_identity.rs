@@ -564,8 +564,8 @@ CREATE OR REPLACE FUNCTION {HOST_SCHEMA}.enqueue(
 {definer} AS $f$
 BEGIN
     PERFORM {HOST_SCHEMA}.guard(p_secret, p_plugin);
-    INSERT INTO {app}.switchyard_outbox (topic, msg_key, payload, headers, msg_partition)
-    SELECT u.t, u.k, u.v, u.h, u.pa
+    INSERT INTO {app}.switchyard_outbox (topic, msg_key, payload, headers, msg_partition, plugin)
+    SELECT u.t, u.k, u.v, u.h, u.pa, p_plugin
       FROM unnest(p_topics, p_keys, p_payloads, p_headers, p_partitions)
            WITH ORDINALITY AS u(t, k, v, h, pa, n)
      ORDER BY u.n;

@@ -68,8 +68,9 @@ pub struct Shared {
     pub retry: RetryConfig,
     /// Wakes the outbox relay after a commit with messages.
     pub relay_wake: Arc<Notify>,
-    /// Counts and timings, exported at `/metrics`.
-    pub metrics: crate::metrics::Metrics,
+    /// Counts and timings, exported at `/metrics` (shared with the
+    /// outbox relay).
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Each plugin's circuit breaker.
     pub breakers: Breakers,
 }

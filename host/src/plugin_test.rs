@@ -236,9 +236,14 @@ pub async fn run(options: &TestOptions) -> anyhow::Result<TestReport> {
         .file_stem()
         .map(|s| s.to_string_lossy().replace('_', "-"))
         .unwrap_or_else(|| "plugin".into());
+    // As the router does with a config that leaves the producer's
+    // `message.max.bytes` at its default: a message the test accepts is
+    // one the producer accepts.
+    let mut limits = options.limits.clone();
+    limits.clamp_to_producer(crate::kafka::DEFAULT_MESSAGE_MAX_BYTES);
     let env = PluginEnv {
         name: name.as_str().into(),
-        limits: options.limits.clone(),
+        limits,
         grants: Grants::new(options.grants.clone()),
         settings: Arc::new(options.settings.clone()),
         db_role: None,

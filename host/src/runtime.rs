@@ -46,6 +46,10 @@ pub struct RuntimeOptions {
     /// on-demand allocation, for machines that refuse the address-space
     /// reservation.
     pub pooling: bool,
+    /// Partition counts of the brokers' topics, for checking a `publish`
+    /// that names its partition; `None` (no brokers: `check`, `plugin
+    /// test`) skips that check.
+    pub topics: Option<Arc<crate::topics::TopicCatalog>>,
 }
 
 impl Default for RuntimeOptions {
@@ -54,6 +58,7 @@ impl Default for RuntimeOptions {
             max_instances: 256,
             max_memory_bytes: 256 << 20,
             pooling: true,
+            topics: None,
         }
     }
 }
@@ -123,6 +128,7 @@ pub struct LoadedPlugin {
     pub env: Arc<PluginEnv>,
     pre: PluginPre<HostState>,
     engine: Engine,
+    topics: Option<Arc<crate::topics::TopicCatalog>>,
 }
 
 impl LoadedPlugin {
@@ -143,6 +149,7 @@ impl LoadedPlugin {
             env: Arc::new(env),
             pre: self.pre.clone(),
             engine: self.engine.clone(),
+            topics: self.topics.clone(),
         }))
     }
 }
@@ -313,7 +320,7 @@ impl Runtime {
             source_name: source_name.clone(),
             reason,
         };
-        let mut store = new_store(&self.engine, env.clone());
+        let mut store = new_store(&self.engine, env.clone(), self.options.topics.clone());
         store.data_mut().begin_call(None, false, true);
         arm_deadline(&mut store);
         let plugin = match pre.instantiate_async(&mut store).await {
@@ -347,6 +354,7 @@ impl Runtime {
             env,
             pre,
             engine: self.engine.clone(),
+            topics: self.options.topics.clone(),
         }))
     }
 }
@@ -373,8 +381,12 @@ fn check_component_header(bytes: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-fn new_store(engine: &Engine, env: Arc<PluginEnv>) -> Store<HostState> {
-    let mut store = Store::new(engine, HostState::new(env));
+fn new_store(
+    engine: &Engine,
+    env: Arc<PluginEnv>,
+    topics: Option<Arc<crate::topics::TopicCatalog>>,
+) -> Store<HostState> {
+    let mut store = Store::new(engine, HostState::new(env, topics));
     store.limiter(|s| &mut s.limits);
     // Check the deadline at every tick and yield to the executor meanwhile,
     // so a busy plugin does not hold a runtime thread for its whole budget.
@@ -638,7 +650,11 @@ impl PluginWorker {
     }
 
     async fn instantiate(&mut self) -> Result<Live, Failure> {
-        let mut store = new_store(&self.plugin.engine, self.plugin.env.clone());
+        let mut store = new_store(
+            &self.plugin.engine,
+            self.plugin.env.clone(),
+            self.plugin.topics.clone(),
+        );
         store.data_mut().begin_call(None, false, true);
         arm_deadline(&mut store);
         self.instances_started += 1;

@@ -80,11 +80,14 @@ pub struct HostState {
     pub(crate) publish: publish::PublishState,
     /// `log` state (also receives the guest's stdout and stderr).
     pub(crate) log: log::LogState,
+    /// Partition counts, for `publish` with an explicit partition.
+    pub(crate) topics: Option<Arc<crate::topics::TopicCatalog>>,
 }
 
 impl HostState {
-    /// Fresh state for a new store running `env`'s plugin.
-    pub fn new(env: Arc<PluginEnv>) -> Self {
+    /// Fresh state for a new store running `env`'s plugin; `topics`
+    /// checks the partitions `publish` names (`None`: not checked).
+    pub fn new(env: Arc<PluginEnv>, topics: Option<Arc<crate::topics::TopicCatalog>>) -> Self {
         let log = log::LogState::new(env.name.clone(), env.limits.max_log_lines);
         let wasi = WasiCtx::builder()
             .stdout(log.stream(log::Stream::Stdout))
@@ -104,6 +107,7 @@ impl HostState {
             publish: publish::PublishState::default(),
             log,
             env,
+            topics,
         }
     }
 

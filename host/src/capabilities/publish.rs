@@ -8,11 +8,16 @@
 use super::HostState;
 use crate::bindings::switchyard::plugin::publish::{self, Error, Message};
 use crate::event::EventContext;
+use crate::topics::{PartitionCheck, TopicCatalog};
 use std::sync::Arc;
 
 /// A message a plugin published, as it will be produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutMessage {
+    /// The plugin that published it (its name in the routing config): the
+    /// outbox relay shares its window fairly between plugins and names the
+    /// plugin when it moves a message aside.
+    pub plugin: String,
     /// Destination topic.
     pub topic: String,
     /// Record key.
@@ -156,9 +161,60 @@ impl HostState {
     }
 }
 
+/// Refuse a partition the topic does not have, so the message never waits
+/// in the outbox for a partition that will not come. A topic that does not
+/// exist cannot take an explicit partition either (the router creates only
+/// the topics its config names, at start; a message without a partition
+/// may still create one on a broker that auto-creates topics). When the
+/// metadata cannot be read in time the message goes through: the outbox
+/// relay moves it aside if the broker refuses it for good.
+///
+/// A free function over what it needs (the store data is not `Sync`, and
+/// this future waits for the brokers).
+async fn check_partition(
+    topics: Option<Arc<TopicCatalog>>,
+    deadline: std::time::Instant,
+    plugin: &str,
+    topic: &str,
+    partition: Option<i32>,
+) -> Result<(), Error> {
+    let (Some(partition), Some(topics)) = (partition, topics) else {
+        return Ok(());
+    };
+    // Leave the plugin half of what is left of its deadline.
+    let budget = deadline.saturating_duration_since(std::time::Instant::now()) / 2;
+    match topics.check(topic, partition, budget).await {
+        PartitionCheck::Exists => Ok(()),
+        PartitionCheck::NoSuchPartition { partitions } => Err(Error::Invalid(format!(
+            "topic {topic} has no partition {partition} (it has {partitions}: 0..={}); publish without a partition to let the key choose, or pick an existing one",
+            partitions - 1
+        ))),
+        PartitionCheck::NoSuchTopic => Err(Error::Invalid(format!(
+            "topic {topic} does not exist, so it has no partition {partition}; create the topic, or publish without a partition"
+        ))),
+        PartitionCheck::Unknown(why) => {
+            tracing::debug!(%plugin, %topic, partition, %why, "partition not checked: metadata unavailable; the outbox relay will judge it");
+            Ok(())
+        }
+    }
+}
+
 impl publish::Host for HostState {
     async fn send(&mut self, message: Message) -> wasmtime::Result<Result<(), Error>> {
-        if let Err(e) = self.check_message(&message) {
+        let checked = match self.check_message(&message) {
+            Ok(()) => {
+                check_partition(
+                    self.topics.clone(),
+                    self.deadline,
+                    &self.env.name,
+                    &message.topic,
+                    message.partition,
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = checked {
             let reason = match &e {
                 Error::Denied(m) | Error::Limit(m) | Error::Invalid(m) => m.clone(),
             };
@@ -201,23 +257,22 @@ impl publish::Host for HostState {
             }
         }
         // The limit holds for the message as it leaves, with the host's
-        // headers.
-        let size = message.payload.len()
-            + message.key.as_ref().map_or(0, Vec::len)
-            + headers
-                .iter()
-                .map(|(n, v)| n.len() + v.as_ref().map_or(0, Vec::len))
-                .sum::<usize>();
+        // headers, counted as the producer counts it against its
+        // `message.max.bytes` (which the limit never exceeds: see
+        // `Limits::clamp_to_producer`).
+        let size =
+            crate::kafka::record_wire_size(message.key.as_deref(), &message.payload, &headers);
         let max = self.env.limits.max_publish_bytes;
         if size > max {
             let reason = format!(
-                "message of {size} bytes with the host's headers (event-id, request-id, trace context), over the limit of {max} bytes"
+                "message of {size} bytes with the host's headers (event-id, request-id, trace context) and the record framing, over the limit of {max} bytes"
             );
             tracing::warn!(plugin = %self.env.name, topic = %message.topic, %reason, "publish refused");
             self.publish.refused.push(reason.clone());
             return Ok(Err(Error::Limit(reason)));
         }
         self.publish.messages.push(OutMessage {
+            plugin: self.env.name.to_string(),
             topic: message.topic,
             key: message.key,
             payload: message.payload,

@@ -11,8 +11,9 @@
 //! - `sqls` with `"sqls"` (statements without parameters): run each, log
 //!   and ignore errors, and return done (a plugin that carries on after a
 //!   failed statement);
-//! - `publish` with `"topic"`, `"bytes"` and `"count"`: publish that many
-//!   messages of that size; rejected with the first refusal;
+//! - `publish` with `"topic"`, `"bytes"` and `"count"`, and optionally
+//!   `"partition"` and `"key"`: publish that many messages of that size
+//!   (to that partition, with that key); rejected with the first refusal;
 //! - `print`: write to stdout and stderr;
 //! - `retry`, `reject`, `skip`: return that outcome.
 
@@ -42,6 +43,10 @@ struct Command {
     bytes: usize,
     #[serde(default = "one")]
     count: usize,
+    #[serde(default)]
+    partition: Option<i32>,
+    #[serde(default)]
+    key: Option<String>,
 }
 
 fn one() -> usize {
@@ -121,7 +126,17 @@ impl switchyard_plugin::Guest for Hostile {
                 "publish" => {
                     let body = "x".repeat(cmd.bytes);
                     for _ in 0..cmd.count {
-                        if let Err(e) = publish::json(&cmd.topic, None, &body) {
+                        let sent = match (cmd.partition, &cmd.key) {
+                            (None, None) => publish::json(&cmd.topic, None, &body),
+                            (partition, key) => publish::send(&publish::Message {
+                                topic: cmd.topic.clone(),
+                                key: key.as_ref().map(|k| k.as_bytes().to_vec()),
+                                payload: serde_json::to_vec(&body).unwrap_or_default(),
+                                headers: Vec::new(),
+                                partition,
+                            }),
+                        };
+                        if let Err(e) = sent {
                             return Ok(switchyard_plugin::rejected(e.reason()));
                         }
                     }
