@@ -286,7 +286,10 @@ fn the_gate_is_total() {
     });
     let text = prop_oneof![".{0,200}", sql_ish()];
     let result = runner.run(&text, |sql| {
-        let _ = sql_gate::check(&sql, 64 << 10);
+        for backend in [Backend::Sqlite, Backend::Postgres] {
+            let _ = sql_gate::check(&sql, 64 << 10, backend);
+            let _ = sql_gate::check_migration(&sql, backend);
+        }
         Ok(())
     });
     if let Err(e) = result {
@@ -369,7 +372,7 @@ fn what_the_gate_accepts_is_one_statement_on_sqlite() {
     let accepted = std::cell::Cell::new(0u32);
     let ran = std::cell::Cell::new(0u32);
     let result = runner.run(&smuggling_attempt(), |sql| {
-        if sql_gate::check(&sql, 64 << 10).is_err() {
+        if sql_gate::check(&sql, 64 << 10, Backend::Sqlite).is_err() {
             return Ok(());
         }
         accepted.set(accepted.get() + 1);

@@ -7,7 +7,7 @@
 
 use super::HostState;
 use crate::bindings::switchyard::plugin::db::{self, Error, Rows, Value};
-use crate::database::{Tx, value_size};
+use crate::database::{Backend, Tx, value_size};
 use crate::sql_gate;
 
 /// Per-instance `db` state.
@@ -75,7 +75,13 @@ impl HostState {
                 limits.max_statements
             )));
         }
-        sql_gate::check(sql, limits.max_sql_bytes).map_err(|e| match e {
+        // The gate reads the SQL as the engine that will run it will.
+        let backend = match &self.db.tx {
+            Some(Tx::Postgres(..)) => Backend::Postgres,
+            Some(Tx::Sqlite(_)) => Backend::Sqlite,
+            None => return Err(no_transaction()),
+        };
+        sql_gate::check(sql, limits.max_sql_bytes, backend).map_err(|e| match e {
             sql_gate::GateError::TooLong { .. } => Error::Limit(e.to_string()),
             _ => Error::Denied(e.to_string()),
         })?;
