@@ -1417,35 +1417,6 @@ fn classify_sqlstate(code: &str, message: String) -> DbError {
     }
 }
 
-/// The tables a migration script creates (`CREATE TABLE [IF NOT EXISTS]
-/// name`), lowercased, without schema.
-pub fn tables_created(script: &str) -> Vec<String> {
-    let upper = script.to_ascii_uppercase();
-    let mut out = Vec::new();
-    let mut from = 0;
-    while let Some(at) = upper[from..].find("CREATE TABLE") {
-        let mut rest = script[from + at + "CREATE TABLE".len()..].trim_start();
-        if rest.to_ascii_uppercase().starts_with("IF NOT EXISTS") {
-            rest = rest["IF NOT EXISTS".len()..].trim_start();
-        }
-        let name: String = rest
-            .chars()
-            .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '.' || *c == '"')
-            .collect();
-        let name = name
-            .rsplit('.')
-            .next()
-            .unwrap_or("")
-            .trim_matches('"')
-            .to_lowercase();
-        if !name.is_empty() && !out.contains(&name) {
-            out.push(name);
-        }
-        from += at + "CREATE TABLE".len();
-    }
-    out
-}
-
 /// A plugin migration as the host applies it.
 #[derive(Debug, Clone)]
 pub struct MigrationSql {
@@ -1481,6 +1452,7 @@ impl Database {
                 if self.already_applied(plugin, m, &checksum).await? {
                     continue;
                 }
+                refuse_migration(plugin, m, &m.postgres, Backend::Postgres)?;
                 if self.migrate_as_plugin(pg, &identity, m, &checksum).await? {
                     applied_now.push(m.id.clone());
                 }
@@ -1495,6 +1467,7 @@ impl Database {
             if self.already_applied(plugin, m, &checksum).await? {
                 continue;
             }
+            refuse_migration(plugin, m, &m.sqlite, Backend::Sqlite)?;
             let failed = |source| SetupError::Migration {
                 plugin: plugin.to_string(),
                 id: m.id.clone(),
@@ -1684,7 +1657,13 @@ impl Database {
                 Backend::Postgres => &m.postgres,
                 Backend::Sqlite => &m.sqlite,
             };
-            for t in tables_created(script) {
+            // The engine's own parser reads the text (PostgreSQL), or the
+            // lexer (SQLite): names in comments and strings do not count.
+            let created = crate::sql_gate::check_migration(script, self.backend())
+                .map(|summary| summary.tables_created)
+                .unwrap_or_default();
+            for t in created {
+                let t = t.to_lowercase();
                 if !t.starts_with("switchyard_") && !names.contains(&t) {
                     names.push(t);
                 }
@@ -1782,6 +1761,24 @@ impl Database {
     }
 }
 
+/// Refuse a migration the gate does not allow (PostgreSQL: anything but the
+/// plugin's own tables, indexes, sequences and enum types and seed rows),
+/// naming the construct.
+fn refuse_migration(
+    plugin: &str,
+    m: &MigrationSql,
+    script: &str,
+    backend: Backend,
+) -> Result<(), SetupError> {
+    crate::sql_gate::check_migration(script, backend)
+        .map(|_| ())
+        .map_err(|e| SetupError::Refused {
+            plugin: plugin.to_string(),
+            id: m.id.clone(),
+            reason: e.to_string(),
+        })
+}
+
 /// The lowercased names of a SQLite schema's tables and views.
 async fn sqlite_tables(conn: &mut sqlx::SqliteConnection) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar(
@@ -1808,10 +1805,10 @@ mod tests {
     #[test]
     fn finds_the_tables_a_migration_creates() {
         let sql = "CREATE TABLE IF NOT EXISTS customers (id text);\n create table customer_users (x int); CREATE TABLE \"Quoted\" (y int)";
-        assert_eq!(
-            tables_created(sql),
-            vec!["customers", "customer_users", "quoted"]
-        );
+        let created = crate::sql_gate::check_migration(sql, Backend::Sqlite)
+            .map(|m| m.tables_created)
+            .unwrap_or_default();
+        assert_eq!(created, vec!["customers", "customer_users", "quoted"]);
         assert_eq!(
             plugin_role("role-mapping"),
             "switchyard_plugin_role_mapping"
