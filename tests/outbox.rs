@@ -415,3 +415,63 @@ async fn an_old_outbox_is_migrated_forward_and_relayed_on_both_backends() {
         assert_eq!(relay.backlog().await.unwrap_or(-1), 0, "{backend:?}");
     }
 }
+
+/// A refused row whose dead letter fails too stays in the outbox (nothing
+/// lost), waits outside the window, and does not hold the row behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_whose_dead_letter_fails_is_kept_and_parked() {
+    let broker = Broker::start();
+    broker.create_topics(&[OUT], 2).await;
+    let testdb = TestDb::new(Backend::Sqlite).await;
+    let db = Database::connect(&testdb.url, 2)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    switchyard::outbox::create_tables(&db)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    legacy_rows(
+        &db,
+        &[
+            ("a", None, "a-huge".into(), 5_000, "e-a".into()),
+            ("a", None, "a-fine".into(), 10, "e-a2".into()),
+        ],
+    )
+    .await;
+    let metrics = std::sync::Arc::new(switchyard::metrics::Metrics::default());
+    // A producer that refuses the large row, and a dead-letter limit
+    // smaller than the dead letter's own headers: the dead letter cannot
+    // be written either.
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .set("message.max.bytes", "1000")
+        .create()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let relay = switchyard::outbox::Relay::new(
+        db.clone(),
+        producer,
+        std::sync::Arc::new(tokio::sync::Notify::new()),
+        switchyard::outbox::DeadLetters {
+            topic: DLQ.into(),
+            message_max_bytes: 1_000_000,
+        },
+        metrics.clone(),
+    );
+    let pass = relay.pass().await.unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(
+        (pass.delivered, pass.quarantined, pass.parked),
+        (1, 0, 1),
+        "the fine row went, the huge one is parked"
+    );
+    let state = switchyard::outbox::state(&db)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((state.backlog, state.parked), (1, 1));
+    // Parked: the next pass leaves it alone.
+    let again = relay.pass().await.unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(again, switchyard::outbox::Pass::default());
+    assert!(metrics.last_dead_letter_failure().is_some());
+    assert_eq!(
+        metrics.outbox_quarantined_count("a", "message_too_large"),
+        0
+    );
+}

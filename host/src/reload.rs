@@ -314,6 +314,12 @@ impl Reloader {
             }
         }
 
+        // `[kafka]` takes effect at the next restart: until then the
+        // running producer's `message.max.bytes` bounds the publish caps,
+        // so the new config's plugins are read with the running section
+        // (kept for the next reload to compare with, too).
+        let mut loaded = loaded;
+        loaded.config.kafka = self.loaded.config.kafka.clone();
         let current = self.shared.state.load_full();
         let mut plugins = HashMap::new();
         for (name, path, env, isolation, breaker) in
