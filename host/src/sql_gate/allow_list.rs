@@ -175,6 +175,18 @@ pub const SQLITE_FUNCTIONS: &[&str] = &[
     "first_value", "last_value", "nth_value",
 ];
 
+/// SQLite's internal functions that its own `ALTER TABLE` calls while it
+/// rewrites the schema (allowed in a migration scope only). SQLite does
+/// not let SQL text call internal functions, so only its own nested
+/// statements can reach them.
+pub const SQLITE_ALTER_TABLE_FUNCTIONS: &[&str] = &[
+    "sqlite_rename_column",
+    "sqlite_rename_table",
+    "sqlite_rename_test",
+    "sqlite_rename_quotefix",
+    "sqlite_drop_column",
+];
+
 /// Whether plugin SQL may call PostgreSQL function `name` (lowercase, as
 /// the parser folds it; a quoted name keeps its case and must match).
 pub fn postgres_function(name: &str) -> bool {

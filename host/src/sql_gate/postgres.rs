@@ -20,7 +20,8 @@
 use super::allow_list;
 use super::{GateError, MigrationSummary, StatementKind};
 use pg_query::protobuf::{
-    AlterTableType, ConstrType, DropBehavior, ObjectType, SqlValueFunctionOp,
+    AlterTableType, ConstrType, DropBehavior, ObjectType, SqlValueFunctionOp, TransactionStmtKind,
+    VariableSetKind,
 };
 use serde_json::{Map, Value as Json};
 
@@ -759,9 +760,20 @@ fn refusal(mode: Mode, kind: &str, body: &Json) -> GateError {
 /// A statement node's name as SQL spells it.
 fn statement_name(kind: &str, body: &Json) -> String {
     let flag = |f: &str| body.get(f).and_then(Json::as_bool).unwrap_or(false);
+    let kind_name = |prefix: &str| {
+        let n = enum_field(body, "kind").unwrap_or(0);
+        let name = match kind {
+            "TransactionStmt" => TransactionStmtKind::try_from(n).map(|k| k.as_str_name()),
+            _ => VariableSetKind::try_from(n).map(|k| k.as_str_name()),
+        };
+        name.unwrap_or("")
+            .trim_start_matches(prefix)
+            .replace('_', " ")
+    };
     let name = match kind {
-        "TransactionStmt" => "transaction control (BEGIN, COMMIT, ROLLBACK, SAVEPOINT)",
-        "VariableSetStmt" => "SET/RESET",
+        "TransactionStmt" => return kind_name("TRANS_STMT_"),
+        "VariableSetStmt" if kind_name("VAR_").starts_with("RESET") => "RESET",
+        "VariableSetStmt" => "SET",
         "VariableShowStmt" => "SHOW",
         "CopyStmt" => "COPY",
         "DoStmt" => "DO",
