@@ -18,7 +18,23 @@ ensure_wasm_target() {
     fi
 }
 
+# libclang, which bindgen needs to build the pg_query crate (PostgreSQL's
+# own parser, behind the SQL gate). Debian's libclang-dev when missing.
+ensure_libclang() {
+    if ldconfig -p 2>/dev/null | grep -q 'libclang\(-[0-9.]*\)\?\.so' \
+        || ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1; then
+        return
+    fi
+    say "installing libclang-dev (Debian) for the pg_query build"
+    if [ "$(id -u)" = 0 ]; then
+        apt-get install -y -q libclang-dev >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q libclang-dev >/dev/null; }
+    else
+        sudo apt-get install -y -q libclang-dev >/dev/null
+    fi
+}
+
 build_plugins() {
+    ensure_libclang
     ensure_wasm_target
     say "building plugins (wasm32-wasip2, profile 'plugin')"
     local args=()
