@@ -56,22 +56,22 @@ address = "127.0.0.1:0"
 [plugins]
 dir = "{plugin_dir}"
 
-[plugins.a]
+[plugins.test-hostile]
 file = "test_hostile.wasm"
 publish = ["{OUT}"]
 breaker = {{ failures = 0 }}
 
-[plugins.b]
-file = "test_hostile.wasm"
+[plugins.test-fragile]
+file = "test_fragile.wasm"
 publish = ["{OUT}"]
 
 [[routes]]
 topics = ["a.cmds"]
-plugins = ["a"]
+plugins = ["test-hostile"]
 
 [[routes]]
 topics = ["b.cmds"]
-plugins = ["b"]
+plugins = ["test-fragile"]
 "#,
         plugin_dir = plugin_dir.display()
     );
@@ -132,7 +132,7 @@ async fn refused_messages_are_moved_aside_and_other_plugins_flow() {
     let mut rows: Vec<_> = (0..STUCK)
         .map(|i| {
             (
-                "a",
+                "test-hostile",
                 Some(9),
                 format!("a-stuck-{i}"),
                 10,
@@ -140,8 +140,22 @@ async fn refused_messages_are_moved_aside_and_other_plugins_flow() {
             )
         })
         .collect();
-    rows.push(("a", None, "a-huge".into(), 150_000, "legacy-a-huge".into()));
-    rows.extend((0..5).map(|i| ("b", None, format!("b-old-{i}"), 10, format!("legacy-b-{i}"))));
+    rows.push((
+        "test-hostile",
+        None,
+        "a-huge".into(),
+        150_000,
+        "legacy-a-huge".into(),
+    ));
+    rows.extend((0..5).map(|i| {
+        (
+            "test-fragile",
+            None,
+            format!("b-old-{i}"),
+            10,
+            format!("legacy-b-{i}"),
+        )
+    }));
     legacy_rows(&db, &rows).await;
 
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -247,7 +261,7 @@ async fn refused_messages_are_moved_aside_and_other_plugins_flow() {
             .iter()
             .find(|d| d.header("case") == Some(case))
             .unwrap_or_else(|| panic!("no dead letter for {case}"));
-        assert_eq!(letter.header("switchyard.plugin"), Some("a"));
+        assert_eq!(letter.header("switchyard.plugin"), Some("test-hostile"));
         let error = letter.header("switchyard.error").unwrap_or_default();
         assert!(error.contains(words), "{case}: {error}");
     }
@@ -257,7 +271,7 @@ async fn refused_messages_are_moved_aside_and_other_plugins_flow() {
         .collect();
     assert_eq!(quarantined.len(), STUCK + 1);
     for letter in &quarantined {
-        assert_eq!(letter.header("switchyard.plugin"), Some("a"));
+        assert_eq!(letter.header("switchyard.plugin"), Some("test-hostile"));
         assert_eq!(letter.header("switchyard.original-topic"), Some(OUT));
     }
     let stuck: Vec<_> = quarantined
@@ -293,7 +307,7 @@ async fn refused_messages_are_moved_aside_and_other_plugins_flow() {
     assert_eq!(
         sample(
             &metrics,
-            r#"switchyard_outbox_quarantined_total{plugin="a",reason="unknown_partition"}"#
+            r#"switchyard_outbox_quarantined_total{plugin="test-hostile",reason="unknown_partition"}"#
         ),
         STUCK as u64,
         "{metrics}"
@@ -301,7 +315,7 @@ async fn refused_messages_are_moved_aside_and_other_plugins_flow() {
     assert_eq!(
         sample(
             &metrics,
-            r#"switchyard_outbox_quarantined_total{plugin="a",reason="message_too_large"}"#
+            r#"switchyard_outbox_quarantined_total{plugin="test-hostile",reason="message_too_large"}"#
         ),
         1
     );
@@ -318,7 +332,7 @@ async fn refused_messages_are_moved_aside_and_other_plugins_flow() {
         "{health}"
     );
     assert_eq!(
-        health["outbox"]["last_quarantine"]["plugin"], "a",
+        health["outbox"]["last_quarantine"]["plugin"], "test-hostile",
         "{health}"
     );
 }

@@ -57,11 +57,13 @@ struct Arena {
     victim: Arc<LoadedPlugin>,
     attacker: Arc<LoadedPlugin>,
     _runtime: Runtime,
-    _host: HostDb,
+    _host: Option<HostDb>,
 }
 
-async fn load(runtime: &Runtime, db: &Database, name: &str) -> Arc<LoadedPlugin> {
-    let env = PluginEnv {
+/// The environment of a plugin loaded under config key `name`, with a
+/// 500 ms statement timeout and no grants.
+fn env_of(name: &str) -> PluginEnv {
+    PluginEnv {
         name: name.into(),
         limits: Limits {
             statement_timeout_ms: 500,
@@ -72,7 +74,11 @@ async fn load(runtime: &Runtime, db: &Database, name: &str) -> Arc<LoadedPlugin>
         db_role: None,
         db_tables: Arc::from([]),
         native: None,
-    };
+    }
+}
+
+async fn load(runtime: &Runtime, db: &Database, name: &str) -> Arc<LoadedPlugin> {
+    let env = env_of(name);
     let loaded = runtime
         .load_file(&common::plugin_path(name), env)
         .await
@@ -83,9 +89,20 @@ async fn load(runtime: &Runtime, db: &Database, name: &str) -> Arc<LoadedPlugin>
 }
 
 impl Arena {
+    /// On PostgreSQL with a non-superuser host.
     async fn new() -> Self {
-        let host = HostDb::new().await;
-        let db = Database::connect(&host.url, 4)
+        Self::on(Backend::Postgres).await
+    }
+
+    async fn on(backend: Backend) -> Self {
+        let host = match backend {
+            Backend::Postgres => Some(HostDb::new().await),
+            Backend::Sqlite => None,
+        };
+        let url = host
+            .as_ref()
+            .map_or_else(|| "sqlite::memory:".to_string(), |h| h.url.clone());
+        let db = Database::connect(&url, 4)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         switchyard::outbox::create_tables(&db)
@@ -413,17 +430,11 @@ async fn identity_follows_the_config_key_not_describe() {
     let runtime = Runtime::new(RuntimeOptions::default()).unwrap_or_else(|e| panic!("{e}"));
     // test-hostile's describe() says "test-hostile"; loaded as another
     // plugin's key it is refused.
-    let env = PluginEnv {
-        name: "stats-increment".into(),
-        limits: Limits::default(),
-        grants: switchyard::capabilities::publish::Grants::new(vec![]),
-        settings: Arc::new(serde_json::Map::new()),
-        db_role: None,
-        db_tables: Arc::from([]),
-        native: None,
-    };
     let loaded = runtime
-        .load_file(&common::plugin_path("test-hostile"), env)
+        .load_file(
+            &common::plugin_path("test-hostile"),
+            env_of("stats-increment"),
+        )
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let err = switchyard::app::prepare_plugin(&db, &runtime, &loaded)
@@ -547,4 +558,183 @@ async fn upgrade_from_the_earlier_layout_keeps_data_and_drops_stray_grants() {
         .await,
         1
     );
+}
+
+/// SQLite, which has no roles: the authorizer holds the same line. Raw SQL
+/// in the hostile plugin's scope, past the gate, reaches neither the
+/// victim's table nor switchyard's, nor the schema, files or extensions.
+#[tokio::test]
+async fn sqlite_plugin_reaches_only_its_own_tables() {
+    let arena = Arena::on(Backend::Sqlite).await;
+    assert_eq!(
+        &*arena.attacker.env.db_tables,
+        &["hostile_marks".to_string()]
+    );
+    let before = arena.state().await;
+    let answers = attack(
+        &arena,
+        &[
+            "SELECT * FROM user_stats",
+            "UPDATE user_stats SET interviews_created = 0",
+            "WITH x AS (SELECT * FROM user_stats) SELECT * FROM x",
+            "INSERT INTO hostile_marks (id, note) SELECT user_id, 'x' FROM user_stats",
+            "SELECT * FROM switchyard_processed",
+            "INSERT INTO switchyard_processed (consumer_group, plugin, dedupe_key, topic, kafka_partition, kafka_offset, outcome) VALUES ('redteam', 'stats-increment', 'id:planted', 't', 0, 0, 'handled')",
+            "INSERT INTO switchyard_outbox (topic, payload, headers) VALUES ('forged', x'00', '[]')",
+            "INSERT INTO switchyard_plugin_tables (plugin, table_name) VALUES ('test-hostile', 'user_stats')",
+            "SELECT name FROM sqlite_master",
+            "SELECT * FROM pragma_table_info('user_stats')",
+            "SELECT load_extension('/tmp/x')",
+            "ATTACH DATABASE ':memory:' AS other",
+            "PRAGMA writable_schema = 1",
+            "CREATE TABLE evil (x)",
+            "CREATE TEMP TRIGGER t AFTER INSERT ON hostile_marks BEGIN DELETE FROM user_stats; END",
+        ],
+    )
+    .await;
+    for (i, answer) in answers.iter().enumerate() {
+        assert!(
+            answer.is_err(),
+            "attack statement {i} must be refused, got {answer:?}"
+        );
+    }
+    assert_eq!(arena.state().await, before, "the attack changed something");
+    let owned = rows_of(
+        &arena.db,
+        "SELECT plugin, table_name FROM switchyard_plugin_tables ORDER BY 2",
+    )
+    .await;
+    assert_eq!(
+        owned,
+        vec![
+            serde_json::json!({"plugin": "test-hostile", "table_name": "hostile_marks"}),
+            serde_json::json!({"plugin": "stats-increment", "table_name": "stats_processed_events"}),
+            serde_json::json!({"plugin": "stats-increment", "table_name": "user_stats"}),
+        ],
+        "what each plugin owns is what its migrations created"
+    );
+}
+
+/// An SQLite database of the earlier layout (no ownership records) moves
+/// forward: the plugin's tables are recorded from its migrations of then,
+/// and a plugin whose new migration names an existing table it did not
+/// create does not get it.
+#[tokio::test]
+async fn sqlite_upgrade_records_the_earlier_tables_once() {
+    let db = Database::connect("sqlite::memory:", 1)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let hostile_sql = "/* CREATE TABLE switchyard_outbox (x int) */ CREATE TABLE IF NOT EXISTS hostile_marks (id TEXT PRIMARY KEY, note TEXT NOT NULL DEFAULT 'CREATE TABLE switchyard_processed (x int)')";
+    let checksum = switchyard::runtime::short_hash(hostile_sql.as_bytes());
+    db.run_script(&format!(
+        "CREATE TABLE switchyard_migrations (plugin TEXT NOT NULL, id TEXT NOT NULL, checksum TEXT NOT NULL, applied_at TEXT NOT NULL, PRIMARY KEY (plugin, id));
+         {hostile_sql};
+         INSERT INTO hostile_marks VALUES ('kept', 'from before');
+         INSERT INTO switchyard_migrations VALUES ('test-hostile', '0001-create-hostile-marks', '{checksum}', '2026-01-01T00:00:00Z');
+         CREATE TABLE fragile_marks (id TEXT PRIMARY KEY, note TEXT NOT NULL);"
+    ))
+    .await
+    .unwrap_or_else(|e| panic!("earlier layout: {e}"));
+    switchyard::outbox::create_tables(&db)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let runtime = Runtime::new(RuntimeOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    let attacker = load(&runtime, &db, "test-hostile").await;
+    assert_eq!(&*attacker.env.db_tables, &["hostile_marks".to_string()]);
+    assert_eq!(
+        scalar(&db, "SELECT count(*) FROM hostile_marks WHERE id = 'kept'").await,
+        1
+    );
+    // test-fragile is new: its migration (CREATE TABLE IF NOT EXISTS
+    // fragile_marks) names a table that exists but that no migration of
+    // it created: refused, with the table named, and it owns nothing.
+    let fragile = runtime
+        .load_file(&common::plugin_path("test-fragile"), env_of("test-fragile"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let refused = switchyard::app::prepare_plugin(&db, &runtime, &fragile)
+        .await
+        .err()
+        .map(|e| format!("{e:#}"))
+        .unwrap_or_default();
+    assert!(
+        refused.contains("refused") && refused.contains("fragile_marks"),
+        "{refused}"
+    );
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT count(*) FROM switchyard_plugin_tables WHERE plugin = 'test-fragile'"
+        )
+        .await,
+        0
+    );
+}
+
+/// The same attacks sent the way a plugin sends them — through the `db`
+/// capability and the SQL gate — on PostgreSQL with a non-superuser host:
+/// each is refused with a reason that names what was refused, and the
+/// hostile plugin's ordinary statements still run.
+#[tokio::test]
+async fn the_gate_names_what_it_refuses_through_the_plugin() {
+    use switchyard::event::{Event, EventContext};
+    use switchyard::runtime::{CallOptions, Outcome, PluginWorker};
+    let arena = Arena::new().await;
+    let before = arena.state().await;
+    let mut worker = PluginWorker::new(arena.attacker.clone());
+    let mut run = async |sql: &str| -> Outcome {
+        let event = Event {
+            topic: "hostile.cmds".into(),
+            partition: 0,
+            offset: 0,
+            timestamp_ms: None,
+            key: None,
+            payload: serde_json::json!({"do": "sql", "sql": sql})
+                .to_string()
+                .into_bytes(),
+            headers: vec![],
+        };
+        let tx = arena.db.begin().await.unwrap_or_else(|e| panic!("{e}"));
+        let ctx = Arc::new(EventContext::new("redteam", "test-hostile", &event));
+        let (inv, tx) = worker.handle(ctx, &event, tx, CallOptions::default()).await;
+        if let Some(tx) = tx {
+            let _ = if inv.outcome.commits() {
+                tx.commit().await
+            } else {
+                tx.rollback().await
+            };
+        }
+        inv.outcome
+    };
+    for (sql, named) in [
+        ("SELECT set_config/**/('role', 'none', true)", "set_config"),
+        (
+            "SELECT U&\"set\\005Fconfig\"('role', 'none', true)",
+            "set_config",
+        ),
+        (
+            "SELECT (ARRAY[set_config('role', 'none', true)])[1]",
+            "set_config",
+        ),
+        (
+            "SELECT query_to_xml('select 1', true, true, '')",
+            "query_to_xml",
+        ),
+        ("SELECT ts_stat('select 1')", "ts_stat"),
+        ("SELECT pg_sleep(30)", "pg_sleep"),
+        ("SELECT lo_import('/etc/passwd')", "lo_import"),
+        ("SELECT pg_advisory_lock(1)", "pg_advisory_lock"),
+        ("SELECT * FROM switchyard_outbox", "switchyard_outbox"),
+        ("SELECT 'pg_authid'::regclass", "regclass"),
+        ("SELECT * FROM user_stats", "user_stats"),
+    ] {
+        let outcome = run(sql).await;
+        assert!(
+            matches!(&outcome, Outcome::Rejected(reason) if reason.contains(named)),
+            "{sql}: {outcome:?}"
+        );
+    }
+    let ok = run("INSERT INTO hostile_marks (id, note) VALUES ('fine', 'x') RETURNING id").await;
+    assert!(matches!(ok, Outcome::Done), "{ok:?}");
+    assert_eq!(arena.state().await, before);
 }

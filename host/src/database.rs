@@ -1473,10 +1473,44 @@ impl Database {
                 id: m.id.clone(),
                 source,
             };
-            use sqlx::Executor;
             let mut tx = pool.begin().await.map_err(failed)?;
             let before = sqlite_tables(&mut tx).await.map_err(failed)?;
-            tx.execute(m.sqlite.as_str()).await.map_err(failed)?;
+            let own: Vec<String> = sqlx::query_scalar(
+                "SELECT lower(table_name) FROM switchyard_plugin_tables WHERE plugin = $1",
+            )
+            .bind(plugin)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(failed)?;
+            // The migration runs under the authorizer's migration scope:
+            // it may create and change its own tables only (SQLite's
+            // stand-in for running as the plugin's role).
+            let scope = crate::sqlite_sandbox::MigrationScope::enter(
+                &mut tx,
+                plugin.into(),
+                own.into(),
+                before.clone().into(),
+            )
+            .await
+            .map_err(failed)?;
+            // A `&str` runs unprepared and uncached: every statement is
+            // compiled now, under the scope's authorizer.
+            let ran = {
+                use sqlx::Executor;
+                tx.execute(m.sqlite.as_str()).await
+            };
+            let denial = scope.denial();
+            drop(scope);
+            if let Err(e) = ran {
+                return Err(match denial {
+                    Some(reason) => SetupError::Refused {
+                        plugin: plugin.to_string(),
+                        id: m.id.clone(),
+                        reason,
+                    },
+                    None => failed(e),
+                });
+            }
             let after = sqlite_tables(&mut tx).await.map_err(failed)?;
             for table in after.iter().filter(|t| !before.contains(t)) {
                 if table.starts_with("switchyard_") {

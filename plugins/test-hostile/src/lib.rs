@@ -24,8 +24,19 @@ static HANDLED: AtomicU64 = AtomicU64::new(0);
 
 struct Hostile;
 
-/// The plugin's one migration, on both backends.
-const HOSTILE_MIGRATION: &str = "/* CREATE TABLE switchyard_outbox (x int) */ CREATE TABLE IF NOT EXISTS hostile_marks (id TEXT PRIMARY KEY, note TEXT NOT NULL DEFAULT 'CREATE TABLE switchyard_processed (x int)')";
+/// The plugin's one migration, on both backends, for its table
+/// (`hostile_marks`, or `fragile_marks` when built as `test-fragile`: each
+/// plugin owns the tables it creates, so two plugins cannot share one).
+fn marks_migration() -> String {
+    let table = if env!("CARGO_PKG_NAME") == "test-fragile" {
+        "fragile_marks"
+    } else {
+        "hostile_marks"
+    };
+    format!(
+        "/* CREATE TABLE switchyard_outbox (x int) */ CREATE TABLE IF NOT EXISTS {table} (id TEXT PRIMARY KEY, note TEXT NOT NULL DEFAULT 'CREATE TABLE switchyard_processed (x int)')"
+    )
+}
 
 #[derive(serde::Deserialize)]
 struct Command {
@@ -65,13 +76,14 @@ impl switchyard_plugin::Guest for Hostile {
         // (a second plugin with its own identity). The migration names the
         // host's tables in a comment and a string, which must not make
         // them the plugin's.
+        let migration = marks_migration();
         switchyard_plugin::info(
             env!("CARGO_PKG_NAME"),
             env!("CARGO_PKG_VERSION"),
             vec![switchyard_plugin::migration(
                 "0001-create-hostile-marks",
-                HOSTILE_MIGRATION,
-                HOSTILE_MIGRATION,
+                &migration,
+                &migration,
             )],
         )
     }
