@@ -261,10 +261,10 @@ async fn role_escalation_reaches_nothing_past_the_plugins_identity() {
             "SELECT * FROM switchyard_processed",
             "INSERT INTO switchyard_processed (consumer_group, plugin, dedupe_key, topic, kafka_partition, kafka_offset, outcome) VALUES ('redteam', 'stats-increment', 'id:planted', 't', 0, 0, 'handled')",
             "INSERT INTO switchyard_outbox (topic, payload, headers) VALUES ('forged', '\\x00', '[]')",
-            "SELECT * FROM switchyard_host.secret",
+            "SELECT * FROM switchyard_host.secrets",
             "SELECT * FROM switchyard_host.plugin_roles",
-            "SELECT switchyard_host.enqueue('guess', 'test-hostile', ARRAY['forged'], ARRAY[NULL::bytea], ARRAY['\\x00'::bytea], ARRAY['[]'], ARRAY[NULL::int])",
-            "SELECT switchyard_host.mark('guess', 'redteam', 'stats-increment', ARRAY['id:planted'], ARRAY['t'], ARRAY[0], ARRAY[0::bigint], 'handled', now())",
+            "SELECT switchyard_host.enqueue('guess', pg_current_xact_id()::text, 'test-hostile', ARRAY['forged'], ARRAY[NULL::bytea], ARRAY['\\x00'::bytea], ARRAY['[]'], ARRAY[NULL::int])",
+            "SELECT switchyard_host.mark('guess', pg_current_xact_id()::text, 'redteam', 'stats-increment', ARRAY['id:planted'], ARRAY['t'], ARRAY[0], ARRAY[0::bigint], 'handled', now())",
             "SET ROLE postgres",
             "SET SESSION AUTHORIZATION postgres",
             "SELECT pg_read_file('/etc/passwd')",
@@ -312,14 +312,17 @@ async fn the_secret_is_not_reachable_and_the_functions_check_the_session_user() 
     let before = arena.state().await;
     // Even with the host's real secret (which a plugin never sees), the
     // attacker's session cannot write the victim's markers or outbox.
-    let secret: String = rows_of(&arena.db, "SELECT secret FROM switchyard_host.secret")
-        .await
-        .first()
-        .and_then(|r| r["secret"].as_str().map(str::to_string))
-        .unwrap_or_default();
+    let secret: String = rows_of(
+        &arena.db,
+        "SELECT secret FROM switchyard_host.secrets LIMIT 1",
+    )
+    .await
+    .first()
+    .and_then(|r| r["secret"].as_str().map(str::to_string))
+    .unwrap_or_default();
     assert_eq!(secret.len(), 64, "the host reads its secret");
     let mark = format!(
-        "SELECT switchyard_host.mark('{secret}', 'redteam', 'stats-increment', ARRAY['id:planted2'], ARRAY['t'], ARRAY[0], ARRAY[0::bigint], 'handled', now())"
+        "SELECT switchyard_host.mark('{secret}', pg_current_xact_id()::text, 'redteam', 'stats-increment', ARRAY['id:planted2'], ARRAY['t'], ARRAY[0], ARRAY[0::bigint], 'handled', now())"
     );
     let answers = attack(&arena, &[&mark]).await;
     assert!(
@@ -727,6 +730,11 @@ async fn the_gate_names_what_it_refuses_through_the_plugin() {
         ("SELECT * FROM switchyard_outbox", "switchyard_outbox"),
         ("SELECT 'pg_authid'::regclass", "regclass"),
         ("SELECT * FROM user_stats", "user_stats"),
+        ("SELECT count(*) FROM pg_authid", "pg_authid"),
+        ("PREPARE p AS SELECT 1", "PREPARE"),
+        ("DEALLOCATE ALL", "DEALLOCATE"),
+        ("COMMIT", "COMMIT"),
+        ("ALTER ROLE CURRENT_USER SET work_mem = '1GB'", "ALTER"),
     ] {
         let outcome = run(sql).await;
         assert!(
@@ -737,4 +745,73 @@ async fn the_gate_names_what_it_refuses_through_the_plugin() {
     let ok = run("INSERT INTO hostile_marks (id, note) VALUES ('fine', 'x') RETURNING id").await;
     assert!(matches!(ok, Outcome::Done), "{ok:?}");
     assert_eq!(arena.state().await, before);
+}
+
+/// A plugin that ends the event's transaction itself (`COMMIT`, past the
+/// gate) cannot make the host's writes that follow commit on their own:
+/// the guarded calls carry the transaction id the host read when it
+/// opened the transaction, and refuse any other. No outbox row appears.
+#[tokio::test]
+async fn host_writes_never_commit_outside_the_events_transaction() {
+    let arena = Arena::new().await;
+    let outbox = |db: &Database| {
+        let db = db.clone();
+        async move {
+            scalar(
+                &db,
+                "SELECT count(*) FROM switchyard_outbox WHERE topic = 'test-hostile.out'",
+            )
+            .await
+        }
+    };
+    let before = outbox(&arena.db).await;
+    let (answers, committed) = arena
+        .as_plugin(&arena.attacker.clone(), &[("COMMIT", vec![])])
+        .await;
+    assert!(
+        committed
+            .as_ref()
+            .err()
+            .is_some_and(|e| e.contains("outside the event's transaction")),
+        "the host's outbox write must be refused: {answers:?} {committed:?}"
+    );
+    assert_eq!(
+        outbox(&arena.db).await,
+        before,
+        "an outbox row committed on its own"
+    );
+}
+
+/// Functions and operators a plugin creates (past the gate, in the one
+/// schema it may create in: its own) are never found by the host's
+/// sessions, whose search_path does not include it; it cannot create in
+/// the service schema at all.
+#[tokio::test]
+async fn objects_a_plugin_creates_never_shadow_the_hosts() {
+    let arena = Arena::new().await;
+    let answers = attack(
+        &arena,
+        &[
+            "CREATE FUNCTION format(text, name, name) RETURNS text LANGUAGE sql AS $$ SELECT 'shadowed' $$",
+            "CREATE FUNCTION public.format(text, name, name) RETURNS text LANGUAGE sql AS $$ SELECT 'shadowed' $$",
+            "CREATE TABLE public.planted (x int)",
+        ],
+    )
+    .await;
+    assert!(answers[0].is_ok(), "its own schema is its own: {answers:?}");
+    assert!(answers[1].is_err() && answers[2].is_err(), "{answers:?}");
+    let seen = rows_of(
+        &arena.db,
+        "SELECT format('%I.%I', 'a'::name, 'b'::name) AS f",
+    )
+    .await;
+    assert_eq!(seen, vec![serde_json::json!({"f": "a.b"})]);
+    // The host's setup and a new plugin's role still run their own code.
+    switchyard::outbox::create_tables(&arena.db)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let pg = arena.db.postgres().unwrap_or_else(|| panic!("postgres"));
+    pg.provision("welcome-notification")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
 }

@@ -444,7 +444,8 @@ async fn seed_events_flow_end_to_end() {
     assert_eq!(plugins[2]["hash"].as_str().map(str::len), Some(12));
     assert_eq!(
         plugins[2]["database"]["tables"],
-        json!(["user_stats", "stats_processed_events"])
+        // What its role owns, read from the catalog (sorted).
+        json!(["stats_processed_events", "user_stats"])
     );
     assert_eq!(
         plugins[0]["publish"],

@@ -128,9 +128,19 @@ fn attacks() -> Vec<(&'static str, Json, &'static str, &'static str)> {
             "rejected",
             "SET statements are not allowed",
         ),
+        // pg_sleep is not on the gate's allow-list; a long computation
+        // made of allowed SQL is stopped by the statement timeout.
         (
             "pg-sleep",
             sql("SELECT pg_sleep(5)"),
+            "rejected",
+            "function pg_sleep is not allowed",
+        ),
+        (
+            "slow-sql",
+            sql(
+                "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 1000000000) SELECT count(*) FROM r",
+            ),
             "rejected",
             "statement timeout",
         ),

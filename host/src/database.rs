@@ -147,10 +147,18 @@ impl Database {
         match backend {
             Backend::Postgres => {
                 let options = PgConnectOptions::from_str(url).map_err(connect_err)?;
+                // The host's own statements (setup, relay, dead letters,
+                // markers outside a plugin's session) wait at most this
+                // long for a lock, then fail with a message instead of
+                // hanging behind a session that holds it.
+                let host_options = options.clone().options([(
+                    "lock_timeout",
+                    crate::pg_identity::SETUP_LOCK_TIMEOUT_MS.to_string(),
+                )]);
                 let pool = PgPoolOptions::new()
                     .max_connections(max_connections.max(1))
                     .acquire_timeout(Duration::from_secs(10))
-                    .connect_with(options.clone())
+                    .connect_with(host_options)
                     .await
                     .map_err(connect_err)?;
                 Ok(Database::Postgres(Arc::new(PgDb::new(
@@ -391,7 +399,29 @@ pub enum Tx {
 /// the pooled session is dropped — settings, advisory locks, cursors,
 /// `LISTEN`s, temporary tables — so no connection serves an event dirty,
 /// whatever got past the SQL gate.
-pub(crate) const PLUGIN_BEGIN: &str = "BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE; RESET ALL; SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; DISCARD TEMP";
+pub(crate) const PLUGIN_BEGIN: &str = "BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE; RESET ALL; SELECT pg_catalog.pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; DISCARD TEMP";
+
+/// Open a transaction on a plugin's session ([`PLUGIN_BEGIN`]) with
+/// `timeout_ms` as its `statement_timeout`, and read its transaction id,
+/// which every guarded host call passes back: a call made after the
+/// plugin ended the transaction itself is refused. Two round trips. The
+/// host's statements in a plugin's session are never cached as prepared
+/// statements (`persistent(false)`), so SQL of the plugin's cannot put
+/// its own statement in their place.
+pub(crate) async fn open_plugin_tx(
+    pool: &sqlx::PgPool,
+    timeout_ms: u64,
+) -> Result<(sqlx::Transaction<'static, Postgres>, String), sqlx::Error> {
+    let mut tx = pool.begin_with(PLUGIN_BEGIN).await?;
+    let (_, xid): (String, String) = sqlx::query_as(
+        "SELECT pg_catalog.set_config('statement_timeout', $1, true), pg_catalog.pg_current_xact_id()::text",
+    )
+    .bind(timeout_ms.to_string())
+    .persistent(false)
+    .fetch_one(&mut *tx)
+    .await?;
+    Ok((tx, xid))
+}
 
 /// An event's work on PostgreSQL.
 ///
@@ -424,6 +454,8 @@ struct PgSession {
     role: String,
     tx: sqlx::Transaction<'static, Postgres>,
     timeout_ms: u64,
+    /// The transaction's id, for the guarded host calls.
+    xid: String,
 }
 
 impl PgTx {
@@ -449,23 +481,15 @@ impl PgTx {
                 "plugin {plugin} has no database identity yet (its role is set up when it is loaded); the event runs again"
             )));
         };
-        let mut tx = identity
-            .pool
-            .begin_with(PLUGIN_BEGIN)
+        let (tx, xid) = open_plugin_tx(&identity.pool, timeout_ms)
             .await
             .map_err(map_error)?;
-        {
-            use sqlx::Executor;
-            (&mut *tx)
-                .execute(format!("SET LOCAL statement_timeout = {timeout_ms}").as_str())
-                .await
-                .map_err(map_error)?;
-        }
         self.sessions.push(PgSession {
             plugin: identity.plugin.clone(),
             role: identity.role.clone(),
             tx,
             timeout_ms,
+            xid,
         });
         Ok(self.sessions.len() - 1)
     }
@@ -509,7 +533,12 @@ pub struct HostCall<'a> {
     pub conn: &'a mut sqlx::PgConnection,
     /// The host's secret (bind it; never format it into SQL).
     pub secret: Arc<str>,
+    /// The plugin transaction's id (bind it after the secret).
+    pub xid: String,
 }
+
+/// `statement_timeout` of a plugin's migration.
+const MIGRATION_TIMEOUT_MS: u64 = 300_000;
 
 /// How long past a statement's `statement_timeout` the host waits before
 /// it cancels the statement itself, and then how long for the cancel.
@@ -800,9 +829,11 @@ impl Tx {
         };
         let timeout = crate::limits::Limits::default().statement_timeout_ms;
         let i = t.session(plugin, timeout).await?;
+        let s = &mut t.sessions[i];
         Ok(Some(HostCall {
-            conn: &mut t.sessions[i].tx,
+            conn: &mut s.tx,
             secret,
+            xid: s.xid.clone(),
         }))
     }
 
@@ -926,9 +957,10 @@ impl Tx {
                 let i = t.session(access.plugin, timeout_ms).await?;
                 let s = &mut t.sessions[i];
                 if s.timeout_ms != timeout_ms {
-                    use sqlx::Executor;
-                    (&mut *s.tx)
-                        .execute(format!("SET LOCAL statement_timeout = {timeout_ms}").as_str())
+                    sqlx::query("SELECT pg_catalog.set_config('statement_timeout', $1, true)")
+                        .bind(timeout_ms.to_string())
+                        .persistent(false)
+                        .execute(&mut *s.tx)
                         .await
                         .map_err(map_error)?;
                     s.timeout_ms = timeout_ms;
@@ -1446,6 +1478,9 @@ impl Database {
     ) -> Result<Vec<String>, SetupError> {
         let mut applied_now = Vec::new();
         if let Database::Postgres(pg) = self {
+            // Before the role is provisioned, which takes back the grants
+            // of the earlier layout that the upgrade reads as evidence.
+            self.adopt_tables(plugin, migrations).await?;
             let identity = pg.provision(plugin).await.map_err(SetupError::Identity)?;
             for m in migrations {
                 let checksum = crate::runtime::short_hash(m.postgres.as_bytes());
@@ -1578,49 +1613,67 @@ impl Database {
             id: m.id.clone(),
             source,
         };
-        let role = crate::pg_identity::quote_ident(&identity.role);
-        let schema = crate::pg_identity::quote_ident(&pg.app_schema());
-        let grant = format!("GRANT CREATE ON SCHEMA {schema} TO {role}");
-        let revoke = format!("REVOKE CREATE ON SCHEMA {schema} FROM {role}");
-        pg.host.execute(grant.as_str()).await.map_err(failed)?;
-        let result = async {
-            let secret = pg.secret().ok_or_else(|| {
-                sqlx::Error::Protocol("switchyard's host functions are not set up".to_string())
-            })?;
-            let mut tx = identity.pool.begin_with(PLUGIN_BEGIN).await?;
-            tx.execute("SET LOCAL statement_timeout = 300000").await?;
-            let recorded: Option<String> = sqlx::query_scalar(&format!(
-                "SELECT {}.migration_begin($1, $2, $3)",
-                crate::pg_identity::HOST_SCHEMA
+        let secret = pg.secret().ok_or_else(|| {
+            failed(sqlx::Error::Protocol(
+                "switchyard's host functions are not set up".to_string(),
             ))
-            .bind(&*secret)
-            .bind(&*identity.plugin)
-            .bind(&m.id)
-            .fetch_one(&mut *tx)
-            .await?;
-            if recorded.is_some() {
-                tx.rollback().await?;
-                return Ok(false);
-            }
-            tx.execute(m.postgres.as_str()).await?;
-            sqlx::query(&format!(
-                "SELECT {}.migration_done($1, $2, $3, $4)",
-                crate::pg_identity::HOST_SCHEMA
-            ))
-            .bind(&*secret)
-            .bind(&*identity.plugin)
-            .bind(&m.id)
-            .bind(checksum)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            Ok(true)
+        })?;
+        // The plugin creates in its own schema only (the first of its
+        // search_path); migration_done refuses anything but tables and
+        // their kin and moves the tables to the service schema.
+        let (mut tx, xid) = open_plugin_tx(&identity.pool, MIGRATION_TIMEOUT_MS)
+            .await
+            .map_err(failed)?;
+        let recorded: Option<String> = sqlx::query_scalar(&format!(
+            "SELECT {}.migration_begin($1, $2, $3, $4)",
+            crate::pg_identity::HOST_SCHEMA
+        ))
+        .bind(&*secret)
+        .bind(&xid)
+        .bind(&*identity.plugin)
+        .bind(&m.id)
+        .persistent(false)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(failed)?;
+        if recorded.is_some() {
+            tx.rollback().await.map_err(failed)?;
+            return Ok(false);
         }
+        // The script is several statements: the simple protocol, under a
+        // deadline of the host's (a statement_timeout the script lifted
+        // does not keep start-up or a reload waiting).
+        let mut lost = false;
+        let ran = under_deadline(
+            pg,
+            Some((identity.role.clone(), MIGRATION_TIMEOUT_MS)),
+            &mut lost,
+            async { tx.execute(m.postgres.as_str()).await.map_err(map_error) },
+        )
         .await;
-        let revoked = pg.host.execute(revoke.as_str()).await;
-        let applied = result.map_err(failed)?;
-        revoked.map_err(failed)?;
-        Ok(applied)
+        if let Err(e) = ran {
+            let _ = tx.rollback().await;
+            return Err(SetupError::Refused {
+                plugin: identity.plugin.to_string(),
+                id: m.id.clone(),
+                reason: crate::capabilities::db::describe_error(&e),
+            });
+        }
+        sqlx::query(&format!(
+            "SELECT {}.migration_done($1, $2, $3, $4, $5)",
+            crate::pg_identity::HOST_SCHEMA
+        ))
+        .bind(&*secret)
+        .bind(&xid)
+        .bind(&*identity.plugin)
+        .bind(&m.id)
+        .bind(checksum)
+        .persistent(false)
+        .execute(&mut *tx)
+        .await
+        .map_err(failed)?;
+        tx.commit().await.map_err(failed)?;
+        Ok(true)
     }
 
     /// The plugin's database identity once its migrations are applied:
@@ -1705,24 +1758,34 @@ impl Database {
         }
         match self {
             Database::Postgres(pg) => {
-                let identity = pg.provision(plugin).await.map_err(SetupError::Identity)?;
                 use sqlx::Executor;
+                let role_name = plugin_role(plugin);
                 let mut tx = pg.setup_tx().await?;
+                // Evidence from the catalog as well as the text: the table
+                // is the host's, the plugin's role of then was granted it,
+                // and no other plugin role was (a table granted to two is
+                // left to the operator).
                 let mine: Vec<String> = sqlx::query_scalar(
-                    "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c
-                       JOIN pg_namespace n ON n.oid = c.relnamespace
-                      WHERE c.relkind IN ('r', 'p') AND n.nspname = $1
-                        AND lower(c.relname) = ANY($2)
-                        AND c.relowner = (SELECT oid FROM pg_roles WHERE rolname = current_user)",
+                    "SELECT pg_catalog.format('%I.%I'::text, n.nspname::text, c.relname::text) FROM pg_catalog.pg_class c
+                       JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                      WHERE c.relkind IN ('r', 'p') AND n.nspname = $1::text
+                        AND pg_catalog.lower(c.relname::text) = ANY($2::text[])
+                        AND c.relowner = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)
+                        AND EXISTS (SELECT 1 FROM pg_catalog.aclexplode(c.relacl) a
+                                     WHERE a.grantee = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = $3::text))
+                        AND NOT EXISTS (SELECT 1 FROM pg_catalog.aclexplode(c.relacl) a
+                                          JOIN pg_catalog.pg_roles r ON r.oid = a.grantee
+                                         WHERE r.rolname LIKE 'switchyard\\_plugin\\_%' AND r.rolname <> $3::text)",
                 )
                 .bind(pg.app_schema())
                 .bind(&names)
+                .bind(&role_name)
                 .fetch_all(&mut *tx)
                 .await?;
                 // A new owner needs CREATE on the schema; granted and
                 // taken back inside this transaction, so no session of
                 // the plugin ever holds it.
-                let role = crate::pg_identity::quote_ident(&identity.role);
+                let role = crate::pg_identity::quote_ident(&role_name);
                 let schema = crate::pg_identity::quote_ident(&pg.app_schema());
                 if !mine.is_empty() {
                     tx.execute(format!("GRANT CREATE ON SCHEMA {schema} TO {role}").as_str())
@@ -1740,8 +1803,10 @@ impl Database {
                     .execute(&mut *tx)
                     .await?;
                 tx.commit().await?;
-                if !mine.is_empty() {
-                    tracing::info!(plugin, role = %identity.role, tables = ?mine, "tables of the earlier layout handed over to the plugin's role");
+                if mine.len() < names.len() {
+                    tracing::warn!(plugin, role = %role_name, adopted = ?mine, named = ?names, "upgrade: some tables its earlier migrations created were not handed over (not the host's, not granted to it, or granted to another plugin too); give them to the plugin with ALTER TABLE ... OWNER TO {role_name} if they are its own");
+                } else if !mine.is_empty() {
+                    tracing::info!(plugin, role = %role_name, tables = ?mine, "tables of the earlier layout handed over to the plugin's role");
                 }
             }
             Database::Sqlite(pool, _) => {

@@ -210,20 +210,23 @@ async fn mark_plugin(
         let topics: Vec<&str> = markers.iter().map(|m| m.topic).collect();
         let partitions: Vec<i32> = markers.iter().map(|m| m.partition).collect();
         let offsets: Vec<i64> = markers.iter().map(|m| m.offset).collect();
-        let rows: Vec<String> =
-            sqlx::query_scalar("SELECT switchyard_host.mark($1, $2, $3, $4, $5, $6, $7, $8, $9)")
-                .bind(&*call.secret)
-                .bind(group)
-                .bind(plugin)
-                .bind(&keys)
-                .bind(&topics)
-                .bind(&partitions)
-                .bind(&offsets)
-                .bind(outcome)
-                .bind(now)
-                .fetch_all(&mut *call.conn)
-                .await
-                .map_err(crate::database::map_error)?;
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT switchyard_host.mark($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(&*call.secret)
+        .bind(&call.xid)
+        .bind(group)
+        .bind(plugin)
+        .bind(&keys)
+        .bind(&topics)
+        .bind(&partitions)
+        .bind(&offsets)
+        .bind(outcome)
+        .bind(now)
+        .persistent(false)
+        .fetch_all(&mut *call.conn)
+        .await
+        .map_err(crate::database::map_error)?;
         written.extend(rows);
         return Ok(written);
     }
@@ -330,15 +333,17 @@ pub async fn claim_replay(tx: &mut Tx, m: Marker<'_>) -> Result<bool, DbError> {
     let now = chrono::Utc::now();
     if let Some(call) = tx.host_call(m.plugin).await? {
         return sqlx::query_scalar(
-            "SELECT switchyard_host.claim_replay($1, $2, $3, $4, $5, $6, $7)",
+            "SELECT switchyard_host.claim_replay($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(&*call.secret)
+        .bind(&call.xid)
         .bind(m.group)
         .bind(m.plugin)
         .bind(m.dedupe_key)
         .bind(m.topic)
         .bind(m.partition)
         .bind(now)
+        .persistent(false)
         .fetch_one(&mut *call.conn)
         .await
         .map_err(crate::database::map_error);
@@ -392,14 +397,16 @@ pub async fn enqueue(tx: &mut Tx, plugin: &str, messages: &[OutMessage]) -> Resu
             .map(|m| encode_headers(&m.headers))
             .collect();
         let partitions: Vec<Option<i32>> = messages.iter().map(|m| m.partition).collect();
-        sqlx::query("SELECT switchyard_host.enqueue($1, $2, $3, $4, $5, $6, $7)")
+        sqlx::query("SELECT switchyard_host.enqueue($1, $2, $3, $4, $5, $6, $7, $8)")
             .bind(&*call.secret)
+            .bind(&call.xid)
             .bind(plugin)
             .bind(&topics)
             .bind(&keys)
             .bind(&payloads)
             .bind(&headers)
             .bind(&partitions)
+            .persistent(false)
             .execute(&mut *call.conn)
             .await
             .map_err(crate::database::map_error)?;

@@ -181,6 +181,14 @@ impl PgDb {
         Ok(tx)
     }
 
+    /// Run `sql` (no parameters) in a transaction of its own under the
+    /// setup lock.
+    pub async fn run_locked(&self, sql: &str) -> Result<(), sqlx::Error> {
+        let mut tx = self.setup_tx().await?;
+        tx.execute(sql).await?;
+        tx.commit().await
+    }
+
     /// Create (or bring up to date) the host schema, its secret, the
     /// registry of plugin roles and the guarded functions. Run after the
     /// host's tables exist; idempotent.
@@ -190,16 +198,14 @@ impl PgDb {
             .fetch_one(&mut *tx)
             .await?;
         tx.execute(host_schema_sql(&app).as_str()).await?;
+        // Each router process has a secret of its own, removed when it
+        // closes: a secret that leaked somehow is not valid for ever.
+        let secret = self.secret().map_or_else(random_secret, |s| s.to_string());
         sqlx::query(&format!(
-            "INSERT INTO {HOST_SCHEMA}.secret (id, secret) VALUES (1, $1) ON CONFLICT (id) DO NOTHING"
+            "INSERT INTO {HOST_SCHEMA}.secrets (secret) VALUES ($1) ON CONFLICT DO NOTHING"
         ))
-        .bind(random_secret())
+        .bind(&secret)
         .execute(&mut *tx)
-        .await?;
-        let secret: String = sqlx::query_scalar(&format!(
-            "SELECT secret FROM {HOST_SCHEMA}.secret WHERE id = 1"
-        ))
-        .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
         *self
@@ -317,16 +323,33 @@ impl PgDb {
                  GRANT USAGE ON SCHEMA {app} TO {quoted};
                  REVOKE CREATE ON SCHEMA {app} FROM {quoted};
                  GRANT USAGE ON SCHEMA {HOST_SCHEMA} TO {quoted};
-                 GRANT EXECUTE ON FUNCTION {HOST_SCHEMA}.mark(text, text, text, text[], text[], integer[], bigint[], text, timestamptz) TO {quoted};
-                 GRANT EXECUTE ON FUNCTION {HOST_SCHEMA}.claim_replay(text, text, text, text, text, integer, timestamptz) TO {quoted};
-                 GRANT EXECUTE ON FUNCTION {HOST_SCHEMA}.enqueue(text, text, text[], bytea[], bytea[], text[], integer[]) TO {quoted};
-                 GRANT EXECUTE ON FUNCTION {HOST_SCHEMA}.migration_begin(text, text, text) TO {quoted};
-                 GRANT EXECUTE ON FUNCTION {HOST_SCHEMA}.migration_done(text, text, text, text) TO {quoted};"
+                 CREATE SCHEMA IF NOT EXISTS {quoted} AUTHORIZATION {quoted};
+                 ALTER ROLE {quoted} RESET ALL;"
             )
             .as_str(),
         )
         .await
         .map_err(failed)?;
+        for f in GUARDED {
+            tx.execute(format!("GRANT EXECUTE ON FUNCTION {HOST_SCHEMA}.{f} TO {quoted}").as_str())
+                .await
+                .map_err(failed)?;
+        }
+        // A role that is a member of another could `SET ROLE` to it.
+        let memberships: Vec<String> = sqlx::query_scalar(
+            "SELECT r.rolname::text FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid
+              WHERE m.member = (SELECT oid FROM pg_roles WHERE rolname = $1)",
+        )
+        .bind(&role)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(failed)?;
+        if !memberships.is_empty() {
+            return Err(ProvisionError::Member {
+                role,
+                of: memberships.join(", "),
+            });
+        }
         // Grants of an earlier layout (tables named in a migration's text,
         // the host's own tables among them) are taken back: from now on a
         // plugin uses what it owns.
@@ -356,7 +379,12 @@ impl PgDb {
             .password(&password)
             .application_name(&format!("switchyard plugin {plugin}"))
             .options([
-                ("search_path", self.app_schema().as_str()),
+                // Its own schema first (where its migrations create), then
+                // the service schema (where its tables are moved).
+                (
+                    "search_path",
+                    format!("{role},{}", self.app_schema()).as_str(),
+                ),
                 ("lock_timeout", &EVENT_LOCK_TIMEOUT_MS.to_string()),
                 ("idle_in_transaction_session_timeout", "600000"),
             ]);
@@ -429,6 +457,17 @@ impl PgDb {
         for pool in pools {
             pool.close().await;
         }
+        if let Some(secret) = self.secret() {
+            let removed = sqlx::query(&format!(
+                "DELETE FROM {HOST_SCHEMA}.secrets WHERE secret = $1"
+            ))
+            .bind(&*secret)
+            .execute(&self.host)
+            .await;
+            if let Err(e) = removed {
+                tracing::warn!(error = %e, "cannot remove this router's host secret");
+            }
+        }
         self.host.close().await;
     }
 }
@@ -447,6 +486,16 @@ pub enum ProvisionError {
         role: String,
         /// The plugin it is registered to.
         owner: String,
+    },
+    /// The role is a member of other roles, which it could `SET ROLE` to.
+    #[error(
+        "database role {role} is a member of {of}; a plugin's role must be a member of nothing (it could SET ROLE to them): REVOKE those memberships"
+    )]
+    Member {
+        /// The role.
+        role: String,
+        /// The roles it is a member of.
+        of: String,
     },
     /// The role exists with SUPERUSER, REPLICATION or BYPASSRLS: it
     /// would be no boundary.
@@ -479,21 +528,36 @@ pub enum ProvisionError {
     },
 }
 
+/// The signatures of the guarded functions, for grants.
+const GUARDED: [&str; 5] = [
+    "mark(text, text, text, text, text[], text[], integer[], bigint[], text, timestamptz)",
+    "claim_replay(text, text, text, text, text, text, integer, timestamptz)",
+    "enqueue(text, text, text, text[], bytea[], bytea[], text[], integer[])",
+    "migration_begin(text, text, text, text)",
+    "migration_done(text, text, text, text, text)",
+];
+
 /// The host schema, its tables and the guarded functions. `app` is the
-/// schema of `switchyard_processed` and `switchyard_outbox`.
+/// schema of `switchyard_processed`, `switchyard_outbox` and the plugins'
+/// tables.
 fn host_schema_sql(app: &str) -> String {
     let app = quote_ident(app);
     // Every function: SECURITY DEFINER (it runs as the host), a fixed
     // search_path (a plugin cannot shadow what it calls), schema-qualified
-    // tables, and the guard first.
+    // tables, and the guard first. The guard takes the host's secret (any
+    // of the running routers'), the transaction id the host read when it
+    // opened the plugin's transaction (so a call made after the plugin
+    // ended that transaction itself is refused: the host's writes never
+    // commit apart from the event), and the plugin named in the call,
+    // which must be the session user's.
     let definer = "LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp";
-    format!(
+    let mut sql = format!(
         r#"
 CREATE SCHEMA IF NOT EXISTS {HOST_SCHEMA};
 REVOKE ALL ON SCHEMA {HOST_SCHEMA} FROM PUBLIC;
-CREATE TABLE IF NOT EXISTS {HOST_SCHEMA}.secret (
-    id integer PRIMARY KEY CHECK (id = 1),
-    secret text NOT NULL
+CREATE TABLE IF NOT EXISTS {HOST_SCHEMA}.secrets (
+    secret text PRIMARY KEY,
+    created_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE TABLE IF NOT EXISTS {HOST_SCHEMA}.setup_lock (id integer PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS {HOST_SCHEMA}.plugin_roles (
@@ -504,13 +568,17 @@ CREATE TABLE IF NOT EXISTS {HOST_SCHEMA}.plugin_roles (
 REVOKE ALL ON ALL TABLES IN SCHEMA {HOST_SCHEMA} FROM PUBLIC;
 REVOKE ALL ON {app}.switchyard_processed, {app}.switchyard_outbox FROM PUBLIC;
 
-CREATE OR REPLACE FUNCTION {HOST_SCHEMA}.guard(p_secret text, p_plugin text) RETURNS void
+CREATE OR REPLACE FUNCTION {HOST_SCHEMA}.guard(p_secret text, p_xid text, p_plugin text) RETURNS void
 {definer} AS $f$
 BEGIN
     IF p_secret IS NULL OR NOT EXISTS (
-        SELECT 1 FROM {HOST_SCHEMA}.secret WHERE id = 1 AND secret = p_secret
+        SELECT 1 FROM {HOST_SCHEMA}.secrets WHERE secret = p_secret
     ) THEN
         RAISE EXCEPTION 'switchyard host function called without the host''s secret'
+            USING ERRCODE = '42501';
+    END IF;
+    IF p_xid IS DISTINCT FROM pg_current_xact_id()::text THEN
+        RAISE EXCEPTION 'switchyard host call outside the event''s transaction (the plugin ended it)'
             USING ERRCODE = '42501';
     END IF;
     IF NOT EXISTS (
@@ -521,15 +589,15 @@ BEGIN
     END IF;
 END
 $f$;
-REVOKE ALL ON FUNCTION {HOST_SCHEMA}.guard(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION {HOST_SCHEMA}.guard(text, text, text) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION {HOST_SCHEMA}.mark(
-    p_secret text, p_group text, p_plugin text, p_keys text[], p_topics text[],
+    p_secret text, p_xid text, p_group text, p_plugin text, p_keys text[], p_topics text[],
     p_partitions integer[], p_offsets bigint[], p_outcome text, p_at timestamptz
 ) RETURNS SETOF text
 {definer} AS $f$
 BEGIN
-    PERFORM {HOST_SCHEMA}.guard(p_secret, p_plugin);
+    PERFORM {HOST_SCHEMA}.guard(p_secret, p_xid, p_plugin);
     RETURN QUERY
     INSERT INTO {app}.switchyard_processed AS p
         (consumer_group, plugin, dedupe_key, topic, kafka_partition, kafka_offset, outcome, processed_at)
@@ -539,15 +607,14 @@ BEGIN
     RETURNING p.dedupe_key;
 END
 $f$;
-REVOKE ALL ON FUNCTION {HOST_SCHEMA}.mark(text, text, text, text[], text[], integer[], bigint[], text, timestamptz) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION {HOST_SCHEMA}.claim_replay(
-    p_secret text, p_group text, p_plugin text, p_key text, p_topic text,
+    p_secret text, p_xid text, p_group text, p_plugin text, p_key text, p_topic text,
     p_partition integer, p_at timestamptz
 ) RETURNS boolean
 {definer} AS $f$
 BEGIN
-    PERFORM {HOST_SCHEMA}.guard(p_secret, p_plugin);
+    PERFORM {HOST_SCHEMA}.guard(p_secret, p_xid, p_plugin);
     UPDATE {app}.switchyard_processed
        SET outcome = 'replayed', processed_at = p_at
      WHERE consumer_group = p_group AND plugin = p_plugin AND dedupe_key = p_key
@@ -555,15 +622,14 @@ BEGIN
     RETURN FOUND;
 END
 $f$;
-REVOKE ALL ON FUNCTION {HOST_SCHEMA}.claim_replay(text, text, text, text, text, integer, timestamptz) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION {HOST_SCHEMA}.enqueue(
-    p_secret text, p_plugin text, p_topics text[], p_keys bytea[], p_payloads bytea[],
+    p_secret text, p_xid text, p_plugin text, p_topics text[], p_keys bytea[], p_payloads bytea[],
     p_headers text[], p_partitions integer[]
 ) RETURNS void
 {definer} AS $f$
 BEGIN
-    PERFORM {HOST_SCHEMA}.guard(p_secret, p_plugin);
+    PERFORM {HOST_SCHEMA}.guard(p_secret, p_xid, p_plugin);
     INSERT INTO {app}.switchyard_outbox (topic, msg_key, payload, headers, msg_partition, plugin)
     SELECT u.t, u.k, u.v, u.h, u.pa, p_plugin
       FROM unnest(p_topics, p_keys, p_payloads, p_headers, p_partitions)
@@ -571,33 +637,73 @@ BEGIN
      ORDER BY u.n;
 END
 $f$;
-REVOKE ALL ON FUNCTION {HOST_SCHEMA}.enqueue(text, text, text[], bytea[], bytea[], text[], integer[]) FROM PUBLIC;
 
-CREATE OR REPLACE FUNCTION {HOST_SCHEMA}.migration_begin(p_secret text, p_plugin text, p_id text)
+CREATE OR REPLACE FUNCTION {HOST_SCHEMA}.migration_begin(p_secret text, p_xid text, p_plugin text, p_id text)
 RETURNS text
 {definer} AS $f$
 BEGIN
-    PERFORM {HOST_SCHEMA}.guard(p_secret, p_plugin);
+    PERFORM {HOST_SCHEMA}.guard(p_secret, p_xid, p_plugin);
     -- Two routers starting together migrate one after the other: a row
     -- lock on the plugin's registry row, which no plugin role can take.
     PERFORM 1 FROM {HOST_SCHEMA}.plugin_roles WHERE plugin = p_plugin FOR UPDATE;
     RETURN (SELECT checksum FROM {app}.switchyard_migrations WHERE plugin = p_plugin AND id = p_id);
 END
 $f$;
-REVOKE ALL ON FUNCTION {HOST_SCHEMA}.migration_begin(text, text, text) FROM PUBLIC;
 
-CREATE OR REPLACE FUNCTION {HOST_SCHEMA}.migration_done(p_secret text, p_plugin text, p_id text, p_checksum text)
+-- After the plugin's migration ran in its own schema (the only one it may
+-- create in): refuse anything but tables, their indexes, sequences and
+-- types; move its tables (with their indexes and sequences) to the service
+-- schema, where the seeds' table names stay queryable; record the
+-- migration. All in the migration's transaction.
+CREATE OR REPLACE FUNCTION {HOST_SCHEMA}.migration_done(p_secret text, p_xid text, p_plugin text, p_id text, p_checksum text)
 RETURNS void
 {definer} AS $f$
+DECLARE
+    v_role text := session_user;
+    v_ns oid := (SELECT oid FROM pg_namespace WHERE nspname = v_role);
+    v_bad text;
+    v_rel record;
 BEGIN
-    PERFORM {HOST_SCHEMA}.guard(p_secret, p_plugin);
+    PERFORM {HOST_SCHEMA}.guard(p_secret, p_xid, p_plugin);
+    SELECT string_agg(kind || ' ' || name, ', ') INTO v_bad FROM (
+        SELECT 'function' AS kind, p.proname::text AS name FROM pg_proc p WHERE p.pronamespace = v_ns
+        UNION ALL SELECT 'operator', o.oprname::text FROM pg_operator o WHERE o.oprnamespace = v_ns
+        UNION ALL SELECT 'view or other relation', c.relname::text FROM pg_class c
+                   WHERE c.relnamespace = v_ns AND c.relkind NOT IN ('r', 'p', 'i', 'I', 'S')
+        UNION ALL SELECT 'trigger', t.tgname::text FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+                   WHERE c.relnamespace = v_ns AND NOT t.tgisinternal
+        UNION ALL SELECT 'rule', r.rulename::text FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class
+                   WHERE c.relnamespace = v_ns
+        UNION ALL SELECT 'conversion', v.conname::text FROM pg_conversion v WHERE v.connamespace = v_ns
+        UNION ALL SELECT 'collation', l.collname::text FROM pg_collation l WHERE l.collnamespace = v_ns
+        UNION ALL SELECT 'text search object', d.dictname::text FROM pg_ts_dict d WHERE d.dictnamespace = v_ns
+        UNION ALL SELECT 'text search object', g.cfgname::text FROM pg_ts_config g WHERE g.cfgnamespace = v_ns
+    ) bad;
+    IF v_bad IS NOT NULL THEN
+        RAISE EXCEPTION 'a plugin migration may create tables, indexes, sequences and enum types only; it created: %', v_bad
+            USING ERRCODE = '42501';
+    END IF;
+    FOR v_rel IN SELECT c.relname FROM pg_class c
+                  WHERE c.relnamespace = v_ns AND c.relkind IN ('r', 'p')
+    LOOP
+        EXECUTE format('ALTER TABLE %I.%I SET SCHEMA %I', v_role, v_rel.relname, '{app_plain}');
+    END LOOP;
     INSERT INTO {app}.switchyard_migrations (plugin, id, checksum, applied_at, runs_as_plugin)
     VALUES (p_plugin, p_id, p_checksum, to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'), true);
 END
 $f$;
-REVOKE ALL ON FUNCTION {HOST_SCHEMA}.migration_done(text, text, text, text) FROM PUBLIC;
-"#
-    )
+"#,
+        app_plain = app
+            .trim_matches('"')
+            .replace("\"\"", "\"")
+            .replace('\'', "''"),
+    );
+    for f in GUARDED {
+        sql.push_str(&format!(
+            "REVOKE ALL ON FUNCTION {HOST_SCHEMA}.{f} FROM PUBLIC;\n"
+        ));
+    }
+    sql
 }
 
 #[cfg(test)]
