@@ -160,7 +160,7 @@ fn attacks() -> Vec<(&'static str, Json, &'static str, &'static str)> {
             "ddl",
             sql("CREATE TABLE stolen (x int)"),
             "rejected",
-            "CREATE statements are not allowed",
+            "CREATE TABLE statements are not allowed",
         ),
         (
             "copy-program",
