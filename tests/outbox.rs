@@ -119,7 +119,8 @@ async fn refused_messages_are_moved_aside_and_other_plugins_flow() {
     let broker = Broker::start();
     broker.create_topics(&["a.cmds", "b.cmds", DLQ], 1).await;
     broker.create_topics(&[OUT], 2).await;
-    let testdb = TestDb::new(Backend::Postgres).await;
+    // The host runs as a non-superuser, as production does.
+    let testdb = TestDb::postgres_non_superuser().await;
     let db = Database::connect(&testdb.url, 2)
         .await
         .unwrap_or_else(|e| panic!("{e}"));

@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{TestDb, pg_admin_url, rows_of, scalar};
+use common::{TestDb, rows_of, scalar};
 use std::sync::Arc;
 use switchyard::bindings::switchyard::plugin::db::Value;
 use switchyard::capabilities::PluginEnv;
@@ -27,26 +27,11 @@ struct HostDb {
 
 impl HostDb {
     async fn new() -> Self {
-        use sqlx::Connection;
-        let db = TestDb::new(Backend::Postgres).await;
-        let name = db.url.rsplit('/').next().unwrap_or_default().to_string();
-        let role = format!("sy_host_{}", uuid::Uuid::new_v4().simple());
-        let admin = pg_admin_url();
-        let mut conn = sqlx::PgConnection::connect(&admin)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        for sql in [
-            format!("CREATE ROLE \"{role}\" LOGIN CREATEROLE"),
-            format!("ALTER DATABASE \"{name}\" OWNER TO \"{role}\""),
-        ] {
-            sqlx::query(&sql)
-                .execute(&mut conn)
-                .await
-                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let db = TestDb::postgres_non_superuser().await;
+        Self {
+            url: db.url.clone(),
+            _db: db,
         }
-        let url = db.url.replacen("postgres@", &format!("{role}@"), 1);
-        assert_ne!(url, db.url, "the admin URL must name user postgres");
-        Self { url, _db: db }
     }
 }
 

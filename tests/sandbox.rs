@@ -12,7 +12,7 @@ use common::{Broker, Router, TestDb, consume_until, eventually, produce, scalar}
 use serde_json::{Value as Json, json};
 use std::path::Path;
 use std::time::Duration;
-use switchyard::database::{Backend, Database};
+use switchyard::database::Database;
 
 const DLQ: &str = "switchyard.dlq";
 
@@ -193,7 +193,8 @@ async fn hostile_plugins_are_contained_in_a_live_router() {
             1,
         )
         .await;
-    let testdb = TestDb::new(Backend::Postgres).await;
+    // The host runs as a non-superuser, as production does.
+    let testdb = TestDb::postgres_non_superuser().await;
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let config = write_config(dir.path(), &broker.addr, &testdb.url);
     let router = Router::start(&config, &dir.path().join("router.log"), &[]);

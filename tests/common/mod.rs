@@ -86,6 +86,33 @@ impl TestDb {
         }
     }
 
+    /// A fresh PostgreSQL database owned by a fresh **non-superuser** role
+    /// (`LOGIN CREATEROLE`), the host user production runs as; `url`
+    /// connects as that role. The tests of the plugin boundary use it.
+    pub async fn postgres_non_superuser() -> Self {
+        use sqlx::Connection;
+        let mut db = Self::new(Backend::Postgres).await;
+        let name = db.pg_name.clone().unwrap_or_default();
+        let role = format!("sy_host_{}", uuid::Uuid::new_v4().simple());
+        let admin = pg_admin_url();
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        for sql in [
+            format!("CREATE ROLE \"{role}\" LOGIN CREATEROLE"),
+            format!("ALTER DATABASE \"{name}\" OWNER TO \"{role}\""),
+        ] {
+            sqlx::query(&sql)
+                .execute(&mut conn)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        }
+        let url = db.url.replacen("postgres@", &format!("{role}@"), 1);
+        assert_ne!(url, db.url, "the admin URL must name user postgres");
+        db.url = url;
+        db
+    }
+
     /// Which backend.
     pub fn backend(&self) -> Backend {
         self.backend
