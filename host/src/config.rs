@@ -448,6 +448,21 @@ impl Loaded {
                 "`retry.max_attempts` must be at least 1".into(),
             ));
         }
+        // A plugin's identity (its database role) is its config key
+        // folded to lowercase letters, digits and `_`: two keys that fold
+        // alike would be one plugin to the database.
+        let mut roles: BTreeMap<String, &str> = BTreeMap::new();
+        for name in config.plugins.plugins.keys() {
+            let role = crate::pg_identity::plugin_role(name);
+            if let Some(first) = roles.insert(role.clone(), name) {
+                return Err(err_at(
+                    find(&format!("[plugins.{name}]")),
+                    format!(
+                        "plugins {first} and {name} would share the database identity {role} (keys are folded to lowercase letters, digits and _): rename one of them"
+                    ),
+                ));
+            }
+        }
         for (name, plugin) in &config.plugins.plugins {
             if plugin.limits.deadline_ms == 0 || plugin.limits.memory_bytes < (1 << 20) {
                 return Err(err_at(
@@ -712,6 +727,29 @@ dedupe = { header = "event-id" }
             assert!(err.contains(expect), "{to}: {err}");
             assert!(err.starts_with("config/test.toml:"), "{err}");
         }
+    }
+
+    #[test]
+    fn keys_that_fold_to_one_identity_are_refused() {
+        let text = r#"
+[kafka]
+brokers = "127.0.0.1:9092"
+[database]
+url = "sqlite::memory:"
+[plugins.role-mapping]
+file = "a.wasm"
+[plugins.role_mapping]
+file = "b.wasm"
+[[routes]]
+topics = ["t"]
+plugins = ["role-mapping", "role_mapping"]
+"#;
+        let err = load(text).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            err.contains("would share the database identity switchyard_plugin_role_mapping")
+                && err.contains(":8:"),
+            "{err}"
+        );
     }
 
     #[test]
