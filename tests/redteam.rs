@@ -329,12 +329,14 @@ async fn session_state_does_not_outlive_the_event() {
             "SELECT set_config('search_path', 'pg_temp', false)",
             "SELECT pg_advisory_lock(8319683387291953522)",
             "CREATE TEMP TABLE t_left (x int)",
+            "PREPARE planted AS SELECT 1",
+            "ALTER ROLE CURRENT_USER SET work_mem = '1GB'",
         ],
     )
     .await;
     assert!(
-        answers[0].is_ok(),
-        "the raw session can set it: {answers:?}"
+        answers[0].is_ok() && answers[5].is_ok() && answers[6].is_ok(),
+        "the raw session can do it: {answers:?}"
     );
     // The attacker's next events still commit (markers and outbox go
     // through), and its statement timeout is the host's.
@@ -344,7 +346,7 @@ async fn session_state_does_not_outlive_the_event() {
                 &arena.attacker.clone(),
                 &[
                     (
-                        "SELECT current_setting('statement_timeout') AS t, current_setting('transaction_read_only') AS ro, current_setting('search_path') AS p, (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()) AS locks",
+                        "SELECT current_setting('statement_timeout') AS t, current_setting('transaction_read_only') AS ro, current_setting('search_path') AS p, (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()) + (SELECT count(*) FROM pg_prepared_statements WHERE name = 'planted') AS locks",
                         vec![],
                     ),
                     (
@@ -380,6 +382,17 @@ async fn session_state_does_not_outlive_the_event() {
         scalar(&arena.db, "SELECT count(*) FROM hostile_marks").await,
         4
     );
+    // The setting stored on the role is taken back by the host.
+    let reset = common::eventually(std::time::Duration::from_secs(10), || async {
+        scalar(
+            &arena.db,
+            "SELECT count(*) FROM pg_db_role_setting WHERE setrole = (SELECT oid FROM pg_roles WHERE rolname = 'switchyard_plugin_test_hostile')",
+        )
+        .await
+            == 0
+    })
+    .await;
+    assert!(reset, "the role's own settings were not reset");
 }
 
 #[tokio::test]

@@ -408,19 +408,49 @@ pub(crate) const PLUGIN_BEGIN: &str = "BEGIN ISOLATION LEVEL READ COMMITTED READ
 /// host's statements in a plugin's session are never cached as prepared
 /// statements (`persistent(false)`), so SQL of the plugin's cannot put
 /// its own statement in their place.
+///
+/// The second round trip also looks for what [`PLUGIN_BEGIN`] cannot
+/// reset: prepared statements that are not the driver's (deallocated
+/// here, before the plugin runs) and settings stored on the plugin's
+/// role itself (`ALTER ROLE ... SET`; reported, for the host to reset).
 pub(crate) async fn open_plugin_tx(
     pool: &sqlx::PgPool,
     timeout_ms: u64,
-) -> Result<(sqlx::Transaction<'static, Postgres>, String), sqlx::Error> {
+) -> Result<PluginTxOpened, sqlx::Error> {
+    use sqlx::Executor;
     let mut tx = pool.begin_with(PLUGIN_BEGIN).await?;
-    let (_, xid): (String, String) = sqlx::query_as(
-        "SELECT pg_catalog.set_config('statement_timeout', $1, true), pg_catalog.pg_current_xact_id()::text",
+    let (_, xid, leftovers, role_settings): (String, String, Vec<String>, bool) = sqlx::query_as(
+        "SELECT pg_catalog.set_config('statement_timeout', $1, true), \
+                pg_catalog.pg_current_xact_id()::text, \
+                ARRAY(SELECT name::text FROM pg_catalog.pg_prepared_statements \
+                       WHERE name::text NOT LIKE 'sqlx\\_s\\_%'), \
+                EXISTS (SELECT 1 FROM pg_catalog.pg_db_role_setting \
+                         WHERE setrole = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = session_user))",
     )
     .bind(timeout_ms.to_string())
     .persistent(false)
     .fetch_one(&mut *tx)
     .await?;
-    Ok((tx, xid))
+    for name in &leftovers {
+        tracing::warn!(statement = %name, "a prepared statement a plugin left on its session; deallocated");
+        tx.execute(format!("DEALLOCATE {}", crate::pg_identity::quote_ident(name)).as_str())
+            .await?;
+    }
+    Ok(PluginTxOpened {
+        tx,
+        xid,
+        role_settings,
+    })
+}
+
+/// A plugin transaction as [`open_plugin_tx`] opened it.
+pub(crate) struct PluginTxOpened {
+    /// The transaction.
+    pub tx: sqlx::Transaction<'static, Postgres>,
+    /// Its id, for the guarded host calls.
+    pub xid: String,
+    /// The plugin's role has settings of its own, which the host resets.
+    pub role_settings: bool,
 }
 
 /// An event's work on PostgreSQL.
@@ -481,9 +511,26 @@ impl PgTx {
                 "plugin {plugin} has no database identity yet (its role is set up when it is loaded); the event runs again"
             )));
         };
-        let (tx, xid) = open_plugin_tx(&identity.pool, timeout_ms)
+        let PluginTxOpened {
+            tx,
+            xid,
+            role_settings,
+        } = open_plugin_tx(&identity.pool, timeout_ms)
             .await
             .map_err(map_error)?;
+        if role_settings {
+            // Settings on the role would reach every new session of the
+            // plugin: take them back (the startup options and the host's
+            // `SET LOCAL`s already win over the ones that matter).
+            let db = self.db.clone();
+            let role = identity.role.clone();
+            tokio::spawn(async move {
+                tracing::warn!(%role, "the plugin's role has settings of its own (ALTER ROLE ... SET); resetting them");
+                if let Err(e) = db.reset_role_settings(&role).await {
+                    tracing::warn!(%role, error = %e, "cannot reset the plugin role's settings");
+                }
+            });
+        }
         self.sessions.push(PgSession {
             plugin: identity.plugin.clone(),
             role: identity.role.clone(),
@@ -1621,9 +1668,10 @@ impl Database {
         // The plugin creates in its own schema only (the first of its
         // search_path); migration_done refuses anything but tables and
         // their kin and moves the tables to the service schema.
-        let (mut tx, xid) = open_plugin_tx(&identity.pool, MIGRATION_TIMEOUT_MS)
-            .await
-            .map_err(failed)?;
+        let PluginTxOpened { mut tx, xid, .. } =
+            open_plugin_tx(&identity.pool, MIGRATION_TIMEOUT_MS)
+                .await
+                .map_err(failed)?;
         let recorded: Option<String> = sqlx::query_scalar(&format!(
             "SELECT {}.migration_begin($1, $2, $3, $4)",
             crate::pg_identity::HOST_SCHEMA

@@ -181,6 +181,19 @@ impl PgDb {
         Ok(tx)
     }
 
+    /// Take back settings stored on a plugin's role (`ALTER ROLE ... SET`).
+    pub async fn reset_role_settings(&self, role: &str) -> Result<(), sqlx::Error> {
+        let database: String = sqlx::query_scalar("SELECT current_database()::text")
+            .fetch_one(&self.host)
+            .await?;
+        let role = quote_ident(role);
+        self.run_locked(&format!(
+            "ALTER ROLE {role} RESET ALL; ALTER ROLE {role} IN DATABASE {} RESET ALL",
+            quote_ident(&database)
+        ))
+        .await
+    }
+
     /// Run `sql` (no parameters) in a transaction of its own under the
     /// setup lock.
     pub async fn run_locked(&self, sql: &str) -> Result<(), sqlx::Error> {
@@ -313,6 +326,11 @@ impl PgDb {
         };
         tx.execute(create_or_alter.as_str()).await.map_err(failed)?;
         let app = quote_ident(&self.app_schema());
+        let database: String = sqlx::query_scalar("SELECT current_database()::text")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(failed)?;
+        let database = quote_ident(&database);
         // The host is a member of the plugin's role (to hand its tables
         // over, read them for `plugin test`, and cancel its statements);
         // the plugin role is a member of nothing. Its sessions' defaults:
@@ -324,7 +342,8 @@ impl PgDb {
                  REVOKE CREATE ON SCHEMA {app} FROM {quoted};
                  GRANT USAGE ON SCHEMA {HOST_SCHEMA} TO {quoted};
                  CREATE SCHEMA IF NOT EXISTS {quoted} AUTHORIZATION {quoted};
-                 ALTER ROLE {quoted} RESET ALL;"
+                 ALTER ROLE {quoted} RESET ALL;
+                 ALTER ROLE {quoted} IN DATABASE {database} RESET ALL;"
             )
             .as_str(),
         )
