@@ -515,9 +515,27 @@ impl PgTx {
             tx,
             xid,
             role_settings,
-        } = open_plugin_tx(&identity.pool, timeout_ms)
-            .await
-            .map_err(map_error)?;
+        } = match open_plugin_tx(&identity.pool, timeout_ms).await {
+            Ok(opened) => opened,
+            Err(e) => {
+                // The role's password is not the one the host keeps (a
+                // plugin changed it past the gate, or an operator did):
+                // set it back, and the event runs again.
+                if let sqlx::Error::Database(db) = &e
+                    && db.code().as_deref() == Some("28P01")
+                {
+                    let db = self.db.clone();
+                    let plugin = identity.plugin.clone();
+                    tokio::spawn(async move {
+                        tracing::warn!(%plugin, "the plugin's role refused its password; setting it back");
+                        if let Err(e) = db.reset_password(&plugin).await {
+                            tracing::warn!(%plugin, error = %e, "cannot set the plugin role's password back");
+                        }
+                    });
+                }
+                return Err(map_error(e));
+            }
+        };
         if role_settings {
             // Settings on the role would reach every new session of the
             // plugin: take them back (the startup options and the host's

@@ -181,6 +181,25 @@ impl PgDb {
         Ok(tx)
     }
 
+    /// Set a plugin role's password back to the one the host keeps.
+    pub async fn reset_password(&self, plugin: &str) -> Result<(), sqlx::Error> {
+        let row: Option<(String, String)> = sqlx::query_as(&format!(
+            "SELECT role, password FROM {HOST_SCHEMA}.plugin_roles WHERE plugin = $1"
+        ))
+        .bind(plugin)
+        .fetch_optional(&self.host)
+        .await?;
+        let Some((role, password)) = row else {
+            return Ok(());
+        };
+        self.run_locked(&format!(
+            "ALTER ROLE {} PASSWORD {}",
+            quote_ident(&role),
+            quote_literal(&password)
+        ))
+        .await
+    }
+
     /// Take back settings stored on a plugin's role (`ALTER ROLE ... SET`).
     pub async fn reset_role_settings(&self, role: &str) -> Result<(), sqlx::Error> {
         let database: String = sqlx::query_scalar("SELECT current_database()::text")
