@@ -193,20 +193,75 @@ pub fn check(sql: &str, max_bytes: usize, backend: Backend) -> Result<StatementK
     }
     match backend {
         Backend::Postgres => {
+            // Plugins send the same few statements again and again; the
+            // verdict depends on the text alone, and parsing it with
+            // PostgreSQL's parser costs far more than a lookup.
+            if let Some(verdict) = VERDICTS.get(sql) {
+                return verdict;
+            }
             // Nested block comments are valid PostgreSQL, but SQLite ends
             // a comment at the first `*/`: plugin SQL is meant to run on
             // both, and a reader must see one statement either way.
-            if let Err(GateError::NestedComment) = lex(sql, false) {
-                return Err(GateError::NestedComment);
-            }
-            postgres::check(sql).map_err(|e| match (e, check_sqlite(sql)) {
-                // SQLite's `INSERT OR ROLLBACK` is not PostgreSQL: say why
-                // it is refused rather than only that it does not parse.
-                (GateError::Syntax(_), Err(GateError::Rollback)) => GateError::Rollback,
-                (e, _) => e,
-            })
+            let verdict = if let Err(GateError::NestedComment) = lex(sql, false) {
+                Err(GateError::NestedComment)
+            } else {
+                postgres::check(sql).map_err(|e| match (e, check_sqlite(sql)) {
+                    // SQLite's `INSERT OR ROLLBACK` is not PostgreSQL: say
+                    // why it is refused rather than only that it does not
+                    // parse.
+                    (GateError::Syntax(_), Err(GateError::Rollback)) => GateError::Rollback,
+                    (e, _) => e,
+                })
+            };
+            VERDICTS.put(sql, &verdict);
+            verdict
         }
         Backend::Sqlite => check_sqlite(sql),
+    }
+}
+
+/// The PostgreSQL gate's verdicts by statement text, shared by every
+/// plugin (a verdict depends on the text only). Bounded: when full it
+/// starts again empty, so SQL that never repeats (a hostile plugin's)
+/// costs memory up to the bound and no more.
+static VERDICTS: VerdictCache = VerdictCache::new();
+
+/// Statements remembered at most.
+const VERDICT_CAPACITY: usize = 4096;
+/// Longest statement text remembered.
+const VERDICT_MAX_TEXT: usize = 8 << 10;
+
+/// See [`VERDICTS`].
+struct VerdictCache(
+    std::sync::Mutex<Option<std::collections::HashMap<String, Result<StatementKind, GateError>>>>,
+);
+
+impl VerdictCache {
+    const fn new() -> Self {
+        Self(std::sync::Mutex::new(None))
+    }
+
+    fn get(&self, sql: &str) -> Option<Result<StatementKind, GateError>> {
+        let map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.as_ref()?.get(sql).cloned()
+    }
+
+    fn put(&self, sql: &str, verdict: &Result<StatementKind, GateError>) {
+        if sql.len() > VERDICT_MAX_TEXT {
+            return;
+        }
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let map = map.get_or_insert_with(std::collections::HashMap::new);
+        if map.len() >= VERDICT_CAPACITY {
+            map.clear();
+        }
+        map.insert(sql.to_string(), verdict.clone());
     }
 }
 
@@ -494,6 +549,32 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
+
+    /// A remembered verdict is the verdict: the same refusal the second
+    /// time, and the size cap still applies before any lookup.
+    #[test]
+    fn remembered_verdicts_are_the_same_and_the_cap_still_applies() {
+        let bad = "SELECT set_config/**/('role', 'none', true) -- cached";
+        let first = check(bad, 1 << 16, Backend::Postgres);
+        assert!(
+            matches!(first, Err(GateError::ForbiddenFunction(_))),
+            "{first:?}"
+        );
+        assert_eq!(check(bad, 1 << 16, Backend::Postgres), first);
+        let good = "SELECT 1 AS cached_one";
+        assert_eq!(
+            check(good, 1 << 16, Backend::Postgres),
+            Ok(StatementKind::Select)
+        );
+        assert_eq!(
+            check(good, 1 << 16, Backend::Postgres),
+            Ok(StatementKind::Select)
+        );
+        assert!(matches!(
+            check(good, 4, Backend::Postgres),
+            Err(GateError::TooLong { .. })
+        ));
+    }
     use super::*;
 
     const MAX: usize = 64 * 1024;
