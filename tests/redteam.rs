@@ -559,6 +559,16 @@ async fn upgrade_from_the_earlier_layout_keeps_data_and_drops_stray_grants() {
         .await,
         1
     );
+    // Its next migration (an index on that table) ran as the plugin after
+    // the upgrade, and the table is back where the contracts put it.
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT count(*) FROM pg_indexes WHERE schemaname = 'public' AND tablename = 'hostile_marks' AND indexname = 'hostile_marks_note'"
+        )
+        .await,
+        1
+    );
 }
 
 /// SQLite, which has no roles: the authorizer holds the same line. Raw SQL

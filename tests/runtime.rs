@@ -440,7 +440,7 @@ async fn bad_files_are_refused_with_a_reason() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(loaded.info.name, "test-hostile");
-    assert_eq!(loaded.info.migrations.len(), 1);
+    assert_eq!(loaded.info.migrations.len(), 2);
     assert_eq!(loaded.hash.len(), 12);
     let _: Arc<_> = loaded;
 }

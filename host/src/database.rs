@@ -1542,10 +1542,12 @@ impl Database {
         migrations: &[MigrationSql],
     ) -> Result<Vec<String>, SetupError> {
         let mut applied_now = Vec::new();
+        // Tables of the earlier layout become the plugin's first: its new
+        // migrations may change them. On PostgreSQL also before the role
+        // is provisioned, which takes back the grants of the earlier
+        // layout that the upgrade reads as evidence.
+        self.adopt_tables(plugin, migrations).await?;
         if let Database::Postgres(pg) = self {
-            // Before the role is provisioned, which takes back the grants
-            // of the earlier layout that the upgrade reads as evidence.
-            self.adopt_tables(plugin, migrations).await?;
             let identity = pg.provision(plugin).await.map_err(SetupError::Identity)?;
             for m in migrations {
                 let checksum = crate::runtime::short_hash(m.postgres.as_bytes());

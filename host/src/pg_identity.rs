@@ -676,15 +676,31 @@ BEGIN
 END
 $f$;
 
+-- Before a plugin's migration: take the plugin's registry row lock (two
+-- routers starting together migrate one after the other; no plugin role
+-- can take it), and if the migration has not run, bring the plugin's
+-- tables into its own schema for the migration's transaction, where it
+-- may create (an index, a constraint) without any right on the service
+-- schema; migration_done moves them back.
 CREATE OR REPLACE FUNCTION {HOST_SCHEMA}.migration_begin(p_secret text, p_xid text, p_plugin text, p_id text)
 RETURNS text
 {definer} AS $f$
+DECLARE
+    v_checksum text;
+    v_rel record;
 BEGIN
     PERFORM {HOST_SCHEMA}.guard(p_secret, p_xid, p_plugin);
-    -- Two routers starting together migrate one after the other: a row
-    -- lock on the plugin's registry row, which no plugin role can take.
     PERFORM 1 FROM {HOST_SCHEMA}.plugin_roles WHERE plugin = p_plugin FOR UPDATE;
-    RETURN (SELECT checksum FROM {app}.switchyard_migrations WHERE plugin = p_plugin AND id = p_id);
+    v_checksum := (SELECT checksum FROM {app}.switchyard_migrations WHERE plugin = p_plugin AND id = p_id);
+    IF v_checksum IS NULL THEN
+        FOR v_rel IN SELECT c.relname FROM pg_class c
+                      WHERE c.relnamespace = '{app}'::regnamespace AND c.relkind IN ('r', 'p')
+                        AND c.relowner = (SELECT oid FROM pg_roles WHERE rolname = session_user)
+        LOOP
+            EXECUTE format('ALTER TABLE %I.%I SET SCHEMA %I', '{app_plain}', v_rel.relname, session_user);
+        END LOOP;
+    END IF;
+    RETURN v_checksum;
 END
 $f$;
 

@@ -24,15 +24,21 @@ static HANDLED: AtomicU64 = AtomicU64::new(0);
 
 struct Hostile;
 
-/// The plugin's one migration, on both backends, for its table
-/// (`hostile_marks`, or `fragile_marks` when built as `test-fragile`: each
-/// plugin owns the tables it creates, so two plugins cannot share one).
-fn marks_migration() -> String {
-    let table = if env!("CARGO_PKG_NAME") == "test-fragile" {
+/// The plugin's table: `hostile_marks`, or `fragile_marks` when built as
+/// `test-fragile`.
+fn marks_table() -> &'static str {
+    if env!("CARGO_PKG_NAME") == "test-fragile" {
         "fragile_marks"
     } else {
         "hostile_marks"
-    };
+    }
+}
+
+/// The plugin's first migration, on both backends, for its table
+/// (`hostile_marks`, or `fragile_marks` when built as `test-fragile`: each
+/// plugin owns the tables it creates, so two plugins cannot share one).
+fn marks_migration() -> String {
+    let table = marks_table();
     format!(
         "/* CREATE TABLE switchyard_outbox (x int) */ CREATE TABLE IF NOT EXISTS {table} (id TEXT PRIMARY KEY, note TEXT NOT NULL DEFAULT 'CREATE TABLE switchyard_processed (x int)')"
     )
@@ -77,14 +83,20 @@ impl switchyard_plugin::Guest for Hostile {
         // host's tables in a comment and a string, which must not make
         // them the plugin's.
         let migration = marks_migration();
+        // A later migration that changes a table the first one created
+        // (on PostgreSQL it runs with the table in the plugin's own
+        // schema, the only place its role may create an index).
+        let index = format!(
+            "CREATE INDEX IF NOT EXISTS {table}_note ON {table} (note)",
+            table = marks_table()
+        );
         switchyard_plugin::info(
             env!("CARGO_PKG_NAME"),
             env!("CARGO_PKG_VERSION"),
-            vec![switchyard_plugin::migration(
-                "0001-create-hostile-marks",
-                &migration,
-                &migration,
-            )],
+            vec![
+                switchyard_plugin::migration("0001-create-hostile-marks", &migration, &migration),
+                switchyard_plugin::migration("0002-index-hostile-marks", &index, &index),
+            ],
         )
     }
 
