@@ -46,6 +46,32 @@ fn shows_sql_rows_and_messages_of_a_seed_event() {
     );
 }
 
+/// The same on PostgreSQL, with a non-superuser host: the plugin runs as
+/// its own role and the report still shows the rows it changed (read in
+/// the plugin's session, tables found on its search path).
+#[tokio::test]
+async fn shows_rows_changed_on_postgres_as_a_non_superuser() {
+    let db = common::TestDb::postgres_non_superuser().await;
+    let wasm = plugin_path("role-mapping");
+    let out = switchyard(&[
+        "plugin",
+        "test",
+        &wasm.to_string_lossy(),
+        "--database",
+        &db.url,
+        "--setup",
+        "plugins/role-mapping/examples/customers.sql",
+        "--event",
+        "plugins/role-mapping/examples/user-created-sme-owner.json",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(stdout.contains("outcome  DONE"), "{stdout}");
+    assert!(stdout.contains("rows changed"), "{stdout}");
+    assert!(stdout.contains("customer_users"), "{stdout}");
+    assert!(stdout.contains("François Lefèvre"), "{stdout}");
+}
+
 #[test]
 fn json_report_and_exit_status_for_a_rejected_event() {
     let wasm = plugin_path("stats-increment");

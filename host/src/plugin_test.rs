@@ -356,7 +356,7 @@ async fn snapshot(backend: Backend, plugin: &str, tx: &mut Tx) -> anyhow::Result
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name NOT LIKE 'switchyard_%' ORDER BY name"
         }
         Backend::Postgres => {
-            "SELECT table_name::text FROM information_schema.tables WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' AND table_name NOT LIKE 'switchyard\\_%' AND has_table_privilege(format('%I.%I', table_schema, table_name), 'SELECT') ORDER BY 1"
+            "SELECT table_name::text FROM information_schema.tables WHERE table_schema::text = ANY(current_schemas(false)::text[]) AND table_type = 'BASE TABLE' AND table_name NOT LIKE 'switchyard\\_%' AND has_table_privilege(format('%I.%I', table_schema, table_name), 'SELECT') ORDER BY 1"
         }
     };
     let limits = Limits::default();
