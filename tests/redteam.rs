@@ -586,6 +586,10 @@ async fn sqlite_plugin_reaches_only_its_own_tables() {
         &arena,
         &[
             "SELECT * FROM user_stats",
+            "SELECT * FROM main.user_stats",
+            "SELECT * FROM \"USER_STATS\"",
+            "SELECT * FROM [user_stats]",
+            "SELECT * FROM temp.sqlite_master",
             "UPDATE user_stats SET interviews_created = 0",
             "WITH x AS (SELECT * FROM user_stats) SELECT * FROM x",
             "INSERT INTO hostile_marks (id, note) SELECT user_id, 'x' FROM user_stats",

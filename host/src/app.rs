@@ -176,7 +176,7 @@ pub async fn with_database_role(
     plugin: &Arc<crate::runtime::LoadedPlugin>,
 ) -> anyhow::Result<Arc<crate::runtime::LoadedPlugin>> {
     let (role, tables) = db
-        .plugin_identity(&plugin.env.name, &plugin.info.migrations)
+        .plugin_identity(&plugin.env.name, plugin.env.limits.statement_timeout_ms)
         .await?;
     if role == plugin.env.db_role && tables == plugin.env.db_tables {
         return Ok(plugin.clone());

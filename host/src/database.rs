@@ -289,39 +289,19 @@ impl Database {
         let instance = instance_id();
         let now = chrono::Utc::now().to_rfc3339();
         match self {
-            Database::Postgres(pg) => {
-                use sqlx::Executor;
-                let mut tx = pg.host.begin().await?;
-                tx.execute(
-                    format!(
-                        "SET LOCAL lock_timeout = {}",
-                        crate::pg_identity::EVENT_LOCK_TIMEOUT_MS
-                    )
-                    .as_str(),
-                )
-                .await?;
-                sqlx::query(sql)
-                    .bind(instance)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await
-            }
+            // The host's sessions carry a `lock_timeout` (see `connect`).
+            Database::Postgres(pg) => sqlx::query(sql)
+                .bind(instance)
+                .bind(now)
+                .execute(&pg.host)
+                .await
+                .map(|_| ()),
             Database::Sqlite(pool, _) => sqlx::query(sql)
                 .bind(instance)
                 .bind(now)
                 .execute(pool)
                 .await
                 .map(|_| ()),
-        }
-    }
-
-    /// The first column of a query's rows as text (SQLite's host
-    /// bookkeeping; empty on PostgreSQL).
-    pub async fn sqlite_strings(&self, sql: &str) -> Result<Vec<String>, sqlx::Error> {
-        match self {
-            Database::Sqlite(pool, _) => sqlx::query_scalar(sql).fetch_all(pool).await,
-            Database::Postgres(_) => Ok(Vec::new()),
         }
     }
 
@@ -481,7 +461,7 @@ pub struct PgTx {
 #[derive(Debug)]
 struct PgSession {
     plugin: Arc<str>,
-    role: String,
+    role: Arc<str>,
     tx: sqlx::Transaction<'static, Postgres>,
     timeout_ms: u64,
     /// The transaction's id, for the guarded host calls.
@@ -501,8 +481,9 @@ impl PgTx {
     }
 
     /// The index of `plugin`'s session, begun now if needed with
-    /// `timeout_ms` as its `statement_timeout`.
-    async fn session(&mut self, plugin: &str, timeout_ms: u64) -> Result<usize, DbError> {
+    /// `timeout_ms` (default: the plugin's in service) as its
+    /// `statement_timeout`.
+    async fn session(&mut self, plugin: &str, timeout_ms: Option<u64>) -> Result<usize, DbError> {
         if let Some(i) = self.sessions.iter().position(|s| &*s.plugin == plugin) {
             return Ok(i);
         }
@@ -511,6 +492,11 @@ impl PgTx {
                 "plugin {plugin} has no database identity yet (its role is set up when it is loaded); the event runs again"
             )));
         };
+        let timeout_ms = timeout_ms.unwrap_or_else(|| {
+            identity
+                .statement_timeout_ms
+                .load(std::sync::atomic::Ordering::Relaxed)
+        });
         let PluginTxOpened {
             tx,
             xid,
@@ -551,7 +537,7 @@ impl PgTx {
         }
         self.sessions.push(PgSession {
             plugin: identity.plugin.clone(),
-            role: identity.role.clone(),
+            role: identity.role.as_str().into(),
             tx,
             timeout_ms,
             xid,
@@ -576,7 +562,7 @@ impl PgTx {
     ) -> Result<
         (
             &mut sqlx::Transaction<'static, Postgres>,
-            Option<(String, u64)>,
+            Option<(Arc<str>, u64)>,
         ),
         DbError,
     > {
@@ -599,7 +585,7 @@ pub struct HostCall<'a> {
     /// The host's secret (bind it; never format it into SQL).
     pub secret: Arc<str>,
     /// The plugin transaction's id (bind it after the secret).
-    pub xid: String,
+    pub xid: &'a str,
 }
 
 /// `statement_timeout` of a plugin's migration.
@@ -617,7 +603,7 @@ const CANCEL_WAIT: Duration = Duration::from_secs(5);
 /// runs again).
 async fn under_deadline<T>(
     db: &PgDb,
-    deadline: Option<(String, u64)>,
+    deadline: Option<(Arc<str>, u64)>,
     lost: &mut bool,
     fut: impl std::future::Future<Output = Result<T, DbError>>,
 ) -> Result<T, DbError> {
@@ -892,13 +878,12 @@ impl Tx {
                     .to_string(),
             ));
         };
-        let timeout = crate::limits::Limits::default().statement_timeout_ms;
-        let i = t.session(plugin, timeout).await?;
+        let i = t.session(plugin, None).await?;
         let s = &mut t.sessions[i];
         Ok(Some(HostCall {
             conn: &mut s.tx,
             secret,
-            xid: s.xid.clone(),
+            xid: &s.xid,
         }))
     }
 
@@ -998,8 +983,7 @@ impl Tx {
     ) -> Result<Rows, DbError> {
         match self {
             Tx::Postgres(t) => {
-                let timeout = crate::limits::Limits::default().statement_timeout_ms;
-                let i = t.session(plugin, timeout).await?;
+                let i = t.session(plugin, None).await?;
                 pg_query(&mut t.sessions[i].tx, sql, &[], limits, true).await
             }
             Tx::Sqlite(tx) => tx.query(sql, &[], limits).await,
@@ -1019,7 +1003,7 @@ impl Tx {
         let timeout_ms = access.timeout_ms;
         match self {
             Tx::Postgres(t) => {
-                let i = t.session(access.plugin, timeout_ms).await?;
+                let i = t.session(access.plugin, Some(timeout_ms)).await?;
                 let s = &mut t.sessions[i];
                 if s.timeout_ms != timeout_ms {
                     sqlx::query("SELECT pg_catalog.set_config('statement_timeout', $1, true)")
@@ -1714,7 +1698,7 @@ impl Database {
         let mut lost = false;
         let ran = under_deadline(
             pg,
-            Some((identity.role.clone(), MIGRATION_TIMEOUT_MS)),
+            Some((identity.role.as_str().into(), MIGRATION_TIMEOUT_MS)),
             &mut lost,
             async { tx.execute(m.postgres.as_str()).await.map_err(map_error) },
         )
@@ -1747,18 +1731,18 @@ impl Database {
     /// The plugin's database identity once its migrations are applied:
     /// its role (PostgreSQL) and the tables it may use, read from the
     /// catalog — what its role owns (PostgreSQL), what its migrations
-    /// created (SQLite). Tables of an earlier layout, which the host
-    /// created for the plugin, are handed over once (see
-    /// [`Database::adopt_tables`]).
+    /// created (SQLite; tables of an earlier layout were handed over by
+    /// [`Database::migrate`]). On PostgreSQL its transactions will open
+    /// with `statement_timeout_ms`.
     pub async fn plugin_identity(
         &self,
         plugin: &str,
-        migrations: &[MigrationSql],
+        statement_timeout_ms: u64,
     ) -> Result<(Option<String>, Arc<[String]>), SetupError> {
-        self.adopt_tables(plugin, migrations).await?;
         match self {
             Database::Postgres(pg) => {
                 let identity = pg.provision(plugin).await.map_err(SetupError::Identity)?;
+                pg.set_statement_timeout(plugin, statement_timeout_ms);
                 let tables = pg.owned_tables(&identity.role).await?;
                 Ok((Some(identity.role), tables.into()))
             }

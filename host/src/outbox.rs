@@ -214,7 +214,7 @@ async fn mark_plugin(
             "SELECT switchyard_host.mark($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&*call.secret)
-        .bind(&call.xid)
+        .bind(call.xid)
         .bind(group)
         .bind(plugin)
         .bind(&keys)
@@ -336,7 +336,7 @@ pub async fn claim_replay(tx: &mut Tx, m: Marker<'_>) -> Result<bool, DbError> {
             "SELECT switchyard_host.claim_replay($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(&*call.secret)
-        .bind(&call.xid)
+        .bind(call.xid)
         .bind(m.group)
         .bind(m.plugin)
         .bind(m.dedupe_key)
@@ -399,7 +399,7 @@ pub async fn enqueue(tx: &mut Tx, plugin: &str, messages: &[OutMessage]) -> Resu
         let partitions: Vec<Option<i32>> = messages.iter().map(|m| m.partition).collect();
         sqlx::query("SELECT switchyard_host.enqueue($1, $2, $3, $4, $5, $6, $7, $8)")
             .bind(&*call.secret)
-            .bind(&call.xid)
+            .bind(call.xid)
             .bind(plugin)
             .bind(&topics)
             .bind(&keys)

@@ -35,7 +35,7 @@ use std::time::Duration;
 /// The host-owned schema of the guarded functions and the host's secrets.
 pub const HOST_SCHEMA: &str = "switchyard_host";
 
-/// `lock_timeout` of the host's setup statements: a lock held elsewhere
+/// `lock_timeout` of the host's own sessions (setup, relay, health): a lock held elsewhere
 /// (another router's setup, an operator's session) becomes an error that
 /// says so within seconds instead of a hang.
 pub const SETUP_LOCK_TIMEOUT_MS: u64 = 10_000;
@@ -55,6 +55,10 @@ pub struct PluginDb {
     pub role: String,
     /// Sessions logged in as `role`.
     pub pool: PgPool,
+    /// The plugin's `statement_timeout_ms` in service, with which its
+    /// transactions open (so that entering its call needs no round trip
+    /// to set it); kept up to date on every (re)load.
+    pub statement_timeout_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Everything the host keeps for PostgreSQL: its own pool, how to open
@@ -135,6 +139,16 @@ impl PgDb {
             .clone()
     }
 
+    /// Record the `statement_timeout_ms` of the plugin's version in
+    /// service (see [`PluginDb::statement_timeout_ms`]).
+    pub fn set_statement_timeout(&self, plugin: &str, timeout_ms: u64) {
+        if let Some(identity) = self.plugin(plugin) {
+            identity
+                .statement_timeout_ms
+                .store(timeout_ms, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     /// The identity of `plugin`, once provisioned.
     pub fn plugin(&self, plugin: &str) -> Option<PluginDb> {
         self.plugins
@@ -164,9 +178,9 @@ impl PgDb {
     pub async fn setup_tx(
         &self,
     ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+        // The host's sessions carry `lock_timeout` from their start-up
+        // options (see `Database::connect`).
         let mut tx = self.host.begin().await?;
-        tx.execute(format!("SET LOCAL lock_timeout = {SETUP_LOCK_TIMEOUT_MS}").as_str())
-            .await?;
         let lock_table: Option<String> = sqlx::query_scalar(&format!(
             "SELECT to_regclass('{HOST_SCHEMA}.setup_lock')::text"
         ))
@@ -443,6 +457,9 @@ impl PgDb {
             plugin: plugin.into(),
             role,
             pool,
+            statement_timeout_ms: Arc::new(std::sync::atomic::AtomicU64::new(
+                crate::limits::Limits::default().statement_timeout_ms,
+            )),
         };
         self.plugins
             .write()

@@ -1286,97 +1286,6 @@ mod tests {
         }
     }
 
-    /// The shipped plugins' PostgreSQL migrations (their `POSTGRES_SCHEMA`
-    /// constants and the test plugins' scripts), with the tables each
-    /// creates.
-    #[test]
-    fn postgres_accepts_the_seed_migrations() {
-        let role_mapping = "\
-CREATE TABLE IF NOT EXISTS customers (
-    id   text PRIMARY KEY,
-    name text NOT NULL
-);
-CREATE TABLE IF NOT EXISTS customer_users (
-    user_id             text PRIMARY KEY,
-    email               text NOT NULL,
-    name                text NOT NULL,
-    role                text NOT NULL,
-    user_type           text NOT NULL,
-    is_company_owner    boolean NOT NULL,
-    customer_account_id text NULL REFERENCES customers (id),
-    status              text NOT NULL DEFAULT 'ACTIVE',
-    created_at          timestamptz,
-    updated_at          timestamptz
-);
-";
-        let profile_creation = "\
-CREATE TABLE IF NOT EXISTS profiles (
-    id            uuid PRIMARY KEY,
-    request_id    text UNIQUE NOT NULL,
-    first_name    text NOT NULL,
-    last_name     text NOT NULL,
-    email         text UNIQUE NOT NULL,
-    national_code bigint UNIQUE NOT NULL,
-    birth_date    date NOT NULL,
-    created_at    timestamptz
-);
-";
-        let stats_increment = "\
-CREATE TABLE IF NOT EXISTS user_stats (
-    user_id            text PRIMARY KEY,
-    interviews_created integer NOT NULL DEFAULT 0,
-    storage_used       bigint NOT NULL DEFAULT 0,
-    max_interviews     integer NOT NULL DEFAULT 10,
-    max_storage        bigint NOT NULL DEFAULT 5368709120,
-    updated_at         timestamptz
-);
-CREATE TABLE IF NOT EXISTS stats_processed_events (
-    event_id     text PRIMARY KEY,
-    topic        text NOT NULL,
-    processed_at timestamptz NOT NULL
-);
-";
-        let welcome = "\
-CREATE TABLE IF NOT EXISTS welcome_notifications (
-    user_id         text PRIMARY KEY,
-    email           text NOT NULL,
-    sent_at         timestamptz NOT NULL,
-    source_event_id text
-);
-";
-        let cases: &[(&str, &[&str])] = &[
-            (role_mapping, &["customers", "customer_users"]),
-            (profile_creation, &["profiles"]),
-            (stats_increment, &["user_stats", "stats_processed_events"]),
-            (welcome, &["welcome_notifications"]),
-            (
-                "CREATE TABLE IF NOT EXISTS chaos_effects (event_id text NOT NULL, created_at timestamptz NOT NULL DEFAULT clock_timestamp())",
-                &["chaos_effects"],
-            ),
-            (
-                "CREATE TABLE IF NOT EXISTS marker_events (id bigserial PRIMARY KEY, topic text NOT NULL, kafka_partition integer NOT NULL, kafka_offset bigint NOT NULL, marker text NOT NULL)",
-                &["marker_events"],
-            ),
-            (
-                "CREATE TABLE IF NOT EXISTS hostile_marks (id TEXT PRIMARY KEY, note TEXT NOT NULL)",
-                &["hostile_marks"],
-            ),
-            (
-                "CREATE TABLE IF NOT EXISTS bench_counters (k TEXT PRIMARY KEY, n BIGINT NOT NULL)",
-                &["bench_counters"],
-            ),
-        ];
-        for (script, tables) in cases {
-            let summary = check_migration(script, Backend::Postgres)
-                .unwrap_or_else(|e| panic!("{script}: {e}"));
-            assert_eq!(summary.tables_created, *tables, "{script}");
-            // The SQLite path reads the same names from tokens.
-            let summary = check_migration(script, Backend::Sqlite)
-                .unwrap_or_else(|e| panic!("{script}: {e}"));
-            assert_eq!(summary.tables_created, *tables, "{script}");
-        }
-    }
-
     #[test]
     fn postgres_migrations_allow_the_listed_ddl() {
         let script = r#"
@@ -1594,6 +1503,57 @@ DROP SEQUENCE IF EXISTS unused_seq;
                     "{script}: {e}"
                 ),
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod more_spellings {
+    use super::*;
+
+    /// Spellings tried on the finished gate by a hostile team, beyond the
+    /// table above: each is refused.
+    #[test]
+    fn refused() {
+        for sql in [
+            r#"SELECT "pg_catalog"."set_config"('role', 'none', true)"#,
+            "SELECT * FROM ROWS FROM (set_config('role', 'none', true))",
+            "SELECT * FROM set_config('role', 'none', true)",
+            "VALUES (set_config('role', 'none', true))",
+            "SELECT 1 FROM (VALUES (1)) v(x) WHERE set_config('role', 'none', true) IS NOT NULL",
+            "SELECT CAST('pg_authid' AS pg_catalog.regclass)",
+            r#"SELECT 'pg_authid'::"regclass""#,
+            "SELECT $1::regproc",
+            "SELECT current_setting('is_superuser')",
+            "SELECT pg_backend_pid()",
+            "SELECT pg_terminate_backend(1)",
+            "SELECT pg_cancel_backend(1)",
+            "SELECT txid_current()",
+            "SELECT dblink_exec('dbname=x', 'select 1')",
+            "SELECT pg_catalog.pg_ls_dir('.')",
+            "SELECT lo_from_bytea(0, '\\x00')",
+            "SELECT pg_notify('c', 'x')",
+            "SELECT xmlelement(name x)",
+            "SELECT * FROM pg_stat_activity",
+            "SELECT * FROM information_schema.tables",
+            "SELECT * FROM public.switchyard_outbox",
+            r#"SELECT * FROM "switchyard_outbox""#,
+            r#"SELECT * FROM U&"switchyard\005Foutbox""#,
+            "SELECT * FROM SWITCHYARD_PROCESSED",
+            "TABLE switchyard_processed",
+            "SELECT set_config(VARIADIC ARRAY['role', 'none', 'true'])",
+            "SELECT 1; SELECT set_config('role', 'none', true)",
+            "SELECT 1 /* ; */ ; SELECT 2",
+            "CALL p()",
+            "DO $$ BEGIN PERFORM set_config('role', 'none', true); END $$",
+            "EXPLAIN ANALYZE SELECT set_config('role', 'none', true)",
+            "COPY (SELECT 1) TO STDOUT",
+            "SELECT * FROM unnest(ARRAY[1]) WITH ORDINALITY, LATERAL (SELECT set_config('role', 'none', true)) s",
+        ] {
+            assert!(
+                check(sql, 1 << 16, Backend::Postgres).is_err(),
+                "accepted: {sql}"
+            );
         }
     }
 }
