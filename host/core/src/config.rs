@@ -24,10 +24,10 @@
 //! and what to change. Paths are relative to the config file.
 
 use crate::breaker::BreakerConfig;
-use crate::capabilities::PluginEnv;
-use crate::capabilities::publish::{Grants, valid_topic_name};
+use crate::env::PluginEnv;
+use crate::grants::{Grants, valid_topic_name};
 use crate::limits::Limits;
-use crate::runtime::Isolation;
+use crate::work::Isolation;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -364,12 +364,12 @@ impl Loaded {
             .plugins
             .iter()
             .find(|(_, p)| p.native.is_some())
-            && std::env::var(NATIVE_ENV).as_deref() != Ok("1")
+            && (!cfg!(feature = "bench-native") || std::env::var(NATIVE_ENV).as_deref() != Ok("1"))
         {
             return Err(err_at(
                 find("native"),
                 format!(
-                    "plugin {name}: `native` hands its events to a benchmark handler instead of the plugin (their effects would be lost); it is for scripts/bench only, which sets {NATIVE_ENV}=1"
+                    "plugin {name}: `native` hands its events to a benchmark handler instead of the plugin (their effects would be lost); it is for scripts/bench only, which builds with the `bench-native` feature and sets {NATIVE_ENV}=1"
                 ),
             ));
         }
@@ -425,7 +425,7 @@ impl Loaded {
         // refused by the producer in the outbox. The default cap is
         // lowered to the producer's limit (see `plugin_envs`); a cap set
         // above it is a mistake to point at.
-        let producer_max = crate::kafka::producer_message_max_bytes(&config.kafka.producer)
+        let producer_max = crate::limits::producer_message_max_bytes(&config.kafka.producer)
             .map_err(|why| err_at(find("message.max.bytes"), why))?;
         for (name, plugin) in &config.plugins.plugins {
             let cap = plugin.limits.max_publish_bytes;
@@ -453,7 +453,7 @@ impl Loaded {
         // alike would be one plugin to the database.
         let mut roles: BTreeMap<String, &str> = BTreeMap::new();
         for name in config.plugins.plugins.keys() {
-            let role = crate::pg_identity::plugin_role(name);
+            let role = crate::identity::plugin_role(name);
             if let Some(first) = roles.insert(role.clone(), name) {
                 return Err(err_at(
                     find(&format!("[plugins.{name}]")),
@@ -591,8 +591,8 @@ impl Loaded {
         let dir = self.plugin_dir(dir_override);
         // Checked when the config was loaded; the default stands in for a
         // value that no longer parses.
-        let producer_max = crate::kafka::producer_message_max_bytes(&self.config.kafka.producer)
-            .unwrap_or(crate::kafka::DEFAULT_MESSAGE_MAX_BYTES);
+        let producer_max = crate::limits::producer_message_max_bytes(&self.config.kafka.producer)
+            .unwrap_or(crate::limits::DEFAULT_MESSAGE_MAX_BYTES);
         self.config
             .plugins
             .plugins

@@ -1,7 +1,6 @@
 //! The host's view of one consumed event and the context that capabilities
 //! attach to what a plugin does with it.
 
-use crate::bindings::switchyard::plugin::types;
 
 /// Kafka record headers in order; a `None` value is a null header.
 pub type Headers = Vec<(String, Option<Vec<u8>>)>;
@@ -46,25 +45,6 @@ impl Event {
                 .sum::<usize>()
     }
 
-    /// The WIT record passed to `handle`.
-    pub fn to_wit(&self) -> types::Event {
-        types::Event {
-            topic: self.topic.clone(),
-            partition: self.partition,
-            offset: self.offset,
-            timestamp_ms: self.timestamp_ms,
-            key: self.key.clone(),
-            payload: self.payload.clone(),
-            headers: self
-                .headers
-                .iter()
-                .map(|(name, value)| types::Header {
-                    name: name.clone(),
-                    value: value.clone(),
-                })
-                .collect(),
-        }
-    }
 }
 
 /// Where an invocation comes from: used for log fields, for the

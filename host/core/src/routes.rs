@@ -85,8 +85,8 @@ pub struct Selected {
 /// both replay headers, or it is no replay.
 pub fn replay_of(event: &Event) -> Option<(&str, &str)> {
     Some((
-        event.header_str(crate::dlq::REPLAY_PLUGIN)?,
-        event.header_str(crate::dlq::REPLAY_KEY)?,
+        event.header_str(crate::deadletter::REPLAY_PLUGIN)?,
+        event.header_str(crate::deadletter::REPLAY_KEY)?,
     ))
 }
 
@@ -309,8 +309,8 @@ mod tests {
             "t",
             "{}",
             &[
-                (crate::dlq::REPLAY_PLUGIN, "b"),
-                (crate::dlq::REPLAY_KEY, "pos:t/0/3"),
+                (crate::deadletter::REPLAY_PLUGIN, "b"),
+                (crate::deadletter::REPLAY_KEY, "pos:t/0/3"),
             ],
         );
         assert_eq!(
@@ -325,15 +325,15 @@ mod tests {
             "t",
             "{}",
             &[
-                (crate::dlq::REPLAY_PLUGIN, "c"),
-                (crate::dlq::REPLAY_KEY, "pos:t/0/3"),
+                (crate::deadletter::REPLAY_PLUGIN, "c"),
+                (crate::deadletter::REPLAY_KEY, "pos:t/0/3"),
             ],
         );
         assert!(
             t.select(&gone).is_empty(),
             "a plugin no longer routed: nothing"
         );
-        let half = event("t", "{}", &[(crate::dlq::REPLAY_PLUGIN, "b")]);
+        let half = event("t", "{}", &[(crate::deadletter::REPLAY_PLUGIN, "b")]);
         assert_eq!(
             t.select(&half).len(),
             2,

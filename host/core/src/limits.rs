@@ -99,6 +99,26 @@ impl Limits {
     }
 }
 
+/// librdkafka's default `message.max.bytes`: the largest record the
+/// producer accepts unless `[kafka.producer]` says otherwise.
+pub const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+
+/// The producer's `message.max.bytes` from `[kafka.producer]`, or
+/// librdkafka's default. `Err` says why a configured value is unusable
+/// (librdkafka accepts 1000 ..= 1000000000).
+pub fn producer_message_max_bytes(extra: &std::collections::BTreeMap<String, String>) -> Result<usize, String> {
+    match extra.get("message.max.bytes") {
+        None => Ok(DEFAULT_MESSAGE_MAX_BYTES),
+        Some(text) => match text.trim().parse::<usize>() {
+            Ok(n) if (1_000..=1_000_000_000).contains(&n) => Ok(n),
+            _ => Err(format!(
+                "`kafka.producer.\"message.max.bytes\"` = {text:?} must be a whole number of bytes from 1000 to 1000000000"
+            )),
+        },
+    }
+}
+
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,7 +127,7 @@ mod tests {
     fn the_publish_cap_never_exceeds_the_producers_limit() {
         let mut l = Limits::default();
         assert_eq!(l.max_publish_bytes, 1 << 20);
-        l.clamp_to_producer(crate::kafka::DEFAULT_MESSAGE_MAX_BYTES);
+        l.clamp_to_producer(DEFAULT_MESSAGE_MAX_BYTES);
         assert_eq!(l.max_publish_bytes, 1_000_000);
         let mut small = Limits {
             max_publish_bytes: 65_536,

@@ -1,0 +1,190 @@
+//! The batch path: consecutive events of one partition in one [`Work`].
+
+use super::{End, EventEnd, Lane, duplicate_line, event_span, worker_for};
+use crate::event::{Event, EventContext};
+use crate::message::OutMessage;
+use crate::routes::Selected;
+use crate::state::{PluginOf, PluginSlot, Ports};
+use crate::work::{CallOptions, Marker, Report, Work};
+use std::sync::Arc;
+use tracing::Instrument;
+
+/// A batch that failed for a reason of its own (not a plugin's outcome,
+/// which the one-event path reports): say why, since every batch of the
+/// partition may hit it and fall back to one transaction per event.
+fn batch_fallback(what: &str, error: &str) {
+    tracing::warn!(%error, "{what}; handling the batch's events one by one");
+}
+
+/// One plugin's call in a batch: the event, its route and its plugin.
+type Step<'e, V> = (&'e Event, Selected, &'e PluginSlot<V>);
+
+impl<P: Ports> Lane<P> {
+    /// Run a batch of consecutive events of this lane's partition in one
+    /// transaction: every event's marker, SQL and outbox rows, for every
+    /// plugin, then one commit — PostgreSQL's or SQLite's flush to disk —
+    /// for the lot. Returns how many events, from the start, are finished
+    /// (their offsets may be stored): all, or none when the lane was
+    /// cancelled meanwhile.
+    ///
+    /// The round trips are the batch's, not each event's: the markers go
+    /// in one statement first (a marker not written is a duplicate), and
+    /// the messages go to the outbox in one statement per plugin at the
+    /// end.
+    ///
+    /// The batch is all or nothing. Anything but a plain success — a
+    /// retry, a rejection, a trap, a statement that failed in the
+    /// database, an outage, a failed commit — rolls the whole batch back
+    /// and replays its events one by one on the one-event path, which owns
+    /// savepoints, backoff, retry budgets and dead letters. No effect of
+    /// the abandoned batch survives (P1 holds per event), and the
+    /// plugins' statements in a batch need no savepoints of their own.
+    pub async fn process_batch(&mut self, events: &[Event]) -> usize {
+        if events.len() == 1 {
+            return usize::from(self.process(&events[0]).await == EventEnd::Completed);
+        }
+        let state = self.ctl.shared.state.load_full();
+        let shared = self.ctl.shared.clone();
+        // What runs: each event's plugins, in order.
+        let mut plan: Vec<Step<'_, PluginOf<P>>> = Vec::new();
+        for event in events {
+            for sel in state.routes.select(event) {
+                let Some(slot) = state.plugins.get(&sel.plugin) else {
+                    return self.process_each(events, 0).await;
+                };
+                // A circuit that is not closed parks or tries one event:
+                // that is the one-event path's business, and asking the
+                // breaker here would spend its trial.
+                if !shared.circuit_closed(&sel.plugin, slot) {
+                    return self.process_each(events, 0).await;
+                }
+                plan.push((event, sel, slot));
+            }
+        }
+        let mut work = match Work::begin(&shared.db).await {
+            Ok(work) => work,
+            Err(e) => {
+                batch_fallback("cannot begin the batch's transaction", &e.to_string());
+                return self.process_each(events, 0).await;
+            }
+        };
+        // Every new marker in one statement (replays take theirs one by
+        // one below). A marker not written is a duplicate.
+        let markers: Vec<Marker<'_>> = plan
+            .iter()
+            .filter(|(_, sel, _)| !sel.replay)
+            .map(|(event, sel, _)| Marker::of(&shared.group, &sel.plugin, &sel.dedupe_key, event))
+            .collect();
+        let mut written = match work.claim(&markers).await {
+            Ok(w) => w,
+            Err(e) => {
+                work.rollback().await;
+                batch_fallback("cannot write the batch's markers", &e.to_string());
+                return self.process_each(events, 0).await;
+            }
+        };
+        // Each plugin's messages, in order, queued at the end.
+        let mut messages: Vec<(&str, Vec<OutMessage>)> = Vec::new();
+        // (plugin, end, record timestamp), counted once committed.
+        let mut counts: Vec<(&str, End, Option<i64>)> = Vec::new();
+        for (event, sel, slot) in &plan {
+            if self.ctl.cancelled() {
+                // Revoked or stopping: the markers of events not handled
+                // yet are in this transaction, so none of it commits; the
+                // partition's next owner handles the batch.
+                work.rollback().await;
+                return 0;
+            }
+            let span = event_span(&sel.plugin, event);
+            let fresh = if sel.replay {
+                let marker = Marker::of(&shared.group, &sel.plugin, &sel.dedupe_key, event);
+                match work.claim_replay(marker).await {
+                    Ok(claimed) => claimed,
+                    Err(e) => {
+                        work.rollback().await;
+                        batch_fallback("cannot claim a replay's marker", &e.to_string());
+                        return self.process_each(events, 0).await;
+                    }
+                }
+            } else {
+                // The first of the batch's events with this key runs.
+                written.remove(&(sel.plugin.clone(), sel.dedupe_key.clone()))
+            };
+            if !fresh {
+                counts.push((&sel.plugin, End::Duplicate, None));
+                tracing::info!(parent: &span, dedupe_key = %sel.dedupe_key, "{}", duplicate_line(sel.replay));
+                continue;
+            }
+            // The circuit may have opened meanwhile (another lane): parking
+            // and trials happen on the one-event path. Checked without
+            // asking for admission, which would spend a half-open trial.
+            if !shared.circuit_closed(&sel.plugin, slot) {
+                work.rollback().await;
+                return self.process_each(events, 0).await;
+            }
+            let ctx = Arc::new(EventContext::new(&shared.group, &sel.plugin, event));
+            let options = CallOptions {
+                record: false,
+                isolation: slot.isolation,
+                batch: true,
+            };
+            let worker = worker_for(&mut self.workers, &sel.plugin, slot);
+            let report = match work
+                .run(worker, ctx, event, options)
+                .instrument(span.clone())
+                .await
+            {
+                Ok(report) => report,
+                Err(lost) => {
+                    tracing::error!(parent: &span, "{lost}; handling the batch's events one by one");
+                    return self.process_each(events, 0).await;
+                }
+            };
+            let outcome = report.outcome();
+            let success = outcome.commits() && !report.db_failed() && !report.db_unavailable();
+            if success {
+                // Anything else is replayed one by one, and counted
+                // there.
+                shared.record_call(&sel.plugin, slot, &report, true);
+            }
+            if work.is_lost() {
+                tracing::error!(parent: &span, "the host lost the batch's transaction (a bug); handling its events one by one");
+                return self.process_each(events, 0).await;
+            }
+            if !success {
+                tracing::debug!(parent: &span, outcome = %outcome.kind(), "batch rolled back; replaying its events one by one");
+                work.rollback().await;
+                return self.process_each(events, 0).await;
+            }
+            counts.push((&sel.plugin, End::of(outcome), event.timestamp_ms));
+            if let crate::outcome::Outcome::Skipped(reason) = outcome {
+                tracing::info!(parent: &span, %reason, "skipped");
+            }
+            let mut report = report;
+            let produced = report.take_messages();
+            match messages.iter_mut().find(|(p, _)| *p == sel.plugin) {
+                Some((_, queued)) => queued.extend(produced),
+                None => messages.push((&sel.plugin, produced)),
+            }
+        }
+        // The batch's messages, each plugin's in order, then the commit.
+        let outbox: Vec<(&str, &[OutMessage])> =
+            messages.iter().map(|(p, m)| (*p, m.as_slice())).collect();
+        let any_messages = outbox.iter().any(|(_, m)| !m.is_empty());
+        match work.commit(&outbox).await {
+            Ok(()) => {
+                for (plugin, end, ts) in &counts {
+                    shared.count(plugin, *end, *ts);
+                }
+                if any_messages {
+                    shared.relay_wake.notify_one();
+                }
+                events.len()
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "batch commit failed; handling its events one by one");
+                self.process_each(events, 0).await
+            }
+        }
+    }
+}
