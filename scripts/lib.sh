@@ -19,10 +19,12 @@ ensure_wasm_target() {
 }
 
 # libclang, which bindgen needs to build the pg_query crate (PostgreSQL's
-# own parser, behind the SQL gate). Debian's libclang-dev when missing.
+# own parser, behind the SQL gate). Debian's libclang-dev when missing
+# (libclang-cpp, which some images carry alone, is not it).
 ensure_libclang() {
     if ldconfig -p 2>/dev/null | grep -q 'libclang\(-[0-9.]*\)\?\.so' \
-        || ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1; then
+        || ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 \
+        || ls /usr/lib/llvm-*/lib/libclang-[0-9]*.so* >/dev/null 2>&1; then
         return
     fi
     say "installing libclang-dev (Debian) for the pg_query build"

@@ -166,7 +166,7 @@ async fn database_health(s: &AdminState) -> Json {
 
 /// Whether the brokers answer a metadata request.
 async fn kafka_health(s: &AdminState) -> Json {
-    let producer = s.shared.producer.clone();
+    let producer = s.shared.dead_letters.producer().0.clone();
     let started = Instant::now();
     let fetched = tokio::task::spawn_blocking(move || {
         use rdkafka::producer::Producer;

@@ -290,8 +290,10 @@ pub async fn run(
     let shared = Arc::new(Shared {
         state: arc_swap::ArcSwap::from_pointee(RouterState { routes, plugins }),
         db: db.clone(),
-        producer: producer.clone(),
-        dead_letter_topic: config.dead_letter.topic.clone(),
+        dead_letters: switchyard_core::work::ProducerSink::new(
+            crate::kafka::KafkaProducer(producer.clone()),
+            config.dead_letter.topic.clone(),
+        ),
         group: config.kafka.group.clone(),
         retry: config.retry.clone(),
         relay_wake: wake.clone(),

@@ -13,98 +13,15 @@
 
 use crate::bindings::switchyard::plugin::db::Value;
 use crate::database::Database;
-use crate::event::Headers;
 use anyhow::Context as _;
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use std::time::{Duration, Instant};
 
-/// Header naming the only plugin a replayed record is for.
-pub const REPLAY_PLUGIN: &str = "switchyard.replay-plugin";
-/// Header carrying the replayed record's original dedupe key.
-pub const REPLAY_KEY: &str = "switchyard.replay-key";
-/// Header saying which dead letter a replay came from.
-pub const REPLAY_OF: &str = "switchyard.replay-of";
-
-/// One record of the dead-letter topic.
-#[derive(Debug, Clone)]
-pub struct DeadLetter {
-    /// Partition of the dead-letter topic.
-    pub partition: i32,
-    /// Offset there.
-    pub offset: i64,
-    /// Original key.
-    pub key: Option<Vec<u8>>,
-    /// Original value.
-    pub value: Vec<u8>,
-    /// Original headers and the `switchyard.*` ones.
-    pub headers: Headers,
-}
-
-impl DeadLetter {
-    /// A header as text: the last one of that name, which for
-    /// `switchyard.*` is the host's.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .rev()
-            .find(|(n, _)| n == name)
-            .and_then(|(_, v)| v.as_deref())
-            .and_then(|v| std::str::from_utf8(v).ok())
-    }
-
-    /// `partition:offset`, the id `show` and `replay --id` take.
-    pub fn id(&self) -> String {
-        format!("{}:{}", self.partition, self.offset)
-    }
-
-    /// Where it came from: topic, partition, offset.
-    pub fn origin(&self) -> Option<(String, i32, i64)> {
-        Some((
-            self.header("switchyard.origin-topic")?.to_string(),
-            self.header("switchyard.origin-partition")?.parse().ok()?,
-            self.header("switchyard.origin-offset")?.parse().ok()?,
-        ))
-    }
-
-    /// When it was dead-lettered.
-    pub fn at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
-        self.header("switchyard.dead-lettered-at")
-            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| t.with_timezone(&chrono::Utc))
-    }
-
-    /// The record as JSON, for `show` and `--json`.
-    pub fn to_json(&self) -> serde_json::Value {
-        let value = serde_json::from_slice::<serde_json::Value>(&self.value).unwrap_or_else(|_| {
-            serde_json::Value::String(String::from_utf8_lossy(&self.value).into_owned())
-        });
-        let headers: serde_json::Map<String, serde_json::Value> = self
-            .headers
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.clone(),
-                    v.as_deref().map_or(serde_json::Value::Null, |v| {
-                        serde_json::Value::String(String::from_utf8_lossy(v).into_owned())
-                    }),
-                )
-            })
-            .collect();
-        serde_json::json!({
-            "id": self.id(),
-            "plugin": self.header("switchyard.plugin"),
-            "outcome": self.header("switchyard.outcome"),
-            "error": self.header("switchyard.error"),
-            "attempts": self.header("switchyard.attempts"),
-            "dead_lettered_at": self.header("switchyard.dead-lettered-at"),
-            "origin": self.origin().map(|(t, p, o)| format!("{t}/{p}/{o}")),
-            "key": self.key.as_deref().map(|k| String::from_utf8_lossy(k).into_owned()),
-            "value": value,
-            "headers": headers,
-        })
-    }
-}
+use switchyard_core::deadletter as h;
+pub use switchyard_core::deadletter::{
+    DeadLetter, REPLAY_KEY, REPLAY_OF, REPLAY_PLUGIN, replay_event,
+};
 
 /// Which dead letters a command acts on.
 #[derive(Debug, Clone, Default)]
@@ -130,13 +47,13 @@ impl Filter {
         let lower = |s: &str| s.to_lowercase();
         self.plugin
             .as_ref()
-            .is_none_or(|p| d.header("switchyard.plugin") == Some(p.as_str()))
+            .is_none_or(|p| d.header(h::PLUGIN) == Some(p.as_str()))
             && self
                 .outcome
                 .as_ref()
-                .is_none_or(|o| d.header("switchyard.outcome") == Some(o.as_str()))
+                .is_none_or(|o| d.header(h::OUTCOME) == Some(o.as_str()))
             && self.reason.as_ref().is_none_or(|r| {
-                d.header("switchyard.error")
+                d.header(h::ERROR)
                     .is_some_and(|e| lower(e).contains(&lower(r)))
             })
             && self.since.is_none_or(|t| d.at().is_some_and(|at| at >= t))
@@ -254,7 +171,7 @@ pub fn read_all(
 pub fn render_list(letters: &[&DeadLetter]) -> String {
     let mut out = String::new();
     for d in letters {
-        let error = d.header("switchyard.error").unwrap_or("");
+        let error = d.header(h::ERROR).unwrap_or("");
         let error: String = if error.chars().count() > 100 {
             format!("{}...", error.chars().take(100).collect::<String>())
         } else {
@@ -263,9 +180,9 @@ pub fn render_list(letters: &[&DeadLetter]) -> String {
         out.push_str(&format!(
             "{:<8} {}  {:<22} {:<9} {:<32} {}\n",
             d.id(),
-            d.header("switchyard.dead-lettered-at").unwrap_or("?"),
-            d.header("switchyard.plugin").unwrap_or("?"),
-            d.header("switchyard.outcome").unwrap_or("?"),
+            d.header(h::DEAD_LETTERED_AT).unwrap_or("?"),
+            d.header(h::PLUGIN).unwrap_or("?"),
+            d.header(h::OUTCOME).unwrap_or("?"),
             d.origin()
                 .map_or("?".to_string(), |(t, p, o)| format!("{t}/{p}/{o}")),
             error
@@ -310,29 +227,6 @@ impl std::fmt::Display for Skip {
     }
 }
 
-/// The record a replay produces: the original key, value and non-host
-/// headers, plus the headers that tell the router it is a replay.
-pub fn replay_event(d: &DeadLetter, plugin: &str, dedupe_key: &str) -> Option<crate::event::Event> {
-    let (topic, partition, _) = d.origin()?;
-    let mut headers: Headers = d
-        .headers
-        .iter()
-        .filter(|(k, _)| !k.starts_with("switchyard."))
-        .cloned()
-        .collect();
-    headers.push((REPLAY_PLUGIN.into(), Some(plugin.as_bytes().to_vec())));
-    headers.push((REPLAY_KEY.into(), Some(dedupe_key.as_bytes().to_vec())));
-    headers.push((REPLAY_OF.into(), Some(d.id().into_bytes())));
-    Some(crate::event::Event {
-        topic,
-        partition,
-        key: d.key.clone(),
-        payload: d.value.clone(),
-        headers,
-        ..Default::default()
-    })
-}
-
 /// Where the dead letter's marker is and what it says: its dedupe key
 /// (from the letter's `switchyard.dedupe-key` header, or for letters
 /// written before that header existed, looked up by origin) and outcome.
@@ -345,7 +239,7 @@ async fn marker_of(
     let (topic, partition, offset) = d
         .origin()
         .context("the dead letter has no origin headers")?;
-    let (sql, params) = match d.header("switchyard.dedupe-key") {
+    let (sql, params) = match d.header(h::DEDUPE_KEY) {
         Some(key) => (
             "SELECT dedupe_key, outcome FROM switchyard_processed WHERE consumer_group = $1 AND plugin = $2 AND dedupe_key = $3",
             vec![
@@ -386,25 +280,25 @@ async fn check(
     d: &DeadLetter,
 ) -> anyhow::Result<(Replayed, Option<crate::event::Event>)> {
     let id = d.id();
-    let plugin = d.header("switchyard.plugin").unwrap_or("?").to_string();
+    let plugin = d.header(h::PLUGIN).unwrap_or("?").to_string();
     let (topic, partition, offset) = d.origin().unwrap_or_default();
     let mut entry = Replayed {
         id: id.clone(),
         plugin: plugin.clone(),
         topic: topic.clone(),
         partition,
-        dedupe_key: d.header("switchyard.dedupe-key").unwrap_or("").to_string(),
+        dedupe_key: d.header(h::DEDUPE_KEY).unwrap_or("").to_string(),
         skipped: None,
     };
     let refuse = |mut e: Replayed, why: String| {
         e.skipped = Some(Skip::Refused(why));
         e
     };
-    if d.header("switchyard.outcome") == Some("quarantined") {
+    if d.header(h::OUTCOME) == Some("quarantined") {
         let why = format!(
             "a message plugin {plugin} published that the broker refused for good ({}), not a consumed event: there is no event to replay; fix the cause and produce it to {} by hand if it is still wanted",
-            d.header("switchyard.reason").unwrap_or("?"),
-            d.header("switchyard.original-topic").unwrap_or("its topic")
+            d.header(h::REASON).unwrap_or("?"),
+            d.header(h::ORIGINAL_TOPIC).unwrap_or("its topic")
         );
         return Ok((refuse(entry, why), None));
     }
@@ -412,7 +306,7 @@ async fn check(
         let why = "it lacks the switchyard.plugin or switchyard.origin-* headers: not written by switchyard".to_string();
         return Ok((refuse(entry, why), None));
     }
-    if let Some(theirs) = d.header("switchyard.consumer-group")
+    if let Some(theirs) = d.header(h::CONSUMER_GROUP)
         && theirs != group
     {
         let why = format!(

@@ -10,6 +10,7 @@ use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::types::RDKafkaErrorCode;
 use std::collections::BTreeMap;
 use std::time::Duration;
+use switchyard_core::work::{Producer, Record};
 
 /// Consumer settings: offsets are stored by hand only after an event's
 /// work is durable (`enable.auto.offset.store=false`) and committed in the
@@ -124,24 +125,7 @@ pub fn to_headers(headers: &[(String, Option<Vec<u8>>)]) -> OwnedHeaders {
     )
 }
 
-/// librdkafka's default `message.max.bytes`: the largest record the
-/// producer accepts unless `[kafka.producer]` says otherwise.
-pub const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
-
-/// The producer's `message.max.bytes` from `[kafka.producer]`, or
-/// librdkafka's default. `Err` says why a configured value is unusable
-/// (librdkafka accepts 1000 ..= 1000000000).
-pub fn producer_message_max_bytes(extra: &BTreeMap<String, String>) -> Result<usize, String> {
-    match extra.get("message.max.bytes") {
-        None => Ok(DEFAULT_MESSAGE_MAX_BYTES),
-        Some(text) => match text.trim().parse::<usize>() {
-            Ok(n) if (1_000..=1_000_000_000).contains(&n) => Ok(n),
-            _ => Err(format!(
-                "`kafka.producer.\"message.max.bytes\"` = {text:?} must be a whole number of bytes from 1000 to 1000000000"
-            )),
-        },
-    }
-}
+pub use switchyard_core::limits::{DEFAULT_MESSAGE_MAX_BYTES, producer_message_max_bytes};
 
 /// Bytes of an unsigned LEB128 varint holding `n` zigzag-encoded, as
 /// librdkafka counts a header's name and value lengths.
@@ -159,6 +143,33 @@ fn zigzag_varint_len(n: usize) -> usize {
 /// timestamp and offset deltas, key and value lengths, header count), as
 /// librdkafka reserves it: `RD_KAFKAP_MESSAGE_V2_MAX_OVERHEAD`.
 pub const RECORD_OVERHEAD_BYTES: usize = 5 + 1 + 10 + 5 + 5 + 5 + 5;
+
+/// The router's producer, as the core's [`Producer`]: a produce waits up
+/// to 30 s in librdkafka's queue, then for the broker's acknowledgement.
+#[derive(Clone)]
+pub struct KafkaProducer(pub rdkafka::producer::FutureProducer);
+
+impl std::fmt::Debug for KafkaProducer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KafkaProducer")
+    }
+}
+
+impl Producer for KafkaProducer {
+    async fn send(&self, r: Record<'_>) -> Result<(), String> {
+        let mut record = rdkafka::producer::FutureRecord::<[u8], [u8]>::to(r.topic)
+            .payload(r.payload)
+            .headers(to_headers(r.headers));
+        if let Some(k) = r.key {
+            record = record.key(k);
+        }
+        self.0
+            .send(record, Duration::from_secs(30))
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| e.to_string())
+    }
+}
 
 /// The size librdkafka compares with `message.max.bytes` when a record is
 /// produced (`rd_kafka_msg_max_wire_size`): key + value + each header's

@@ -4,53 +4,89 @@
 //! topics and hands each event to sandboxed WebAssembly components chosen
 //! by a routing config, through the WIT interface in `wit/plugin.wit`.
 //!
-//! The library is organised by what lives where:
-//! - [`runtime`]: the wasmtime engine, plugin loading and the workers that
-//!   run events on reused or per-event instances;
-//! - [`capabilities`]: what plugins import — `db`, `publish`, `config`,
-//!   `log` — one module each;
-//! - [`database`]: PostgreSQL or SQLite, per-event transactions, typed
-//!   values, plugin migrations;
-//! - [`pg_identity`]: PostgreSQL plugin identities — login roles, their
-//!   pools, and the guarded functions the host writes markers and outbox
-//!   rows with;
-//! - [`sql_gate`]: which SQL a plugin may send;
-//! - [`limits`]: per-plugin resource limits;
-//! - [`event`]: the host's view of a consumed event;
-//! - [`plugin_test`]: `switchyard plugin test`, the plugin author's loop;
-//! - [`config`]: the routing config; [`routes`]: the route table;
-//! - [`consumer`]: the group consumer and its ordered lanes;
-//! - [`pipeline`]: one event in one lane — marker, plugin, outbox,
-//!   retries, dead letters;
-//! - [`outbox`]: the outbox table and its relay; [`kafka`]: client
-//!   settings; [`app`]: `switchyard run` and `switchyard check`;
-//! - [`reload`]: hot reload of plugin files and the routing config;
-//! - [`topics`]: partition counts, to refuse a publish to a partition
-//!   that does not exist.
+//! The router's core — events, the routing config and route selection,
+//! the unit of work, the retry decision, the lane, the dead-letter format
+//! — is the `switchyard-core` crate, re-exported here under the same
+//! module names. This crate wires it to the outside:
+//! - the store: [`database`] (PostgreSQL or SQLite, per-event
+//!   transactions, typed values, plugin migrations), [`pg_identity`]
+//!   (plugin login roles and the guarded host functions), [`sql_gate`]
+//!   (which SQL a plugin may send), [`sqlite_sandbox`], [`ledger`] (the
+//!   database as the unit of work's ledger) and [`outbox`] (the outbox
+//!   table and its relay);
+//! - the sandbox: [`runtime`] (the wasmtime engine, plugin loading, the
+//!   workers), [`capabilities`] (`db`, `publish`, `config`, `log`),
+//!   [`bindings`], [`native`] (the benchmark's handlers);
+//! - Kafka: [`kafka`], [`consumer`] (the group consumer and its lanes),
+//!   [`pipeline`] (the core's lane on the real ports), [`topics`];
+//! - the process: [`app`] (`run`, `check`), [`reload`], [`admin`];
+//! - the tools: [`dev`], [`dlq`], [`explain`], [`plugin_test`].
+
+pub use switchyard_core::{
+    breaker, config, deadletter, decision, event, lane, limits, memory, metrics, outcome, routes,
+    state, work,
+};
 
 pub mod admin;
 pub mod app;
 pub mod bindings;
-pub mod breaker;
 pub mod capabilities;
-pub mod config;
 pub mod consumer;
 pub mod database;
 pub mod dev;
 pub mod dlq;
-pub mod event;
 pub mod explain;
 pub mod kafka;
-pub mod limits;
-pub mod metrics;
+pub mod ledger;
 pub mod native;
 pub mod outbox;
 pub mod pg_identity;
 pub mod pipeline;
 pub mod plugin_test;
 pub mod reload;
-pub mod routes;
 pub mod runtime;
 pub mod sql_gate;
 pub mod sqlite_sandbox;
 pub mod topics;
+
+#[cfg(test)]
+mod layout {
+    /// The README's layout section names every source file of the host
+    /// and the core, so that it cannot drift from the tree.
+    #[test]
+    fn the_readme_layout_names_every_source_file() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let readme = std::fs::read_to_string(root.join("../README.md"))
+            .unwrap_or_else(|e| panic!("README.md: {e}"));
+        let start = readme
+            .find("## Layout")
+            .unwrap_or_else(|| panic!("no ## Layout"));
+        let section = &readme[start..];
+        let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
+        let mut missing = Vec::new();
+        for src in ["src", "core/src"] {
+            let mut dirs = vec![root.join(src)];
+            while let Some(dir) = dirs.pop() {
+                let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{dir:?}: {e}"));
+                for entry in entries.flatten() {
+                    let path = entry.path();
+                    if path.is_dir() {
+                        dirs.push(path);
+                    } else if path.extension().is_some_and(|e| e == "rs") {
+                        let rel = path
+                            .strip_prefix(root.join(src))
+                            .map(|p| p.display().to_string())
+                            .unwrap_or_default();
+                        if !section.contains(&rel) {
+                            missing.push(format!("host/{src}/{rel}"));
+                        }
+                    }
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "README.md's ## Layout does not name: {missing:?}"
+        );
+    }
+}

@@ -17,40 +17,26 @@ use crate::database::Tx;
 use crate::event::Event;
 use crate::runtime::Outcome;
 
-/// A handler compiled into the host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Native {
-    /// `bench-sink`'s `noop`: done, nothing else.
-    BenchNoop,
-    /// `bench-sink`'s `upsert`: one upsert into `bench_counters`, keyed by
-    /// the record key.
-    BenchUpsert,
-}
+pub use switchyard_core::native::{BENCH_UPSERT, Native};
 
-/// The statement `bench-sink` runs in `upsert` mode.
-pub const BENCH_UPSERT: &str = "INSERT INTO bench_counters (k, n) VALUES ($1, 1) ON CONFLICT (k) DO UPDATE SET n = bench_counters.n + 1";
-
-impl Native {
-    /// Handle `event` in `tx`, as the plugin would.
-    pub async fn handle(
-        self,
-        event: &Event,
-        tx: &mut Tx,
-        use_savepoint: bool,
-    ) -> Result<Outcome, DbError> {
-        match self {
-            Native::BenchNoop => Ok(Outcome::Done),
-            Native::BenchUpsert => {
-                let key = event
-                    .key
-                    .as_deref()
-                    .and_then(|k| std::str::from_utf8(k).ok())
-                    .unwrap_or("none");
-                tx.execute_with(BENCH_UPSERT, &[Value::Text(key.to_string())], use_savepoint)
-                    .await?;
-                Ok(Outcome::Done)
-            }
+/// Handle `event` in `tx` as the plugin would.
+pub async fn handle(
+    native: Native,
+    event: &Event,
+    tx: &mut Tx,
+    use_savepoint: bool,
+) -> Result<Outcome, DbError> {
+    match native {
+        Native::BenchNoop => Ok(Outcome::Done),
+        Native::BenchUpsert => {
+            let key = event
+                .key
+                .as_deref()
+                .and_then(|k| std::str::from_utf8(k).ok())
+                .unwrap_or("none");
+            tx.execute_with(BENCH_UPSERT, &[Value::Text(key.to_string())], use_savepoint)
+                .await?;
+            Ok(Outcome::Done)
         }
     }
 }

@@ -18,6 +18,7 @@ use crate::metrics::Metrics;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::sync::Arc;
 use std::time::Duration;
+use switchyard_core::deadletter;
 use tokio::sync::Notify;
 
 const POSTGRES_TABLES: &str = "
@@ -148,42 +149,7 @@ pub async fn create_tables(db: &Database) -> Result<(), sqlx::Error> {
     }
 }
 
-/// The processed-marker of one event in one plugin: its primary key is
-/// (consumer group, plugin, dedupe key).
-#[derive(Debug, Clone, Copy)]
-pub struct Marker<'a> {
-    /// Consumer group.
-    pub group: &'a str,
-    /// Plugin name.
-    pub plugin: &'a str,
-    /// `id:<event id>` or `pos:<topic>/<partition>/<offset>`.
-    pub dedupe_key: &'a str,
-    /// Source topic.
-    pub topic: &'a str,
-    /// Source partition.
-    pub partition: i32,
-    /// Source offset.
-    pub offset: i64,
-}
-
-impl<'a> Marker<'a> {
-    /// The marker of `event` in `plugin`.
-    pub fn of(
-        group: &'a str,
-        plugin: &'a str,
-        dedupe_key: &'a str,
-        event: &'a crate::event::Event,
-    ) -> Self {
-        Self {
-            group,
-            plugin,
-            dedupe_key,
-            topic: &event.topic,
-            partition: event.partition,
-            offset: event.offset,
-        }
-    }
-}
+pub use switchyard_core::work::Marker;
 
 /// Record that the plugin handled the event (`outcome`: `handled` or
 /// `dead-lettered`). Returns `false` when the marker already existed: a
@@ -952,38 +918,19 @@ impl Relay {
 /// row and event id it was.
 fn dead_letter_of(r: &Refused, message_max_bytes: usize) -> (&[u8], Headers) {
     let m = &r.row.message;
-    let mut headers: Headers = m
-        .headers
-        .iter()
-        .filter(|(k, _)| !k.starts_with("switchyard."))
-        .cloned()
-        .collect();
-    let mut add = |name: &str, value: Vec<u8>| headers.push((name.to_string(), Some(value)));
-    add(
-        "switchyard.error",
-        format!(
-            "the broker refused the message for good ({}): {}",
-            r.reason, r.error
-        )
-        .into_bytes(),
-    );
-    add("switchyard.outcome", b"quarantined".to_vec());
-    add("switchyard.reason", r.reason.as_bytes().to_vec());
-    add("switchyard.plugin", m.plugin.as_bytes().to_vec());
-    add("switchyard.original-topic", m.topic.as_bytes().to_vec());
-    if let Some(p) = m.partition {
-        add("switchyard.original-partition", p.to_string().into_bytes());
-    }
-    if let Some(k) = &m.key {
-        add("switchyard.original-key", k.clone());
-    }
-    if let Some(id) = m.header_str("event-id") {
-        add("switchyard.event-id", id.as_bytes().to_vec());
-    }
-    add("switchyard.outbox-id", r.row.id.to_string().into_bytes());
-    add(
-        "switchyard.dead-lettered-at",
-        chrono::Utc::now().to_rfc3339().into_bytes(),
+    let mut headers = deadletter::quarantine_headers(
+        &deadletter::Quarantine {
+            headers: &m.headers,
+            plugin: &m.plugin,
+            topic: &m.topic,
+            partition: m.partition,
+            key: m.key.as_deref(),
+            event_id: m.header_str("event-id"),
+            outbox_id: r.row.id,
+            reason: r.reason,
+            error: &r.error,
+        },
+        chrono::Utc::now(),
     );
     let key = m.key.as_deref();
     let whole = crate::kafka::record_wire_size(key, &m.payload, &headers);
@@ -991,7 +938,7 @@ fn dead_letter_of(r: &Refused, message_max_bytes: usize) -> (&[u8], Headers) {
         return (&m.payload, headers);
     }
     let note = m.payload.len().to_string().into_bytes();
-    headers.push(("switchyard.truncated-from".to_string(), Some(note)));
+    headers.push((deadletter::TRUNCATED_FROM.to_string(), Some(note)));
     let framing = crate::kafka::record_wire_size(key, &[], &headers);
     // The value's own length prefix may shrink; the bound stays safe.
     let keep = message_max_bytes

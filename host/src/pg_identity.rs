@@ -91,23 +91,7 @@ fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-/// The PostgreSQL role a plugin's SQL runs as: `switchyard_plugin_<name>`,
-/// lowercase ASCII letters, digits and `_`; at most 63 bytes.
-pub fn plugin_role(plugin: &str) -> String {
-    let name: String = plugin
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let mut role = format!("switchyard_plugin_{name}");
-    role.truncate(63);
-    role
-}
+pub use switchyard_core::identity::plugin_role;
 
 /// A random secret of 256 bits, hex.
 fn random_secret() -> String {

@@ -22,12 +22,14 @@ use crate::database::{Backend, Database, Tx, redact_url};
 use crate::event::{Event, EventContext};
 use crate::limits::Limits;
 use crate::runtime::{CallOptions, Invocation, LoadedPlugin, PluginWorker, Runtime};
+use anyhow::Context as _;
 use serde::Deserialize;
 use serde_json::{Map, Value as Json, json};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use switchyard_core::work::{Ledger, LedgerError, Marker, Work};
 
 /// One event as written in an event file.
 #[derive(Debug, Clone, Deserialize)]
@@ -307,35 +309,90 @@ pub async fn run(options: &TestOptions) -> anyhow::Result<TestReport> {
     })
 }
 
+/// `plugin test`'s ledger: the database's transactions, without markers
+/// or outbox rows. A test run must neither make the router skip the event
+/// later nor leave messages for its relay to send; the report lists what
+/// the plugin would publish.
+struct TestLedger(Database);
+
+impl Ledger for TestLedger {
+    type Tx = Tx;
+
+    async fn begin(&self) -> Result<Tx, LedgerError> {
+        self.0
+            .begin()
+            .await
+            .map_err(|e| LedgerError::Unavailable(e.to_string()))
+    }
+
+    async fn mark(
+        &self,
+        _tx: &mut Tx,
+        markers: &[Marker<'_>],
+    ) -> Result<HashSet<(String, String)>, LedgerError> {
+        Ok(markers
+            .iter()
+            .map(|m| (m.plugin.to_string(), m.dedupe_key.to_string()))
+            .collect())
+    }
+
+    async fn claim_replay(&self, _tx: &mut Tx, _marker: Marker<'_>) -> Result<bool, LedgerError> {
+        Ok(true)
+    }
+
+    async fn enqueue(
+        &self,
+        _tx: &mut Tx,
+        _plugin: &str,
+        _messages: &[OutMessage],
+    ) -> Result<(), LedgerError> {
+        Ok(())
+    }
+
+    async fn commit(&self, tx: Tx) -> Result<(), LedgerError> {
+        tx.commit()
+            .await
+            .map_err(|e| LedgerError::Unavailable(e.to_string()))
+    }
+
+    async fn rollback(&self, tx: Tx) -> Result<(), LedgerError> {
+        tx.rollback()
+            .await
+            .map_err(|e| LedgerError::Unavailable(e.to_string()))
+    }
+
+    async fn mark_dead_lettered(&self, _marker: Marker<'_>) -> Result<(), LedgerError> {
+        Ok(())
+    }
+}
+
 async fn run_one(
     db: &Database,
     worker: &mut PluginWorker,
     plugin: &LoadedPlugin,
     event: &Event,
 ) -> anyhow::Result<Json> {
-    let mut tx = db.begin().await?;
-    let before = snapshot(db.backend(), &plugin.info.name, &mut tx).await?;
-    let ctx = Arc::new(EventContext::new("plugin-test", &plugin.info.name, event));
-    let (invocation, tx) = worker
-        .handle(
-            ctx,
-            event,
-            tx,
-            CallOptions {
-                record: true,
-                ..CallOptions::default()
-            },
-        )
-        .await;
-    let Some(mut tx) = tx else {
-        anyhow::bail!("the event's transaction was lost by the host (a bug): nothing committed");
+    let name = plugin.info.name.as_str();
+    let ledger = TestLedger(db.clone());
+    let lost = "the event's transaction was lost by the host (a bug): nothing committed";
+    let mut work = Work::begin(&ledger).await?;
+    let dedupe_key = format!("pos:{}/{}/{}", event.topic, event.partition, event.offset);
+    work.claim_one(Marker::of("plugin-test", name, &dedupe_key, event), false)
+        .await?;
+    let before = snapshot(db.backend(), name, work.tx_mut().context(lost)?).await?;
+    let ctx = Arc::new(EventContext::new("plugin-test", name, event));
+    let options = CallOptions {
+        record: true,
+        ..CallOptions::default()
     };
-    let after = snapshot(db.backend(), &plugin.info.name, &mut tx).await?;
+    let invocation = work.run(worker, ctx, event, options).await?;
+    let after = snapshot(db.backend(), name, work.tx_mut().context(lost)?).await?;
     let committed = invocation.outcome.commits();
     if committed {
-        tx.commit().await?;
+        work.commit(&[(name, invocation.messages.as_slice())])
+            .await?;
     } else {
-        tx.rollback().await?;
+        work.rollback().await;
     }
     Ok(event_report(
         event,

@@ -288,23 +288,14 @@ impl Reloader {
         let old = &self.loaded.config;
         let new = &loaded.config;
         for (section, changed) in [
-            (
-                "[kafka]",
-                format!("{:?}", old.kafka) != format!("{:?}", new.kafka),
-            ),
-            (
-                "[database]",
-                format!("{:?}", old.database) != format!("{:?}", new.database),
-            ),
+            ("[kafka]", old.kafka != new.kafka),
+            ("[database]", old.database != new.database),
             (
                 "[dead_letter]",
                 old.dead_letter.topic != new.dead_letter.topic,
             ),
             ("[retry]", old.retry != new.retry),
-            (
-                "[runtime]",
-                format!("{:?}", old.runtime) != format!("{:?}", new.runtime),
-            ),
+            ("[runtime]", old.runtime != new.runtime),
         ] {
             if changed {
                 tracing::warn!(

@@ -4,7 +4,8 @@
 //! Sandbox defaults (DESIGN.md): Cranelift, guard pages, the pooling
 //! allocator, epoch interruption with a ticker every
 //! [`EPOCH_TICK_MS`](crate::limits::EPOCH_TICK_MS) and a deadline per call,
-//! `StoreLimits` per plugin, and a WASI context that grants nothing.
+//! a memory cap per plugin ([`crate::capabilities::MemoryCap`]), and a WASI
+//! context that grants nothing.
 //!
 //! A worker keeps one live instance and reuses it across events (about 10x
 //! cheaper than a fresh instance per event, see DESIGN.md); it recycles the
@@ -20,7 +21,6 @@ use crate::capabilities::{HostState, PluginEnv};
 use crate::database::{MigrationSql, Tx};
 use crate::event::{Event, EventContext};
 use crate::limits::EPOCH_TICK_MS;
-use sha2::Digest;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,11 +28,10 @@ use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 
-/// The first 12 hex digits of a SHA-256: how versions are named in logs.
-pub fn short_hash(bytes: &[u8]) -> String {
-    let digest = sha2::Sha256::digest(bytes);
-    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
-}
+pub use switchyard_core::identity::short_hash;
+pub use switchyard_core::outcome::{Failure, MAX_REASON_BYTES, Outcome, OutcomeKind, cap_reason};
+pub use switchyard_core::work::{CallOptions, Isolation};
+use switchyard_core::work::{Report, Runner, Versioned};
 
 /// Engine-wide settings.
 #[derive(Debug, Clone)]
@@ -151,6 +150,16 @@ impl LoadedPlugin {
             engine: self.engine.clone(),
             topics: self.topics.clone(),
         }))
+    }
+}
+
+impl Versioned for LoadedPlugin {
+    fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    fn version(&self) -> &str {
+        &self.info.version
     }
 }
 
@@ -411,39 +420,6 @@ fn arm_deadline(store: &mut Store<HostState>) {
     store.set_epoch_deadline(1);
 }
 
-/// Why a call into a plugin failed (the instance is discarded).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Failure {
-    /// The call ran past its deadline.
-    Deadline {
-        /// The deadline in milliseconds.
-        deadline_ms: u64,
-    },
-    /// Linear memory growth past the cap.
-    Memory {
-        /// The cap in bytes.
-        limit_bytes: usize,
-    },
-    /// Any other trap (panic, unreachable, stack overflow, ...).
-    Trap(String),
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Failure::Deadline { deadline_ms } => write!(
-                f,
-                "deadline exceeded: the call ran longer than {deadline_ms} ms and was interrupted"
-            ),
-            Failure::Memory { limit_bytes } => write!(
-                f,
-                "memory limit exceeded: the plugin tried to grow past {limit_bytes} bytes"
-            ),
-            Failure::Trap(reason) => write!(f, "trap: {reason}"),
-        }
-    }
-}
-
 fn failure_of(store: &Store<HostState>, e: &wasmtime::Error) -> Failure {
     let data = store.data();
     if data.deadline_hit || e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
@@ -451,8 +427,10 @@ fn failure_of(store: &Store<HostState>, e: &wasmtime::Error) -> Failure {
             deadline_ms: data.env.limits.deadline_ms,
         };
     }
-    let text = format!("{e:#}");
-    if text.contains("forcing trap when growing memory") {
+    if data.limits.hit
+        || e.downcast_ref::<crate::capabilities::MemoryRefused>()
+            .is_some()
+    {
         return Failure::Memory {
             limit_bytes: data.env.limits.memory_bytes,
         };
@@ -470,74 +448,13 @@ fn failure_of(store: &Store<HostState>, e: &wasmtime::Error) -> Failure {
     Failure::Trap(trap)
 }
 
-/// What became of an event in one plugin.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Handled: commit.
-    Done,
-    /// Nothing to do: commit, never retried nor dead-lettered.
-    Skipped(String),
-    /// Transient: roll back and retry with backoff.
-    Retry(String),
-    /// Invalid: roll back and dead-letter.
-    Rejected(String),
-    /// The plugin trapped or hit a limit: roll back; retried a bounded
-    /// number of times, then dead-lettered.
-    Failed(Failure),
-}
-
-impl Outcome {
-    /// `done`, `skipped`, `retry`, `rejected` or `failed`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Outcome::Done => "done",
-            Outcome::Skipped(_) => "skipped",
-            Outcome::Retry(_) => "retry",
-            Outcome::Rejected(_) => "rejected",
-            Outcome::Failed(_) => "failed",
-        }
-    }
-
-    /// The reason, if the outcome has one.
-    pub fn reason(&self) -> Option<String> {
-        match self {
-            Outcome::Done => None,
-            Outcome::Skipped(r) | Outcome::Retry(r) | Outcome::Rejected(r) => Some(r.clone()),
-            Outcome::Failed(f) => Some(f.to_string()),
-        }
-    }
-
-    /// Whether the event's transaction should commit.
-    pub fn commits(&self) -> bool {
-        matches!(self, Outcome::Done | Outcome::Skipped(_))
-    }
-}
-
-/// Longest outcome reason kept; longer ones are cut (a reason goes into
-/// logs and dead-letter headers, and must not make those unsendable).
-pub const MAX_REASON_BYTES: usize = 2048;
-
-/// `reason` cut to [`MAX_REASON_BYTES`] on a character boundary.
-pub fn cap_reason(mut reason: String) -> String {
-    if reason.len() > MAX_REASON_BYTES {
-        let mut cut = MAX_REASON_BYTES;
-        while !reason.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        reason.truncate(cut);
-        reason.push_str(" [cut]");
-    }
-    reason
-}
-
-impl From<types::Outcome> for Outcome {
-    fn from(o: types::Outcome) -> Self {
-        match o {
-            types::Outcome::Done => Outcome::Done,
-            types::Outcome::Skipped(r) => Outcome::Skipped(cap_reason(r)),
-            types::Outcome::Retry(r) => Outcome::Retry(cap_reason(r)),
-            types::Outcome::Rejected(r) => Outcome::Rejected(cap_reason(r)),
-        }
+/// The plugin's own outcome, its reason capped (see [`cap_reason`]).
+pub fn outcome_of(o: types::Outcome) -> Outcome {
+    match o {
+        types::Outcome::Done => Outcome::Done,
+        types::Outcome::Skipped(r) => Outcome::Skipped(cap_reason(r)),
+        types::Outcome::Retry(r) => Outcome::Retry(cap_reason(r)),
+        types::Outcome::Rejected(r) => Outcome::Rejected(cap_reason(r)),
     }
 }
 
@@ -585,32 +502,6 @@ impl Invocation {
             fresh_instance,
         }
     }
-}
-
-/// How instances are shared between events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Isolation {
-    /// One live instance reused across events (recycled after a trap, a
-    /// limit hit, a reload or `recycle_after_events`).
-    #[default]
-    Reuse,
-    /// A fresh instance for every event.
-    PerEvent,
-}
-
-/// Options of one call.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct CallOptions {
-    /// Record statements and log lines in the [`Invocation`].
-    pub record: bool,
-    /// Instance sharing.
-    pub isolation: Isolation,
-    /// The call is part of a batch transaction: statements run without
-    /// their own savepoints, and any statement failure must make the caller
-    /// roll the batch back and replay its events one by one
-    /// ([`Invocation::db_failed`]).
-    pub batch: bool,
 }
 
 struct Live {
@@ -740,12 +631,12 @@ impl PluginWorker {
         // not count against the deadline; this outer timeout is the last
         // resort against a call stuck in the host, dropping the call.
         let outer = deadline * 2 + Duration::from_secs(60);
-        let wit_event = event.to_wit();
+        let wit_event = event_to_wit(event);
         let result =
             tokio::time::timeout(outer, live.plugin.call_handle(&mut live.store, &wit_event)).await;
 
         let outcome = match result {
-            Ok(Ok(outcome)) => Outcome::from(outcome),
+            Ok(Ok(outcome)) => outcome_of(outcome),
             Ok(Err(e)) => Outcome::Failed(match failure_of(&live.store, &e) {
                 Failure::Trap(trap) => match live.store.data_mut().log.panic_message() {
                     Some(panic) => Failure::Trap(format!("{trap}; the plugin {panic}")),
@@ -827,7 +718,7 @@ impl PluginWorker {
         };
         let result = match tx.enter_plugin(&access).await {
             Ok(()) => {
-                let r = native.handle(event, &mut tx, !options.batch).await;
+                let r = crate::native::handle(native, event, &mut tx, !options.batch).await;
                 inv.statement_count = usize::from(native == crate::native::Native::BenchUpsert);
                 match tx.leave_plugin(env.db_role.as_deref()).await {
                     Ok(()) => r,
@@ -858,6 +749,80 @@ impl PluginWorker {
         inv.db_failed |= tx.lost();
         inv.elapsed = started.elapsed();
         (inv, Some(tx))
+    }
+}
+
+/// The WIT record of `event`, passed to `handle`.
+fn event_to_wit(event: &Event) -> types::Event {
+    types::Event {
+        topic: event.topic.clone(),
+        partition: event.partition,
+        offset: event.offset,
+        timestamp_ms: event.timestamp_ms,
+        key: event.key.clone(),
+        payload: event.payload.clone(),
+        headers: event
+            .headers
+            .iter()
+            .map(|(name, value)| types::Header {
+                name: name.clone(),
+                value: value.clone(),
+            })
+            .collect(),
+    }
+}
+
+impl Report for Invocation {
+    fn outcome(&self) -> &Outcome {
+        &self.outcome
+    }
+    fn messages(&self) -> &[OutMessage] {
+        &self.messages
+    }
+    fn take_messages(&mut self) -> Vec<OutMessage> {
+        std::mem::take(&mut self.messages)
+    }
+    fn db_unavailable(&self) -> bool {
+        self.db_unavailable
+    }
+    fn db_failed(&self) -> bool {
+        self.db_failed
+    }
+    fn refused_publishes(&self) -> usize {
+        self.refused_publishes.len()
+    }
+    fn statement_count(&self) -> usize {
+        self.statement_count
+    }
+    fn elapsed(&self) -> Duration {
+        self.elapsed
+    }
+}
+
+impl Runner<Tx> for PluginWorker {
+    type Plugin = LoadedPlugin;
+    type Report = Invocation;
+
+    fn start(plugin: Arc<LoadedPlugin>) -> Self {
+        Self::new(plugin)
+    }
+
+    fn plugin(&self) -> &Arc<LoadedPlugin> {
+        PluginWorker::plugin(self)
+    }
+
+    fn swap(&mut self, plugin: Arc<LoadedPlugin>) {
+        PluginWorker::swap(self, plugin);
+    }
+
+    async fn run(
+        &mut self,
+        ctx: Arc<EventContext>,
+        event: &Event,
+        tx: Tx,
+        options: CallOptions,
+    ) -> (Invocation, Option<Tx>) {
+        self.handle(ctx, event, tx, options).await
     }
 }
 

@@ -291,20 +291,30 @@ impl Harness {
     /// Run one event in its own transaction: commit when the outcome
     /// commits, roll back otherwise (as the router does).
     pub async fn send_event(&mut self, event: &Event) -> Invocation {
-        let tx = self
-            .db
-            .begin()
+        use switchyard::work::{Marker, Work};
+        let name = self.plugin.info.name.clone();
+        let ctx = Arc::new(EventContext::new("test", &name, event));
+        // The router's unit of work: marker, plugin, outbox rows, commit.
+        let dedupe_key = format!("pos:{}/{}/{}", event.topic, event.partition, event.offset);
+        let mut work = Work::begin(&self.db)
             .await
             .unwrap_or_else(|e| panic!("begin: {e}"));
-        let ctx = Arc::new(EventContext::new("test", &self.plugin.info.name, event));
-        let (invocation, tx) = self.worker.handle(ctx, event, tx, self.options).await;
-        let tx = tx.unwrap_or_else(|| panic!("the host lost the transaction"));
+        let fresh = work
+            .claim_one(Marker::of("test", &name, &dedupe_key, event), false)
+            .await
+            .unwrap_or_else(|e| panic!("marker: {e}"));
+        assert!(fresh, "the harness sent {dedupe_key} twice");
+        let invocation = work
+            .run(&mut self.worker, ctx, event, self.options)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(!work.is_lost(), "the host lost the transaction");
         if invocation.outcome.commits() {
-            tx.commit().await.unwrap_or_else(|e| panic!("commit: {e}"));
-        } else {
-            tx.rollback()
+            work.commit(&[(name.as_str(), invocation.messages.as_slice())])
                 .await
-                .unwrap_or_else(|e| panic!("rollback: {e}"));
+                .unwrap_or_else(|e| panic!("commit: {e}"));
+        } else {
+            work.rollback().await;
         }
         invocation
     }

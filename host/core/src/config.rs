@@ -72,7 +72,7 @@ pub struct AdminConfig {
 }
 
 /// `[kafka]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     /// Bootstrap servers, comma separated. Example: `brokers =
@@ -101,7 +101,7 @@ fn default_group() -> String {
 }
 
 /// `[database]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
     /// `postgres://...` or `sqlite:path`. Overridden by `--database` or
@@ -165,7 +165,7 @@ impl Default for RetryConfig {
 }
 
 /// `[runtime]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
     /// Live plugin instances the engine's pool holds (partitions × plugins
@@ -308,7 +308,7 @@ pub struct ConfigError {
 }
 
 /// Line and column (1-based) of a byte offset.
-pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
     let column = before

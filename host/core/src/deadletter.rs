@@ -76,7 +76,11 @@ pub struct Cause<'a> {
 
 /// The headers of an event's dead letter: the event's own, without any
 /// `switchyard.*` a producer set, then the host's.
-pub fn event_letter_headers(event: &Event, cause: &Cause<'_>, at: chrono::DateTime<chrono::Utc>) -> Headers {
+pub fn event_letter_headers(
+    event: &Event,
+    cause: &Cause<'_>,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Headers {
     let mut headers: Headers = event
         .headers
         .iter()
@@ -299,7 +303,11 @@ mod tests {
             dedupe_key: "id:e-1",
         };
         let headers = event_letter_headers(&event(), &cause, chrono::Utc::now());
-        assert_eq!(headers.iter().filter(|(k, _)| k == PLUGIN).count(), 1, "a producer's switchyard.* header is dropped");
+        assert_eq!(
+            headers.iter().filter(|(k, _)| k == PLUGIN).count(),
+            1,
+            "a producer's switchyard.* header is dropped"
+        );
         let d = DeadLetter {
             partition: 0,
             offset: 7,
@@ -313,11 +321,19 @@ mod tests {
         assert_eq!(d.origin(), Some(("user.registered".to_string(), 2, 41)));
         assert!(d.at().is_some());
         let replay = replay_event(&d, "stats", "id:e-1").expect("a replay");
-        assert_eq!((replay.topic.as_str(), replay.partition), ("user.registered", 2));
+        assert_eq!(
+            (replay.topic.as_str(), replay.partition),
+            ("user.registered", 2)
+        );
         assert_eq!(replay.header_str(REPLAY_PLUGIN), Some("stats"));
         assert_eq!(replay.header_str(REPLAY_KEY), Some("id:e-1"));
         assert_eq!(replay.header_str(REPLAY_OF), Some("0:7"));
         assert_eq!(replay.header_str("event-id"), Some("e-1"));
-        assert!(replay.headers.iter().all(|(k, _)| !k.starts_with(HOST_PREFIX) || k.starts_with("switchyard.replay-")));
+        assert!(
+            replay
+                .headers
+                .iter()
+                .all(|(k, _)| !k.starts_with(HOST_PREFIX) || k.starts_with("switchyard.replay-"))
+        );
     }
 }

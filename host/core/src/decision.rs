@@ -180,7 +180,14 @@ mod tests {
     #[test]
     fn failures_count_like_retries_and_keep_their_kind() {
         let failed = Outcome::Failed(Failure::Trap("unreachable".into()));
-        let (next, _) = decide(Attempt::Outcome(&failed), Tally { attempts: 4, outages: 0 }, &policy(5));
+        let (next, _) = decide(
+            Attempt::Outcome(&failed),
+            Tally {
+                attempts: 4,
+                outages: 0,
+            },
+            &policy(5),
+        );
         assert_eq!(
             next,
             Next::DeadLetter {
@@ -207,7 +214,10 @@ mod tests {
     #[test]
     fn outages_never_spend_attempts_and_their_backoff_is_capped() {
         let p = policy(2);
-        let mut t = Tally { attempts: 1, outages: 0 };
+        let mut t = Tally {
+            attempts: 1,
+            outages: 0,
+        };
         let mut waits = Vec::new();
         for _ in 0..30 {
             let (next, after) = decide(Attempt::Outage, t, &p);
@@ -244,9 +254,15 @@ mod tests {
     #[test]
     fn committed_and_committing_outcomes_are_done() {
         let p = policy(1);
-        assert_eq!(decide(Attempt::Committed, Tally::default(), &p).0, Next::Done);
+        assert_eq!(
+            decide(Attempt::Committed, Tally::default(), &p).0,
+            Next::Done
+        );
         let skipped = Outcome::Skipped("not ours".into());
-        assert_eq!(decide(Attempt::Outcome(&skipped), Tally::default(), &p).0, Next::Done);
+        assert_eq!(
+            decide(Attempt::Outcome(&skipped), Tally::default(), &p).0,
+            Next::Done
+        );
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! The host's view of one consumed event and the context that capabilities
 //! attach to what a plugin does with it.
 
-
 /// Kafka record headers in order; a `None` value is a null header.
 pub type Headers = Vec<(String, Option<Vec<u8>>)>;
 
@@ -44,7 +43,6 @@ impl Event {
                 .map(|(n, v)| n.len() + v.as_ref().map_or(0, Vec::len))
                 .sum::<usize>()
     }
-
 }
 
 /// Where an invocation comes from: used for log fields, for the

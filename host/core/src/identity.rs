@@ -34,7 +34,10 @@ mod tests {
 
     #[test]
     fn roles_fold_to_postgres_identifiers() {
-        assert_eq!(plugin_role("role-mapping"), "switchyard_plugin_role_mapping");
+        assert_eq!(
+            plugin_role("role-mapping"),
+            "switchyard_plugin_role_mapping"
+        );
         assert_eq!(plugin_role("Stats"), "switchyard_plugin_stats");
         assert_eq!(plugin_role(&"x".repeat(100)).len(), 63);
         assert_eq!(short_hash(b"").len(), 12);

@@ -88,7 +88,6 @@ enum PluginEnd {
     Abandoned,
 }
 
-
 /// One ordered lane: a worker per plugin, events one at a time.
 pub struct Lane<P: Ports> {
     ctl: LaneCtl<P>,
@@ -305,7 +304,11 @@ impl<P: Ports> Lane<P> {
                 Err(e) => {
                     work.rollback().await;
                     if ctl
-                        .outage(&mut tally, "cannot write the processed marker", &e.to_string())
+                        .outage(
+                            &mut tally,
+                            "cannot write the processed marker",
+                            &e.to_string(),
+                        )
                         .await
                     {
                         return PluginEnd::Abandoned;
@@ -317,7 +320,9 @@ impl<P: Ports> Lane<P> {
             // 2. The plugin, inside the transaction, unless its circuit is
             // open.
             if let Admission::Park(why) =
-                shared.breakers.admit(name, slot.plugin.hash(), slot.breaker)
+                shared
+                    .breakers
+                    .admit(name, slot.plugin.hash(), slot.breaker)
             {
                 work.rollback().await;
                 let cause = Cause {
@@ -340,7 +345,9 @@ impl<P: Ports> Lane<P> {
             };
             shared.record_call(name, slot, &report, tally.attempts == 0);
             if work.is_lost() {
-                tracing::error!("the host lost the event's transaction (a bug); retrying the event");
+                tracing::error!(
+                    "the host lost the event's transaction (a bug); retrying the event"
+                );
                 continue;
             }
 
@@ -392,7 +399,11 @@ impl<P: Ports> Lane<P> {
                 if report.db_unavailable() {
                     let why = outcome.reason().unwrap_or_default();
                     if ctl
-                        .outage(&mut tally, "the database was unavailable to the plugin", &why)
+                        .outage(
+                            &mut tally,
+                            "the database was unavailable to the plugin",
+                            &why,
+                        )
                         .await
                     {
                         return PluginEnd::Abandoned;

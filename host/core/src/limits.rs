@@ -106,7 +106,9 @@ pub const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
 /// The producer's `message.max.bytes` from `[kafka.producer]`, or
 /// librdkafka's default. `Err` says why a configured value is unusable
 /// (librdkafka accepts 1000 ..= 1000000000).
-pub fn producer_message_max_bytes(extra: &std::collections::BTreeMap<String, String>) -> Result<usize, String> {
+pub fn producer_message_max_bytes(
+    extra: &std::collections::BTreeMap<String, String>,
+) -> Result<usize, String> {
     match extra.get("message.max.bytes") {
         None => Ok(DEFAULT_MESSAGE_MAX_BYTES),
         Some(text) => match text.trim().parse::<usize>() {
@@ -117,7 +119,6 @@ pub fn producer_message_max_bytes(extra: &std::collections::BTreeMap<String, Str
         },
     }
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -123,7 +123,11 @@ impl Ledger for MemoryLedger {
         Ok(written)
     }
 
-    async fn claim_replay(&self, tx: &mut MemoryTx, marker: Marker<'_>) -> Result<bool, LedgerError> {
+    async fn claim_replay(
+        &self,
+        tx: &mut MemoryTx,
+        marker: Marker<'_>,
+    ) -> Result<bool, LedgerError> {
         self.fault(Op::Mark)?;
         let k = key(&marker);
         if self.marker_of(tx, &k).as_deref() != Some("dead-lettered") {
@@ -161,7 +165,9 @@ impl Ledger for MemoryLedger {
     async fn mark_dead_lettered(&self, marker: Marker<'_>) -> Result<(), LedgerError> {
         self.fault(Op::MarkDeadLettered)?;
         let mut c = lock(&self.committed);
-        c.markers.entry(key(&marker)).or_insert_with(|| "dead-lettered".into());
+        c.markers
+            .entry(key(&marker))
+            .or_insert_with(|| "dead-lettered".into());
         c.commits += 1;
         Ok(())
     }
@@ -266,13 +272,18 @@ pub struct Scripted {
 
 impl std::fmt::Debug for Scripted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Scripted").field("hash", &self.hash).finish()
+        f.debug_struct("Scripted")
+            .field("hash", &self.hash)
+            .finish()
     }
 }
 
 impl Scripted {
     /// A plugin version named `hash` doing `script(event, nth call)`.
-    pub fn new(hash: &str, script: impl Fn(&Event, u32) -> Act + Send + Sync + 'static) -> Arc<Self> {
+    pub fn new(
+        hash: &str,
+        script: impl Fn(&Event, u32) -> Act + Send + Sync + 'static,
+    ) -> Arc<Self> {
         Arc::new(Self {
             hash: hash.to_string(),
             script: Box::new(script),

@@ -159,7 +159,11 @@ mod tests {
             (Outcome::Skipped("s".into()), "skipped", true),
             (Outcome::Retry("r".into()), "retry", false),
             (Outcome::Rejected("x".into()), "rejected", false),
-            (Outcome::Failed(Failure::Deadline { deadline_ms: 5 }), "failed", false),
+            (
+                Outcome::Failed(Failure::Deadline { deadline_ms: 5 }),
+                "failed",
+                false,
+            ),
         ];
         for (outcome, kind, commits) in all {
             assert_eq!(outcome.kind(), kind);

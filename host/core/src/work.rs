@@ -355,7 +355,11 @@ impl<'l, L: Ledger> Work<'l, L> {
 
     /// Write one new marker, or for a replay take the dead-lettered one;
     /// `false`: the event is a duplicate for this plugin.
-    pub async fn claim_one(&mut self, marker: Marker<'_>, replay: bool) -> Result<bool, LedgerError> {
+    pub async fn claim_one(
+        &mut self,
+        marker: Marker<'_>,
+        replay: bool,
+    ) -> Result<bool, LedgerError> {
         if replay {
             return self.claim_replay(marker).await;
         }
@@ -384,6 +388,12 @@ impl<'l, L: Ledger> Work<'l, L> {
         let (report, back) = runner.run(ctx, event, tx, options).await;
         self.tx = back;
         Ok(report)
+    }
+
+    /// The transaction itself, to read inside it (`plugin test` reads the
+    /// plugin's tables before and after the call); `None` once lost.
+    pub fn tx_mut(&mut self) -> Option<&mut L::Tx> {
+        self.tx.as_mut()
     }
 
     /// Whether the host lost the transaction (a bug): nothing of it can

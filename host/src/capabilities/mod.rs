@@ -14,60 +14,20 @@ pub mod publish;
 
 use crate::bindings::switchyard::plugin::types;
 use crate::event::EventContext;
-use crate::limits::Limits;
 use std::sync::Arc;
 use std::time::Instant;
-use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-/// What the host knows about a plugin that its capabilities consult:
-/// name, limits, grants and settings. Shared by every instance of one
-/// loaded version; a config reload makes a new one.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PluginEnv {
-    /// The plugin's name in the routing config.
-    pub name: Arc<str>,
-    /// Resource limits.
-    pub limits: Limits,
-    /// Topics the plugin may publish to.
-    pub grants: publish::Grants,
-    /// The plugin's settings, a JSON object.
-    pub settings: Arc<serde_json::Map<String, serde_json::Value>>,
-    /// The database role its SQL runs as (PostgreSQL), once granted.
-    pub db_role: Option<String>,
-    /// The tables its SQL may use: those its migrations create. The
-    /// role's grants enforce them on PostgreSQL, the host on SQLite. Empty
-    /// until the router has prepared the plugin.
-    pub db_tables: Arc<[String]>,
-    /// A handler compiled into the host that takes the component's events
-    /// (`scripts/bench` only: it measures the sandbox's cost).
-    pub native: Option<crate::native::Native>,
-}
-
-impl PluginEnv {
-    /// An environment with default limits, every topic granted and no
-    /// settings; what `switchyard plugin test` uses without a config.
-    pub fn permissive(name: &str) -> Self {
-        Self {
-            name: name.into(),
-            limits: Limits::default(),
-            grants: publish::Grants::all(),
-            settings: Arc::new(serde_json::Map::new()),
-            db_role: None,
-            db_tables: Arc::from([]),
-            native: None,
-        }
-    }
-}
+pub use switchyard_core::env::PluginEnv;
 
 /// The data of one wasmtime `Store`: WASI, limits, and the capabilities'
 /// state for the call in progress.
 pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
-    /// Memory and instance caps enforced by wasmtime.
-    pub(crate) limits: StoreLimits,
+    /// The memory cap, enforced by wasmtime through [`MemoryCap`].
+    pub(crate) limits: MemoryCap,
     /// The plugin this store runs.
     pub(crate) env: Arc<PluginEnv>,
     /// When the current call must end; checked at every epoch tick.
@@ -93,10 +53,7 @@ impl HostState {
             .stdout(log.stream(log::Stream::Stdout))
             .stderr(log.stream(log::Stream::Stderr))
             .build();
-        let limits = wasmtime::StoreLimitsBuilder::new()
-            .memory_size(env.limits.memory_bytes)
-            .trap_on_grow_failure(true)
-            .build();
+        let limits = MemoryCap::new(env.limits.memory_bytes);
         Self {
             wasi,
             table: ResourceTable::new(),
@@ -120,10 +77,82 @@ impl HostState {
         savepoints: bool,
     ) {
         self.deadline_hit = false;
+        self.limits.hit = false;
         self.db.begin(record, savepoints);
         self.publish.begin(event.clone());
         self.log.set_capture(record);
         self.log.begin(event);
+    }
+}
+
+/// A store's memory cap. Growth past it (or past the memory's own
+/// maximum) traps, and the store remembers it, so that the failure is named
+/// from what happened rather than from wasmtime's error text. Tables grow
+/// up to their maximum and trap past it.
+#[derive(Debug)]
+pub struct MemoryCap {
+    limit: usize,
+    /// Growth was refused during the current call.
+    pub hit: bool,
+}
+
+/// The error a refused memory growth traps with.
+#[derive(Debug, thiserror::Error)]
+#[error("memory growth to {desired} bytes refused: the cap is {limit} bytes")]
+pub struct MemoryRefused {
+    desired: usize,
+    limit: usize,
+}
+
+/// The error a refused table growth traps with.
+#[derive(Debug, thiserror::Error)]
+#[error("table growth to {desired} elements refused: its maximum is {maximum}")]
+pub struct TableRefused {
+    desired: usize,
+    maximum: usize,
+}
+
+impl MemoryCap {
+    /// A cap of `limit` bytes.
+    pub fn new(limit: usize) -> Self {
+        Self { limit, hit: false }
+    }
+}
+
+impl wasmtime::ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let limit = maximum.map_or(self.limit, |m| m.min(self.limit));
+        if desired > limit {
+            self.hit = true;
+            return Err(MemoryRefused { desired, limit }.into());
+        }
+        Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        // The host could not allocate: a trap, not the plugin's cap.
+        Err(error.context("the host could not allocate the plugin's memory"))
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        match maximum {
+            Some(maximum) if desired > maximum => Err(TableRefused { desired, maximum }.into()),
+            _ => Ok(true),
+        }
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        Err(error.context("the host could not allocate the plugin's table"))
     }
 }
 

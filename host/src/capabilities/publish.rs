@@ -11,95 +11,8 @@ use crate::event::EventContext;
 use crate::topics::{PartitionCheck, TopicCatalog};
 use std::sync::Arc;
 
-/// A message a plugin published, as it will be produced.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutMessage {
-    /// The plugin that published it (its name in the routing config): the
-    /// outbox relay shares its window fairly between plugins and names the
-    /// plugin when it moves a message aside.
-    pub plugin: String,
-    /// Destination topic.
-    pub topic: String,
-    /// Record key.
-    pub key: Option<Vec<u8>>,
-    /// Record value.
-    pub payload: Vec<u8>,
-    /// Headers: the plugin's, then `event-id` and `request-id` from the host.
-    pub headers: Vec<(String, Option<Vec<u8>>)>,
-    /// Explicit partition.
-    pub partition: Option<i32>,
-}
-
-impl OutMessage {
-    /// The first header called `name` as UTF-8 text.
-    pub fn header_str(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .and_then(|(_, v)| v.as_deref())
-            .and_then(|v| std::str::from_utf8(v).ok())
-    }
-}
-
-/// Topic patterns a plugin may publish to: exact names, or patterns where
-/// `*` matches any run of characters (`notification.*`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Grants {
-    patterns: Vec<String>,
-}
-
-impl Grants {
-    /// Grants for exactly these patterns.
-    pub fn new(patterns: Vec<String>) -> Self {
-        Self { patterns }
-    }
-
-    /// Every topic.
-    pub fn all() -> Self {
-        Self::new(vec!["*".to_string()])
-    }
-
-    /// The patterns.
-    pub fn patterns(&self) -> &[String] {
-        &self.patterns
-    }
-
-    /// Whether `topic` is granted.
-    pub fn allows(&self, topic: &str) -> bool {
-        self.patterns.iter().any(|p| glob_match(p, topic))
-    }
-}
-
-/// `*`-only glob matching.
-fn glob_match(pattern: &str, text: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
-        return pattern == text;
-    }
-    let (first, rest) = (parts[0], &parts[1..]);
-    let Some(mut remaining) = text.strip_prefix(first) else {
-        return false;
-    };
-    let last = rest[rest.len() - 1];
-    for middle in &rest[..rest.len() - 1] {
-        match remaining.find(middle) {
-            Some(i) => remaining = &remaining[i + middle.len()..],
-            None => return false,
-        }
-    }
-    remaining.len() >= last.len() && remaining.ends_with(last)
-}
-
-/// Kafka's rule for topic names.
-pub fn valid_topic_name(topic: &str) -> bool {
-    !topic.is_empty()
-        && topic.len() <= 249
-        && topic != "."
-        && topic != ".."
-        && topic
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
-}
+pub use switchyard_core::grants::{Grants, valid_topic_name};
+pub use switchyard_core::message::OutMessage;
 
 /// Per-instance `publish` state.
 #[derive(Debug, Default)]
@@ -280,34 +193,5 @@ impl publish::Host for HostState {
             partition: message.partition,
         });
         Ok(Ok(()))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn globs() {
-        let g = Grants::new(vec!["notification.*".into(), "create-user-response".into()]);
-        assert!(g.allows("notification.send.email"));
-        assert!(g.allows("create-user-response"));
-        assert!(!g.allows("create-user"));
-        assert!(!g.allows("notification"));
-        assert!(Grants::all().allows("anything"));
-        assert!(glob_match("a*b*c", "axxbyyc"));
-        assert!(!glob_match("a*b*c", "axxbyy"));
-        assert!(glob_match("*-response", "create-user-response"));
-        assert!(!Grants::new(vec![]).allows("x"));
-    }
-
-    #[test]
-    fn topic_names() {
-        assert!(valid_topic_name("user.registered.v1"));
-        assert!(valid_topic_name("USER_CREATED"));
-        assert!(!valid_topic_name(""));
-        assert!(!valid_topic_name("has space"));
-        assert!(!valid_topic_name(".."));
-        assert!(!valid_topic_name(&"x".repeat(250)));
     }
 }

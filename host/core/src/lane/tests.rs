@@ -24,8 +24,12 @@ topics = ["in"]
 plugins = ["stats"]
 "#;
 
-fn lane_with(plugin: Arc<Scripted>, max_attempts: u32) -> (Lane<MemoryPorts>, Arc<Shared<MemoryPorts>>) {
-    let loaded = Loaded::from_str(std::path::Path::new("test.toml"), CONFIG).unwrap_or_else(|e| panic!("{e}"));
+fn lane_with(
+    plugin: Arc<Scripted>,
+    max_attempts: u32,
+) -> (Lane<MemoryPorts>, Arc<Shared<MemoryPorts>>) {
+    let loaded = Loaded::from_str(std::path::Path::new("test.toml"), CONFIG)
+        .unwrap_or_else(|e| panic!("{e}"));
     let routes = RouteTable::new(&loaded.config.routes);
     let mut plugins = HashMap::new();
     plugins.insert(
@@ -91,7 +95,7 @@ fn done(e: &Event) -> Act {
     act
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn done_commits_marker_effect_and_outbox_once_and_a_redelivery_is_a_duplicate() {
     let (mut lane, shared) = lane_with(Scripted::new("v1", |e, _| done(e)), 3);
     assert_eq!(lane.process(&event(1)).await, EventEnd::Completed);
@@ -100,21 +104,35 @@ async fn done_commits_marker_effect_and_outbox_once_and_a_redelivery_is_a_duplic
     assert_eq!(c.effects, vec!["+1"]);
     assert_eq!(c.outbox.len(), 1);
     assert_eq!(c.outbox[0].plugin, "stats");
-    assert_eq!(c.markers.get(&("g".into(), "stats".into(), "pos:in/0/1".into())).map(String::as_str), Some("handled"));
+    assert_eq!(
+        c.markers
+            .get(&("g".into(), "stats".into(), "pos:in/0/1".into()))
+            .map(String::as_str),
+        Some("handled")
+    );
     assert_eq!(shared.metrics.events("stats", "done"), 1);
     assert_eq!(shared.metrics.events("stats", "duplicate"), 1);
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn retries_are_rolled_back_then_dead_lettered_with_the_format_headers() {
     let (mut lane, shared) = lane_with(
-        Scripted::new("v1", |e, _| Act::new(Outcome::Retry("busy".into()), &format!("+{}", e.offset))),
+        Scripted::new("v1", |e, _| {
+            Act::new(Outcome::Retry("busy".into()), &format!("+{}", e.offset))
+        }),
         3,
     );
     assert_eq!(lane.process(&event(7)).await, EventEnd::Completed);
     let c = shared.db.committed();
-    assert!(c.effects.is_empty(), "a retried attempt's effect survived: {:?}", c.effects);
-    assert_eq!(c.markers.values().collect::<Vec<_>>(), vec!["dead-lettered"]);
+    assert!(
+        c.effects.is_empty(),
+        "a retried attempt's effect survived: {:?}",
+        c.effects
+    );
+    assert_eq!(
+        c.markers.values().collect::<Vec<_>>(),
+        vec!["dead-lettered"]
+    );
     let letters = shared.dead_letters.producer().produced();
     assert_eq!(letters.len(), 1);
     let d = &letters[0];
@@ -129,7 +147,7 @@ async fn retries_are_rolled_back_then_dead_lettered_with_the_format_headers() {
     assert_eq!(shared.dead_letters.producer().produced().len(), 1);
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn a_rejection_is_dead_lettered_at_once_and_a_replay_runs_once() {
     let (mut lane, shared) = lane_with(
         Scripted::new("v1", |e, nth| {
@@ -153,42 +171,66 @@ async fn a_rejection_is_dead_lettered_at_once_and_a_replay_runs_once() {
         value: letters[0].payload.clone(),
         headers: letters[0].headers.clone(),
     };
-    let mut replay = dl::replay_event(&letter, "stats", "pos:in/0/3").unwrap_or_else(|| panic!("no replay"));
+    let mut replay =
+        dl::replay_event(&letter, "stats", "pos:in/0/3").unwrap_or_else(|| panic!("no replay"));
     replay.offset = 90;
     lane.process(&replay).await;
     lane.process(&replay).await;
     let c = shared.db.committed();
     assert_eq!(c.effects, vec!["+90"], "the replay ran once");
-    assert_eq!(c.markers.get(&("g".into(), "stats".into(), "pos:in/0/3".into())).map(String::as_str), Some("replayed"));
+    assert_eq!(
+        c.markers
+            .get(&("g".into(), "stats".into(), "pos:in/0/3".into()))
+            .map(String::as_str),
+        Some("replayed")
+    );
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn outages_pause_without_spending_attempts() {
     let (mut lane, shared) = lane_with(Scripted::new("v1", |e, _| done(e)), 1);
     for op in [Op::Begin, Op::Mark, Op::Commit, Op::Begin] {
-        shared.db.fail_next(op, LedgerError::Unavailable("connection refused".into()));
+        shared
+            .db
+            .fail_next(op, LedgerError::Unavailable("connection refused".into()));
     }
     assert_eq!(lane.process(&event(1)).await, EventEnd::Completed);
     let c = shared.db.committed();
     assert_eq!(c.effects, vec!["+1"]);
-    assert!(shared.dead_letters.producer().produced().is_empty(), "an outage dead-lettered a good event");
+    assert!(
+        shared.dead_letters.producer().produced().is_empty(),
+        "an outage dead-lettered a good event"
+    );
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn a_broker_outage_delays_the_dead_letter_and_loses_nothing() {
-    let (mut lane, shared) = lane_with(Scripted::new("v1", |_, _| Act::new(Outcome::Rejected("bad".into()), "x")), 5);
+    let (mut lane, shared) = lane_with(
+        Scripted::new("v1", |_, _| Act::new(Outcome::Rejected("bad".into()), "x")),
+        5,
+    );
     shared.dead_letters.producer().refuse_next("broker down");
-    shared.db.fail_next(Op::MarkDeadLettered, LedgerError::Unavailable("db down".into()));
+    shared.db.fail_next(
+        Op::MarkDeadLettered,
+        LedgerError::Unavailable("db down".into()),
+    );
     assert_eq!(lane.process(&event(1)).await, EventEnd::Completed);
     assert_eq!(shared.dead_letters.producer().produced().len(), 1);
-    assert_eq!(shared.db.committed().markers.values().collect::<Vec<_>>(), vec!["dead-lettered"]);
+    assert_eq!(
+        shared.db.committed().markers.values().collect::<Vec<_>>(),
+        vec!["dead-lettered"]
+    );
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn messages_that_cannot_be_queued_spend_attempts_then_dead_letter_as_failed() {
     let (mut lane, shared) = lane_with(Scripted::new("v1", |e, _| done(e)), 2);
-    shared.db.fail_next(Op::Enqueue, LedgerError::Refused("value too long".into()));
-    shared.db.fail_next(Op::Enqueue, LedgerError::Refused("value too long".into()));
+    shared
+        .db
+        .fail_next(Op::Enqueue, LedgerError::Refused("value too long".into()));
+    shared
+        .db
+        .fail_next(Op::Enqueue, LedgerError::Refused("value too long".into()));
     lane.process(&event(1)).await;
     let letters = shared.dead_letters.producer().produced();
     assert_eq!(letters.len(), 1);
@@ -196,7 +238,7 @@ async fn messages_that_cannot_be_queued_spend_attempts_then_dead_letter_as_faile
     assert!(shared.db.committed().effects.is_empty());
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn a_plain_batch_commits_once_and_a_failing_event_falls_back_to_one_by_one() {
     let (mut lane, shared) = lane_with(Scripted::new("v1", |e, _| done(e)), 3);
     let events: Vec<Event> = (0..5).map(event).collect();
@@ -218,7 +260,11 @@ async fn a_plain_batch_commits_once_and_a_failing_event_falls_back_to_one_by_one
     );
     assert_eq!(lane.process_batch(&events).await, 5);
     let c = shared.db.committed();
-    assert_eq!(c.effects, vec!["+0", "+1", "+3", "+4"], "each event's effect exactly once");
+    assert_eq!(
+        c.effects,
+        vec!["+0", "+1", "+3", "+4"],
+        "each event's effect exactly once"
+    );
     assert_eq!(c.outbox.len(), 4);
     assert_eq!(shared.dead_letters.producer().produced().len(), 1);
     // A batch with an event already handled: the duplicate is skipped.
@@ -226,9 +272,12 @@ async fn a_plain_batch_commits_once_and_a_failing_event_falls_back_to_one_by_one
     assert_eq!(shared.db.committed().effects.len(), 4);
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn a_cancelled_lane_abandons_the_event_and_commits_nothing() {
-    let (mut lane, shared) = lane_with(Scripted::new("v1", |_, _| Act::new(Outcome::Retry("busy".into()), "x")), 100);
+    let (mut lane, shared) = lane_with(
+        Scripted::new("v1", |_, _| Act::new(Outcome::Retry("busy".into()), "x")),
+        100,
+    );
     lane.ctl.cancel.store(true, Ordering::Relaxed);
     assert_eq!(lane.process(&event(1)).await, EventEnd::Abandoned);
     assert_eq!(lane.process_batch(&[event(2), event(3)]).await, 0);
@@ -236,11 +285,14 @@ async fn a_cancelled_lane_abandons_the_event_and_commits_nothing() {
     assert!(shared.dead_letters.producer().produced().is_empty());
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn an_open_circuit_parks_events_in_the_dead_letter_topic() {
     let (mut lane, shared) = lane_with(
         Scripted::new("v1", |_, _| {
-            Act::new(Outcome::Failed(crate::outcome::Failure::Trap("unreachable".into())), "x")
+            Act::new(
+                Outcome::Failed(crate::outcome::Failure::Trap("unreachable".into())),
+                "x",
+            )
         }),
         1,
     );
@@ -249,6 +301,11 @@ async fn an_open_circuit_parks_events_in_the_dead_letter_topic() {
         lane.process(&event(n)).await;
     }
     let letters = shared.dead_letters.producer().produced();
-    assert!(letters.iter().any(|d| d.header(dl::OUTCOME) == Some(dl::PARKED)), "{letters:?}");
+    assert!(
+        letters
+            .iter()
+            .any(|d| d.header(dl::OUTCOME) == Some(dl::PARKED)),
+        "{letters:?}"
+    );
     assert!(shared.metrics.events("stats", "parked") >= 1);
 }
