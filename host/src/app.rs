@@ -2,190 +2,24 @@
 //! plugins, prepare the database, then consume until shut down.
 
 use crate::breaker::Breakers;
-use crate::config::Loaded;
 use crate::consumer::{self, Lanes};
 use crate::database::{Database, redact_url};
 use crate::kafka;
 use crate::outbox::{self, Relay};
-use crate::pipeline::{PluginSlot, RouterState, Shared};
+use crate::pipeline::{RouterState, Shared};
 use crate::routes::RouteTable;
 use crate::runtime::{Runtime, RuntimeOptions};
 use anyhow::Context as _;
 use rdkafka::consumer::Consumer;
 use rdkafka::producer::FutureProducer;
-use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::Notify;
 
-/// Where the config is and what the command line overrides.
-#[derive(Debug, Clone, Default)]
-pub struct RunOptions {
-    /// The routing config file.
-    pub config: PathBuf,
-    /// `--brokers` / `SWITCHYARD_BROKERS`.
-    pub brokers: Option<String>,
-    /// `--database` / `SWITCHYARD_DATABASE_URL`.
-    pub database: Option<String>,
-    /// `--plugin-dir` / `SWITCHYARD_PLUGIN_DIR`.
-    pub plugin_dir: Option<PathBuf>,
-    /// `--no-reload`: do not watch the plugin files and the config.
-    pub no_reload: bool,
-    /// `--admin`: the admin server's address, overriding `[admin]`.
-    pub admin: Option<String>,
-    /// Called once the router is up (`switchyard dev` prints its banner).
-    pub ready: Option<ReadyHook>,
-    /// Consumer settings for keys `[kafka.consumer]` does not set
-    /// (`switchyard dev` on its own Tansu: a short fetch wait).
-    pub consumer_defaults: Vec<(String, String)>,
-}
-
-/// What is running, once the router is up.
-#[derive(Debug, Clone)]
-pub struct Ready {
-    /// Kafka bootstrap servers.
-    pub brokers: String,
-    /// The database URL, password redacted.
-    pub database: String,
-    /// Where the admin server listens, if it does.
-    pub admin: Option<std::net::SocketAddr>,
-    /// Plugin names, sorted.
-    pub plugins: Vec<String>,
-    /// Topics consumed, sorted.
-    pub topics: Vec<String>,
-    /// The config file.
-    pub config: std::path::PathBuf,
-}
-
-/// A callback for [`Ready`].
-#[derive(Clone)]
-pub struct ReadyHook(pub Arc<dyn Fn(&Ready) + Send + Sync>);
-
-impl std::fmt::Debug for ReadyHook {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ReadyHook")
-    }
-}
-
-/// Read the config and apply the overrides.
-pub fn load_config(options: &RunOptions) -> anyhow::Result<Loaded> {
-    let mut loaded = Loaded::from_file(&options.config)?;
-    if let Some(b) = &options.brokers {
-        loaded.config.kafka.brokers = b.clone();
-    }
-    if let Some(d) = &options.database {
-        loaded.config.database.url = d.clone();
-    }
-    if let Some(a) = &options.admin {
-        loaded.config.admin.address = Some(a.clone());
-    }
-    for (key, value) in &options.consumer_defaults {
-        loaded
-            .config
-            .kafka
-            .consumer
-            .entry(key.clone())
-            .or_insert_with(|| value.clone());
-    }
-    Ok(loaded)
-}
-
-/// Compile every plugin of the config. Fails on the first that cannot be
-/// loaded, naming it.
-pub async fn load_plugins(
-    runtime: &Runtime,
-    loaded: &Loaded,
-    plugin_dir: Option<&std::path::Path>,
-) -> anyhow::Result<HashMap<String, PluginSlot>> {
-    let mut plugins = HashMap::new();
-    let envs = loaded.plugin_envs(plugin_dir);
-    let total = envs.len();
-    for (i, (name, path, env, isolation, breaker)) in envs.into_iter().enumerate() {
-        tracing::info!(plugin = %name, file = %path.display(), "compiling plugin {}/{total}", i + 1);
-        let started = Instant::now();
-        let plugin = runtime
-            .load_file(&path, env)
-            .await
-            .with_context(|| format!("plugin {name} (in {})", loaded.path.display()))?;
-        check_identity(&plugin)
-            .with_context(|| format!("plugin {name} (in {})", loaded.path.display()))?;
-        tracing::info!(
-            plugin = %name,
-            version = %plugin.info.version,
-            hash = %plugin.hash,
-            file = %path.display(),
-            compile_ms = plugin.compile_time.as_millis() as u64,
-            load_ms = started.elapsed().as_millis() as u64,
-            "plugin loaded"
-        );
-        plugins.insert(
-            name,
-            PluginSlot {
-                plugin,
-                isolation,
-                breaker,
-            },
-        );
-    }
-    Ok(plugins)
-}
-
-/// Make the database ready for a loaded plugin version: apply its new
-/// migrations (as the plugin's own role on PostgreSQL) and return the
-/// version with its database identity set, ready to serve.
-///
-/// The identity is the operator's config key (`env.name`), never the
-/// name the plugin gives itself in `describe()`; a plugin that says it is
-/// someone else is refused (see [`check_identity`]).
-pub async fn prepare_plugin(
-    db: &Database,
-    runtime: &Runtime,
-    plugin: &Arc<crate::runtime::LoadedPlugin>,
-) -> anyhow::Result<Arc<crate::runtime::LoadedPlugin>> {
-    check_identity(plugin)?;
-    let name = &plugin.env.name;
-    let applied = db.migrate(name, &plugin.info.migrations).await?;
-    if !applied.is_empty() {
-        tracing::info!(plugin = %name, migrations = ?applied, "migrations applied");
-    }
-    with_database_role(db, runtime, plugin).await
-}
-
-/// Refuse a plugin whose `describe()` names another plugin than the
-/// config key it is loaded under: identities (database role, tables,
-/// markers) follow the config key, and a plugin must not be able to
-/// claim another's by saying so.
-pub fn check_identity(plugin: &crate::runtime::LoadedPlugin) -> anyhow::Result<()> {
-    let configured = &*plugin.env.name;
-    let described = plugin.info.name.as_str();
-    if configured != described {
-        anyhow::bail!(
-            "{} says it is plugin `{described}` (its describe()), but the config loads it as [plugins.{configured}]: a plugin runs under the identity of its config key, so they must match — rename the config key to [plugins.{described}] or point it at the right file",
-            plugin.source
-        );
-    }
-    Ok(())
-}
-
-/// The plugin's database role and tables, read from the catalog, and the
-/// version with them set; for a plugin whose migrations are applied.
-pub async fn with_database_role(
-    db: &Database,
-    runtime: &Runtime,
-    plugin: &Arc<crate::runtime::LoadedPlugin>,
-) -> anyhow::Result<Arc<crate::runtime::LoadedPlugin>> {
-    let (role, tables) = db
-        .plugin_identity(&plugin.env.name, plugin.env.limits.statement_timeout_ms)
-        .await?;
-    if role == plugin.env.db_role && tables == plugin.env.db_tables {
-        return Ok(plugin.clone());
-    }
-    let mut env = (*plugin.env).clone();
-    env.db_role = role;
-    env.db_tables = tables;
-    Ok(plugin.with_env(env, runtime)?)
-}
+pub use crate::loading::{
+    Ready, ReadyHook, RunOptions, check_identity, load_config, load_plugins, prepare_plugin,
+    with_database_role,
+};
 
 /// `switchyard check`: the config parses and every plugin loads.
 pub async fn check(options: &RunOptions) -> anyhow::Result<String> {

@@ -6,12 +6,11 @@
 //! bound as native types, so `$1` can be a `uuid`, a `date` or a
 //! `timestamptz` on PostgreSQL without casts in the plugin's SQL.
 
-use crate::bindings::switchyard::plugin::db::{
-    ConstraintKind, ConstraintViolation, Error as DbError, Rows, Value,
-};
+use crate::bindings::switchyard::plugin::db::{Rows, Value};
 use crate::limits::Limits;
 use crate::pg_identity::PgDb;
 pub use crate::pg_identity::plugin_role;
+pub use crate::store_error::{StoreError, map_error};
 use futures_util::TryStreamExt;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow, PgTypeInfo};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
@@ -20,24 +19,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Which database engine a URL points to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    /// PostgreSQL (`postgres://` or `postgresql://`).
-    Postgres,
-    /// SQLite (`sqlite:` file path or `sqlite::memory:`).
-    Sqlite,
-}
-
-impl Backend {
-    /// The name used in logs and output.
-    pub fn name(self) -> &'static str {
-        match self {
-            Backend::Postgres => "postgres",
-            Backend::Sqlite => "sqlite",
-        }
-    }
-}
+pub use crate::store_error::Backend;
 
 /// Errors opening or preparing the database.
 #[derive(Debug, thiserror::Error)]
@@ -483,12 +465,16 @@ impl PgTx {
     /// The index of `plugin`'s session, begun now if needed with
     /// `timeout_ms` (default: the plugin's in service) as its
     /// `statement_timeout`.
-    async fn session(&mut self, plugin: &str, timeout_ms: Option<u64>) -> Result<usize, DbError> {
+    async fn session(
+        &mut self,
+        plugin: &str,
+        timeout_ms: Option<u64>,
+    ) -> Result<usize, StoreError> {
         if let Some(i) = self.sessions.iter().position(|s| &*s.plugin == plugin) {
             return Ok(i);
         }
         let Some(identity) = self.db.plugin(plugin) else {
-            return Err(DbError::Unavailable(format!(
+            return Err(StoreError::Unavailable(format!(
                 "plugin {plugin} has no database identity yet (its role is set up when it is loaded); the event runs again"
             )));
         };
@@ -546,13 +532,13 @@ impl PgTx {
     }
 
     /// The host's own transaction, begun now if needed.
-    async fn host(&mut self) -> Result<&mut sqlx::Transaction<'static, Postgres>, DbError> {
+    async fn host(&mut self) -> Result<&mut sqlx::Transaction<'static, Postgres>, StoreError> {
         if self.host.is_none() {
             self.host = Some(self.db.host.begin().await.map_err(map_error)?);
         }
         self.host
             .as_mut()
-            .ok_or_else(|| DbError::Unavailable("the host's transaction is gone".to_string()))
+            .ok_or_else(|| StoreError::Unavailable("the host's transaction is gone".to_string()))
     }
 
     /// Where a statement of the plugin API goes: the current plugin
@@ -564,7 +550,7 @@ impl PgTx {
             &mut sqlx::Transaction<'static, Postgres>,
             Option<(Arc<str>, u64)>,
         ),
-        DbError,
+        StoreError,
     > {
         match self.current {
             Some(i) if self.in_plugin => {
@@ -605,8 +591,8 @@ async fn under_deadline<T>(
     db: &PgDb,
     deadline: Option<(Arc<str>, u64)>,
     lost: &mut bool,
-    fut: impl std::future::Future<Output = Result<T, DbError>>,
-) -> Result<T, DbError> {
+    fut: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
     let Some((role, timeout_ms)) = deadline else {
         return fut.await;
     };
@@ -622,10 +608,10 @@ async fn under_deadline<T>(
         Err(e) => tracing::warn!(%role, error = %e, "cannot cancel an overdue plugin statement"),
     }
     match tokio::time::timeout(CANCEL_WAIT, &mut fut).await {
-        Ok(Err(DbError::Limit(m))) => Err(DbError::Limit(m)),
+        Ok(Err(StoreError::Limit(m))) => Err(StoreError::Limit(m)),
         Ok(Ok(_)) | Ok(Err(_)) | Err(_) => {
             *lost = true;
-            Err(DbError::Limit(format!(
+            Err(StoreError::Limit(format!(
                 "statement stopped at the host's deadline ({timeout_ms} ms statement_timeout_ms)"
             )))
         }
@@ -648,7 +634,7 @@ pub struct SqliteTx {
 }
 
 impl SqliteTx {
-    async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, DbError> {
+    async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {
         let q = sqlite_statement(sql, params, &mut self.scope)?;
         match q.execute(&mut *self.tx).await {
             Ok(r) => Ok(r.rows_affected()),
@@ -661,7 +647,7 @@ impl SqliteTx {
         sql: &str,
         params: &[Value],
         limits: &Limits,
-    ) -> Result<Rows, DbError> {
+    ) -> Result<Rows, StoreError> {
         let q = sqlite_statement(sql, params, &mut self.scope)?;
         let mut collector = Collector::new(limits);
         let mut stream = q.fetch(&mut *self.tx);
@@ -699,7 +685,7 @@ impl SqliteTx {
     /// whole transaction back, start a new one (so that nothing the plugin
     /// does next commits on its own) and remember that the event's work is
     /// lost.
-    async fn after_error(&mut self, e: sqlx::Error) -> DbError {
+    async fn after_error(&mut self, e: sqlx::Error) -> StoreError {
         let error = sqlite_error(&self.scope, e);
         if let Some(scope) = &self.scope {
             match crate::sqlite_sandbox::in_transaction(&mut self.tx).await {
@@ -745,7 +731,7 @@ impl sqlx::Encode<'_, Postgres> for UntypedNull {
 type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
 type SqliteQuery<'q> = sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
 
-fn bind_pg<'q>(mut q: PgQuery<'q>, params: &[Value]) -> Result<PgQuery<'q>, DbError> {
+fn bind_pg<'q>(mut q: PgQuery<'q>, params: &[Value]) -> Result<PgQuery<'q>, StoreError> {
     for (i, p) in params.iter().enumerate() {
         q = match p {
             Value::Null => q.bind(UntypedNull),
@@ -771,7 +757,10 @@ fn bind_pg<'q>(mut q: PgQuery<'q>, params: &[Value]) -> Result<PgQuery<'q>, DbEr
     Ok(q)
 }
 
-fn bind_sqlite<'q>(mut q: SqliteQuery<'q>, params: &[Value]) -> Result<SqliteQuery<'q>, DbError> {
+fn bind_sqlite<'q>(
+    mut q: SqliteQuery<'q>,
+    params: &[Value],
+) -> Result<SqliteQuery<'q>, StoreError> {
     for (i, p) in params.iter().enumerate() {
         q = match p {
             Value::Null => q.bind(Option::<i64>::None),
@@ -791,28 +780,28 @@ fn bind_sqlite<'q>(mut q: SqliteQuery<'q>, params: &[Value]) -> Result<SqliteQue
     Ok(q)
 }
 
-fn parse_json(i: usize, s: &str) -> Result<serde_json::Value, DbError> {
+fn parse_json(i: usize, s: &str) -> Result<serde_json::Value, StoreError> {
     serde_json::from_str(s)
-        .map_err(|e| DbError::Invalid(format!("parameter ${} is not valid JSON: {e}", i + 1)))
+        .map_err(|e| StoreError::Invalid(format!("parameter ${} is not valid JSON: {e}", i + 1)))
 }
 
-fn parse_uuid(i: usize, s: &str) -> Result<uuid::Uuid, DbError> {
+fn parse_uuid(i: usize, s: &str) -> Result<uuid::Uuid, StoreError> {
     uuid::Uuid::parse_str(s)
-        .map_err(|e| DbError::Invalid(format!("parameter ${} is not a UUID: {e}", i + 1)))
+        .map_err(|e| StoreError::Invalid(format!("parameter ${} is not a UUID: {e}", i + 1)))
 }
 
-fn parse_timestamp(i: usize, micros: i64) -> Result<chrono::DateTime<chrono::Utc>, DbError> {
+fn parse_timestamp(i: usize, micros: i64) -> Result<chrono::DateTime<chrono::Utc>, StoreError> {
     chrono::DateTime::from_timestamp_micros(micros).ok_or_else(|| {
-        DbError::Invalid(format!(
+        StoreError::Invalid(format!(
             "parameter ${} is out of the timestamp range: {micros} µs",
             i + 1
         ))
     })
 }
 
-fn parse_date(i: usize, s: &str) -> Result<chrono::NaiveDate, DbError> {
+fn parse_date(i: usize, s: &str) -> Result<chrono::NaiveDate, StoreError> {
     chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|e| {
-        DbError::Invalid(format!(
+        StoreError::Invalid(format!(
             "parameter ${} is not a date YYYY-MM-DD: {s:?} ({e})",
             i + 1
         ))
@@ -824,13 +813,13 @@ impl Tx {
     ///
     /// On PostgreSQL the statement runs under a savepoint so that a failed
     /// statement leaves the transaction usable for the plugin's next one.
-    pub async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, DbError> {
+    pub async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {
         self.execute_with(sql, params, true).await
     }
 
     /// Run one statement of the host's own, outside any plugin session
     /// (PostgreSQL: the host's transaction; SQLite: outside the sandbox).
-    pub async fn execute_host(&mut self, sql: &str, params: &[Value]) -> Result<u64, DbError> {
+    pub async fn execute_host(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {
         self.as_host()?;
         match self {
             Tx::Postgres(t) => {
@@ -847,7 +836,7 @@ impl Tx {
 
     /// Run one host query, with no caps on its result; as
     /// [`Tx::execute_host`].
-    pub async fn query_host(&mut self, sql: &str, params: &[Value]) -> Result<Rows, DbError> {
+    pub async fn query_host(&mut self, sql: &str, params: &[Value]) -> Result<Rows, StoreError> {
         self.as_host()?;
         let unlimited = Limits {
             max_rows: usize::MAX,
@@ -867,13 +856,13 @@ impl Tx {
     /// `plugin` (markers, outbox rows): the plugin's session in this
     /// transaction, begun now if needed. `None` on SQLite, where the host
     /// writes its tables directly ([`Tx::execute_host`]).
-    pub async fn host_call(&mut self, plugin: &str) -> Result<Option<HostCall<'_>>, DbError> {
+    pub async fn host_call(&mut self, plugin: &str) -> Result<Option<HostCall<'_>>, StoreError> {
         self.as_host()?;
         let Tx::Postgres(t) = self else {
             return Ok(None);
         };
         let Some(secret) = t.db.secret() else {
-            return Err(DbError::Unavailable(
+            return Err(StoreError::Unavailable(
                 "switchyard's host functions are not set up (a switchyard bug); the event runs again"
                     .to_string(),
             ));
@@ -890,11 +879,11 @@ impl Tx {
     /// Refuse a host statement inside a plugin's call (a bug; an
     /// outage-like error, so the event runs again rather than spending
     /// its attempts).
-    fn as_host(&self) -> Result<(), DbError> {
+    fn as_host(&self) -> Result<(), StoreError> {
         if let Tx::Postgres(t) = self
             && t.in_plugin
         {
-            return Err(DbError::Unavailable(
+            return Err(StoreError::Unavailable(
                 "a host statement inside a plugin's call (a switchyard bug); the event runs again"
                     .to_string(),
             ));
@@ -910,7 +899,7 @@ impl Tx {
         sql: &str,
         params: &[Value],
         use_savepoint: bool,
-    ) -> Result<u64, DbError> {
+    ) -> Result<u64, StoreError> {
         match self {
             Tx::Postgres(t) => {
                 let db = t.db.clone();
@@ -944,7 +933,7 @@ impl Tx {
         sql: &str,
         params: &[Value],
         limits: &Limits,
-    ) -> Result<Rows, DbError> {
+    ) -> Result<Rows, StoreError> {
         self.query_with(sql, params, limits, true).await
     }
 
@@ -956,7 +945,7 @@ impl Tx {
         params: &[Value],
         limits: &Limits,
         use_savepoint: bool,
-    ) -> Result<Rows, DbError> {
+    ) -> Result<Rows, StoreError> {
         match self {
             Tx::Postgres(t) => {
                 let db = t.db.clone();
@@ -980,7 +969,7 @@ impl Tx {
         plugin: &str,
         sql: &str,
         limits: &Limits,
-    ) -> Result<Rows, DbError> {
+    ) -> Result<Rows, StoreError> {
         match self {
             Tx::Postgres(t) => {
                 let i = t.session(plugin, None).await?;
@@ -999,7 +988,7 @@ impl Tx {
     ///
     /// On SQLite, which has no roles: restrict the connection to `tables`
     /// and each statement to `timeout_ms` (see [`crate::sqlite_sandbox`]).
-    pub async fn enter_plugin(&mut self, access: &PluginAccess<'_>) -> Result<(), DbError> {
+    pub async fn enter_plugin(&mut self, access: &PluginAccess<'_>) -> Result<(), StoreError> {
         let timeout_ms = access.timeout_ms;
         match self {
             Tx::Postgres(t) => {
@@ -1044,7 +1033,7 @@ impl Tx {
     /// Leave a plugin's call: the host's statements that follow (markers,
     /// outbox) go through guarded calls (PostgreSQL) or run outside the
     /// sandbox (SQLite).
-    pub async fn leave_plugin(&mut self, _role: Option<&str>) -> Result<(), DbError> {
+    pub async fn leave_plugin(&mut self, _role: Option<&str>) -> Result<(), StoreError> {
         match self {
             Tx::Postgres(t) => {
                 t.in_plugin = false;
@@ -1128,7 +1117,7 @@ async fn pg_query(
     params: &[Value],
     limits: &Limits,
     use_savepoint: bool,
-) -> Result<Rows, DbError> {
+) -> Result<Rows, StoreError> {
     if use_savepoint {
         savepoint(tx).await?;
     }
@@ -1175,7 +1164,7 @@ fn sqlite_statement<'q>(
     sql: &'q str,
     params: &[Value],
     scope: &mut Option<crate::sqlite_sandbox::Scope>,
-) -> Result<SqliteQuery<'q>, DbError> {
+) -> Result<SqliteQuery<'q>, StoreError> {
     let q = bind_sqlite(sqlx::query(sql), params)?;
     Ok(match scope {
         Some(scope) => {
@@ -1186,14 +1175,14 @@ fn sqlite_statement<'q>(
     })
 }
 
-fn sqlite_error(scope: &Option<crate::sqlite_sandbox::Scope>, e: sqlx::Error) -> DbError {
+fn sqlite_error(scope: &Option<crate::sqlite_sandbox::Scope>, e: sqlx::Error) -> StoreError {
     match scope {
         Some(scope) => scope.explain(e),
         None => map_error(e),
     }
 }
 
-async fn savepoint(tx: &mut sqlx::Transaction<'static, Postgres>) -> Result<(), DbError> {
+async fn savepoint(tx: &mut sqlx::Transaction<'static, Postgres>) -> Result<(), StoreError> {
     sqlx::query("SAVEPOINT switchyard_stmt")
         .execute(&mut **tx)
         .await
@@ -1204,7 +1193,7 @@ async fn savepoint(tx: &mut sqlx::Transaction<'static, Postgres>) -> Result<(), 
 async fn finish_savepoint(
     tx: &mut sqlx::Transaction<'static, Postgres>,
     ok: bool,
-) -> Result<(), DbError> {
+) -> Result<(), StoreError> {
     let sql = if ok {
         "RELEASE SAVEPOINT switchyard_stmt"
     } else {
@@ -1235,9 +1224,9 @@ impl<'a> Collector<'a> {
         }
     }
 
-    fn admit(&mut self, names: impl FnOnce() -> Vec<String>) -> Result<(), DbError> {
+    fn admit(&mut self, names: impl FnOnce() -> Vec<String>) -> Result<(), StoreError> {
         if self.rows.len() >= self.limits.max_rows {
-            return Err(DbError::Limit(format!(
+            return Err(StoreError::Limit(format!(
                 "the query returned more than {} rows; add a LIMIT or narrow the WHERE clause",
                 self.limits.max_rows
             )));
@@ -1249,10 +1238,10 @@ impl<'a> Collector<'a> {
     }
 
     /// Count `len` more bytes of result, before the host copies them.
-    fn spend(&mut self, len: usize) -> Result<(), DbError> {
+    fn spend(&mut self, len: usize) -> Result<(), StoreError> {
         self.bytes = self.bytes.saturating_add(len);
         if self.bytes > self.limits.max_result_bytes {
-            return Err(DbError::Limit(format!(
+            return Err(StoreError::Limit(format!(
                 "the query returned more than {} bytes; select fewer columns or rows",
                 self.limits.max_result_bytes
             )));
@@ -1265,8 +1254,8 @@ impl<'a> Collector<'a> {
     fn push_row(
         &mut self,
         width: usize,
-        mut cell: impl FnMut(usize, &mut Self) -> Result<Value, DbError>,
-    ) -> Result<(), DbError> {
+        mut cell: impl FnMut(usize, &mut Self) -> Result<Value, StoreError>,
+    ) -> Result<(), StoreError> {
         let mut cells = Vec::with_capacity(width);
         for i in 0..width {
             let value = cell(i, self)?;
@@ -1276,7 +1265,7 @@ impl<'a> Collector<'a> {
         Ok(())
     }
 
-    fn push_pg(&mut self, row: &PgRow) -> Result<(), DbError> {
+    fn push_pg(&mut self, row: &PgRow) -> Result<(), StoreError> {
         self.admit(|| row.columns().iter().map(|c| c.name().to_string()).collect())?;
         self.push_row(row.len(), |i, c| {
             let raw = row.try_get_raw(i).map_err(|e| decode_err("?", e))?;
@@ -1290,7 +1279,7 @@ impl<'a> Collector<'a> {
         })
     }
 
-    fn push_sqlite(&mut self, row: &SqliteRow) -> Result<(), DbError> {
+    fn push_sqlite(&mut self, row: &SqliteRow) -> Result<(), StoreError> {
         self.admit(|| row.columns().iter().map(|c| c.name().to_string()).collect())?;
         self.push_row(row.len(), |i, c| {
             // Text and blobs are measured borrowed from the driver's
@@ -1327,11 +1316,11 @@ pub fn value_size(v: &Value) -> usize {
     }
 }
 
-fn decode_err(column: &str, e: impl std::fmt::Display) -> DbError {
-    DbError::Invalid(format!("cannot read column {column}: {e}"))
+fn decode_err(column: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Invalid(format!("cannot read column {column}: {e}"))
 }
 
-fn pg_cell(row: &PgRow, i: usize) -> Result<Value, DbError> {
+fn pg_cell(row: &PgRow, i: usize) -> Result<Value, StoreError> {
     let column = &row.columns()[i];
     let name = column.name();
     let raw = row.try_get_raw(i).map_err(|e| decode_err(name, e))?;
@@ -1381,14 +1370,14 @@ fn pg_cell(row: &PgRow, i: usize) -> Result<Value, DbError> {
         ),
         "VOID" => Value::Null,
         other => {
-            return Err(DbError::Invalid(format!(
+            return Err(StoreError::Invalid(format!(
                 "column {name} has type {other}, which plugins cannot read yet: cast it in the query, e.g. {name}::text or {name}::float8"
             )));
         }
     })
 }
 
-fn sqlite_cell(row: &SqliteRow, i: usize) -> Result<Value, DbError> {
+fn sqlite_cell(row: &SqliteRow, i: usize) -> Result<Value, StoreError> {
     let column = &row.columns()[i];
     let name = column.name();
     let raw = row.try_get_raw(i).map_err(|e| decode_err(name, e))?;
@@ -1408,94 +1397,6 @@ fn sqlite_cell(row: &SqliteRow, i: usize) -> Result<Value, DbError> {
         "BLOB" => Value::Bytes(row.try_get(i).map_err(err)?),
         _ => Value::Text(row.try_get(i).map_err(err)?),
     })
-}
-
-/// Map a driver error to the WIT error the plugin sees.
-pub fn map_error(e: sqlx::Error) -> DbError {
-    match e {
-        sqlx::Error::Database(db) => {
-            let message = db.message().to_string();
-            let name = db.constraint().map(str::to_string);
-            let constraint = |kind| {
-                DbError::Constraint(ConstraintViolation {
-                    kind,
-                    name: name.clone(),
-                    message: message.clone(),
-                })
-            };
-            match db.kind() {
-                sqlx::error::ErrorKind::UniqueViolation => constraint(ConstraintKind::Unique),
-                sqlx::error::ErrorKind::ForeignKeyViolation => {
-                    constraint(ConstraintKind::ForeignKey)
-                }
-                sqlx::error::ErrorKind::NotNullViolation => constraint(ConstraintKind::NotNull),
-                sqlx::error::ErrorKind::CheckViolation => constraint(ConstraintKind::Check),
-                _ => {
-                    let code = db.code().map(|c| c.to_string()).unwrap_or_default();
-                    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
-                        classify_sqlite(&code, message)
-                    } else {
-                        classify_sqlstate(&code, message)
-                    }
-                }
-            }
-        }
-        sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::WorkerCrashed => DbError::Unavailable(e.to_string()),
-        other => DbError::Invalid(other.to_string()),
-    }
-}
-
-/// Classify a SQLite result code (extended codes keep the primary code in
-/// the low byte).
-///
-/// Only errors that say the statement itself is wrong are `invalid` (which
-/// a plugin usually turns into a rejection and a dead letter); anything
-/// else — a busy or locked database, a full disk, an I/O error — is
-/// `unavailable`, so the router pauses and retries instead of
-/// dead-lettering a good event.
-fn classify_sqlite(code: &str, message: String) -> DbError {
-    let Ok(n) = code.parse::<u32>() else {
-        return DbError::Invalid(message);
-    };
-    match n & 0xff {
-        // SQLITE_ERROR, SQLITE_CONSTRAINT, SQLITE_MISMATCH, SQLITE_RANGE
-        1 | 19 | 20 | 25 => DbError::Invalid(message),
-        // SQLITE_TOOBIG
-        18 => DbError::Limit(message),
-        // SQLITE_AUTH: the authorizer refused
-        23 => DbError::Denied(message),
-        _ => DbError::Unavailable(format!("{message} (SQLite code {n})")),
-    }
-}
-
-/// Classify a PostgreSQL SQLSTATE, with the same rule as
-/// [`classify_sqlite`]: a read-only database after a failover, a
-/// serialization failure or an admin shutdown is `unavailable`. SQLSTATEs
-/// can be all digits (`42501`), so the backend, not the code's shape,
-/// decides which table applies.
-fn classify_sqlstate(code: &str, message: String) -> DbError {
-    match code {
-        // insufficient_privilege: the database enforced a grant.
-        "42501" => DbError::Denied(message),
-        // query_canceled: statement_timeout (or an administrator).
-        "57014" => DbError::Limit(format!("statement timeout or cancelled: {message}")),
-        // program_limit_exceeded (a value or statement too large): the
-        // statement's doing, e.g. repeat('x', 2000000000).
-        c if c.starts_with("54") => DbError::Limit(format!("{message} (SQLSTATE {code})")),
-        c if ["42", "22", "23", "21", "0A", "44", "P0", "2B", "2F", "39"]
-            .iter()
-            .any(|class| c.starts_with(class)) =>
-        {
-            DbError::Invalid(format!("{message} (SQLSTATE {code})"))
-        }
-        "" => DbError::Invalid(message),
-        _ => DbError::Unavailable(format!("{message} (SQLSTATE {code})")),
-    }
 }
 
 /// A plugin migration as the host applies it.
@@ -1534,7 +1435,7 @@ impl Database {
         if let Database::Postgres(pg) = self {
             let identity = pg.provision(plugin).await.map_err(SetupError::Identity)?;
             for m in migrations {
-                let checksum = crate::runtime::short_hash(m.postgres.as_bytes());
+                let checksum = switchyard_core::identity::short_hash(m.postgres.as_bytes());
                 if self.already_applied(plugin, m, &checksum).await? {
                     continue;
                 }
@@ -1549,7 +1450,7 @@ impl Database {
             return Ok(applied_now);
         };
         for m in migrations {
-            let checksum = crate::runtime::short_hash(m.sqlite.as_bytes());
+            let checksum = switchyard_core::identity::short_hash(m.sqlite.as_bytes());
             if self.already_applied(plugin, m, &checksum).await? {
                 continue;
             }
@@ -1708,7 +1609,7 @@ impl Database {
             return Err(SetupError::Refused {
                 plugin: identity.plugin.to_string(),
                 id: m.id.clone(),
-                reason: crate::capabilities::db::describe_error(&e),
+                reason: e.to_string(),
             });
         }
         sqlx::query(&format!(
@@ -1970,33 +1871,6 @@ mod tests {
     /// a statement timeout and a syntax error on PostgreSQL are the
     /// statement's fault, never an outage that would stall the partition.
     #[test]
-    fn classifies_each_backend_with_its_own_table() {
-        let kind = |e: DbError| match e {
-            DbError::Denied(_) => "denied",
-            DbError::Invalid(_) => "invalid",
-            DbError::Limit(_) => "limit",
-            DbError::Unavailable(_) => "unavailable",
-            DbError::Constraint(_) => "constraint",
-        };
-        let pg = |code: &str| kind(classify_sqlstate(code, "m".into()));
-        assert_eq!(pg("42501"), "denied");
-        assert_eq!(pg("57014"), "limit");
-        assert_eq!(pg("54000"), "limit");
-        assert_eq!(pg("42601"), "invalid");
-        assert_eq!(pg("42P01"), "invalid");
-        assert_eq!(pg("22003"), "invalid");
-        assert_eq!(pg("25006"), "unavailable", "read-only transaction");
-        assert_eq!(pg("40001"), "unavailable", "serialization failure");
-        assert_eq!(pg("57P01"), "unavailable", "admin shutdown");
-        let lite = |code: &str| kind(classify_sqlite(code, "m".into()));
-        assert_eq!(lite("1"), "invalid");
-        assert_eq!(lite("23"), "denied");
-        assert_eq!(lite("18"), "limit");
-        assert_eq!(lite("5"), "unavailable", "busy");
-        assert_eq!(lite("261"), "unavailable", "SQLITE_BUSY_RECOVERY");
-    }
-
-    #[test]
     fn picks_backend_from_url() {
         assert_eq!(backend_of("postgresql://x/y").ok(), Some(Backend::Postgres));
         assert_eq!(backend_of("sqlite::memory:").ok(), Some(Backend::Sqlite));
@@ -2059,8 +1933,8 @@ mod tests {
             .await;
         assert!(matches!(
             dup,
-            Err(DbError::Constraint(ConstraintViolation {
-                kind: ConstraintKind::Unique,
+            Err(StoreError::Constraint(crate::store_error::Violation {
+                kind: crate::store_error::ConstraintKind::Unique,
                 ..
             }))
         ));
@@ -2069,7 +1943,7 @@ mod tests {
             ..Limits::default()
         };
         let capped = tx.query("SELECT k FROM u", &[], &limits).await;
-        assert!(matches!(capped, Err(DbError::Limit(m)) if m.contains("more than 2 rows")));
+        assert!(matches!(capped, Err(StoreError::Limit(m)) if m.contains("more than 2 rows")));
         Ok(())
     }
 }

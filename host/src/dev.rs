@@ -281,7 +281,7 @@ async fn stop_stale_broker() {
 }
 
 /// What `dev` prints once the router is up.
-pub fn banner(ready: &crate::app::Ready, broker_note: &str) -> String {
+pub fn banner(ready: &crate::loading::Ready, broker_note: &str) -> String {
     let admin = ready.admin.map_or_else(
         || "off (set [admin] address or --admin)".to_string(),
         |a| format!("http://{a}  (/health /metrics /plugins /routes)"),

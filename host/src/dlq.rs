@@ -263,7 +263,7 @@ async fn marker_of(
     let rows = tx
         .query_with(sql, &params, &crate::limits::Limits::default(), false)
         .await
-        .map_err(|e| anyhow::anyhow!("{}", crate::capabilities::db::describe_error(&e)));
+        .map_err(|e| anyhow::anyhow!("{e}"));
     let _ = tx.rollback().await;
     Ok(match rows?.rows.first().map(Vec::as_slice) {
         Some([Value::Text(key), Value::Text(outcome)]) => Some((key.clone(), outcome.clone())),

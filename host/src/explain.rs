@@ -3,18 +3,10 @@
 //! (routes that overlap or can never take effect, plugins no route
 //! reaches).
 
-use crate::config::{KeyConfig, Loaded, MatchConfig, line_col};
+use crate::config::{Loaded, line_col};
 use crate::event::Event;
-use crate::routes::KeySource;
+use crate::routes::RouteTable;
 use serde_json::{Value as Json, json};
-
-fn condition(m: &MatchConfig) -> Option<KeySource> {
-    KeySource::from_config(m.header.as_ref(), m.field.as_ref())
-}
-
-fn dedupe_source(k: &KeyConfig) -> Option<KeySource> {
-    KeySource::from_config(k.header.as_ref(), k.field.as_ref())
-}
 
 /// What `explain` found: a report for people and the same as JSON.
 #[derive(Debug, Clone)]
@@ -41,7 +33,6 @@ pub fn explain(loaded: &Loaded, text: &str, event: &Event) -> Explanation {
             .map_or(0, |t| line_col(text, t.span().start).0)
     };
     let json_value = serde_json::from_slice::<Json>(&event.payload).ok();
-    let position = format!("pos:{}/{}/{}", event.topic, event.partition, event.offset);
     let mut out = String::new();
     out.push_str(&format!(
         "event: topic {}, key {}, {} header(s), value {} bytes{}\n",
@@ -61,12 +52,13 @@ pub fn explain(loaded: &Loaded, text: &str, event: &Event) -> Explanation {
     ));
     let mut reached: Vec<(String, String)> = Vec::new();
     let mut route_reports = Vec::new();
-    for (i, route) in routes.iter().enumerate() {
-        if !route.topics.iter().any(|t| t.get_ref() == &event.topic) {
-            continue;
-        }
+    // The router's own reading of the routes; this only renders it.
+    let table = RouteTable::new(routes);
+    for step in table.trace(event) {
+        let i = step.route.index;
+        let route = &routes[i];
         let n = i + 1;
-        let plugins: Vec<String> = route.plugins.iter().map(|p| p.get_ref().clone()).collect();
+        let plugins = &step.route.plugins;
         out.push_str(&format!(
             "\nroute #{n} ({file}:{}): {} -> {}\n",
             line_of(i),
@@ -78,63 +70,42 @@ pub fn explain(loaded: &Loaded, text: &str, event: &Event) -> Explanation {
                 .join(", "),
             plugins.join(", ")
         ));
-        let matched = match route.matches.as_ref() {
-            None => {
-                out.push_str("  match: none, every event of these topics\n");
-                true
-            }
-            Some(m) => {
-                let src = condition(m);
-                let actual = src
+        match &step.route.condition {
+            None => out.push_str("  match: none, every event of these topics\n"),
+            Some((source, equals)) => out.push_str(&format!(
+                "  match: {source} = {equals:?}; the event has {} -> {}\n",
+                step.actual
                     .as_ref()
-                    .and_then(|s| s.read(event, json_value.as_ref()));
-                let what = src.as_ref().map_or("?".to_string(), ToString::to_string);
-                let ok = actual.as_deref() == Some(m.equals.as_str());
-                out.push_str(&format!(
-                    "  match: {what} = {:?}; the event has {} -> {}\n",
-                    m.equals,
-                    actual
-                        .as_ref()
-                        .map_or("none".to_string(), |a| format!("{a:?}")),
-                    if ok { "taken" } else { "not taken" }
-                ));
-                ok
-            }
+                    .map_or("none".to_string(), |a| format!("{a:?}")),
+                if step.taken { "taken" } else { "not taken" }
+            )),
+        }
+        let how = match &step.route.dedupe {
+            Some(source) => format!(
+                "event id from {source}: {}",
+                step.event_id
+                    .as_ref()
+                    .map_or("missing, so the position".to_string(), |v| format!("{v:?}"))
+            ),
+            None => "the Kafka position".to_string(),
         };
-        let key = route
-            .dedupe
-            .as_ref()
-            .and_then(dedupe_source)
-            .map(|s| {
-                let value = s.read(event, json_value.as_ref());
-                let key = value.as_ref().map_or_else(
-                    || position.clone(),
-                    |id| crate::routes::dedupe_key_of_id(id),
-                );
-                (
-                    format!(
-                        "event id from {s}: {}",
-                        value
-                            .as_ref()
-                            .map_or("missing, so the position".to_string(), |v| format!("{v:?}"))
-                    ),
-                    key,
-                )
-            })
-            .unwrap_or_else(|| ("the Kafka position".to_string(), position.clone()));
+        let key = &step.dedupe_key;
         let mut plugin_reports = Vec::new();
-        if matched {
-            out.push_str(&format!("  dedupe: {} -> key {}\n", key.0, key.1));
-            for p in &plugins {
-                if let Some(j) = reached.iter().position(|(r, _)| r == p) {
+        if step.taken {
+            out.push_str(&format!("  dedupe: {how} -> key {key}\n"));
+            for (p, first) in plugins.iter().zip(&step.first) {
+                if *first {
+                    reached.push((p.clone(), key.clone()));
+                    plugin_reports.push(json!({"plugin": p, "reached": true, "dedupe_key": key}));
+                } else {
+                    let earlier = reached
+                        .iter()
+                        .find(|(r, _)| r == p)
+                        .map_or("?", |(_, k)| k.as_str());
                     out.push_str(&format!(
-                        "  {p}: already reached by an earlier route (key {}); not again\n",
-                        reached[j].1
+                        "  {p}: already reached by an earlier route (key {earlier}); not again\n"
                     ));
                     plugin_reports.push(json!({"plugin": p, "reached": false, "why": "already reached by an earlier route"}));
-                } else {
-                    reached.push((p.clone(), key.1.clone()));
-                    plugin_reports.push(json!({"plugin": p, "reached": true, "dedupe_key": key.1}));
                 }
             }
         }
@@ -142,9 +113,9 @@ pub fn explain(loaded: &Loaded, text: &str, event: &Event) -> Explanation {
             "route": n,
             "line": line_of(i),
             "plugins": plugins,
-            "taken": matched,
-            "dedupe": key.0,
-            "dedupe_key": key.1,
+            "taken": step.taken,
+            "dedupe": how,
+            "dedupe_key": key,
             "reached": plugin_reports,
         }));
     }
@@ -156,7 +127,7 @@ pub fn explain(loaded: &Loaded, text: &str, event: &Event) -> Explanation {
             }
             out.push_str(&format!(
                 "\nreplay of a dead letter ({}): for {plugin} alone, under its first dedupe key {key}; the router runs it only if {plugin}'s marker under that key says dead-lettered (explain does not read the database)\n",
-                event.header_str(crate::dlq::REPLAY_OF).unwrap_or("?")
+                event.header_str(crate::deadletter::REPLAY_OF).unwrap_or("?")
             ));
             json!({"plugin": plugin, "dedupe_key": key})
         }

@@ -1,19 +1,19 @@
 //! The service database as the core's [`Ledger`]: transactions, the
 //! processed-markers and the outbox rows of the unit of work.
 
-use crate::bindings::switchyard::plugin::db::Error as DbError;
-use crate::capabilities::db::describe_error;
 use crate::database::{Database, Tx};
 use crate::outbox;
+use crate::store_error::StoreError;
 use std::collections::HashSet;
 use switchyard_core::message::OutMessage;
 use switchyard_core::work::{Ledger, LedgerError, Marker};
 
 /// A statement's error, outage or not.
-fn ledger_error(e: &DbError) -> LedgerError {
-    match e {
-        DbError::Unavailable(_) => LedgerError::Unavailable(describe_error(e)),
-        _ => LedgerError::Refused(describe_error(e)),
+fn ledger_error(e: &StoreError) -> LedgerError {
+    if e.is_outage() {
+        LedgerError::Unavailable(e.to_string())
+    } else {
+        LedgerError::Refused(e.to_string())
     }
 }
 

@@ -19,7 +19,8 @@
 //!   [`bindings`], [`native`] (the benchmark's handlers);
 //! - Kafka: [`kafka`], [`consumer`] (the group consumer and its lanes),
 //!   [`pipeline`] (the core's lane on the real ports), [`topics`];
-//! - the process: [`app`] (`run`, `check`), [`reload`], [`admin`];
+//! - the process: [`app`] (`run`, `check`), [`loading`] (a config and
+//!   its plugins), [`reload`], [`admin`];
 //! - the tools: [`dev`], [`dlq`], [`explain`], [`plugin_test`].
 
 pub use switchyard_core::{
@@ -38,6 +39,7 @@ pub mod dlq;
 pub mod explain;
 pub mod kafka;
 pub mod ledger;
+pub mod loading;
 pub mod native;
 pub mod outbox;
 pub mod pg_identity;
@@ -47,6 +49,7 @@ pub mod reload;
 pub mod runtime;
 pub mod sql_gate;
 pub mod sqlite_sandbox;
+pub mod store_error;
 pub mod topics;
 
 #[cfg(test)]

@@ -12,10 +12,11 @@
 //! This is a measuring instrument, not a way to ship handlers: there are
 //! only the two below.
 
-use crate::bindings::switchyard::plugin::db::{Error as DbError, Value};
+use crate::bindings::switchyard::plugin::db::Value;
 use crate::database::Tx;
 use crate::event::Event;
-use crate::runtime::Outcome;
+use crate::store_error::StoreError;
+use switchyard_core::outcome::Outcome;
 
 pub use switchyard_core::native::{BENCH_UPSERT, Native};
 
@@ -25,7 +26,7 @@ pub async fn handle(
     event: &Event,
     tx: &mut Tx,
     use_savepoint: bool,
-) -> Result<Outcome, DbError> {
+) -> Result<Outcome, StoreError> {
     match native {
         Native::BenchNoop => Ok(Outcome::Done),
         Native::BenchUpsert => {

@@ -8,13 +8,14 @@
 //! Also here: the router's own tables (`switchyard_processed` markers and
 //! the outbox), created at start.
 
-use crate::bindings::switchyard::plugin::db::{Error as DbError, Value};
+use crate::bindings::switchyard::plugin::db::Value;
 use crate::capabilities::publish::OutMessage;
 use crate::database::{Backend, Database, Tx};
 use crate::event::Headers;
 use crate::kafka::{ProduceFailure, classify_produce_error, to_headers};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
+use crate::store_error::StoreError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::sync::Arc;
 use std::time::Duration;
@@ -154,7 +155,7 @@ pub use switchyard_core::work::Marker;
 /// Record that the plugin handled the event (`outcome`: `handled` or
 /// `dead-lettered`). Returns `false` when the marker already existed: a
 /// duplicate, to be skipped.
-pub async fn mark_processed(tx: &mut Tx, m: Marker<'_>, outcome: &str) -> Result<bool, DbError> {
+pub async fn mark_processed(tx: &mut Tx, m: Marker<'_>, outcome: &str) -> Result<bool, StoreError> {
     let written = mark_plugin(tx, m.plugin, std::slice::from_ref(&m), outcome).await?;
     Ok(written.contains(m.dedupe_key))
 }
@@ -167,7 +168,7 @@ async fn mark_plugin(
     plugin: &str,
     markers: &[Marker<'_>],
     outcome: &str,
-) -> Result<std::collections::HashSet<String>, DbError> {
+) -> Result<std::collections::HashSet<String>, StoreError> {
     let mut written = std::collections::HashSet::new();
     let now = chrono::Utc::now();
     if let Some(call) = tx.host_call(plugin).await? {
@@ -227,7 +228,7 @@ async fn mark_plugin(
                 // Never read a marker as absent: that event would count
                 // as a duplicate and be lost.
                 other => {
-                    return Err(DbError::Invalid(format!(
+                    return Err(StoreError::Invalid(format!(
                         "unexpected row from the marker insert: {other:?}"
                     )));
                 }
@@ -267,7 +268,7 @@ fn values_placeholders(rows: usize, columns: usize) -> String {
 pub async fn mark_many(
     tx: &mut Tx,
     markers: &[Marker<'_>],
-) -> Result<std::collections::HashSet<(String, String)>, DbError> {
+) -> Result<std::collections::HashSet<(String, String)>, StoreError> {
     let mut plugins: Vec<&str> = markers.iter().map(|m| m.plugin).collect();
     plugins.sort_unstable();
     plugins.dedup();
@@ -295,7 +296,7 @@ const MARK_CHUNK: usize = 256;
 /// came from somewhere else than `switchyard dlq replay` — and the replay
 /// must not run. If the transaction rolls back, the marker stays
 /// `dead-lettered` and the dead letter can be replayed again.
-pub async fn claim_replay(tx: &mut Tx, m: Marker<'_>) -> Result<bool, DbError> {
+pub async fn claim_replay(tx: &mut Tx, m: Marker<'_>) -> Result<bool, StoreError> {
     let now = chrono::Utc::now();
     if let Some(call) = tx.host_call(m.plugin).await? {
         return sqlx::query_scalar(
@@ -335,7 +336,7 @@ pub async fn claim_replay(tx: &mut Tx, m: Marker<'_>) -> Result<bool, DbError> {
 /// The marker for `sel`: a new one, or for a replay the dead-lettered one
 /// taken over (see [`claim_replay`]). `false`: skip the event for this
 /// plugin.
-pub async fn mark_or_claim(tx: &mut Tx, m: Marker<'_>, replay: bool) -> Result<bool, DbError> {
+pub async fn mark_or_claim(tx: &mut Tx, m: Marker<'_>, replay: bool) -> Result<bool, StoreError> {
     if replay {
         claim_replay(tx, m).await
     } else {
@@ -350,7 +351,7 @@ const ENQUEUE_CHUNK: usize = 100;
 /// batch's) transaction, in order (the relay sends them by id). On
 /// PostgreSQL one guarded call in the plugin's session; on SQLite one
 /// statement per hundred messages.
-pub async fn enqueue(tx: &mut Tx, plugin: &str, messages: &[OutMessage]) -> Result<(), DbError> {
+pub async fn enqueue(tx: &mut Tx, plugin: &str, messages: &[OutMessage]) -> Result<(), StoreError> {
     if messages.is_empty() {
         return Ok(());
     }
@@ -593,7 +594,7 @@ impl Relay {
     /// for a dead-letter retry. On PostgreSQL the rows are locked (`SKIP
     /// LOCKED`) so that several routers on one database never send the
     /// same row at once.
-    async fn read_window(&self, tx: &mut Tx) -> Result<Vec<Vec<Value>>, DbError> {
+    async fn read_window(&self, tx: &mut Tx) -> Result<Vec<Vec<Value>>, StoreError> {
         let unlimited = Limits {
             max_rows: usize::MAX,
             max_result_bytes: usize::MAX,
@@ -653,12 +654,10 @@ impl Relay {
     /// for the next pass.
     pub async fn pass(&self) -> anyhow::Result<Pass> {
         let mut tx = self.db.begin().await?;
-        let cells = self.read_window(&mut tx).await.map_err(|e| {
-            anyhow::anyhow!(
-                "reading the outbox: {}",
-                crate::capabilities::db::describe_error(&e)
-            )
-        })?;
+        let cells = self
+            .read_window(&mut tx)
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the outbox: {}", e.to_string()))?;
         if cells.is_empty() {
             tx.rollback().await?;
             return Ok(Pass::default());
@@ -744,10 +743,7 @@ impl Relay {
             );
             let params: Vec<Value> = chunk.iter().map(|id| Value::Int(*id)).collect();
             tx.execute_host(&sql, &params).await.map_err(|e| {
-                anyhow::anyhow!(
-                    "deleting delivered outbox rows: {}",
-                    crate::capabilities::db::describe_error(&e)
-                )
+                anyhow::anyhow!("deleting delivered outbox rows: {}", e.to_string())
             })?;
         }
         let retry_at = chrono::Utc::now().timestamp_millis()
@@ -761,7 +757,7 @@ impl Relay {
             .map_err(|e| {
                 anyhow::anyhow!(
                     "parking an outbox row whose dead letter failed: {}",
-                    crate::capabilities::db::describe_error(&e)
+                    e.to_string()
                 )
             })?;
         }
@@ -979,7 +975,7 @@ pub async fn state(db: &Database) -> anyhow::Result<OutboxState> {
         let rows = tx
             .query(sql, &[], &Limits::default())
             .await
-            .map_err(|e| anyhow::anyhow!("{}", crate::capabilities::db::describe_error(&e)))?;
+            .map_err(|e| anyhow::anyhow!("{}", e.to_string()))?;
         ints.push(match rows.rows.first().and_then(|r| r.first()) {
             Some(Value::Int(n)) => *n,
             _ => 0,
@@ -1015,7 +1011,7 @@ pub async fn backlog(db: &Database) -> anyhow::Result<i64> {
             &Limits::default(),
         )
         .await
-        .map_err(|e| anyhow::anyhow!("{}", crate::capabilities::db::describe_error(&e)))?;
+        .map_err(|e| anyhow::anyhow!("{}", e.to_string()))?;
     tx.rollback().await?;
     Ok(match rows.rows.first().and_then(|r| r.first()) {
         Some(Value::Int(n)) => *n,

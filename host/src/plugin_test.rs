@@ -267,7 +267,7 @@ pub async fn run(options: &TestOptions) -> anyhow::Result<TestReport> {
         .migrate(&plugin.info.name, &plugin.info.migrations)
         .await?;
     // Run as the plugin's own role (PostgreSQL), as the router does.
-    let plugin = crate::app::with_database_role(&db, &runtime, &plugin).await?;
+    let plugin = crate::loading::with_database_role(&db, &runtime, &plugin).await?;
     for script in &options.setup {
         let sql = std::fs::read_to_string(script)
             .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", script.display()))?;
@@ -429,7 +429,7 @@ async fn snapshot(backend: Backend, plugin: &str, tx: &mut Tx) -> anyhow::Result
         let sql = format!("SELECT * FROM \"{}\"", table.replace('"', "\"\""));
         let rows = match tx.query_as_plugin(plugin, &sql, &limits).await {
             Ok(rows) => Ok(rows_json(&rows)),
-            Err(e) => Err(crate::capabilities::db::describe_error(&e)),
+            Err(e) => Err(e.to_string()),
         };
         out.insert(table, rows);
     }

@@ -22,9 +22,9 @@
 //!   unknown plugin) log the file and the reason, count in
 //!   `reload_failures`, and leave the running version in service.
 
-use crate::app::{RunOptions, load_config};
 use crate::config::Loaded;
 use crate::consumer::RouterConsumer;
+use crate::loading::{RunOptions, load_config};
 use crate::pipeline::{PluginSlot, RouterState, Shared};
 use crate::routes::RouteTable;
 use crate::runtime::{Runtime, short_hash};
@@ -250,11 +250,11 @@ impl Reloader {
             Ok(p) => p,
             Err(e) => return self.refused(&format!("plugin {name}"), &path, &e.to_string()),
         };
-        let loaded = match crate::app::prepare_plugin(&self.shared.db, &self.runtime, &loaded).await
-        {
-            Ok(p) => p,
-            Err(e) => return self.refused(&format!("plugin {name}"), &path, &format!("{e:#}")),
-        };
+        let loaded =
+            match crate::loading::prepare_plugin(&self.shared.db, &self.runtime, &loaded).await {
+                Ok(p) => p,
+                Err(e) => return self.refused(&format!("plugin {name}"), &path, &format!("{e:#}")),
+            };
         let mut next = (*self.shared.state.load_full()).clone();
         next.plugins.insert(
             name.to_string(),
@@ -352,7 +352,8 @@ impl Reloader {
                 }
             };
             let plugin =
-                match crate::app::prepare_plugin(&self.shared.db, &self.runtime, &plugin).await {
+                match crate::loading::prepare_plugin(&self.shared.db, &self.runtime, &plugin).await
+                {
                     Ok(p) => p,
                     Err(e) => {
                         return self.refused(

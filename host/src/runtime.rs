@@ -614,7 +614,7 @@ impl PluginWorker {
             let mut inv = empty(
                 Outcome::Retry(format!(
                     "cannot enter the plugin's database role and timeout: {}",
-                    crate::capabilities::db::describe_error(&e)
+                    e
                 )),
                 fresh_instance,
             );
@@ -654,7 +654,7 @@ impl PluginWorker {
         if let Some(t) = tx.as_mut()
             && let Err(e) = t.leave_plugin(role.as_deref()).await
         {
-            tracing::warn!(error = %crate::capabilities::db::describe_error(&e), "cannot reset the database role after the plugin call");
+            tracing::warn!(error = %e, "cannot reset the database role after the plugin call");
             role_left = false;
         }
         // SQLite rolls the whole transaction back when a write is
@@ -739,11 +739,8 @@ impl PluginWorker {
             Ok(outcome) => outcome,
             Err(e) => {
                 inv.db_failed = true;
-                inv.db_unavailable |= matches!(
-                    e,
-                    crate::bindings::switchyard::plugin::db::Error::Unavailable(_)
-                );
-                Outcome::Retry(crate::capabilities::db::describe_error(&e))
+                inv.db_unavailable |= e.is_outage();
+                Outcome::Retry(e.to_string())
             }
         };
         inv.db_failed |= tx.lost();

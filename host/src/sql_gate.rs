@@ -23,7 +23,7 @@
 //! The gate is defence in depth, not the boundary: on PostgreSQL each
 //! plugin's SQL runs as its own role with grants on its own tables only.
 
-use crate::database::Backend;
+use crate::store_error::Backend;
 
 pub mod allow_list;
 mod postgres;

@@ -52,6 +52,17 @@ pub const QUARANTINED: &str = "quarantined";
 /// The outcome of an event parked by an open circuit.
 pub const PARKED: &str = "parked";
 
+/// The last header called `name`, as text: on a dead letter, the host's
+/// own comes after any a producer set.
+pub fn last_header<'h>(headers: &'h Headers, name: &str) -> Option<&'h str> {
+    headers
+        .iter()
+        .rev()
+        .find(|(n, _)| n == name)
+        .and_then(|(_, v)| v.as_deref())
+        .and_then(|v| std::str::from_utf8(v).ok())
+}
+
 /// Whether `name` is one of the host's headers.
 pub fn is_host_header(name: &str) -> bool {
     name.starts_with(HOST_PREFIX)
@@ -189,12 +200,7 @@ impl DeadLetter {
     /// A header as text: the last one of that name, which for
     /// `switchyard.*` is the host's.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .rev()
-            .find(|(n, _)| n == name)
-            .and_then(|(_, v)| v.as_deref())
-            .and_then(|v| std::str::from_utf8(v).ok())
+        last_header(&self.headers, name)
     }
 
     /// `partition:offset`, the id `show` and `replay --id` take.

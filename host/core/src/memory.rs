@@ -189,12 +189,7 @@ pub struct Produced {
 impl Produced {
     /// The last header called `name`, as text.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .rev()
-            .find(|(n, _)| n == name)
-            .and_then(|(_, v)| v.as_deref())
-            .and_then(|v| std::str::from_utf8(v).ok())
+        crate::deadletter::last_header(&self.headers, name)
     }
 }
 

@@ -59,6 +59,8 @@ impl KeySource {
 /// One route, compiled.
 #[derive(Debug, Clone)]
 pub struct Route {
+    /// Its place among the config's `[[routes]]`, from 0.
+    pub index: usize,
     /// Plugins, in order.
     pub plugins: Vec<String>,
     /// Condition: the source must equal the value.
@@ -103,6 +105,24 @@ pub fn dedupe_key_of_id(id: &str) -> String {
     }
 }
 
+/// How one route treats an event (see [`RouteTable::trace`]).
+#[derive(Debug, Clone)]
+pub struct RouteStep<'r> {
+    /// The route.
+    pub route: &'r Route,
+    /// The value its condition reads from the event, if it has one.
+    pub actual: Option<String>,
+    /// Whether the event takes the route.
+    pub taken: bool,
+    /// The event id its dedupe source reads, if it dedupes on one.
+    pub event_id: Option<String>,
+    /// The dedupe key it gives the event.
+    pub dedupe_key: String,
+    /// For each of the route's plugins: whether this route is the first
+    /// to reach it (it then decides the plugin's dedupe key).
+    pub first: Vec<bool>,
+}
+
 /// Topic → routes.
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
@@ -113,8 +133,9 @@ impl RouteTable {
     /// Compile the config's routes.
     pub fn new(routes: &[RouteConfig]) -> Self {
         let mut by_topic: HashMap<String, Vec<Route>> = HashMap::new();
-        for r in routes {
+        for (index, r) in routes.iter().enumerate() {
             let route = Route {
+                index,
                 plugins: r.plugins.iter().map(|p| p.get_ref().clone()).collect(),
                 condition: r.matches.as_ref().and_then(|m: &MatchConfig| {
                     KeySource::from_config(m.header.as_ref(), m.field.as_ref())
@@ -165,9 +186,10 @@ impl RouteTable {
         t
     }
 
-    /// The plugins `event` goes to, in route order, each once (the first
-    /// route that names a plugin decides its dedupe key).
-    pub fn select(&self, event: &Event) -> Vec<Selected> {
+    /// How each route of `event`'s topic treats it, in route order: the
+    /// one reading of the routes that [`RouteTable::select`] decides on
+    /// and `switchyard explain` shows.
+    pub fn trace(&self, event: &Event) -> Vec<RouteStep<'_>> {
         let Some(routes) = self.by_topic.get(&event.topic) else {
             return Vec::new();
         };
@@ -181,23 +203,54 @@ impl RouteTable {
             None
         };
         let position = format!("pos:{}/{}/{}", event.topic, event.partition, event.offset);
-        let mut out: Vec<Selected> = Vec::new();
+        let mut seen: Vec<&str> = Vec::new();
+        let mut steps = Vec::with_capacity(routes.len());
         for route in routes {
-            if let Some((source, equals)) = &route.condition
-                && source.read(event, json.as_ref()).as_deref() != Some(equals.as_str())
-            {
-                continue;
-            }
-            let key = route
+            let actual = route
+                .condition
+                .as_ref()
+                .and_then(|(source, _)| source.read(event, json.as_ref()));
+            let taken = match &route.condition {
+                Some((_, equals)) => actual.as_deref() == Some(equals.as_str()),
+                None => true,
+            };
+            let event_id = route
                 .dedupe
                 .as_ref()
-                .and_then(|d| d.read(event, json.as_ref()))
-                .map_or_else(|| position.clone(), |id| dedupe_key_of_id(&id));
+                .and_then(|d| d.read(event, json.as_ref()));
+            let dedupe_key = event_id
+                .as_deref()
+                .map_or_else(|| position.clone(), dedupe_key_of_id);
+            let mut first = Vec::with_capacity(route.plugins.len());
             for plugin in &route.plugins {
-                if !out.iter().any(|s| &s.plugin == plugin) {
+                let new = taken && !seen.contains(&plugin.as_str());
+                if new {
+                    seen.push(plugin);
+                }
+                first.push(new);
+            }
+            steps.push(RouteStep {
+                route,
+                actual,
+                taken,
+                event_id,
+                dedupe_key,
+                first,
+            });
+        }
+        steps
+    }
+
+    /// The plugins `event` goes to, in route order, each once (the first
+    /// route that names a plugin decides its dedupe key).
+    pub fn select(&self, event: &Event) -> Vec<Selected> {
+        let mut out: Vec<Selected> = Vec::new();
+        for step in self.trace(event) {
+            for (plugin, first) in step.route.plugins.iter().zip(&step.first) {
+                if *first {
                     out.push(Selected {
                         plugin: plugin.clone(),
-                        dedupe_key: key.clone(),
+                        dedupe_key: step.dedupe_key.clone(),
                         replay: false,
                     });
                 }

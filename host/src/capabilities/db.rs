@@ -9,6 +9,7 @@ use super::HostState;
 use crate::bindings::switchyard::plugin::db::{self, Error, Rows, Value};
 use crate::database::{Backend, Tx, value_size};
 use crate::sql_gate;
+use crate::store_error::{ConstraintKind, StoreError};
 
 /// Per-instance `db` state.
 #[derive(Debug, Default)]
@@ -156,7 +157,10 @@ impl db::Host for HostState {
                 None => Err(no_transaction()),
                 Some(tx) => {
                     let started = std::time::Instant::now();
-                    let r = tx.execute_with(&sql, &params, self.db.savepoints).await;
+                    let r = tx
+                        .execute_with(&sql, &params, self.db.savepoints)
+                        .await
+                        .map_err(to_wit);
                     self.after_database(started, &r);
                     r
                 }
@@ -180,7 +184,8 @@ impl db::Host for HostState {
                         let started = std::time::Instant::now();
                         let r = tx
                             .query_with(&sql, &params, &env.limits, self.db.savepoints)
-                            .await;
+                            .await
+                            .map_err(to_wit);
                         self.after_database(started, &r);
                         r
                     }
@@ -190,6 +195,26 @@ impl db::Host for HostState {
         Ok(self.finish(&sql, &params, result, |rows| {
             StatementResult::Returned(rows.rows.len())
         }))
+    }
+}
+
+/// The WIT error the plugin receives for a store error.
+pub fn to_wit(e: StoreError) -> Error {
+    match e {
+        StoreError::Denied(m) => Error::Denied(m),
+        StoreError::Invalid(m) => Error::Invalid(m),
+        StoreError::Constraint(v) => Error::Constraint(db::ConstraintViolation {
+            kind: match v.kind {
+                ConstraintKind::Unique => db::ConstraintKind::Unique,
+                ConstraintKind::ForeignKey => db::ConstraintKind::ForeignKey,
+                ConstraintKind::NotNull => db::ConstraintKind::NotNull,
+                ConstraintKind::Check => db::ConstraintKind::Check,
+            },
+            name: v.name,
+            message: v.message,
+        }),
+        StoreError::Limit(m) => Error::Limit(m),
+        StoreError::Unavailable(m) => Error::Unavailable(m),
     }
 }
 
