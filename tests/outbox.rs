@@ -404,11 +404,11 @@ async fn an_old_outbox_is_migrated_forward_and_relayed_on_both_backends() {
         assert!(state.oldest_age_s >= 0, "{backend:?}");
 
         let metrics = std::sync::Arc::new(switchyard::metrics::Metrics::default());
-        let relay = switchyard::outbox::Relay::new(
+        let relay = switchyard::relay::Relay::new(
             db.clone(),
             broker.producer(),
             std::sync::Arc::new(tokio::sync::Notify::new()),
-            switchyard::outbox::DeadLetters {
+            switchyard::relay::DeadLetters {
                 topic: DLQ.into(),
                 message_max_bytes: 1_000_000,
             },
@@ -461,11 +461,11 @@ async fn a_row_whose_dead_letter_fails_is_kept_and_parked() {
         .set("message.max.bytes", "1000")
         .create()
         .unwrap_or_else(|e| panic!("{e}"));
-    let relay = switchyard::outbox::Relay::new(
+    let relay = switchyard::relay::Relay::new(
         db.clone(),
         producer,
         std::sync::Arc::new(tokio::sync::Notify::new()),
-        switchyard::outbox::DeadLetters {
+        switchyard::relay::DeadLetters {
             topic: DLQ.into(),
             message_max_bytes: 1_000_000,
         },
@@ -483,7 +483,7 @@ async fn a_row_whose_dead_letter_fails_is_kept_and_parked() {
     assert_eq!((state.backlog, state.parked), (1, 1));
     // Parked: the next pass leaves it alone.
     let again = relay.pass().await.unwrap_or_else(|e| panic!("{e:#}"));
-    assert_eq!(again, switchyard::outbox::Pass::default());
+    assert_eq!(again, switchyard::relay::Pass::default());
     assert!(metrics.last_dead_letter_failure().is_some());
     assert_eq!(
         metrics.outbox_quarantined_count("a", "message_too_large"),

@@ -93,7 +93,7 @@ pub fn outbox_degraded(
         why.push(format!(
             "{} outbox message(s) refused by the broker for good could not be dead-lettered; retried every {} s",
             state.parked,
-            crate::outbox::DEAD_LETTER_RETRY.as_secs()
+            crate::relay::DEAD_LETTER_RETRY.as_secs()
         ));
     }
     if quarantined_ago.is_some_and(|d| d < QUARANTINE_RECENT) {

@@ -5,8 +5,9 @@ use crate::breaker::Breakers;
 use crate::consumer::{self, Lanes};
 use crate::database::{Database, redact_url};
 use crate::kafka;
-use crate::outbox::{self, Relay};
+use crate::outbox;
 use crate::pipeline::{RouterState, Shared};
+use crate::relay::{self, Relay};
 use crate::routes::RouteTable;
 use crate::runtime::{Runtime, RuntimeOptions};
 use anyhow::Context as _;
@@ -116,7 +117,7 @@ pub async fn run(
             .context("creating the Kafka producer")?;
     let wake = Arc::new(Notify::new());
     let metrics = Arc::new(crate::metrics::Metrics::default());
-    let dead_letters = outbox::DeadLetters {
+    let dead_letters = relay::DeadLetters {
         topic: config.dead_letter.topic.clone(),
         message_max_bytes: kafka::producer_message_max_bytes(&config.kafka.producer)
             .unwrap_or(kafka::DEFAULT_MESSAGE_MAX_BYTES),

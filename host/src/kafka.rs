@@ -127,22 +127,7 @@ pub fn to_headers(headers: &[(String, Option<Vec<u8>>)]) -> OwnedHeaders {
 
 pub use switchyard_core::limits::{DEFAULT_MESSAGE_MAX_BYTES, producer_message_max_bytes};
 
-/// Bytes of an unsigned LEB128 varint holding `n` zigzag-encoded, as
-/// librdkafka counts a header's name and value lengths.
-fn zigzag_varint_len(n: usize) -> usize {
-    let mut z = (n as u64) << 1;
-    let mut len = 1;
-    while z >= 0x80 {
-        z >>= 7;
-        len += 1;
-    }
-    len
-}
-
-/// The most a record's framing adds (MessageV2: length, attributes,
-/// timestamp and offset deltas, key and value lengths, header count), as
-/// librdkafka reserves it: `RD_KAFKAP_MESSAGE_V2_MAX_OVERHEAD`.
-pub const RECORD_OVERHEAD_BYTES: usize = 5 + 1 + 10 + 5 + 5 + 5 + 5;
+pub use switchyard_core::message::{RECORD_OVERHEAD_BYTES, record_wire_size};
 
 /// The router's producer, as the core's [`Producer`]: a produce waits up
 /// to 30 s in librdkafka's queue, then for the broker's acknowledgement.
@@ -169,26 +154,6 @@ impl Producer for KafkaProducer {
             .map(|_| ())
             .map_err(|(e, _)| e.to_string())
     }
-}
-
-/// The size librdkafka compares with `message.max.bytes` when a record is
-/// produced (`rd_kafka_msg_max_wire_size`): key + value + each header's
-/// name, value and their varint lengths + the framing overhead. The host's
-/// publish cap counts the same, so a message the plugin was allowed to
-/// publish is one the producer accepts.
-pub fn record_wire_size(
-    key: Option<&[u8]>,
-    value: &[u8],
-    headers: &[(String, Option<Vec<u8>>)],
-) -> usize {
-    let headers: usize = headers
-        .iter()
-        .map(|(name, v)| {
-            let value = v.as_ref().map_or(0, Vec::len);
-            name.len() + value + zigzag_varint_len(name.len()) + zigzag_varint_len(value)
-        })
-        .sum();
-    RECORD_OVERHEAD_BYTES + key.map_or(0, <[u8]>::len) + value.len() + headers
 }
 
 /// What a failed produce means for the record.
@@ -298,15 +263,6 @@ mod tests {
         }
     }
     use RDKafkaErrorCode as C;
-
-    #[test]
-    fn varint_lengths_match_zigzag_encoding() {
-        assert_eq!(zigzag_varint_len(0), 1);
-        assert_eq!(zigzag_varint_len(63), 1);
-        assert_eq!(zigzag_varint_len(64), 2);
-        assert_eq!(zigzag_varint_len(8191), 2);
-        assert_eq!(zigzag_varint_len(8192), 3);
-    }
 
     /// The host's count is librdkafka's: at the producer's limit a record
     /// is accepted, one byte over it is refused (checked by librdkafka

@@ -45,6 +45,7 @@ pub mod outbox;
 pub mod pg_identity;
 pub mod pipeline;
 pub mod plugin_test;
+pub mod relay;
 pub mod reload;
 pub mod runtime;
 pub mod sql_gate;

@@ -25,6 +25,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use switchyard_core::partitions::Partitions;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 
@@ -48,7 +49,7 @@ pub struct RuntimeOptions {
     /// Partition counts of the brokers' topics, for checking a `publish`
     /// that names its partition; `None` (no brokers: `check`, `plugin
     /// test`) skips that check.
-    pub topics: Option<Arc<crate::topics::TopicCatalog>>,
+    pub topics: Option<Arc<dyn Partitions>>,
 }
 
 impl Default for RuntimeOptions {
@@ -127,7 +128,7 @@ pub struct LoadedPlugin {
     pub env: Arc<PluginEnv>,
     pre: PluginPre<HostState>,
     engine: Engine,
-    topics: Option<Arc<crate::topics::TopicCatalog>>,
+    topics: Option<Arc<dyn Partitions>>,
 }
 
 impl LoadedPlugin {
@@ -393,7 +394,7 @@ fn check_component_header(bytes: &[u8]) -> Result<(), String> {
 fn new_store(
     engine: &Engine,
     env: Arc<PluginEnv>,
-    topics: Option<Arc<crate::topics::TopicCatalog>>,
+    topics: Option<Arc<dyn Partitions>>,
 ) -> Store<HostState> {
     let mut store = Store::new(engine, HostState::new(env, topics));
     store.limiter(|s| &mut s.limits);

@@ -29,22 +29,7 @@ pub const MISS_REFRESH: Duration = Duration::from_secs(1);
 /// The longest a `publish` waits for metadata.
 pub const FETCH_TIMEOUT: Duration = Duration::from_millis(250);
 
-/// What the metadata says about a (topic, partition).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PartitionCheck {
-    /// The partition exists.
-    Exists,
-    /// The topic has `partitions` partitions, and this is not one of them.
-    NoSuchPartition {
-        /// The topic's partition count.
-        partitions: i32,
-    },
-    /// The topic does not exist.
-    NoSuchTopic,
-    /// The metadata could not be read (why): the caller lets the message
-    /// through.
-    Unknown(String),
-}
+pub use switchyard_core::partitions::{PartitionCheck, Partitions};
 
 /// One cached answer: the partition count (`None`: no such topic) and
 /// when it was fetched.
@@ -182,6 +167,17 @@ impl TopicCatalog {
                 },
             );
         answer(partitions, partition)
+    }
+}
+
+impl Partitions for TopicCatalog {
+    fn check<'a>(
+        &'a self,
+        topic: &'a str,
+        partition: i32,
+        budget: Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = PartitionCheck> + Send + 'a>> {
+        Box::pin(TopicCatalog::check(self, topic, partition, budget))
     }
 }
 

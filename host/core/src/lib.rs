@@ -17,6 +17,7 @@
 //! - [`outcome`], [`message`], [`grants`], [`limits`], [`env`],
 //!   [`identity`]: what a plugin returns, publishes, may do and is;
 //! - [`breaker`]: per-plugin circuit breakers; [`metrics`]: `/metrics`;
+//! - [`partitions`]: what `publish` asks of the brokers' metadata;
 //! - [`memory`]: in-memory versions of the traits, for tests;
 //! - [`native`]: the names of the benchmark's native handlers.
 
@@ -35,6 +36,7 @@ pub mod message;
 pub mod metrics;
 pub mod native;
 pub mod outcome;
+pub mod partitions;
 pub mod routes;
 pub mod state;
 pub mod work;

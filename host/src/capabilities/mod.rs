@@ -16,6 +16,7 @@ use crate::bindings::switchyard::plugin::types;
 use crate::event::EventContext;
 use std::sync::Arc;
 use std::time::Instant;
+use switchyard_core::partitions::Partitions;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -41,13 +42,13 @@ pub struct HostState {
     /// `log` state (also receives the guest's stdout and stderr).
     pub(crate) log: log::LogState,
     /// Partition counts, for `publish` with an explicit partition.
-    pub(crate) topics: Option<Arc<crate::topics::TopicCatalog>>,
+    pub(crate) topics: Option<Arc<dyn Partitions>>,
 }
 
 impl HostState {
     /// Fresh state for a new store running `env`'s plugin; `topics`
     /// checks the partitions `publish` names (`None`: not checked).
-    pub fn new(env: Arc<PluginEnv>, topics: Option<Arc<crate::topics::TopicCatalog>>) -> Self {
+    pub fn new(env: Arc<PluginEnv>, topics: Option<Arc<dyn Partitions>>) -> Self {
         let log = log::LogState::new(env.name.clone(), env.limits.max_log_lines);
         let wasi = WasiCtx::builder()
             .stdout(log.stream(log::Stream::Stdout))

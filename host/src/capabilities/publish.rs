@@ -8,8 +8,8 @@
 use super::HostState;
 use crate::bindings::switchyard::plugin::publish::{self, Error, Message};
 use crate::event::EventContext;
-use crate::topics::{PartitionCheck, TopicCatalog};
 use std::sync::Arc;
+use switchyard_core::partitions::{PartitionCheck, Partitions};
 
 pub use switchyard_core::grants::{Grants, valid_topic_name};
 pub use switchyard_core::message::OutMessage;
@@ -85,7 +85,7 @@ impl HostState {
 /// A free function over what it needs (the store data is not `Sync`, and
 /// this future waits for the brokers).
 async fn check_partition(
-    topics: Option<Arc<TopicCatalog>>,
+    topics: Option<Arc<dyn Partitions>>,
     deadline: std::time::Instant,
     plugin: &str,
     topic: &str,
@@ -173,8 +173,11 @@ impl publish::Host for HostState {
         // headers, counted as the producer counts it against its
         // `message.max.bytes` (which the limit never exceeds: see
         // `Limits::clamp_to_producer`).
-        let size =
-            crate::kafka::record_wire_size(message.key.as_deref(), &message.payload, &headers);
+        let size = switchyard_core::message::record_wire_size(
+            message.key.as_deref(),
+            &message.payload,
+            &headers,
+        );
         let max = self.env.limits.max_publish_bytes;
         if size > max {
             let reason = format!(
