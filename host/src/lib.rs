@@ -27,30 +27,24 @@ pub use switchyard_core::{
     breaker, config, deadletter, decision, event, lane, limits, memory, metrics, outcome, routes,
     state, work,
 };
+pub use switchyard_sandbox::{capabilities, native, runtime};
+pub use switchyard_store::{
+    database, error as store_error, ledger, outbox, pg_identity, sql_gate, sqlite_sandbox,
+};
+pub use switchyard_wit as bindings;
 
 pub mod admin;
 pub mod app;
-pub mod bindings;
-pub mod capabilities;
 pub mod consumer;
-pub mod database;
 pub mod dev;
 pub mod dlq;
 pub mod explain;
 pub mod kafka;
-pub mod ledger;
 pub mod loading;
-pub mod native;
-pub mod outbox;
-pub mod pg_identity;
 pub mod pipeline;
 pub mod plugin_test;
 pub mod relay;
 pub mod reload;
-pub mod runtime;
-pub mod sql_gate;
-pub mod sqlite_sandbox;
-pub mod store_error;
 pub mod topics;
 
 #[cfg(test)]
@@ -68,7 +62,7 @@ mod layout {
         let section = &readme[start..];
         let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
         let mut missing = Vec::new();
-        for src in ["src", "core/src"] {
+        for src in ["src", "core/src", "wit/src", "store/src", "sandbox/src"] {
             let mut dirs = vec![root.join(src)];
             while let Some(dir) = dirs.pop() {
                 let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{dir:?}: {e}"));

@@ -8,7 +8,6 @@ use crate::bindings::switchyard::plugin::db::Value;
 use crate::database::{Backend, Database, Tx};
 use crate::event::Headers;
 use crate::kafka::{ProduceFailure, classify_produce_error, to_headers};
-use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::outbox::{ROW_COLUMNS, Row, decode_row};
 use crate::store_error::StoreError;
@@ -117,18 +116,12 @@ impl Relay {
     /// LOCKED`) so that several routers on one database never send the
     /// same row at once.
     async fn read_window(&self, tx: &mut Tx) -> Result<Vec<Vec<Value>>, StoreError> {
-        let unlimited = Limits {
-            max_rows: usize::MAX,
-            max_result_bytes: usize::MAX,
-            ..Limits::default()
-        };
         // The distinct plugins by a walk up the (plugin, id) index, one
         // probe per plugin, instead of a scan of the whole backlog.
         let plugins = tx
-            .query(
+            .query_host(
                 "WITH RECURSIVE p(plugin) AS (SELECT min(plugin) FROM switchyard_outbox UNION ALL SELECT (SELECT min(o.plugin) FROM switchyard_outbox o WHERE o.plugin > p.plugin) FROM p WHERE p.plugin IS NOT NULL) SELECT plugin FROM p WHERE plugin IS NOT NULL",
                 &[],
-                &unlimited,
             )
             .await?;
         let plugins: Vec<String> = plugins
@@ -152,14 +145,13 @@ impl Relay {
         let mut rows = Vec::new();
         for plugin in plugins {
             let got = tx
-                .query(
+                .query_host(
                     &sql,
                     &[
                         Value::Text(plugin),
                         Value::Int(now),
                         Value::Int(i64::try_from(share).unwrap_or(i64::MAX)),
                     ],
-                    &unlimited,
                 )
                 .await?;
             rows.push(got.rows);
@@ -179,7 +171,7 @@ impl Relay {
         let cells = self
             .read_window(&mut tx)
             .await
-            .map_err(|e| anyhow::anyhow!("reading the outbox: {}", e.to_string()))?;
+            .map_err(|e| anyhow::anyhow!("reading the outbox: {e}"))?;
         if cells.is_empty() {
             tx.rollback().await?;
             return Ok(Pass::default());
@@ -264,9 +256,9 @@ impl Relay {
                 placeholders.join(", ")
             );
             let params: Vec<Value> = chunk.iter().map(|id| Value::Int(*id)).collect();
-            tx.execute_host(&sql, &params).await.map_err(|e| {
-                anyhow::anyhow!("deleting delivered outbox rows: {}", e.to_string())
-            })?;
+            tx.execute_host(&sql, &params)
+                .await
+                .map_err(|e| anyhow::anyhow!("deleting delivered outbox rows: {e}"))?;
         }
         let retry_at = chrono::Utc::now().timestamp_millis()
             + i64::try_from(DEAD_LETTER_RETRY.as_millis()).unwrap_or(i64::MAX);
@@ -276,12 +268,7 @@ impl Relay {
                 &[Value::Int(retry_at), Value::Int(*id)],
             )
             .await
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "parking an outbox row whose dead letter failed: {}",
-                    e.to_string()
-                )
-            })?;
+            .map_err(|e| anyhow::anyhow!("parking an outbox row whose dead letter failed: {e}"))?;
         }
         tx.commit().await?;
         Ok(Pass {
@@ -355,7 +342,7 @@ impl Relay {
 
     /// Rows waiting in the outbox.
     pub async fn backlog(&self) -> anyhow::Result<i64> {
-        crate::outbox::backlog(&self.db).await
+        Ok(crate::outbox::backlog(&self.db).await?)
     }
 
     /// Relay until `stop` resolves: a pass after every wake-up, and at

@@ -25,7 +25,7 @@
 
 use crate::breaker::BreakerConfig;
 use crate::env::PluginEnv;
-use crate::grants::{Grants, valid_topic_name};
+use crate::grants::Grants;
 use crate::limits::Limits;
 use crate::work::Isolation;
 use serde::Deserialize;
@@ -33,6 +33,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use toml::Spanned;
+
+mod check;
 
 /// The whole routing config.
 #[derive(Debug, Clone, Deserialize)]
@@ -356,209 +358,7 @@ impl Loaded {
             err_at(offset, e.message().trim().to_string())
         })?;
         // Semantic checks, pointing at the offending value.
-        let find = |needle: &str| text.find(needle).unwrap_or(0);
-        // A native handler replaces the plugin's own work while its events
-        // are marked handled: only the benchmark may ask for one.
-        if let Some((name, _)) = config
-            .plugins
-            .plugins
-            .iter()
-            .find(|(_, p)| p.native.is_some())
-            && (!cfg!(feature = "bench-native") || std::env::var(NATIVE_ENV).as_deref() != Ok("1"))
-        {
-            return Err(err_at(
-                find("native"),
-                format!(
-                    "plugin {name}: `native` hands its events to a benchmark handler instead of the plugin (their effects would be lost); it is for scripts/bench only, which builds with the `bench-native` feature and sets {NATIVE_ENV}=1"
-                ),
-            ));
-        }
-        if config.kafka.brokers.trim().is_empty() {
-            return Err(err_at(
-                find("brokers"),
-                "`kafka.brokers` is empty: give host:port of at least one broker".into(),
-            ));
-        }
-        if !valid_topic_name(&config.dead_letter.topic) {
-            return Err(err_at(
-                find("[dead_letter]"),
-                format!(
-                    "`dead_letter.topic` {:?} is not a valid Kafka topic name",
-                    config.dead_letter.topic
-                ),
-            ));
-        }
-        // Properties the guarantees rest on cannot be overridden.
-        for (section, map, fixed) in [
-            (
-                "kafka.consumer",
-                &config.kafka.consumer,
-                &[
-                    "enable.auto.offset.store",
-                    "enable.auto.commit",
-                    "group.id",
-                    "bootstrap.servers",
-                ][..],
-            ),
-            (
-                "kafka.producer",
-                &config.kafka.producer,
-                &[
-                    "enable.idempotence",
-                    "acks",
-                    "request.required.acks",
-                    "bootstrap.servers",
-                ][..],
-            ),
-        ] {
-            if let Some(key) = map.keys().find(|k| fixed.contains(&k.as_str())) {
-                return Err(err_at(
-                    find(key),
-                    format!(
-                        "`{section}.{key}` cannot be set: switchyard fixes it to keep its delivery guarantees"
-                    ),
-                ));
-            }
-        }
-        // The publish cap may not exceed what the producer accepts: a
-        // message between the two would be allowed to the plugin and then
-        // refused by the producer in the outbox. The default cap is
-        // lowered to the producer's limit (see `plugin_envs`); a cap set
-        // above it is a mistake to point at.
-        let producer_max = crate::limits::producer_message_max_bytes(&config.kafka.producer)
-            .map_err(|why| err_at(find("message.max.bytes"), why))?;
-        for (name, plugin) in &config.plugins.plugins {
-            let cap = plugin.limits.max_publish_bytes;
-            if cap != Limits::default().max_publish_bytes && cap > producer_max {
-                let section = find(&format!("[plugins.{name}]"));
-                let at = text[section..]
-                    .find("max_publish_bytes")
-                    .map_or(section, |i| section + i);
-                return Err(err_at(
-                    at,
-                    format!(
-                        "plugin {name}: `limits.max_publish_bytes` = {cap} is over the producer's `message.max.bytes` ({producer_max}), so messages in between would be accepted from the plugin and refused by Kafka; lower it, or raise `message.max.bytes` under [kafka.producer] (and the topics' max.message.bytes on the brokers)"
-                    ),
-                ));
-            }
-        }
-        if config.retry.max_attempts == 0 {
-            return Err(err_at(
-                find("max_attempts"),
-                "`retry.max_attempts` must be at least 1".into(),
-            ));
-        }
-        // A plugin's identity (its database role) is its config key
-        // folded to lowercase letters, digits and `_`: two keys that fold
-        // alike would be one plugin to the database.
-        let mut roles: BTreeMap<String, &str> = BTreeMap::new();
-        for name in config.plugins.plugins.keys() {
-            let role = crate::identity::plugin_role(name);
-            if let Some(first) = roles.insert(role.clone(), name) {
-                return Err(err_at(
-                    find(&format!("[plugins.{name}]")),
-                    format!(
-                        "plugins {first} and {name} would share the database identity {role} (keys are folded to lowercase letters, digits and _): rename one of them"
-                    ),
-                ));
-            }
-        }
-        for (name, plugin) in &config.plugins.plugins {
-            if plugin.limits.deadline_ms == 0 || plugin.limits.memory_bytes < (1 << 20) {
-                return Err(err_at(
-                    find(&format!("[plugins.{name}]")),
-                    format!(
-                        "plugin {name}: `limits.deadline_ms` must be > 0 and `limits.memory_bytes` at least 1048576"
-                    ),
-                ));
-            }
-            for pattern in &plugin.publish {
-                if pattern.is_empty() {
-                    return Err(err_at(
-                        find(&format!("[plugins.{name}]")),
-                        format!(
-                            "plugin {name}: an empty `publish` pattern grants nothing: remove it"
-                        ),
-                    ));
-                }
-            }
-        }
-        if config.routes.is_empty() {
-            return Err(err_at(
-                text.len(),
-                "no `[[routes]]`: add at least one route from topics to plugins".into(),
-            ));
-        }
-        for route in &config.routes {
-            if route.topics.is_empty() || route.plugins.is_empty() {
-                let at = route
-                    .topics
-                    .first()
-                    .or(route.plugins.first())
-                    .map_or(0, |s| s.span().start);
-                return Err(err_at(
-                    at,
-                    "a route needs at least one topic and one plugin".into(),
-                ));
-            }
-            for topic in &route.topics {
-                if !valid_topic_name(topic.get_ref()) {
-                    return Err(err_at(
-                        topic.span().start,
-                        format!(
-                            "{:?} is not a valid Kafka topic name (1-249 of [a-zA-Z0-9._-])",
-                            topic.get_ref()
-                        ),
-                    ));
-                }
-            }
-            for plugin in &route.plugins {
-                if !config.plugins.plugins.contains_key(plugin.get_ref()) {
-                    let known: Vec<&str> =
-                        config.plugins.plugins.keys().map(String::as_str).collect();
-                    return Err(err_at(
-                        plugin.span().start,
-                        format!(
-                            "route to unknown plugin {:?}: define [plugins.{}] or use one of: {}",
-                            plugin.get_ref(),
-                            plugin.get_ref(),
-                            known.join(", ")
-                        ),
-                    ));
-                }
-            }
-            for key in route
-                .dedupe
-                .iter()
-                .map(|d| (d.header.as_ref(), d.field.as_ref(), "dedupe"))
-                .chain(
-                    route
-                        .matches
-                        .iter()
-                        .map(|m| (m.header.as_ref(), m.field.as_ref(), "match")),
-                )
-            {
-                match key {
-                    (Some(_), None, _) => {}
-                    (None, Some(f), what) if !f.starts_with('/') => {
-                        return Err(err_at(
-                            find(f),
-                            format!(
-                                "`{what}.field` {f:?} must be a JSON pointer starting with '/', like \"/eventId\""
-                            ),
-                        ));
-                    }
-                    (None, Some(_), _) => {}
-                    (_, _, what) => {
-                        let at = route.topics.first().map_or(0, |s| s.span().start);
-                        return Err(err_at(
-                            at,
-                            format!("`{what}` needs exactly one of `header` or `field`"),
-                        ));
-                    }
-                }
-            }
-        }
+        check::check(&config, &check::Source { file: &file, text })?;
         Ok(Self {
             config,
             path: path.to_path_buf(),

@@ -257,7 +257,8 @@ impl<P: Ports> Lane<P> {
     }
 
     /// One event in one plugin, until it is committed, a duplicate, dead
-    /// -lettered, or the lane is cancelled.
+    /// -lettered, or the lane is cancelled: one [`Lane::try_once`] after
+    /// another, each followed by what [`decide`] says.
     async fn run_plugin(
         &mut self,
         event: &Event,
@@ -266,186 +267,246 @@ impl<P: Ports> Lane<P> {
         replay: bool,
         slot: &PluginSlot<PluginOf<P>>,
     ) -> PluginEnd {
-        let ctl = &self.ctl;
-        let shared = ctl.shared.clone();
-        let ctx = Arc::new(EventContext::new(&shared.group, name, event));
-        let options = CallOptions {
-            record: false,
-            isolation: slot.isolation,
-            batch: false,
+        let shared = self.ctl.shared.clone();
+        let call = Call {
+            event,
+            name,
+            marker: Marker::of(&shared.group, name, dedupe_key, event),
+            replay,
+            ctx: Arc::new(EventContext::new(&shared.group, name, event)),
+            options: CallOptions {
+                record: false,
+                isolation: slot.isolation,
+                batch: false,
+            },
         };
-        let marker = Marker::of(&shared.group, name, dedupe_key, event);
         let mut tally = Tally::default();
         loop {
-            if ctl.cancelled() {
+            if self.ctl.cancelled() {
                 return PluginEnd::Abandoned;
             }
-            // 1. The transaction and the marker.
-            let mut work = match Work::begin(&shared.db).await {
-                Ok(work) => work,
-                Err(e) => {
-                    if ctl
-                        .outage(&mut tally, "database unavailable", &e.to_string())
-                        .await
-                    {
+            let tried = self.try_once(&call, slot, tally.attempts == 0).await;
+            let ctl = &self.ctl;
+            let (attempt, outcome) = match &tried {
+                Try::Finished => return PluginEnd::Finished,
+                Try::Again => continue,
+                Try::Outage { what, why } => {
+                    if ctl.outage(&mut tally, what, why).await {
                         return PluginEnd::Abandoned;
                     }
                     continue;
                 }
-            };
-            match work.claim_one(marker, replay).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    work.rollback().await;
-                    shared.count(name, End::Duplicate, None);
-                    tracing::info!(dedupe_key, "{}", duplicate_line(replay));
-                    return PluginEnd::Finished;
+                Try::Park(why) => {
+                    let cause = call.cause(deadletter::PARKED, why, tally.attempts, &shared.group);
+                    return ctl.dead_letter(event, &cause, call.marker).await;
                 }
-                Err(e) => {
-                    work.rollback().await;
-                    if ctl
-                        .outage(
-                            &mut tally,
-                            "cannot write the processed marker",
-                            &e.to_string(),
-                        )
-                        .await
-                    {
-                        return PluginEnd::Abandoned;
-                    }
-                    continue;
-                }
-            }
-
-            // 2. The plugin, inside the transaction, unless its circuit is
-            // open.
-            if let Admission::Park(why) =
-                shared
-                    .breakers
-                    .admit(name, slot.plugin.hash(), slot.breaker)
-            {
-                work.rollback().await;
-                let cause = Cause {
-                    plugin: name,
-                    kind: deadletter::PARKED,
-                    reason: &why,
-                    attempts: tally.attempts,
-                    group: &shared.group,
-                    dedupe_key,
-                };
-                return ctl.dead_letter(event, &cause, marker).await;
-            }
-            let worker = worker_for(&mut self.workers, name, slot);
-            let report = match work.run(worker, ctx.clone(), event, options).await {
-                Ok(report) => report,
-                Err(lost) => {
-                    tracing::error!("{lost}; retrying the event");
-                    continue;
-                }
-            };
-            shared.record_call(name, slot, &report, tally.attempts == 0);
-            if work.is_lost() {
-                tracing::error!(
-                    "the host lost the event's transaction (a bug); retrying the event"
-                );
-                continue;
-            }
-
-            // 3. Commit, then decide.
-            let outcome = report.outcome();
-            let unqueueable: String;
-            let attempt = if outcome.commits() {
-                match work.commit(&[(name, report.messages())]).await {
-                    Ok(()) => {
-                        if !report.messages().is_empty() {
-                            shared.relay_wake.notify_one();
-                        }
-                        shared.count(name, End::of(outcome), event.timestamp_ms);
-                        if let Outcome::Skipped(reason) = outcome {
-                            tracing::info!(%reason, "skipped");
-                        } else {
-                            tracing::debug!(
-                                messages = report.messages().len(),
-                                statements = report.statement_count(),
-                                elapsed_us = report.elapsed().as_micros() as u64,
-                                "done"
-                            );
-                        }
-                        return PluginEnd::Finished;
-                    }
-                    Err(CommitError::Enqueue { error, .. }) if !error.is_outage() => {
-                        // Not an outage: the messages cannot be queued as
-                        // they are. Spend attempts, then dead-letter,
-                        // rather than hold the partition forever.
-                        unqueueable = error.to_string();
-                        Attempt::Unqueueable {
-                            messages: report.messages().len(),
-                            error: &unqueueable,
-                        }
-                    }
-                    Err(e) => {
-                        let why = e.ledger_error().to_string();
-                        if ctl
-                            .outage(&mut tally, "commit failed; the event runs again", &why)
-                            .await
-                        {
-                            return PluginEnd::Abandoned;
-                        }
-                        continue;
-                    }
-                }
-            } else {
-                work.rollback().await;
-                if report.db_unavailable() {
-                    let why = outcome.reason().unwrap_or_default();
-                    if ctl
-                        .outage(
-                            &mut tally,
-                            "the database was unavailable to the plugin",
-                            &why,
-                        )
-                        .await
-                    {
-                        return PluginEnd::Abandoned;
-                    }
-                    continue;
-                }
-                Attempt::Outcome(outcome)
+                Try::Outcome(outcome) => (Attempt::Outcome(outcome), Some(outcome)),
+                Try::Unqueueable { messages, error } => (
+                    Attempt::Unqueueable {
+                        messages: *messages,
+                        error,
+                    },
+                    None,
+                ),
             };
             let (next, after) = decide(attempt, tally, &shared.retry);
             tally = after;
-            match next {
-                Next::Done => return PluginEnd::Finished,
-                Next::Pause { wait } | Next::Retry { wait, .. } => {
-                    if let Next::Retry { reason, .. } = &next {
-                        shared.metrics.retry(name);
-                        let kind = match attempt {
-                            Attempt::Outcome(o) => format!("{}; ", o.kind()),
-                            _ => String::new(),
-                        };
-                        tracing::warn!(%reason, attempt = tally.attempts, "{kind}trying again in {wait:?}");
-                    }
-                    if ctl.pause(wait).await {
-                        return PluginEnd::Abandoned;
-                    }
-                }
-                Next::DeadLetter { kind, reason } => {
-                    let cause = Cause {
-                        plugin: name,
-                        kind: kind.as_str(),
-                        reason: &reason,
-                        attempts: tally.attempts,
-                        group: &shared.group,
-                        dedupe_key,
-                    };
-                    return ctl.dead_letter(event, &cause, marker).await;
-                }
+            if let Some(end) = ctl.follow(next, &call, outcome, tally).await {
+                return end;
             }
+        }
+    }
+
+    /// One try of an event in a plugin: begin, claim the marker, run the
+    /// plugin (unless its circuit is open), and commit when its outcome
+    /// says so.
+    async fn try_once(
+        &mut self,
+        call: &Call<'_>,
+        slot: &PluginSlot<PluginOf<P>>,
+        first_attempt: bool,
+    ) -> Try {
+        let shared = self.ctl.shared.clone();
+        let name = call.name;
+        let mut work = match Work::begin(&shared.db).await {
+            Ok(work) => work,
+            Err(e) => return Try::outage("database unavailable", &e),
+        };
+        match work.claim_one(call.marker, call.replay).await {
+            Ok(true) => {}
+            Ok(false) => {
+                work.rollback().await;
+                shared.count(name, End::Duplicate, None);
+                tracing::info!(
+                    dedupe_key = call.marker.dedupe_key,
+                    "{}",
+                    duplicate_line(call.replay)
+                );
+                return Try::Finished;
+            }
+            Err(e) => {
+                work.rollback().await;
+                return Try::outage("cannot write the processed marker", &e);
+            }
+        }
+        if let Admission::Park(why) = shared
+            .breakers
+            .admit(name, slot.plugin.hash(), slot.breaker)
+        {
+            work.rollback().await;
+            return Try::Park(why);
+        }
+        let worker = worker_for(&mut self.workers, name, slot);
+        let report = match work
+            .run(worker, call.ctx.clone(), call.event, call.options)
+            .await
+        {
+            Ok(report) => report,
+            Err(lost) => {
+                tracing::error!("{lost}; retrying the event");
+                return Try::Again;
+            }
+        };
+        shared.record_call(name, slot, &report, first_attempt);
+        if work.is_lost() {
+            tracing::error!("the host lost the event's transaction (a bug); retrying the event");
+            return Try::Again;
+        }
+        let outcome = report.outcome();
+        if !outcome.commits() {
+            work.rollback().await;
+            if report.db_unavailable() {
+                let why = outcome.reason().unwrap_or_default();
+                return Try::Outage {
+                    what: "the database was unavailable to the plugin",
+                    why,
+                };
+            }
+            return Try::Outcome(outcome.clone());
+        }
+        match work.commit(&[(name, report.messages())]).await {
+            Ok(()) => {
+                shared.committed(name, call.event, &report);
+                Try::Finished
+            }
+            // Not an outage: the messages cannot be queued as they are.
+            // Spend attempts, then dead-letter, rather than hold the
+            // partition forever.
+            Err(CommitError::Enqueue { error, .. }) if !error.is_outage() => Try::Unqueueable {
+                messages: report.messages().len(),
+                error: error.to_string(),
+            },
+            Err(e) => Try::outage("commit failed; the event runs again", e.ledger_error()),
+        }
+    }
+}
+
+/// One event in one plugin, as every try of it sees it.
+struct Call<'a> {
+    event: &'a Event,
+    name: &'a str,
+    marker: Marker<'a>,
+    replay: bool,
+    ctx: Arc<EventContext>,
+    options: CallOptions,
+}
+
+impl<'a> Call<'a> {
+    /// Why this event is dead-lettered.
+    fn cause(&self, kind: &'a str, reason: &'a str, attempts: u32, group: &'a str) -> Cause<'a> {
+        Cause {
+            plugin: self.name,
+            kind,
+            reason,
+            attempts,
+            group,
+            dedupe_key: self.marker.dedupe_key,
+        }
+    }
+}
+
+/// What one try came to.
+enum Try {
+    /// Committed, or a duplicate.
+    Finished,
+    /// Redo at once (the host lost the transaction).
+    Again,
+    /// Something was unavailable: wait without spending an attempt.
+    Outage {
+        /// What failed.
+        what: &'static str,
+        /// Why.
+        why: String,
+    },
+    /// The plugin's circuit is open.
+    Park(String),
+    /// The plugin's outcome (or failure) said not to commit.
+    Outcome(Outcome),
+    /// The plugin's messages could not be queued, and the database is up.
+    Unqueueable {
+        /// How many.
+        messages: usize,
+        /// Why.
+        error: String,
+    },
+}
+
+impl Try {
+    fn outage(what: &'static str, why: &impl std::fmt::Display) -> Self {
+        Try::Outage {
+            what,
+            why: why.to_string(),
+        }
+    }
+}
+
+impl<P: Ports> Shared<P> {
+    /// Account for a committed event.
+    fn committed(&self, name: &str, event: &Event, report: &impl Report) {
+        if !report.messages().is_empty() {
+            self.relay_wake.notify_one();
+        }
+        let outcome = report.outcome();
+        self.count(name, End::of(outcome), event.timestamp_ms);
+        if let Outcome::Skipped(reason) = outcome {
+            tracing::info!(%reason, "skipped");
+        } else {
+            tracing::debug!(
+                messages = report.messages().len(),
+                statements = report.statement_count(),
+                elapsed_us = report.elapsed().as_micros() as u64,
+                "done"
+            );
         }
     }
 }
 
 impl<P: Ports> LaneCtl<P> {
+    /// Do what [`decide`] said after a try that did not finish the event:
+    /// back off, or dead-letter. `None`: try again.
+    async fn follow(
+        &self,
+        next: Next,
+        call: &Call<'_>,
+        outcome: Option<&Outcome>,
+        tally: Tally,
+    ) -> Option<PluginEnd> {
+        match next {
+            Next::Done => Some(PluginEnd::Finished),
+            Next::Pause { wait } => self.pause(wait).await.then_some(PluginEnd::Abandoned),
+            Next::Retry { wait, reason } => {
+                self.shared.metrics.retry(call.name);
+                let kind = outcome.map_or(String::new(), |o| format!("{}; ", o.kind()));
+                tracing::warn!(%reason, attempt = tally.attempts, "{kind}trying again in {wait:?}");
+                self.pause(wait).await.then_some(PluginEnd::Abandoned)
+            }
+            Next::DeadLetter { kind, reason } => {
+                let cause = call.cause(kind.as_str(), &reason, tally.attempts, &self.shared.group);
+                Some(self.dead_letter(call.event, &cause, call.marker).await)
+            }
+        }
+    }
+
     fn cancelled(&self) -> bool {
         self.cancel.load(Ordering::Relaxed)
     }

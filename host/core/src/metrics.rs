@@ -135,106 +135,115 @@ fn latency_buckets() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 17))
 }
 
+/// `metric`, registered under `name` with `help`.
+fn registered<M: prometheus_client::registry::Metric + Clone>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    metric: M,
+) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("switchyard");
-        let events = Family::<OutcomeLabels, Counter>::default();
-        registry.register(
+        let events = registered(
+            &mut registry,
             "events",
             "Events handled, by plugin and outcome (done, skipped, duplicate, dead_lettered, parked)",
-            events.clone(),
+            Family::<OutcomeLabels, Counter>::default(),
         );
-        let call_seconds =
-            Family::<PluginLabel, Histogram>::new_with_constructor(call_buckets as fn() -> _);
-        registry.register(
+        let call_seconds = registered(
+            &mut registry,
             "plugin_call_seconds",
             "Time of one call into a plugin, database work included",
-            call_seconds.clone(),
+            Family::<PluginLabel, Histogram>::new_with_constructor(call_buckets as fn() -> _),
         );
-        let latency_seconds =
-            Family::<PluginLabel, Histogram>::new_with_constructor(latency_buckets as fn() -> _);
-        registry.register(
+        let latency_seconds = registered(
+            &mut registry,
             "event_latency_seconds",
             "From the record's timestamp to the commit of the plugin's effects",
-            latency_seconds.clone(),
+            Family::<PluginLabel, Histogram>::new_with_constructor(latency_buckets as fn() -> _),
         );
-        let retries = Family::<PluginLabel, Counter>::default();
-        registry.register(
+        let retries = registered(
+            &mut registry,
             "retries",
             "Attempts that will be retried (retry outcomes and failed calls)",
-            retries.clone(),
+            Family::<PluginLabel, Counter>::default(),
         );
-        let dead_letters = Family::<OutcomeLabels, Counter>::default();
-        registry.register(
+        let dead_letters = registered(
+            &mut registry,
             "dead_letters",
             "Events written to the dead-letter topic, by plugin and the outcome that sent them",
-            dead_letters.clone(),
+            Family::<OutcomeLabels, Counter>::default(),
         );
-        let outages = Counter::default();
-        registry.register(
+        let outages = registered(
+            &mut registry,
             "outages",
             "Pauses because the database or the broker was unavailable",
-            outages.clone(),
+            Counter::default(),
         );
-        let reloads = Family::<ReloadLabels, Counter>::default();
-        registry.register(
+        let reloads = registered(
+            &mut registry,
             "reloads",
             "Hot reloads of a plugin or the config, applied or refused",
-            reloads.clone(),
+            Family::<ReloadLabels, Counter>::default(),
         );
-        let publishes_refused = Family::<PluginLabel, Counter>::default();
-        registry.register(
+        let publishes_refused = registered(
+            &mut registry,
             "publishes_refused",
             "Publishes refused to a plugin (topic not granted, size or count cap)",
-            publishes_refused.clone(),
+            Family::<PluginLabel, Counter>::default(),
         );
-        let circuits_opened = Family::<PluginLabel, Counter>::default();
-        registry.register(
+        let circuits_opened = registered(
+            &mut registry,
             "circuits_opened",
             "Times a plugin's circuit breaker opened",
-            circuits_opened.clone(),
+            Family::<PluginLabel, Counter>::default(),
         );
-        let circuit_open = Family::<PluginLabel, Gauge>::default();
-        registry.register(
+        let circuit_open = registered(
+            &mut registry,
             "circuit_open",
             "1 while the plugin's circuit is open or half-open",
-            circuit_open.clone(),
+            Family::<PluginLabel, Gauge>::default(),
         );
-        let outbox_backlog = Gauge::default();
-        registry.register(
+        let outbox_backlog = registered(
+            &mut registry,
             "outbox_backlog",
             "Messages committed by plugins and not yet acknowledged by the broker",
-            outbox_backlog.clone(),
+            Gauge::default(),
         );
-        let consumer_lag = Family::<PartitionLabels, Gauge>::default();
-        registry.register(
+        let consumer_lag = registered(
+            &mut registry,
             "consumer_lag",
             "Records between the router's position and the end of each assigned partition",
-            consumer_lag.clone(),
+            Family::<PartitionLabels, Gauge>::default(),
         );
-        let plugin_info = Family::<VersionLabels, Gauge>::default();
-        registry.register(
+        let plugin_info = registered(
+            &mut registry,
             "plugin_info",
             "The plugin versions in service (value 1)",
-            plugin_info.clone(),
+            Family::<VersionLabels, Gauge>::default(),
         );
-        let outbox_oldest_age_seconds = Gauge::default();
-        registry.register(
+        let outbox_oldest_age_seconds = registered(
+            &mut registry,
             "outbox_oldest_age_seconds",
             "Age of the oldest message waiting in the outbox (0 when it is empty)",
-            outbox_oldest_age_seconds.clone(),
+            Gauge::default(),
         );
-        let outbox_quarantined = Family::<QuarantineLabels, Counter>::default();
-        registry.register(
+        let outbox_quarantined = registered(
+            &mut registry,
             "outbox_quarantined",
             "Outbox messages the broker refused for good (too large, no such partition, ...), moved to the dead-letter topic so the messages behind them flow, by plugin and reason",
-            outbox_quarantined.clone(),
+            Family::<QuarantineLabels, Counter>::default(),
         );
-        let outbox_dead_letter_failures = Counter::default();
-        registry.register(
+        let outbox_dead_letter_failures = registered(
+            &mut registry,
             "outbox_dead_letter_failures",
             "Refused outbox messages whose dead letter could not be written: the row stays and is tried again later",
-            outbox_dead_letter_failures.clone(),
+            Counter::default(),
         );
         Self {
             registry,

@@ -3,9 +3,11 @@
 use super::{End, EventEnd, Lane, duplicate_line, event_span, worker_for};
 use crate::event::{Event, EventContext};
 use crate::message::OutMessage;
+use crate::outcome::Outcome;
 use crate::routes::Selected;
-use crate::state::{PluginOf, PluginSlot, Ports};
+use crate::state::{PluginOf, PluginSlot, Ports, RouterState, Shared};
 use crate::work::{CallOptions, Marker, Report, Work};
+use std::collections::HashSet;
 use std::sync::Arc;
 use tracing::Instrument;
 
@@ -45,22 +47,9 @@ impl<P: Ports> Lane<P> {
         }
         let state = self.ctl.shared.state.load_full();
         let shared = self.ctl.shared.clone();
-        // What runs: each event's plugins, in order.
-        let mut plan: Vec<Step<'_, PluginOf<P>>> = Vec::new();
-        for event in events {
-            for sel in state.routes.select(event) {
-                let Some(slot) = state.plugins.get(&sel.plugin) else {
-                    return self.process_each(events, 0).await;
-                };
-                // A circuit that is not closed parks or tries one event:
-                // that is the one-event path's business, and asking the
-                // breaker here would spend its trial.
-                if !shared.circuit_closed(&sel.plugin, slot) {
-                    return self.process_each(events, 0).await;
-                }
-                plan.push((event, sel, slot));
-            }
-        }
+        let Some(plan) = plan::<P>(&shared, &state, events) else {
+            return self.process_each(events, 0).await;
+        };
         let mut work = match Work::begin(&shared.db).await {
             Ok(work) => work,
             Err(e) => {
@@ -69,13 +58,13 @@ impl<P: Ports> Lane<P> {
             }
         };
         // Every new marker in one statement (replays take theirs one by
-        // one below). A marker not written is a duplicate.
+        // one as they come). A marker not written is a duplicate.
         let markers: Vec<Marker<'_>> = plan
             .iter()
             .filter(|(_, sel, _)| !sel.replay)
             .map(|(event, sel, _)| Marker::of(&shared.group, &sel.plugin, &sel.dedupe_key, event))
             .collect();
-        let mut written = match work.claim(&markers).await {
+        let written = match work.claim(&markers).await {
             Ok(w) => w,
             Err(e) => {
                 work.rollback().await;
@@ -83,35 +72,49 @@ impl<P: Ports> Lane<P> {
                 return self.process_each(events, 0).await;
             }
         };
-        // Each plugin's messages, in order, queued at the end.
-        let mut messages: Vec<(&str, Vec<OutMessage>)> = Vec::new();
-        // (plugin, end, record timestamp), counted once committed.
-        let mut counts: Vec<(&str, End, Option<i64>)> = Vec::new();
-        for (event, sel, slot) in &plan {
-            if self.ctl.cancelled() {
+        match self.run_steps(&mut work, &plan, written).await {
+            Ok(done) => self.commit_batch(work, events, done).await,
+            Err(Fallback::Cancelled) => {
                 // Revoked or stopping: the markers of events not handled
                 // yet are in this transaction, so none of it commits; the
                 // partition's next owner handles the batch.
                 work.rollback().await;
-                return 0;
+                0
+            }
+            Err(Fallback::OneByOne) => {
+                work.rollback().await;
+                self.process_each(events, 0).await
+            }
+        }
+    }
+
+    /// Every plugin call of the batch, in order, in `work`; what they
+    /// published and how each ended, or why the batch falls back.
+    async fn run_steps<'p>(
+        &mut self,
+        work: &mut Work<'_, P::Ledger>,
+        plan: &'p [Step<'p, PluginOf<P>>],
+        mut written: HashSet<(String, String)>,
+    ) -> Result<Done<'p>, Fallback> {
+        let shared = self.ctl.shared.clone();
+        let mut done = Done::default();
+        for (event, sel, slot) in plan {
+            if self.ctl.cancelled() {
+                return Err(Fallback::Cancelled);
             }
             let span = event_span(&sel.plugin, event);
             let fresh = if sel.replay {
                 let marker = Marker::of(&shared.group, &sel.plugin, &sel.dedupe_key, event);
-                match work.claim_replay(marker).await {
-                    Ok(claimed) => claimed,
-                    Err(e) => {
-                        work.rollback().await;
-                        batch_fallback("cannot claim a replay's marker", &e.to_string());
-                        return self.process_each(events, 0).await;
-                    }
-                }
+                work.claim_replay(marker).await.map_err(|e| {
+                    batch_fallback("cannot claim a replay's marker", &e.to_string());
+                    Fallback::OneByOne
+                })?
             } else {
                 // The first of the batch's events with this key runs.
                 written.remove(&(sel.plugin.clone(), sel.dedupe_key.clone()))
             };
             if !fresh {
-                counts.push((&sel.plugin, End::Duplicate, None));
+                done.counts.push((&sel.plugin, End::Duplicate, None));
                 tracing::info!(parent: &span, dedupe_key = %sel.dedupe_key, "{}", duplicate_line(sel.replay));
                 continue;
             }
@@ -119,8 +122,7 @@ impl<P: Ports> Lane<P> {
             // and trials happen on the one-event path. Checked without
             // asking for admission, which would spend a half-open trial.
             if !shared.circuit_closed(&sel.plugin, slot) {
-                work.rollback().await;
-                return self.process_each(events, 0).await;
+                return Err(Fallback::OneByOne);
             }
             let ctx = Arc::new(EventContext::new(&shared.group, &sel.plugin, event));
             let options = CallOptions {
@@ -129,54 +131,61 @@ impl<P: Ports> Lane<P> {
                 batch: true,
             };
             let worker = worker_for(&mut self.workers, &sel.plugin, slot);
-            let report = match work
+            let mut report = work
                 .run(worker, ctx, event, options)
                 .instrument(span.clone())
                 .await
-            {
-                Ok(report) => report,
-                Err(lost) => {
+                .map_err(|lost| {
                     tracing::error!(parent: &span, "{lost}; handling the batch's events one by one");
-                    return self.process_each(events, 0).await;
-                }
-            };
+                    Fallback::OneByOne
+                })?;
             let outcome = report.outcome();
             let success = outcome.commits() && !report.db_failed() && !report.db_unavailable();
             if success {
-                // Anything else is replayed one by one, and counted
-                // there.
+                // Anything else is replayed one by one, and counted there.
                 shared.record_call(&sel.plugin, slot, &report, true);
             }
             if work.is_lost() {
                 tracing::error!(parent: &span, "the host lost the batch's transaction (a bug); handling its events one by one");
-                return self.process_each(events, 0).await;
+                return Err(Fallback::OneByOne);
             }
             if !success {
                 tracing::debug!(parent: &span, outcome = %outcome.kind(), "batch rolled back; replaying its events one by one");
-                work.rollback().await;
-                return self.process_each(events, 0).await;
+                return Err(Fallback::OneByOne);
             }
-            counts.push((&sel.plugin, End::of(outcome), event.timestamp_ms));
-            if let crate::outcome::Outcome::Skipped(reason) = outcome {
+            done.counts
+                .push((&sel.plugin, End::of(outcome), event.timestamp_ms));
+            if let Outcome::Skipped(reason) = outcome {
                 tracing::info!(parent: &span, %reason, "skipped");
             }
-            let mut report = report;
             let produced = report.take_messages();
-            match messages.iter_mut().find(|(p, _)| *p == sel.plugin) {
+            match done.messages.iter_mut().find(|(p, _)| *p == sel.plugin) {
                 Some((_, queued)) => queued.extend(produced),
-                None => messages.push((&sel.plugin, produced)),
+                None => done.messages.push((&sel.plugin, produced)),
             }
         }
-        // The batch's messages, each plugin's in order, then the commit.
-        let outbox: Vec<(&str, &[OutMessage])> =
-            messages.iter().map(|(p, m)| (*p, m.as_slice())).collect();
-        let any_messages = outbox.iter().any(|(_, m)| !m.is_empty());
+        Ok(done)
+    }
+
+    /// The batch's messages, each plugin's in order, then the commit.
+    async fn commit_batch(
+        &mut self,
+        work: Work<'_, P::Ledger>,
+        events: &[Event],
+        done: Done<'_>,
+    ) -> usize {
+        let shared = self.ctl.shared.clone();
+        let outbox: Vec<(&str, &[OutMessage])> = done
+            .messages
+            .iter()
+            .map(|(p, m)| (*p, m.as_slice()))
+            .collect();
         match work.commit(&outbox).await {
             Ok(()) => {
-                for (plugin, end, ts) in &counts {
+                for (plugin, end, ts) in &done.counts {
                     shared.count(plugin, *end, *ts);
                 }
-                if any_messages {
+                if outbox.iter().any(|(_, m)| !m.is_empty()) {
                     shared.relay_wake.notify_one();
                 }
                 events.len()
@@ -187,4 +196,43 @@ impl<P: Ports> Lane<P> {
             }
         }
     }
+}
+
+/// What runs: each event's plugins, in order; `None` when the batch must
+/// go one by one (a plugin not loaded, a circuit not closed: parking and
+/// trials are the one-event path's business, and asking the breaker here
+/// would spend its trial).
+fn plan<'e, P: Ports>(
+    shared: &Shared<P>,
+    state: &'e RouterState<PluginOf<P>>,
+    events: &'e [Event],
+) -> Option<Vec<Step<'e, PluginOf<P>>>> {
+    let mut plan = Vec::new();
+    for event in events {
+        for sel in state.routes.select(event) {
+            let slot = state.plugins.get(&sel.plugin)?;
+            if !shared.circuit_closed(&sel.plugin, slot) {
+                return None;
+            }
+            plan.push((event, sel, slot));
+        }
+    }
+    Some(plan)
+}
+
+/// Why a batch stops.
+enum Fallback {
+    /// The lane was cancelled: nothing commits, nothing is finished.
+    Cancelled,
+    /// Roll back and handle the events one by one.
+    OneByOne,
+}
+
+/// What a batch's calls produced.
+#[derive(Default)]
+struct Done<'p> {
+    /// Each plugin's messages, in order.
+    messages: Vec<(&'p str, Vec<OutMessage>)>,
+    /// (plugin, how it ended, record timestamp), counted once committed.
+    counts: Vec<(&'p str, End, Option<i64>)>,
 }

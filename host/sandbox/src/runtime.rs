@@ -3,7 +3,7 @@
 //!
 //! Sandbox defaults (DESIGN.md): Cranelift, guard pages, the pooling
 //! allocator, epoch interruption with a ticker every
-//! [`EPOCH_TICK_MS`](crate::limits::EPOCH_TICK_MS) and a deadline per call,
+//! [`EPOCH_TICK_MS`](switchyard_core::limits::EPOCH_TICK_MS) and a deadline per call,
 //! a memory cap per plugin ([`crate::capabilities::MemoryCap`]), and a WASI
 //! context that grants nothing.
 //!
@@ -13,19 +13,19 @@
 //! new plugin version, and never reuses a store after a trap.
 //! [`Isolation::PerEvent`] gives every event a fresh instance instead.
 
-use crate::bindings::{Plugin, PluginPre, switchyard::plugin::types};
 use crate::capabilities::db::StatementRecord;
 use crate::capabilities::log::LogLine;
 use crate::capabilities::publish::OutMessage;
 use crate::capabilities::{HostState, PluginEnv};
-use crate::database::{MigrationSql, Tx};
-use crate::event::{Event, EventContext};
-use crate::limits::EPOCH_TICK_MS;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use switchyard_core::event::{Event, EventContext};
+use switchyard_core::limits::EPOCH_TICK_MS;
 use switchyard_core::partitions::Partitions;
+use switchyard_store::database::{MigrationSql, Tx};
+use switchyard_wit::{Plugin, PluginPre, switchyard::plugin::types};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 
@@ -33,6 +33,32 @@ pub use switchyard_core::identity::short_hash;
 pub use switchyard_core::outcome::{Failure, MAX_REASON_BYTES, Outcome, OutcomeKind, cap_reason};
 pub use switchyard_core::work::{CallOptions, Isolation};
 use switchyard_core::work::{Report, Runner, Versioned};
+
+/// Why a plugin that names a native handler cannot run in this build.
+fn no_native_handlers(native: crate::native::Native) -> String {
+    format!(
+        "`native = {native:?}` names a benchmark handler, and this build has none (scripts/bench builds with the `bench-native` feature)"
+    )
+}
+
+/// Why the engine could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// wasmtime refused the configuration.
+    #[error("cannot create the WebAssembly engine: {reason}{hint}")]
+    Engine {
+        /// wasmtime's error.
+        reason: String,
+        /// What to change, when known.
+        hint: &'static str,
+    },
+    /// The capabilities could not be linked (a host bug).
+    #[error("cannot link the plugin capabilities: {0}")]
+    Link(String),
+    /// The epoch ticker thread could not start.
+    #[error("cannot start the epoch ticker thread: {0}")]
+    Ticker(std::io::Error),
+}
 
 /// Engine-wide settings.
 #[derive(Debug, Clone)]
@@ -196,7 +222,7 @@ pub struct Runtime {
 
 impl Runtime {
     /// Build the engine and start the epoch ticker.
-    pub fn new(options: RuntimeOptions) -> anyhow::Result<Self> {
+    pub fn new(options: RuntimeOptions) -> Result<Self, EngineError> {
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.wasm_component_model(true);
@@ -215,19 +241,17 @@ impl Runtime {
                 .max_memory_size(options.max_memory_bytes);
             config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         }
-        let engine = Engine::new(&config).map_err(|e| {
-            anyhow::anyhow!(
-                "cannot create the WebAssembly engine: {e:#}{}",
-                if options.pooling {
-                    " (the pooling allocator reserves address space up front; lower `max_instances` or turn `pooling` off)"
-                } else {
-                    ""
-                }
-            )
+        let engine = Engine::new(&config).map_err(|e| EngineError::Engine {
+            reason: format!("{e:#}"),
+            hint: if options.pooling {
+                " (the pooling allocator reserves address space up front; lower `max_instances` or turn `pooling` off)"
+            } else {
+                ""
+            },
         })?;
         let mut linker = Linker::new(&engine);
         crate::capabilities::add_to_linker(&mut linker)
-            .map_err(|e| anyhow::anyhow!("cannot link the plugin capabilities: {e:#}"))?;
+            .map_err(|e| EngineError::Link(format!("{e:#}")))?;
 
         let stop = Arc::new(AtomicBool::new(false));
         let ticker_engine = engine.clone();
@@ -239,7 +263,8 @@ impl Runtime {
                     std::thread::sleep(Duration::from_millis(EPOCH_TICK_MS));
                     ticker_engine.increment_epoch();
                 }
-            })?;
+            })
+            .map_err(EngineError::Ticker)?;
         Ok(Self {
             engine,
             linker,
@@ -251,6 +276,14 @@ impl Runtime {
     /// Refuse limits the engine cannot honour (a memory cap over the
     /// pool's slot size).
     fn check_env(&self, env: &PluginEnv, source_name: &str) -> Result<(), LoadError> {
+        if let Some(native) = env.native
+            && !cfg!(feature = "bench-native")
+        {
+            return Err(LoadError::Start {
+                source_name: source_name.to_string(),
+                reason: no_native_handlers(native),
+            });
+        }
         if env.limits.memory_bytes > self.options.max_memory_bytes {
             return Err(LoadError::Start {
                 source_name: source_name.to_string(),
@@ -586,9 +619,16 @@ impl PluginWorker {
             return (empty(Outcome::Rejected(reason), false), Some(tx));
         }
         if let Some(native) = self.plugin.env.native {
+            #[cfg(feature = "bench-native")]
             return self
                 .handle_native(native, event, tx, options, started)
                 .await;
+            // Refused at load (`check_env`); never dropped silently.
+            #[cfg(not(feature = "bench-native"))]
+            return (
+                empty(Outcome::Rejected(no_native_handlers(native)), false),
+                Some(tx),
+            );
         }
         let fresh_instance = self.live.is_none() || options.isolation == Isolation::PerEvent;
         let mut live = match self.live.take() {
@@ -602,7 +642,7 @@ impl PluginWorker {
         let mut tx = tx;
         let env = &self.plugin.env;
         let role = env.db_role.clone();
-        let access = crate::database::PluginAccess {
+        let access = switchyard_store::database::PluginAccess {
             plugin: &env.name,
             role: role.as_deref(),
             tables: &env.db_tables,
@@ -697,6 +737,7 @@ impl PluginWorker {
     }
 }
 
+#[cfg(feature = "bench-native")]
 impl PluginWorker {
     /// [`PluginWorker::handle`] for a handler compiled into the host
     /// (`native` in the plugin's config; `scripts/bench` only): the same
@@ -711,7 +752,7 @@ impl PluginWorker {
     ) -> (Invocation, Option<Tx>) {
         let env = self.plugin.env.clone();
         let mut inv = Invocation::empty(Outcome::Done, false, Duration::ZERO);
-        let access = crate::database::PluginAccess {
+        let access = switchyard_store::database::PluginAccess {
             plugin: &env.name,
             role: env.db_role.as_deref(),
             tables: &env.db_tables,

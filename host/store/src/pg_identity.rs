@@ -442,7 +442,7 @@ impl PgDb {
             role,
             pool,
             statement_timeout_ms: Arc::new(std::sync::atomic::AtomicU64::new(
-                crate::limits::Limits::default().statement_timeout_ms,
+                switchyard_core::limits::Limits::default().statement_timeout_ms,
             )),
         };
         self.plugins

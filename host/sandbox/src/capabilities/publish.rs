@@ -6,10 +6,10 @@
 //! `switchyard plugin test` prints them.
 
 use super::HostState;
-use crate::bindings::switchyard::plugin::publish::{self, Error, Message};
-use crate::event::EventContext;
 use std::sync::Arc;
+use switchyard_core::event::EventContext;
 use switchyard_core::partitions::{PartitionCheck, Partitions};
+use switchyard_wit::switchyard::plugin::publish::{self, Error, Message};
 
 pub use switchyard_core::grants::{Grants, valid_topic_name};
 pub use switchyard_core::message::OutMessage;

@@ -8,12 +8,11 @@
 //! Also here: the router's own tables (`switchyard_processed` markers and
 //! the outbox), created at start.
 
-use crate::bindings::switchyard::plugin::db::Value;
-use crate::capabilities::publish::OutMessage;
 use crate::database::{Backend, Database, Tx};
-use crate::event::Headers;
-use crate::limits::Limits;
-use crate::store_error::StoreError;
+use crate::error::StoreError;
+use switchyard_core::event::Headers;
+use switchyard_core::message::OutMessage;
+use switchyard_wit::switchyard::plugin::db::Value;
 
 const POSTGRES_TABLES: &str = "
 CREATE TABLE IF NOT EXISTS switchyard_processed (
@@ -505,7 +504,7 @@ pub struct OutboxState {
 }
 
 /// Backlog, oldest row's age and parked rows, in one short transaction.
-pub async fn state(db: &Database) -> anyhow::Result<OutboxState> {
+pub async fn state(db: &Database) -> Result<OutboxState, StoreError> {
     let age_sql = match db.backend() {
         Backend::Postgres => {
             "SELECT CAST(EXTRACT(EPOCH FROM (now() - created_at)) AS bigint) FROM switchyard_outbox ORDER BY id LIMIT 1"
@@ -514,23 +513,20 @@ pub async fn state(db: &Database) -> anyhow::Result<OutboxState> {
             "SELECT CAST(strftime('%s', 'now') AS INTEGER) - CAST(strftime('%s', created_at) AS INTEGER) FROM switchyard_outbox ORDER BY id LIMIT 1"
         }
     };
-    let mut tx = db.begin().await?;
+    let mut tx = db.begin().await.map_err(crate::error::map_error)?;
     let mut ints = Vec::new();
     for sql in [
         "SELECT count(*) FROM switchyard_outbox",
         age_sql,
         "SELECT count(*) FROM switchyard_outbox WHERE retry_at_ms IS NOT NULL",
     ] {
-        let rows = tx
-            .query(sql, &[], &Limits::default())
-            .await
-            .map_err(|e| anyhow::anyhow!("{}", e.to_string()))?;
+        let rows = tx.query_host(sql, &[]).await?;
         ints.push(match rows.rows.first().and_then(|r| r.first()) {
             Some(Value::Int(n)) => *n,
             _ => 0,
         });
     }
-    tx.rollback().await?;
+    tx.rollback().await.map_err(crate::error::map_error)?;
     Ok(OutboxState {
         backlog: ints[0],
         oldest_age_s: ints[1].max(0),
@@ -540,18 +536,13 @@ pub async fn state(db: &Database) -> anyhow::Result<OutboxState> {
 
 /// Rows waiting in the outbox: committed by plugins, not yet acknowledged
 /// by the broker.
-pub async fn backlog(db: &Database) -> anyhow::Result<i64> {
-    let mut tx = db.begin().await?;
+pub async fn backlog(db: &Database) -> Result<i64, StoreError> {
+    let mut tx = db.begin().await.map_err(crate::error::map_error)?;
 
     let rows = tx
-        .query(
-            "SELECT count(*) FROM switchyard_outbox",
-            &[],
-            &Limits::default(),
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("{}", e.to_string()))?;
-    tx.rollback().await?;
+        .query_host("SELECT count(*) FROM switchyard_outbox", &[])
+        .await?;
+    tx.rollback().await.map_err(crate::error::map_error)?;
     Ok(match rows.rows.first().and_then(|r| r.first()) {
         Some(Value::Int(n)) => *n,
         _ => 0,

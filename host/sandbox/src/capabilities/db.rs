@@ -6,10 +6,10 @@
 //! (from `describe`) is an `unavailable` error.
 
 use super::HostState;
-use crate::bindings::switchyard::plugin::db::{self, Error, Rows, Value};
-use crate::database::{Backend, Tx, value_size};
-use crate::sql_gate;
-use crate::store_error::{ConstraintKind, StoreError};
+use switchyard_store::database::{Backend, Tx, value_size};
+use switchyard_store::error::{ConstraintKind, StoreError};
+use switchyard_store::sql_gate;
+use switchyard_wit::switchyard::plugin::db::{self, Error, Rows, Value};
 
 /// Per-instance `db` state.
 #[derive(Debug, Default)]

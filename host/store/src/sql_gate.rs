@@ -23,7 +23,7 @@
 //! The gate is defence in depth, not the boundary: on PostgreSQL each
 //! plugin's SQL runs as its own role with grants on its own tables only.
 
-use crate::store_error::Backend;
+use crate::error::Backend;
 
 pub mod allow_list;
 mod postgres;
@@ -175,8 +175,8 @@ struct Word {
 /// refused (the error names what was refused and says what to do).
 ///
 /// ```
-/// use switchyard::database::Backend;
-/// use switchyard::sql_gate::{check, GateError, StatementKind};
+/// use switchyard_store::database::Backend;
+/// use switchyard_store::sql_gate::{check, GateError, StatementKind};
 /// assert_eq!(check("SELECT 1; -- done", 1024, Backend::Sqlite), Ok(StatementKind::Select));
 /// assert_eq!(check("SELECT 1; DROP TABLE t", 1024, Backend::Sqlite), Err(GateError::MultipleStatements));
 /// assert_eq!(
@@ -277,8 +277,8 @@ impl VerdictCache {
 /// scope of SQLite's authorizer (`sqlite_sandbox::MigrationScope`).
 ///
 /// ```
-/// use switchyard::database::Backend;
-/// use switchyard::sql_gate::check_migration;
+/// use switchyard_store::database::Backend;
+/// use switchyard_store::sql_gate::check_migration;
 /// let script = "-- CREATE TABLE not_this (x int)\nCREATE TABLE t (x int DEFAULT now())";
 /// let summary = check_migration(script, Backend::Postgres).unwrap();
 /// assert_eq!(summary.tables_created, ["t"]);

@@ -12,11 +12,11 @@ pub mod db;
 pub mod log;
 pub mod publish;
 
-use crate::bindings::switchyard::plugin::types;
-use crate::event::EventContext;
 use std::sync::Arc;
 use std::time::Instant;
+use switchyard_core::event::EventContext;
 use switchyard_core::partitions::Partitions;
+use switchyard_wit::switchyard::plugin::types;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -171,6 +171,6 @@ impl types::Host for HostState {}
 /// Add WASI and the four capabilities to `linker`.
 pub fn add_to_linker(linker: &mut wasmtime::component::Linker<HostState>) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
-    crate::bindings::Plugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(linker, |s| s)?;
+    switchyard_wit::Plugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(linker, |s| s)?;
     Ok(())
 }

@@ -7,11 +7,11 @@
 //! log.
 
 use super::HostState;
-use crate::bindings::switchyard::plugin::log::{self, Level};
-use crate::event::EventContext;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
+use switchyard_core::event::EventContext;
+use switchyard_wit::switchyard::plugin::log::{self, Level};
 
 /// Longest log line kept, in bytes; longer ones are cut.
 const MAX_LINE_BYTES: usize = 4096;

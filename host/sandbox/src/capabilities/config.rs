@@ -2,7 +2,7 @@
 //! config, read-only.
 
 use super::HostState;
-use crate::bindings::switchyard::plugin::config;
+use switchyard_wit::switchyard::plugin::config;
 
 impl config::Host for HostState {
     async fn settings(&mut self) -> wasmtime::Result<String> {

@@ -12,15 +12,17 @@
 //! This is a measuring instrument, not a way to ship handlers: there are
 //! only the two below.
 
-use crate::bindings::switchyard::plugin::db::Value;
-use crate::database::Tx;
-use crate::event::Event;
-use crate::store_error::StoreError;
-use switchyard_core::outcome::Outcome;
+#[cfg(feature = "bench-native")]
+use {
+    switchyard_core::event::Event, switchyard_core::outcome::Outcome,
+    switchyard_store::database::Tx, switchyard_store::error::StoreError,
+    switchyard_wit::switchyard::plugin::db::Value,
+};
 
 pub use switchyard_core::native::{BENCH_UPSERT, Native};
 
 /// Handle `event` in `tx` as the plugin would.
+#[cfg(feature = "bench-native")]
 pub async fn handle(
     native: Native,
     event: &Event,

@@ -206,8 +206,8 @@ impl Scope {
 
     /// The error for a plugin statement that failed with `e`: the
     /// authorizer's reason for a refusal, the timeout for an interruption.
-    pub fn explain(&self, e: sqlx::Error) -> crate::store_error::StoreError {
-        use crate::store_error::StoreError as DbError;
+    pub fn explain(&self, e: sqlx::Error) -> crate::error::StoreError {
+        use crate::error::StoreError as DbError;
         if let Some(why) = self.denial() {
             return DbError::Denied(why);
         }
@@ -219,7 +219,7 @@ impl Scope {
                 self.state.plugin, self.state.timeout_ms
             ));
         }
-        crate::store_error::map_error(e)
+        crate::error::map_error(e)
     }
 }
 

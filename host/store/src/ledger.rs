@@ -2,8 +2,8 @@
 //! processed-markers and the outbox rows of the unit of work.
 
 use crate::database::{Database, Tx};
+use crate::error::StoreError;
 use crate::outbox;
-use crate::store_error::StoreError;
 use std::collections::HashSet;
 use switchyard_core::message::OutMessage;
 use switchyard_core::work::{Ledger, LedgerError, Marker};
