@@ -27,7 +27,14 @@ pub use switchyard_core::{
     breaker, config, deadletter, decision, event, lane, limits, memory, metrics, outcome, routes,
     state, work,
 };
-pub use switchyard_sandbox::{capabilities, native, runtime};
+pub use switchyard_sandbox::{capabilities, native, worker};
+
+/// The engine, plugin loading and the workers, under the module name
+/// they had before the sandbox was a crate of its own.
+pub mod runtime {
+    pub use switchyard_sandbox::runtime::*;
+    pub use switchyard_sandbox::worker::*;
+}
 pub use switchyard_store::{
     database, error as store_error, ledger, outbox, pg_identity, sql_gate, sqlite_sandbox,
 };
