@@ -8,7 +8,7 @@
 //!   event;
 //! - `native-noop`, `native-upsert`: the same work by a handler compiled
 //!   into the host, through the same pipeline (`native` in the plugin's
-//!   config, see `host/src/native.rs`): the sandbox's cost;
+//!   config, see `host/sandbox/src/native.rs`): the sandbox's cost;
 //! - `hand-noop`, `hand-upsert`: the same work in a hand-written consumer
 //!   in the seeds' stack (`tests/clients/handwritten_consumer.py`,
 //!   aiokafka + asyncpg, one transaction per event with a processed_events
