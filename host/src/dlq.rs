@@ -260,15 +260,11 @@ async fn marker_of(
         ),
     };
     let mut tx = db.begin().await?;
-    let rows = tx
-        .query_with(sql, &params, &crate::limits::Limits::default(), false)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"));
-    let _ = tx.rollback().await;
-    Ok(match rows?.rows.first().map(Vec::as_slice) {
-        Some([Value::Text(key), Value::Text(outcome)]) => Some((key.clone(), outcome.clone())),
-        _ => None,
-    })
+    let rows: Result<Vec<(String, String)>, _> = tx.query_host_as(sql, &params).await;
+    if let Err(e) = tx.rollback().await {
+        tracing::debug!(error = %e, "rollback of a read-only lookup failed; its session ends with it");
+    }
+    Ok(rows?.into_iter().next())
 }
 
 /// Decide whether `d` can be replayed: its plugin, its consumer group, its

@@ -9,7 +9,7 @@ use crate::database::{Backend, Database, Tx};
 use crate::event::Headers;
 use crate::kafka::{ProduceFailure, classify_produce_error, to_headers};
 use crate::metrics::Metrics;
-use crate::outbox::{ROW_COLUMNS, Row, decode_row};
+use crate::outbox::{ROW_COLUMNS, Record, Row};
 use crate::store_error::StoreError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::sync::Arc;
@@ -115,23 +115,16 @@ impl Relay {
     /// for a dead-letter retry. On PostgreSQL the rows are locked (`SKIP
     /// LOCKED`) so that several routers on one database never send the
     /// same row at once.
-    async fn read_window(&self, tx: &mut Tx) -> Result<Vec<Vec<Value>>, StoreError> {
+    async fn read_window(&self, tx: &mut Tx) -> Result<Vec<Record>, StoreError> {
         // The distinct plugins by a walk up the (plugin, id) index, one
         // probe per plugin, instead of a scan of the whole backlog.
-        let plugins = tx
-            .query_host(
+        let plugins: Vec<(String,)> = tx
+            .query_host_as(
                 "WITH RECURSIVE p(plugin) AS (SELECT min(plugin) FROM switchyard_outbox UNION ALL SELECT (SELECT min(o.plugin) FROM switchyard_outbox o WHERE o.plugin > p.plugin) FROM p WHERE p.plugin IS NOT NULL) SELECT plugin FROM p WHERE plugin IS NOT NULL",
                 &[],
             )
             .await?;
-        let plugins: Vec<String> = plugins
-            .rows
-            .into_iter()
-            .filter_map(|r| match r.into_iter().next() {
-                Some(Value::Text(p)) => Some(p),
-                _ => None,
-            })
-            .collect();
+        let plugins: Vec<String> = plugins.into_iter().map(|(p,)| p).collect();
         let batch = usize::try_from(self.batch).unwrap_or(500);
         let share = fair_share(batch, plugins.len());
         let sql = format!(
@@ -144,8 +137,8 @@ impl Relay {
         let now = chrono::Utc::now().timestamp_millis();
         let mut rows = Vec::new();
         for plugin in plugins {
-            let got = tx
-                .query_host(
+            let got: Vec<Record> = tx
+                .query_host_as(
                     &sql,
                     &[
                         Value::Text(plugin),
@@ -154,9 +147,9 @@ impl Relay {
                     ],
                 )
                 .await?;
-            rows.push(got.rows);
+            rows.extend(got);
         }
-        Ok(rows.into_iter().flatten().collect())
+        Ok(rows)
     }
 
     /// Produce one window of rows, each plugin its fair share, oldest
@@ -189,7 +182,7 @@ impl Relay {
         let mut rows = Vec::with_capacity(cells.len());
         let mut failed = 0;
         for c in cells {
-            match decode_row(c) {
+            match c.decode() {
                 Ok(r) => rows.push(r),
                 Err(e) => {
                     tracing::error!(error = %e, "undecodable outbox row left in place; fix or delete it by hand");

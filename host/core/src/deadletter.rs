@@ -52,16 +52,7 @@ pub const QUARANTINED: &str = "quarantined";
 /// The outcome of an event parked by an open circuit.
 pub const PARKED: &str = "parked";
 
-/// The last header called `name`, as text: on a dead letter, the host's
-/// own comes after any a producer set.
-pub fn last_header<'h>(headers: &'h Headers, name: &str) -> Option<&'h str> {
-    headers
-        .iter()
-        .rev()
-        .find(|(n, _)| n == name)
-        .and_then(|(_, v)| v.as_deref())
-        .and_then(|v| std::str::from_utf8(v).ok())
-}
+pub use crate::event::last_header;
 
 /// Whether `name` is one of the host's headers.
 pub fn is_host_header(name: &str) -> bool {

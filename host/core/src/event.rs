@@ -4,6 +4,26 @@
 /// Kafka record headers in order; a `None` value is a null header.
 pub type Headers = Vec<(String, Option<Vec<u8>>)>;
 
+/// The first header called `name`, as UTF-8 text.
+pub fn first_header<'h>(headers: &'h Headers, name: &str) -> Option<&'h str> {
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .and_then(|(_, v)| v.as_deref())
+        .and_then(|v| std::str::from_utf8(v).ok())
+}
+
+/// The last header called `name`, as UTF-8 text: on a dead letter, the
+/// host's own comes after any a producer set.
+pub fn last_header<'h>(headers: &'h Headers, name: &str) -> Option<&'h str> {
+    headers
+        .iter()
+        .rev()
+        .find(|(n, _)| n == name)
+        .and_then(|(_, v)| v.as_deref())
+        .and_then(|v| std::str::from_utf8(v).ok())
+}
+
 /// One Kafka record as the host hands it to plugins.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Event {
@@ -26,11 +46,7 @@ pub struct Event {
 impl Event {
     /// The first header called `name` as UTF-8 text.
     pub fn header_str(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .and_then(|(_, v)| v.as_deref())
-            .and_then(|v| std::str::from_utf8(v).ok())
+        first_header(&self.headers, name)
     }
 
     /// Bytes of key, value and headers.

@@ -23,11 +23,7 @@ pub struct OutMessage {
 impl OutMessage {
     /// The first header called `name` as UTF-8 text.
     pub fn header_str(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .and_then(|(_, v)| v.as_deref())
-            .and_then(|v| std::str::from_utf8(v).ok())
+        crate::event::first_header(&self.headers, name)
     }
 }
 

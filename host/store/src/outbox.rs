@@ -211,21 +211,11 @@ async fn mark_plugin(
             ]);
         }
         sql.push_str(" ON CONFLICT DO NOTHING RETURNING dedupe_key");
-        let rows = tx.query_host(&sql, &params).await?;
-        for row in rows.rows {
-            match row.as_slice() {
-                [Value::Text(key)] => {
-                    written.insert(key.clone());
-                }
-                // Never read a marker as absent: that event would count
-                // as a duplicate and be lost.
-                other => {
-                    return Err(StoreError::Invalid(format!(
-                        "unexpected row from the marker insert: {other:?}"
-                    )));
-                }
-            }
-        }
+        // A row that does not read as a key is an error, never a marker
+        // read as absent: that event would count as a duplicate and be
+        // lost.
+        let rows: Vec<(String,)> = tx.query_host_as(&sql, &params).await?;
+        written.extend(rows.into_iter().map(|(key,)| key));
     }
     Ok(written)
 }
@@ -441,54 +431,45 @@ pub struct Row {
     pub message: OutMessage,
 }
 
-/// The columns the relay reads, in [`decode_row`]'s order.
+/// The columns the relay reads, as [`Record`] names them.
 pub const ROW_COLUMNS: &str = "id, plugin, topic, msg_key, payload, headers, msg_partition";
 
-/// An outbox row from its [`ROW_COLUMNS`] cells.
-pub fn decode_row(cells: Vec<Value>) -> Result<Row, String> {
-    let mut it = cells.into_iter();
-    let mut next = || it.next().unwrap_or(Value::Null);
-    let id = match next() {
-        Value::Int(i) => i,
-        other => return Err(format!("outbox id is {other:?}")),
-    };
-    let plugin = match next() {
-        Value::Text(p) => p,
-        _ => String::new(),
-    };
-    let topic = match next() {
-        Value::Text(t) => t,
-        other => return Err(format!("outbox row {id}: topic is {other:?}")),
-    };
-    let key = match next() {
-        Value::Bytes(b) => Some(b),
-        Value::Text(t) => Some(t.into_bytes()),
-        _ => None,
-    };
-    let payload = match next() {
-        Value::Bytes(b) => b,
-        Value::Text(t) => t.into_bytes(),
-        _ => Vec::new(),
-    };
-    let headers = match next() {
-        Value::Text(t) => decode_headers(&t).map_err(|e| format!("outbox row {id}: {e}"))?,
-        _ => Vec::new(),
-    };
-    let partition = match next() {
-        Value::Int(p) => i32::try_from(p).ok(),
-        _ => None,
-    };
-    Ok(Row {
-        id,
-        message: OutMessage {
-            plugin,
-            topic,
-            key,
-            payload,
-            headers,
-            partition,
-        },
-    })
+/// An outbox row as stored ([`ROW_COLUMNS`]).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Record {
+    /// The row's id.
+    pub id: i64,
+    /// The plugin that published it (`''` for rows from before the column).
+    pub plugin: String,
+    /// Destination topic.
+    pub topic: String,
+    /// Record key.
+    pub msg_key: Option<Vec<u8>>,
+    /// Record value.
+    pub payload: Vec<u8>,
+    /// Headers, as [`encode_headers`] wrote them.
+    pub headers: String,
+    /// Explicit partition.
+    pub msg_partition: Option<i32>,
+}
+
+impl Record {
+    /// The message the row holds; `Err` says why its headers do not read.
+    pub fn decode(self) -> Result<Row, String> {
+        let headers =
+            decode_headers(&self.headers).map_err(|e| format!("outbox row {}: {e}", self.id))?;
+        Ok(Row {
+            id: self.id,
+            message: OutMessage {
+                plugin: self.plugin,
+                topic: self.topic,
+                key: self.msg_key,
+                payload: self.payload,
+                headers,
+                partition: self.msg_partition,
+            },
+        })
+    }
 }
 
 /// The outbox as `/health` sees it.
@@ -520,11 +501,8 @@ pub async fn state(db: &Database) -> Result<OutboxState, StoreError> {
         age_sql,
         "SELECT count(*) FROM switchyard_outbox WHERE retry_at_ms IS NOT NULL",
     ] {
-        let rows = tx.query_host(sql, &[]).await?;
-        ints.push(match rows.rows.first().and_then(|r| r.first()) {
-            Some(Value::Int(n)) => *n,
-            _ => 0,
-        });
+        let rows: Vec<(i64,)> = tx.query_host_as(sql, &[]).await?;
+        ints.push(rows.first().map_or(0, |(n,)| *n));
     }
     tx.rollback().await.map_err(crate::error::map_error)?;
     Ok(OutboxState {
@@ -539,14 +517,11 @@ pub async fn state(db: &Database) -> Result<OutboxState, StoreError> {
 pub async fn backlog(db: &Database) -> Result<i64, StoreError> {
     let mut tx = db.begin().await.map_err(crate::error::map_error)?;
 
-    let rows = tx
-        .query_host("SELECT count(*) FROM switchyard_outbox", &[])
+    let rows: Vec<(i64,)> = tx
+        .query_host_as("SELECT count(*) FROM switchyard_outbox", &[])
         .await?;
     tx.rollback().await.map_err(crate::error::map_error)?;
-    Ok(match rows.rows.first().and_then(|r| r.first()) {
-        Some(Value::Int(n)) => *n,
-        _ => 0,
-    })
+    Ok(rows.first().map_or(0, |(n,)| *n))
 }
 
 #[cfg(test)]

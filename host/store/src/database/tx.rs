@@ -398,22 +398,35 @@ impl Tx {
         }
     }
 
-    /// Run one host query, with no caps on its result; as
-    /// [`Tx::execute_host`].
-    pub async fn query_host(&mut self, sql: &str, params: &[Value]) -> Result<Rows, StoreError> {
+    /// Run one query of the host's own tables, its rows read as `T` (a
+    /// tuple or a `sqlx::FromRow` struct): typed, and with no plugin caps
+    /// on its result; as [`Tx::execute_host`].
+    pub async fn query_host_as<T>(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+    ) -> Result<Vec<T>, StoreError>
+    where
+        T: Send + Unpin + for<'r> sqlx::FromRow<'r, PgRow> + for<'r> sqlx::FromRow<'r, SqliteRow>,
+    {
         self.as_host()?;
-        let unlimited = Limits {
-            max_rows: usize::MAX,
-            max_result_bytes: usize::MAX,
-            ..Limits::default()
-        };
-        match self {
+        let rows = match self {
             Tx::Postgres(t) => {
                 let tx = t.host().await?;
-                pg_query(tx, sql, params, &unlimited, false).await
+                let q = bind_pg(sqlx::query(sql), params)?;
+                let rows = q.fetch_all(&mut **tx).await.map_err(map_error)?;
+                rows.iter().map(T::from_row).collect::<Result<Vec<T>, _>>()
             }
-            Tx::Sqlite(tx) => tx.query(sql, params, &unlimited).await,
-        }
+            Tx::Sqlite(tx) => {
+                let q = sqlite_statement(sql, params, &mut tx.scope)?;
+                let rows = match q.fetch_all(&mut *tx.tx).await {
+                    Ok(rows) => rows,
+                    Err(e) => return Err(tx.after_error(e).await),
+                };
+                rows.iter().map(T::from_row).collect::<Result<Vec<T>, _>>()
+            }
+        };
+        rows.map_err(|e| StoreError::Invalid(format!("a row of the host's own tables: {e}")))
     }
 
     /// The connection and secret for a guarded host call on behalf of
