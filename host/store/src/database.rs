@@ -345,11 +345,15 @@ pub fn backend_of(url: &str) -> Result<Backend, SetupError> {
 }
 
 mod migrations;
+mod pg_tx;
+mod sqlite_tx;
 mod tx;
 mod values;
 
 pub use migrations::MigrationSql;
-pub use tx::{HostCall, PgTx, PluginAccess, SqliteTx, Tx};
+pub use pg_tx::{HostCall, PgTx};
+pub use sqlite_tx::SqliteTx;
+pub use tx::{PluginAccess, Tx};
 pub use values::value_size;
 
 #[cfg(test)]

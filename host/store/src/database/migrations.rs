@@ -1,7 +1,7 @@
 //! Plugin migrations, and the identity each plugin's SQL runs as: applied
 //! once per plugin version, checked by the SQL gate, run as the plugin.
 
-use super::tx::{MIGRATION_TIMEOUT_MS, PluginTxOpened, open_plugin_tx, under_deadline};
+use super::pg_tx::{MIGRATION_TIMEOUT_MS, PluginTxOpened, open_plugin_tx, under_deadline};
 use super::*;
 
 /// A plugin migration as the host applies it.

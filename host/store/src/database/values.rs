@@ -197,3 +197,103 @@ pub(crate) fn sqlite_cell(row: &SqliteRow, i: usize) -> Result<Value, StoreError
         _ => Value::Text(row.try_get(i).map_err(err)?),
     })
 }
+
+/// Accumulates result rows under the host's caps.
+pub(crate) struct Collector<'a> {
+    pub(crate) limits: &'a Limits,
+    pub(crate) columns: Option<Vec<String>>,
+    pub(crate) rows: Vec<Vec<Value>>,
+    pub(crate) bytes: usize,
+}
+
+impl<'a> Collector<'a> {
+    pub(crate) fn new(limits: &'a Limits) -> Self {
+        Self {
+            limits,
+            columns: None,
+            rows: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    pub(crate) fn admit(&mut self, names: impl FnOnce() -> Vec<String>) -> Result<(), StoreError> {
+        if self.rows.len() >= self.limits.max_rows {
+            return Err(StoreError::Limit(format!(
+                "the query returned more than {} rows; add a LIMIT or narrow the WHERE clause",
+                self.limits.max_rows
+            )));
+        }
+        if self.columns.is_none() {
+            self.columns = Some(names());
+        }
+        Ok(())
+    }
+
+    /// Count `len` more bytes of result, before the host copies them.
+    pub(crate) fn spend(&mut self, len: usize) -> Result<(), StoreError> {
+        self.bytes = self.bytes.saturating_add(len);
+        if self.bytes > self.limits.max_result_bytes {
+            return Err(StoreError::Limit(format!(
+                "the query returned more than {} bytes; select fewer columns or rows",
+                self.limits.max_result_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// Decode a row cell by cell; each cell's size is charged against the
+    /// byte cap from the driver's buffer, before the host copies it.
+    pub(crate) fn push_row(
+        &mut self,
+        width: usize,
+        mut cell: impl FnMut(usize, &mut Self) -> Result<Value, StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut cells = Vec::with_capacity(width);
+        for i in 0..width {
+            let value = cell(i, self)?;
+            cells.push(value);
+        }
+        self.rows.push(cells);
+        Ok(())
+    }
+
+    pub(crate) fn push_pg(&mut self, row: &PgRow) -> Result<(), StoreError> {
+        self.admit(|| row.columns().iter().map(|c| c.name().to_string()).collect())?;
+        self.push_row(row.len(), |i, c| {
+            let raw = row.try_get_raw(i).map_err(|e| decode_err("?", e))?;
+            let len = if raw.is_null() {
+                1
+            } else {
+                raw.as_bytes().map_or(0, <[u8]>::len).max(1)
+            };
+            c.spend(len)?;
+            pg_cell(row, i)
+        })
+    }
+
+    pub(crate) fn push_sqlite(&mut self, row: &SqliteRow) -> Result<(), StoreError> {
+        self.admit(|| row.columns().iter().map(|c| c.name().to_string()).collect())?;
+        self.push_row(row.len(), |i, c| {
+            // Text and blobs are measured borrowed from the driver's
+            // buffer, nothing copied yet; other storage classes are only
+            // read for their class (reading an integer as bytes would
+            // convert it in place).
+            let raw = row.try_get_raw(i).map_err(|e| decode_err("?", e))?;
+            let variable = !raw.is_null() && matches!(raw.type_info().name(), "TEXT" | "BLOB");
+            let len = if variable {
+                row.try_get_unchecked::<&[u8], _>(i).map_or(0, <[u8]>::len)
+            } else {
+                8
+            };
+            c.spend(len)?;
+            sqlite_cell(row, i)
+        })
+    }
+
+    pub(crate) fn finish(self) -> Rows {
+        Rows {
+            columns: self.columns.unwrap_or_default(),
+            rows: self.rows,
+        }
+    }
+}
