@@ -61,6 +61,30 @@ pub struct Relay {
     metrics: Arc<Metrics>,
 }
 
+/// Why a relay pass stopped; its rows stay in the outbox for the next.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// Beginning, committing or rolling back failed.
+    #[error("the outbox's transaction: {0}")]
+    Session(StoreError),
+    /// The window could not be read.
+    #[error("reading the outbox: {0}")]
+    Read(StoreError),
+    /// Delivered rows could not be deleted (they are sent again later,
+    /// with the same `event-id`).
+    #[error("deleting delivered outbox rows: {0}")]
+    Delete(StoreError),
+    /// A refused row whose dead letter failed could not be set aside.
+    #[error("parking an outbox row whose dead letter failed: {0}")]
+    Park(StoreError),
+}
+
+impl RelayError {
+    fn session(e: sqlx::Error) -> Self {
+        RelayError::Session(crate::store_error::map_error(e))
+    }
+}
+
 /// What one relay pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Pass {
@@ -159,14 +183,11 @@ impl Relay {
     /// letter fails too, the row stays and waits [`DEAD_LETTER_RETRY`]
     /// outside the window. Rows that failed for a transient reason stay
     /// for the next pass.
-    pub async fn pass(&self) -> anyhow::Result<Pass> {
-        let mut tx = self.db.begin().await?;
-        let cells = self
-            .read_window(&mut tx)
-            .await
-            .map_err(|e| anyhow::anyhow!("reading the outbox: {e}"))?;
+    pub async fn pass(&self) -> Result<Pass, RelayError> {
+        let mut tx = self.db.begin().await.map_err(RelayError::session)?;
+        let cells = self.read_window(&mut tx).await.map_err(RelayError::Read)?;
         if cells.is_empty() {
-            tx.rollback().await?;
+            tx.rollback().await.map_err(RelayError::session)?;
             return Ok(Pass::default());
         }
         // SQLite has one connection, shared with every lane: do not hold it
@@ -175,7 +196,7 @@ impl Relay {
         let mut held = match self.db.backend() {
             Backend::Postgres => Some(tx),
             Backend::Sqlite => {
-                tx.rollback().await?;
+                tx.rollback().await.map_err(RelayError::session)?;
                 None
             }
         };
@@ -239,7 +260,7 @@ impl Relay {
         let (moved, parked) = self.quarantine(refused).await;
         let mut tx = match held.take() {
             Some(tx) => tx,
-            None => self.db.begin().await?,
+            None => self.db.begin().await.map_err(RelayError::session)?,
         };
         let gone: Vec<i64> = delivered.iter().chain(&moved).copied().collect();
         for chunk in gone.chunks(500) {
@@ -251,7 +272,7 @@ impl Relay {
             let params: Vec<Value> = chunk.iter().map(|id| Value::Int(*id)).collect();
             tx.execute_host(&sql, &params)
                 .await
-                .map_err(|e| anyhow::anyhow!("deleting delivered outbox rows: {e}"))?;
+                .map_err(RelayError::Delete)?;
         }
         let retry_at = chrono::Utc::now().timestamp_millis()
             + i64::try_from(DEAD_LETTER_RETRY.as_millis()).unwrap_or(i64::MAX);
@@ -261,9 +282,9 @@ impl Relay {
                 &[Value::Int(retry_at), Value::Int(*id)],
             )
             .await
-            .map_err(|e| anyhow::anyhow!("parking an outbox row whose dead letter failed: {e}"))?;
+            .map_err(RelayError::Park)?;
         }
-        tx.commit().await?;
+        tx.commit().await.map_err(RelayError::session)?;
         Ok(Pass {
             delivered: delivered.len(),
             failed,
@@ -334,8 +355,8 @@ impl Relay {
     }
 
     /// Rows waiting in the outbox.
-    pub async fn backlog(&self) -> anyhow::Result<i64> {
-        Ok(crate::outbox::backlog(&self.db).await?)
+    pub async fn backlog(&self) -> Result<i64, StoreError> {
+        crate::outbox::backlog(&self.db).await
     }
 
     /// Relay until `stop` resolves: a pass after every wake-up, and at
