@@ -392,7 +392,7 @@ async fn run_one(
         work.commit(&[(name, invocation.messages.as_slice())])
             .await?;
     } else {
-        work.rollback().await;
+        work.rollback().await?;
     }
     Ok(event_report(
         event,

@@ -160,6 +160,8 @@ pub struct Harness {
     /// Call options (isolation).
     pub options: CallOptions,
     offset: i64,
+    /// Events sent so far: part of each send's marker key.
+    sends: u64,
     _runtime: Runtime,
     _testdb: TestDb,
 }
@@ -220,6 +222,7 @@ impl Harness {
             plugin: loaded,
             options: CallOptions::default(),
             offset: 0,
+            sends: 0,
             _runtime: runtime,
             _testdb: testdb,
         }
@@ -295,7 +298,14 @@ impl Harness {
         let name = self.plugin.info.name.clone();
         let ctx = Arc::new(EventContext::new("test", &name, event));
         // The router's unit of work: marker, plugin, outbox rows, commit.
-        let dedupe_key = format!("pos:{}/{}/{}", event.topic, event.partition, event.offset);
+        // Every send is a delivery of its own (its marker key counts the
+        // sends): a test may send one event twice and see the plugin run
+        // twice, which is how the plugins' own idempotency is tested.
+        self.sends += 1;
+        let dedupe_key = format!(
+            "pos:{}/{}/{}#{}",
+            event.topic, event.partition, event.offset, self.sends
+        );
         let mut work = Work::begin(&self.db)
             .await
             .unwrap_or_else(|e| panic!("begin: {e}"));
@@ -303,7 +313,10 @@ impl Harness {
             .claim_one(Marker::of("test", &name, &dedupe_key, event), false)
             .await
             .unwrap_or_else(|e| panic!("marker: {e}"));
-        assert!(fresh, "the harness sent {dedupe_key} twice");
+        assert!(
+            fresh,
+            "the marker {dedupe_key} existed before its first send"
+        );
         let invocation = work
             .run(&mut self.worker, ctx, event, self.options)
             .await
@@ -314,7 +327,9 @@ impl Harness {
                 .await
                 .unwrap_or_else(|e| panic!("commit: {e}"));
         } else {
-            work.rollback().await;
+            work.rollback()
+                .await
+                .unwrap_or_else(|e| panic!("rollback: {e}"));
         }
         invocation
     }

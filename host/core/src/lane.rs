@@ -335,7 +335,7 @@ impl<P: Ports> Lane<P> {
         match work.claim_one(call.marker, call.replay).await {
             Ok(true) => {}
             Ok(false) => {
-                work.rollback().await;
+                work.discard().await;
                 shared.count(name, End::Duplicate, None);
                 tracing::info!(
                     dedupe_key = call.marker.dedupe_key,
@@ -345,7 +345,7 @@ impl<P: Ports> Lane<P> {
                 return Try::Finished;
             }
             Err(e) => {
-                work.rollback().await;
+                work.discard().await;
                 return Try::outage("cannot write the processed marker", &e);
             }
         }
@@ -353,7 +353,7 @@ impl<P: Ports> Lane<P> {
             .breakers
             .admit(name, slot.plugin.hash(), slot.breaker)
         {
-            work.rollback().await;
+            work.discard().await;
             return Try::Park(why);
         }
         let worker = worker_for(&mut self.workers, name, slot);
@@ -374,7 +374,7 @@ impl<P: Ports> Lane<P> {
         }
         let outcome = report.outcome();
         if !outcome.commits() {
-            work.rollback().await;
+            work.discard().await;
             if report.db_unavailable() {
                 let why = outcome.reason().unwrap_or_default();
                 return Try::Outage {

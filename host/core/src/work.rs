@@ -428,7 +428,19 @@ impl<'l, L: Ledger> Work<'l, L> {
     }
 
     /// Drop everything done in the transaction.
-    pub async fn rollback(mut self) {
+    /// A failed rollback leaves nothing committed either (the database
+    /// drops the transaction with its session): the lane only logs it
+    /// ([`Work::discard`]); `plugin test` reports it.
+    pub async fn rollback(mut self) -> Result<(), LedgerError> {
+        match self.tx.take() {
+            Some(tx) => self.ledger.rollback(tx).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Roll back, logging a failure at debug level (see
+    /// [`Work::rollback`]).
+    pub async fn discard(mut self) {
         if let Some(tx) = self.tx.take() {
             roll_back(self.ledger, tx).await;
         }

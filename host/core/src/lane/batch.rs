@@ -67,7 +67,7 @@ impl<P: Ports> Lane<P> {
         let written = match work.claim(&markers).await {
             Ok(w) => w,
             Err(e) => {
-                work.rollback().await;
+                work.discard().await;
                 batch_fallback("cannot write the batch's markers", &e.to_string());
                 return self.process_each(events, 0).await;
             }
@@ -78,11 +78,11 @@ impl<P: Ports> Lane<P> {
                 // Revoked or stopping: the markers of events not handled
                 // yet are in this transaction, so none of it commits; the
                 // partition's next owner handles the batch.
-                work.rollback().await;
+                work.discard().await;
                 0
             }
             Err(Fallback::OneByOne) => {
-                work.rollback().await;
+                work.discard().await;
                 self.process_each(events, 0).await
             }
         }
