@@ -17,6 +17,9 @@
 //! - [`outcome`], [`message`], [`grants`], [`limits`], [`env`],
 //!   [`identity`]: what a plugin returns, publishes, may do and is;
 //! - [`breaker`]: per-plugin circuit breakers; [`metrics`]: `/metrics`;
+//! - [`offsets`], [`keys`]: what a partition may commit when its events
+//!   finish out of order, and which of its events may start, by key (the
+//!   groundwork of key-ordered concurrency; not wired into the lanes yet);
 //! - [`partitions`]: what `publish` asks of the brokers' metadata;
 //! - [`memory`]: in-memory versions of the traits, for tests;
 //! - [`native`]: the names of the benchmark's native handlers.
@@ -29,12 +32,14 @@ pub mod env;
 pub mod event;
 pub mod grants;
 pub mod identity;
+pub mod keys;
 pub mod lane;
 pub mod limits;
 pub mod memory;
 pub mod message;
 pub mod metrics;
 pub mod native;
+pub mod offsets;
 pub mod outcome;
 pub mod partitions;
 pub mod routes;
