@@ -92,10 +92,7 @@ fn event_id(i: usize) -> String {
 }
 
 fn write_config(dir: &Path, broker: &str, db_url: &str) -> std::path::PathBuf {
-    let plugin_dir = common::plugin_path("test-chaos")
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
+    let plugin_dir = common::plugin_dir_of("test-chaos");
     let text = format!(
         r#"
 [kafka]
@@ -131,9 +128,7 @@ dedupe = {{ field = "/id" }}
 "#,
         plugin_dir = plugin_dir.display()
     );
-    let path = dir.join("switchyard.toml");
-    std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
-    path
+    common::write_config(dir, &text)
 }
 
 async fn wait_joined(router: &Router, joins: usize) {

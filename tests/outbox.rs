@@ -33,10 +33,7 @@ const OUT: &str = "shared.out";
 const STUCK: usize = 520;
 
 fn write_config(dir: &Path, broker: &str, db_url: &str) -> std::path::PathBuf {
-    let plugin_dir = common::plugin_path("test-hostile")
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
+    let plugin_dir = common::plugin_dir_of("test-hostile");
     let text = format!(
         r#"
 [kafka]
@@ -75,9 +72,7 @@ plugins = ["test-fragile"]
 "#,
         plugin_dir = plugin_dir.display()
     );
-    let path = dir.join("switchyard.toml");
-    std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
-    path
+    common::write_config(dir, &text)
 }
 
 /// Write outbox rows as an earlier router would have: `plugin`, an

@@ -4,8 +4,8 @@
 mod common;
 
 use common::{
-    Broker, Router, TestDb, consume_until, eventually, plugin_path, produce, rows_of, scalar,
-    value_after_reaching,
+    Broker, Router, TestDb, consume_until, eventually, plugin_dir_of, plugin_path, produce,
+    rows_of, scalar, value_after_reaching,
 };
 use serde_json::json;
 use std::path::Path;
@@ -209,10 +209,7 @@ async fn config_reload_adds_a_route_and_changes_a_setting() {
         .await;
     let testdb = TestDb::new(Backend::Postgres).await;
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let plugin_dir = plugin_path("welcome-notification")
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
+    let plugin_dir = plugin_dir_of("welcome-notification");
     let config_text = |subject: &str, topics: &str, extra: &str| {
         format!(
             "[kafka]\nbrokers = \"{}\"\n[database]\nurl = \"{}\"\n[plugins]\ndir = \"{}\"\n[plugins.welcome-notification]\nfile = \"welcome_notification.wasm\"\npublish = [\"notification.send.email\"]\nsettings = {{ subject = \"{subject}\" }}\n[[routes]]\ntopics = [{topics}]\nplugins = [\"welcome-notification\"]\n{extra}",

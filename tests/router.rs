@@ -36,10 +36,7 @@ const OUTPUT_TOPICS: [&str; 4] = [
 fn write_config(dir: &Path, broker: &str, db_url: &str) -> std::path::PathBuf {
     let shipped = std::fs::read_to_string(common::root().join("config/switchyard.toml"))
         .unwrap_or_else(|e| panic!("config/switchyard.toml: {e}"));
-    let plugin_dir = common::plugin_path("role-mapping")
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
+    let plugin_dir = common::plugin_dir_of("role-mapping");
     let text = shipped
         .replace(
             "brokers = \"127.0.0.1:9092\"",
@@ -57,9 +54,7 @@ fn write_config(dir: &Path, broker: &str, db_url: &str) -> std::path::PathBuf {
         .replace("max_attempts = 5", "max_attempts = 3")
         .replace("initial_backoff_ms = 100", "initial_backoff_ms = 20")
         .replace("max_backoff_ms = 10000", "max_backoff_ms = 200");
-    let path = dir.join("switchyard.toml");
-    std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
-    path
+    common::write_config(dir, &text)
 }
 
 async fn setup(partitions: i32) -> (Broker, TestDb, tempfile::TempDir, std::path::PathBuf) {

@@ -17,10 +17,7 @@ use switchyard::database::Database;
 const DLQ: &str = "switchyard.dlq";
 
 fn write_config(dir: &Path, broker: &str, db_url: &str) -> std::path::PathBuf {
-    let plugin_dir = common::plugin_path("test-hostile")
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
+    let plugin_dir = common::plugin_dir_of("test-hostile");
     let text = format!(
         r#"
 [kafka]
@@ -73,9 +70,7 @@ plugins = ["stats-increment"]
 "#,
         plugin_dir = plugin_dir.display()
     );
-    let path = dir.join("switchyard.toml");
-    std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
-    path
+    common::write_config(dir, &text)
 }
 
 fn sql(sql: &str) -> Json {

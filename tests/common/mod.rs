@@ -6,7 +6,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 use serde_json::{Map, Value as Json};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use switchyard::capabilities::PluginEnv;
 use switchyard::capabilities::publish::Grants;
@@ -48,6 +48,22 @@ pub struct TestDb {
     pub url: String,
     backend: Backend,
     pg_name: Option<String>,
+}
+
+/// The directory the built plugins are in (checked through plugin
+/// `name`'s file, which must be there).
+pub fn plugin_dir_of(name: &str) -> PathBuf {
+    plugin_path(name)
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// Write a routing config as `switchyard.toml` in `dir`.
+pub fn write_config(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("switchyard.toml");
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    path
 }
 
 /// The PostgreSQL URL tests create their databases through.

@@ -82,6 +82,16 @@ pub fn backoff(policy: &RetryConfig, n: u32) -> Duration {
     )
 }
 
+/// One more outage in a row: how long to wait, and the new tally (no
+/// attempt spent).
+pub fn outage(before: Tally, policy: &RetryConfig) -> (Duration, Tally) {
+    let tally = Tally {
+        outages: before.outages + 1,
+        ..before
+    };
+    (backoff(policy, tally.outages), tally)
+}
+
 /// What to do after `attempt`, given what was spent before it; returns the
 /// new tally with the decision.
 pub fn decide(attempt: Attempt<'_>, before: Tally, policy: &RetryConfig) -> (Next, Tally) {
@@ -89,10 +99,9 @@ pub fn decide(attempt: Attempt<'_>, before: Tally, policy: &RetryConfig) -> (Nex
     let next = match attempt {
         Attempt::Committed => Next::Done,
         Attempt::Outage => {
-            tally.outages += 1;
-            Next::Pause {
-                wait: backoff(policy, tally.outages),
-            }
+            let (wait, after) = outage(before, policy);
+            tally = after;
+            Next::Pause { wait }
         }
         Attempt::Unqueueable { messages, error } => {
             tally.attempts += 1;

@@ -530,13 +530,9 @@ impl<P: Ports> LaneCtl<P> {
     /// lane waits, back off. Outages never spend an event's attempts.
     /// Returns `true` if the lane was cancelled meanwhile.
     async fn outage(&self, tally: &mut Tally, what: &str, error: &str) -> bool {
-        let (next, after) = decide(Attempt::Outage, *tally, &self.shared.retry);
+        let (wait, after) = crate::decision::outage(*tally, &self.shared.retry);
         *tally = after;
         self.shared.metrics.outage();
-        let wait = match next {
-            Next::Pause { wait } | Next::Retry { wait, .. } => wait,
-            Next::Done | Next::DeadLetter { .. } => Duration::ZERO,
-        };
         tracing::warn!(%error, "{what}; retrying in {wait:?} without spending an attempt");
         self.pause(wait).await
     }

@@ -190,8 +190,18 @@ impl RouteTable {
     /// one reading of the routes that [`RouteTable::select`] decides on
     /// and `switchyard explain` shows.
     pub fn trace(&self, event: &Event) -> Vec<RouteStep<'_>> {
+        let mut steps = Vec::new();
+        self.walk(event, true, |step| steps.push(step));
+        steps
+    }
+
+    /// Visit each route of `event`'s topic in order. The dedupe key of a
+    /// route the event does not take is read only when `untaken_keys`
+    /// (`explain` shows it; the router never needs it, and reading it may
+    /// parse the payload and hash a long id); otherwise it is left empty.
+    fn walk<'r>(&'r self, event: &Event, untaken_keys: bool, mut visit: impl FnMut(RouteStep<'r>)) {
         let Some(routes) = self.by_topic.get(&event.topic) else {
-            return Vec::new();
+            return;
         };
         let needs_json = routes.iter().any(|r| {
             r.dedupe.as_ref().is_some_and(KeySource::needs_json)
@@ -204,7 +214,6 @@ impl RouteTable {
         };
         let position = format!("pos:{}/{}/{}", event.topic, event.partition, event.offset);
         let mut seen: Vec<&str> = Vec::new();
-        let mut steps = Vec::with_capacity(routes.len());
         for route in routes {
             let actual = route
                 .condition
@@ -214,22 +223,30 @@ impl RouteTable {
                 Some((_, equals)) => actual.as_deref() == Some(equals.as_str()),
                 None => true,
             };
-            let event_id = route
-                .dedupe
-                .as_ref()
-                .and_then(|d| d.read(event, json.as_ref()));
-            let dedupe_key = event_id
-                .as_deref()
-                .map_or_else(|| position.clone(), dedupe_key_of_id);
-            let mut first = Vec::with_capacity(route.plugins.len());
-            for plugin in &route.plugins {
-                let new = taken && !seen.contains(&plugin.as_str());
-                if new {
-                    seen.push(plugin);
-                }
-                first.push(new);
-            }
-            steps.push(RouteStep {
+            let (event_id, dedupe_key) = if taken || untaken_keys {
+                let event_id = route
+                    .dedupe
+                    .as_ref()
+                    .and_then(|d| d.read(event, json.as_ref()));
+                let key = event_id
+                    .as_deref()
+                    .map_or_else(|| position.clone(), dedupe_key_of_id);
+                (event_id, key)
+            } else {
+                (None, String::new())
+            };
+            let first = route
+                .plugins
+                .iter()
+                .map(|plugin| {
+                    let new = taken && !seen.contains(&plugin.as_str());
+                    if new {
+                        seen.push(plugin);
+                    }
+                    new
+                })
+                .collect();
+            visit(RouteStep {
                 route,
                 actual,
                 taken,
@@ -238,14 +255,13 @@ impl RouteTable {
                 first,
             });
         }
-        steps
     }
 
     /// The plugins `event` goes to, in route order, each once (the first
     /// route that names a plugin decides its dedupe key).
     pub fn select(&self, event: &Event) -> Vec<Selected> {
         let mut out: Vec<Selected> = Vec::new();
-        for step in self.trace(event) {
+        self.walk(event, false, |step| {
             for (plugin, first) in step.route.plugins.iter().zip(&step.first) {
                 if *first {
                     out.push(Selected {
@@ -255,7 +271,7 @@ impl RouteTable {
                     });
                 }
             }
-        }
+        });
         // A replay from the dead-letter topic (`switchyard dlq replay`) is
         // for one plugin, under the dedupe key it had the first time. The
         // headers alone prove nothing (any producer can write them): the

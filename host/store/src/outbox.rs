@@ -315,17 +315,6 @@ pub async fn claim_replay(tx: &mut Tx, m: Marker<'_>) -> Result<bool, StoreError
     Ok(n == 1)
 }
 
-/// The marker for `sel`: a new one, or for a replay the dead-lettered one
-/// taken over (see [`claim_replay`]). `false`: skip the event for this
-/// plugin.
-pub async fn mark_or_claim(tx: &mut Tx, m: Marker<'_>, replay: bool) -> Result<bool, StoreError> {
-    if replay {
-        claim_replay(tx, m).await
-    } else {
-        mark_processed(tx, m, "handled").await
-    }
-}
-
 /// Up to this many messages (six parameters each) go in one statement.
 const ENQUEUE_CHUNK: usize = 100;
 
@@ -432,7 +421,8 @@ pub struct Row {
 }
 
 /// The columns the relay reads, as [`Record`] names them.
-pub const ROW_COLUMNS: &str = "id, plugin, topic, msg_key, payload, headers, msg_partition";
+pub const ROW_COLUMNS: &str =
+    "id, plugin, topic, msg_key, payload, headers, CAST(msg_partition AS bigint) AS msg_partition";
 
 /// An outbox row as stored ([`ROW_COLUMNS`]).
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -449,8 +439,9 @@ pub struct Record {
     pub payload: Vec<u8>,
     /// Headers, as [`encode_headers`] wrote them.
     pub headers: String,
-    /// Explicit partition.
-    pub msg_partition: Option<i32>,
+    /// Explicit partition (read wide: a value out of range reads as none,
+    /// so one bad row cannot stop the window it is in).
+    pub msg_partition: Option<i64>,
 }
 
 impl Record {
@@ -466,7 +457,7 @@ impl Record {
                 key: self.msg_key,
                 payload: self.payload,
                 headers,
-                partition: self.msg_partition,
+                partition: self.msg_partition.and_then(|p| i32::try_from(p).ok()),
             },
         })
     }
