@@ -218,8 +218,12 @@ pub async fn run(
         consumer.clone(),
         lanes,
         shared.clone(),
-        config.runtime.lane_buffer,
-        config.runtime.batch_size,
+        consumer::LaneSettings {
+            buffer: config.runtime.lane_buffer,
+            batch_size: config.runtime.batch_size,
+            partition_concurrency: config.runtime.partition_concurrency,
+            max_in_flight: config.runtime.max_in_flight,
+        },
         shutdown,
     )
     .await;

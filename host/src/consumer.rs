@@ -1,10 +1,13 @@
-//! The consumer: one rdkafka consumer in the group, one ordered lane per
-//! assigned partition, bounded buffers, offsets stored only after an
-//! event's work is durable.
+//! The consumer: one rdkafka consumer in the group, one set of lanes per
+//! assigned partition ([`partition::run`]), bounded buffers, offsets
+//! stored only once every event below them is durable.
 //!
-//! - **Order** is kept per partition: a lane handles its events one at a
-//!   time; different partitions run concurrently.
-//! - **Back-pressure**: each lane buffers `lane_buffer` events; when one is
+//! - **Order** is kept by key within a partition (or for the whole
+//!   partition where a route asks for `ordering = "partition"`); different
+//!   partitions run concurrently, and so do different keys of one
+//!   partition, up to `partition_concurrency` transactions per partition
+//!   and `max_in_flight` in the router.
+//! - **Back-pressure**: each partition buffers `lane_buffer` events; when one is
 //!   full its partition is paused (the consumer keeps polling, so it stays
 //!   in the group) and resumed once the lane has room again.
 //! - **Rebalances**: revoked partitions' lanes are cancelled; they finish
@@ -14,14 +17,15 @@
 
 use crate::event::Event;
 use crate::kafka::to_event;
-use crate::pipeline::{Lane, Shared};
+use crate::pipeline::Shared;
 use rdkafka::TopicPartitionList;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::sync::mpsc;
+use switchyard_core::lane::partition::{self, PartitionLimits, Progress};
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
 type Tp = (String, i32);
@@ -158,68 +162,88 @@ fn tpl_of(tp: &Tp) -> TopicPartitionList {
     tpl
 }
 
+/// What a partition's lanes report to the consumer: the offset to store,
+/// and when a paused partition has room again.
+struct ConsumerProgress {
+    consumer: Arc<RouterConsumer>,
+    tp: Tp,
+    done: Arc<AtomicI64>,
+    paused: Arc<AtomicBool>,
+    room: mpsc::UnboundedSender<Tp>,
+    buffer: usize,
+}
+
+impl Progress for ConsumerProgress {
+    fn finished_below(&mut self, next: i64) {
+        // Every event below `next` is done for good (even if the partition
+        // was revoked meanwhile: storing the offset is correct, and
+        // librdkafka refuses it for a partition no longer ours). The
+        // offset store takes the offset of the last processed message and
+        // commits the next one itself.
+        let last = next - 1;
+        self.done.store(last, Ordering::Relaxed);
+        if let Err(e) = self.consumer.store_offset(&self.tp.0, self.tp.1, last) {
+            tracing::debug!(error = %e, topic = %self.tp.0, partition = self.tp.1, "offset not stored (partition no longer assigned)");
+        }
+    }
+
+    fn batch_done(&mut self, queued: usize) {
+        // Ask for the partition to be resumed once there is room again
+        // (checked after the work, so a drained lane never waits on a
+        // paused partition).
+        if self.paused.load(Ordering::Relaxed) && queued <= self.buffer / 2 {
+            let _ = self.room.send(self.tp.clone());
+        }
+    }
+}
+
+/// How the consumer sizes each partition's lanes.
+#[derive(Debug, Clone, Copy)]
+pub struct LaneSettings {
+    /// Events buffered per partition before it is paused.
+    pub buffer: usize,
+    /// Most events in one transaction.
+    pub batch_size: usize,
+    /// Most transactions of one partition at once.
+    pub partition_concurrency: usize,
+    /// Most transactions of the router at once.
+    pub max_in_flight: usize,
+}
+
 fn spawn_lane(
     tp: &Tp,
     shared: &Arc<Shared>,
     consumer: &Arc<RouterConsumer>,
     room: &mpsc::UnboundedSender<Tp>,
-    buffer: usize,
-    max_batch: usize,
+    settings: LaneSettings,
+    permits: &Arc<Semaphore>,
 ) -> LaneHandle {
-    let max_batch = max_batch.max(1);
-    let (tx, mut rx) = mpsc::channel::<Event>(buffer.max(1));
+    let buffer = settings.buffer.max(1);
+    let (tx, rx) = mpsc::channel::<Event>(buffer);
     let cancel = Arc::new(AtomicBool::new(false));
     let paused = Arc::new(AtomicBool::new(false));
-    let mut lane = Lane::new(shared.clone(), cancel.clone());
-    let consumer = consumer.clone();
-    let room = room.clone();
     let done = Arc::new(AtomicI64::new(-1));
-    let (lane_cancel, lane_paused, lane_done, tp_owned) =
-        (cancel.clone(), paused.clone(), done.clone(), tp.clone());
-    let join = tokio::spawn(async move {
-        let mut batch: Vec<Event> = Vec::with_capacity(max_batch);
-        while let Some(first) = rx.recv().await {
-            // Take what is already waiting, up to the batch size: one
-            // transaction for all of it when the partition is busy, and no
-            // waiting when it is not.
-            batch.clear();
-            batch.push(first);
-            while batch.len() < max_batch {
-                match rx.try_recv() {
-                    Ok(ev) => batch.push(ev),
-                    Err(_) => break,
-                }
-            }
-            if lane_cancel.load(Ordering::Relaxed) {
-                break;
-            }
-            if batch.len() > 1 {
-                tracing::debug!(topic = %tp_owned.0, partition = tp_owned.1, events = batch.len(), "handling a batch in one transaction");
-            }
-            let finished = lane.process_batch(&batch).await;
-            if finished > 0 {
-                // These events are done for good (even if the lane was
-                // cancelled meanwhile: storing their offset is correct, and
-                // librdkafka refuses it for a partition no longer ours).
-                // The offset store takes the offset of the last processed
-                // message and commits the next one (offset + 1) itself.
-                let last = &batch[finished - 1];
-                lane_done.store(last.offset, Ordering::Relaxed);
-                if let Err(e) = consumer.store_offset(&last.topic, last.partition, last.offset) {
-                    tracing::debug!(error = %e, topic = %last.topic, partition = last.partition, "offset not stored (partition no longer assigned)");
-                }
-            }
-            if finished < batch.len() || lane_cancel.load(Ordering::Relaxed) {
-                break;
-            }
-            // Ask for the partition to be resumed once there is room again
-            // (checked after the work, so a drained lane never waits on a
-            // paused partition).
-            if lane_paused.load(Ordering::Relaxed) && rx.len() <= buffer / 2 {
-                let _ = room.send(tp_owned.clone());
-            }
-        }
-    });
+    let progress = ConsumerProgress {
+        consumer: consumer.clone(),
+        tp: tp.clone(),
+        done: done.clone(),
+        paused: paused.clone(),
+        room: room.clone(),
+        buffer,
+    };
+    let limits = PartitionLimits {
+        buffer,
+        batch_size: settings.batch_size,
+        concurrency: settings.partition_concurrency,
+    };
+    let join = tokio::spawn(partition::run(
+        shared.clone(),
+        cancel.clone(),
+        rx,
+        limits,
+        permits.clone(),
+        progress,
+    ));
     LaneHandle {
         tx,
         cancel,
@@ -237,11 +261,11 @@ pub async fn run(
     consumer: Arc<RouterConsumer>,
     lanes: Lanes,
     shared: Arc<Shared>,
-    lane_buffer: usize,
-    max_batch: usize,
+    settings: LaneSettings,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    let permits = Arc::new(Semaphore::new(settings.max_in_flight.max(1)));
     let (room_tx, mut room_rx) = mpsc::unbounded_channel::<Tp>();
     loop {
         tokio::select! {
@@ -277,7 +301,7 @@ pub async fn run(
                 let lane = map
                     .entry(tp.clone())
                     .or_insert_with(|| {
-                        spawn_lane(&tp, &shared, &consumer, &room_tx, lane_buffer, max_batch)
+                        spawn_lane(&tp, &shared, &consumer, &room_tx, settings, &permits)
                     });
                 if !lane.overflow.is_empty() {
                     lane.overflow.push_back(event);

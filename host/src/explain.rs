@@ -3,7 +3,7 @@
 //! (routes that overlap or can never take effect, plugins no route
 //! reaches).
 
-use crate::config::{Loaded, line_col};
+use crate::config::{Loaded, Ordering, line_col};
 use crate::event::Event;
 use crate::routes::RouteTable;
 use serde_json::{Value as Json, json};
@@ -93,6 +93,7 @@ pub fn explain(loaded: &Loaded, text: &str, event: &Event) -> Explanation {
         let mut plugin_reports = Vec::new();
         if step.taken {
             out.push_str(&format!("  dedupe: {how} -> key {key}\n"));
+            out.push_str(&format!("  ordering: {}\n", step.route.ordering.as_str()));
             for (p, first) in plugins.iter().zip(&step.first) {
                 if *first {
                     reached.push((p.clone(), key.clone()));
@@ -116,6 +117,7 @@ pub fn explain(loaded: &Loaded, text: &str, event: &Event) -> Explanation {
             "taken": step.taken,
             "dedupe": how,
             "dedupe_key": key,
+            "ordering": step.route.ordering.as_str(),
             "reached": plugin_reports,
         }));
     }
@@ -145,6 +147,18 @@ pub fn explain(loaded: &Loaded, text: &str, event: &Event) -> Explanation {
             out.push_str(&format!("  {p}  (dedupe key {key})\n"));
         }
     }
+    let ordering = table.ordering(event);
+    if !reached.is_empty() {
+        out.push_str(&match (ordering, event.key.is_some()) {
+            (Ordering::Partition, _) => "runs in partition order: after every earlier event of its partition, before every later one (a route it takes says ordering = \"partition\")\n".to_string(),
+            (Ordering::Key, false) => "runs in partition order: it has no key (ordering = \"key\" keeps keyed events in order by key)\n".to_string(),
+            (Ordering::Key, true) => "runs in key order: after the earlier events of its partition with the same key; events with other keys run beside it\n".to_string(),
+        });
+    }
+    let ordering = match (ordering, event.key.is_some()) {
+        (Ordering::Key, true) => "key",
+        _ => "partition",
+    };
     let warnings = warnings(loaded, text);
     if !warnings.is_empty() {
         out.push_str("\nwarnings about the config:\n");
@@ -158,6 +172,7 @@ pub fn explain(loaded: &Loaded, text: &str, event: &Event) -> Explanation {
         "routes": route_reports,
         "replay": replay,
         "reaches": reached.iter().map(|(p, k)| json!({"plugin": p, "dedupe_key": k})).collect::<Vec<_>>(),
+        "ordering": ordering,
         "warnings": warnings,
     });
     Explanation {

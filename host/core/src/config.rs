@@ -188,6 +188,17 @@ pub struct RuntimeConfig {
     /// quiet partition is never delayed. 1 disables.
     /// Example: `batch_size = 64`.
     pub batch_size: usize,
+    /// Most transactions of one partition running at once, when its
+    /// routes keep order by key (`ordering = "key"`): each runs a batch of
+    /// events whose keys no other running transaction has. 1 runs the
+    /// partition one transaction at a time. Example:
+    /// `partition_concurrency = 4`.
+    pub partition_concurrency: usize,
+    /// Most transactions running at once in the whole router, over all
+    /// partitions: keep it below `[database] max_connections`, which the
+    /// outbox relay and the admin endpoints share. Example:
+    /// `max_in_flight = 12`.
+    pub max_in_flight: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -196,6 +207,8 @@ impl Default for RuntimeConfig {
             max_instances: 1000,
             lane_buffer: 8192,
             batch_size: 64,
+            partition_concurrency: 4,
+            max_in_flight: 12,
         }
     }
 }
@@ -266,6 +279,43 @@ pub struct RouteConfig {
     /// "/eventId" }` or `dedupe = { header = "event-id" }`.
     #[serde(default)]
     pub dedupe: Option<KeyConfig>,
+    /// Which events of a partition must run one after another:
+    /// `"key"` (the default) keeps the order of the events with the same
+    /// Kafka key and runs different keys of one partition side by side;
+    /// `"partition"` keeps the order of every event of the partition.
+    /// Events without a key run in partition order either way. Example:
+    /// `ordering = "partition"`.
+    #[serde(default)]
+    pub ordering: Ordering,
+}
+
+/// What a route keeps in order (see [`RouteConfig::ordering`]).
+///
+/// `key` is the default because the seeds' events are keyed by the user or
+/// the request they are about (user ids on `USER_CREATED`, `user.created`,
+/// `interview.created`, `user.registered.v1`; request ids on
+/// `create-user`): what must not be reordered is one user's or one
+/// request's events, never two users' against each other, and running
+/// different users side by side is what lets one partition use more than
+/// one database connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ordering {
+    /// Events with the same key in order; different keys side by side.
+    #[default]
+    Key,
+    /// Every event of the partition in order.
+    Partition,
+}
+
+impl Ordering {
+    /// Its name in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ordering::Key => "key",
+            Ordering::Partition => "partition",
+        }
+    }
 }
 
 /// Where a value comes from: a header or a JSON pointer into the payload.

@@ -19,6 +19,7 @@
 //! moves.
 
 mod batch;
+pub mod partition;
 
 use crate::breaker::{Admission, State as CircuitState, Transition};
 use crate::deadletter::{self, Cause};

@@ -14,6 +14,7 @@ use crate::work::{
     Versioned,
 };
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -263,6 +264,10 @@ pub struct Scripted {
     hash: String,
     script: Box<Script>,
     seen: Mutex<HashMap<(String, i32, i64), u32>>,
+    /// How long each call takes (the calls of different lanes overlap).
+    delay: Duration,
+    running: AtomicUsize,
+    most_running: AtomicUsize,
 }
 
 impl std::fmt::Debug for Scripted {
@@ -279,11 +284,28 @@ impl Scripted {
         hash: &str,
         script: impl Fn(&Event, u32) -> Act + Send + Sync + 'static,
     ) -> Arc<Self> {
+        Self::slow(hash, Duration::ZERO, script)
+    }
+
+    /// Like [`Scripted::new`], each call taking `delay`.
+    pub fn slow(
+        hash: &str,
+        delay: Duration,
+        script: impl Fn(&Event, u32) -> Act + Send + Sync + 'static,
+    ) -> Arc<Self> {
         Arc::new(Self {
             hash: hash.to_string(),
             script: Box::new(script),
             seen: Mutex::new(HashMap::new()),
+            delay,
+            running: AtomicUsize::new(0),
+            most_running: AtomicUsize::new(0),
         })
+    }
+
+    /// The most calls that were running at once.
+    pub fn most_running(&self) -> usize {
+        self.most_running.load(AtomicOrdering::SeqCst)
     }
 }
 
@@ -367,6 +389,14 @@ impl Runner<MemoryTx> for ScriptedRunner {
             *n += 1;
             *n
         };
+        let now = self.plugin.running.fetch_add(1, AtomicOrdering::SeqCst) + 1;
+        self.plugin
+            .most_running
+            .fetch_max(now, AtomicOrdering::SeqCst);
+        if !self.plugin.delay.is_zero() {
+            tokio::time::sleep(self.plugin.delay).await;
+        }
+        self.plugin.running.fetch_sub(1, AtomicOrdering::SeqCst);
         let mut act = (self.plugin.script)(event, nth);
         for m in &mut act.messages {
             m.plugin = ctx.plugin.clone();

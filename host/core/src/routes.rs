@@ -4,7 +4,7 @@
 //! Built from the config once per (re)load and swapped whole, never
 //! mutated in place.
 
-use crate::config::{KeyConfig, MatchConfig, RouteConfig};
+use crate::config::{KeyConfig, MatchConfig, Ordering, RouteConfig};
 use crate::event::Event;
 use std::collections::HashMap;
 
@@ -67,6 +67,8 @@ pub struct Route {
     pub condition: Option<(KeySource, String)>,
     /// Event-id dedupe key.
     pub dedupe: Option<KeySource>,
+    /// What it keeps in order.
+    pub ordering: Ordering,
 }
 
 /// A plugin an event goes to, and its dedupe key.
@@ -144,6 +146,7 @@ impl RouteTable {
                 dedupe: r.dedupe.as_ref().and_then(|d: &KeyConfig| {
                     KeySource::from_config(d.header.as_ref(), d.field.as_ref())
                 }),
+                ordering: r.ordering,
             };
             for topic in &r.topics {
                 by_topic
@@ -171,12 +174,45 @@ impl RouteTable {
                             || "position (topic/partition/offset)".to_string(),
                             |d| format!("event id from {d}"),
                         ),
+                        "ordering": r.ordering.as_str(),
                     })
                 })
                 .collect();
             out.insert(topic.clone(), serde_json::Value::Array(routes));
         }
         serde_json::Value::Object(out)
+    }
+
+    /// What `event` must keep order with: [`Ordering::Partition`] when a
+    /// route it takes says so (it then runs after every earlier event of
+    /// its partition and before every later one), else
+    /// [`Ordering::Key`]. Events of a topic whose routes all keep order
+    /// by key are answered without reading their payload.
+    pub fn ordering(&self, event: &Event) -> Ordering {
+        let Some(routes) = self.by_topic.get(&event.topic) else {
+            return Ordering::Key;
+        };
+        if routes.iter().all(|r| r.ordering == Ordering::Key) {
+            return Ordering::Key;
+        }
+        let mut json = None;
+        let mut parsed = false;
+        for route in routes.iter().filter(|r| r.ordering == Ordering::Partition) {
+            let taken = match &route.condition {
+                None => true,
+                Some((source, equals)) => {
+                    if source.needs_json() && !parsed {
+                        json = serde_json::from_slice::<serde_json::Value>(&event.payload).ok();
+                        parsed = true;
+                    }
+                    source.read(event, json.as_ref()).as_deref() == Some(equals.as_str())
+                }
+            };
+            if taken {
+                return Ordering::Partition;
+            }
+        }
+        Ordering::Key
     }
 
     /// Topics with at least one route, sorted.
@@ -369,6 +405,23 @@ mod tests {
         );
         assert_eq!(names(&event("x", r#"{"v": 2}"#, &[])), vec!["b"]);
         assert!(names(&event("x", "not json", &[])).is_empty());
+    }
+
+    #[test]
+    fn an_event_keeps_partition_order_when_a_route_it_takes_asks() {
+        let t = table(
+            "[[routes]]\ntopics = [\"x\", \"y\"]\nplugins = [\"a\"]\n\n[[routes]]\ntopics = [\"x\"]\nplugins = [\"b\"]\nordering = \"partition\"\nmatch = { field = \"/v\", equals = \"2\" }\n",
+        );
+        assert_eq!(t.ordering(&event("y", "{}", &[])), Ordering::Key);
+        assert_eq!(t.ordering(&event("x", r#"{"v": 1}"#, &[])), Ordering::Key);
+        assert_eq!(
+            t.ordering(&event("x", r#"{"v": 2}"#, &[])),
+            Ordering::Partition
+        );
+        assert_eq!(t.ordering(&event("unrouted", "{}", &[])), Ordering::Key);
+        let described = t.describe();
+        assert_eq!(described["x"][0]["ordering"], "key");
+        assert_eq!(described["x"][1]["ordering"], "partition");
     }
 
     #[test]

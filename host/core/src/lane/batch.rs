@@ -42,19 +42,31 @@ impl<P: Ports> Lane<P> {
     /// the abandoned batch survives (P1 holds per event), and the
     /// plugins' statements in a batch need no savepoints of their own.
     pub async fn process_batch(&mut self, events: &[Event]) -> usize {
+        match self.try_batch(events).await {
+            Some(finished) => finished,
+            None => self.process_each(events, 0).await,
+        }
+    }
+
+    /// [`Lane::process_batch`] without the fallback: `Some(finished)` as
+    /// it returns, or `None` when the batch rolled back and its events
+    /// must go one by one — which the caller does, here or on other lanes
+    /// (a partition in key order runs them side by side, so one event's
+    /// retries hold only its own key). One event is the one-event path.
+    pub async fn try_batch(&mut self, events: &[Event]) -> Option<usize> {
         if events.len() == 1 {
-            return usize::from(self.process(&events[0]).await == EventEnd::Completed);
+            return Some(usize::from(
+                self.process(&events[0]).await == EventEnd::Completed,
+            ));
         }
         let state = self.ctl.shared.state.load_full();
         let shared = self.ctl.shared.clone();
-        let Some(plan) = plan::<P>(&shared, &state, events) else {
-            return self.process_each(events, 0).await;
-        };
+        let plan = plan::<P>(&shared, &state, events)?;
         let mut work = match Work::begin(&shared.db).await {
             Ok(work) => work,
             Err(e) => {
                 batch_fallback("cannot begin the batch's transaction", &e.to_string());
-                return self.process_each(events, 0).await;
+                return None;
             }
         };
         // Every new marker in one statement (replays take theirs one by
@@ -69,7 +81,7 @@ impl<P: Ports> Lane<P> {
             Err(e) => {
                 work.discard().await;
                 batch_fallback("cannot write the batch's markers", &e.to_string());
-                return self.process_each(events, 0).await;
+                return None;
             }
         };
         match self.run_steps(&mut work, &plan, written).await {
@@ -79,11 +91,11 @@ impl<P: Ports> Lane<P> {
                 // yet are in this transaction, so none of it commits; the
                 // partition's next owner handles the batch.
                 work.discard().await;
-                0
+                Some(0)
             }
             Err(Fallback::OneByOne) => {
                 work.discard().await;
-                self.process_each(events, 0).await
+                None
             }
         }
     }
@@ -173,7 +185,7 @@ impl<P: Ports> Lane<P> {
         work: Work<'_, P::Ledger>,
         events: &[Event],
         done: Done<'_>,
-    ) -> usize {
+    ) -> Option<usize> {
         let shared = self.ctl.shared.clone();
         let outbox: Vec<(&str, &[OutMessage])> = done
             .messages
@@ -188,11 +200,11 @@ impl<P: Ports> Lane<P> {
                 if outbox.iter().any(|(_, m)| !m.is_empty()) {
                     shared.relay_wake.notify_one();
                 }
-                events.len()
+                Some(events.len())
             }
             Err(e) => {
                 tracing::warn!(error = %e, "batch commit failed; handling its events one by one");
-                self.process_each(events, 0).await
+                None
             }
         }
     }

@@ -10,6 +10,7 @@ use crate::metrics::Metrics;
 use crate::routes::RouteTable;
 use crate::state::RouterState;
 use crate::work::{Isolation, LedgerError, ProducerSink};
+use std::time::Duration;
 use tokio::sync::Notify;
 
 const CONFIG: &str = r#"
@@ -28,7 +29,15 @@ fn lane_with(
     plugin: Arc<Scripted>,
     max_attempts: u32,
 ) -> (Lane<MemoryPorts>, Arc<Shared<MemoryPorts>>) {
-    let loaded = Loaded::from_str(std::path::Path::new("test.toml"), CONFIG)
+    let shared = shared_with(plugin, max_attempts, CONFIG);
+    (
+        Lane::new(shared.clone(), Arc::new(AtomicBool::new(false))),
+        shared,
+    )
+}
+
+fn shared_with(plugin: Arc<Scripted>, max_attempts: u32, config: &str) -> Arc<Shared<MemoryPorts>> {
+    let loaded = Loaded::from_str(std::path::Path::new("test.toml"), config)
         .unwrap_or_else(|e| panic!("{e}"));
     let routes = RouteTable::new(&loaded.config.routes);
     let mut plugins = HashMap::new();
@@ -40,7 +49,7 @@ fn lane_with(
             breaker: crate::breaker::BreakerConfig::default(),
         },
     );
-    let shared = Arc::new(Shared {
+    Arc::new(Shared {
         state: arc_swap::ArcSwap::from_pointee(RouterState { routes, plugins }),
         db: MemoryLedger::default(),
         dead_letters: ProducerSink::new(MemoryProducer::default(), "switchyard.dlq"),
@@ -53,11 +62,7 @@ fn lane_with(
         relay_wake: Arc::new(Notify::new()),
         metrics: Arc::new(Metrics::default()),
         breakers: Breakers::default(),
-    });
-    (
-        Lane::new(shared.clone(), Arc::new(AtomicBool::new(false))),
-        shared,
-    )
+    })
 }
 
 fn event(offset: i64) -> Event {
@@ -308,4 +313,173 @@ async fn an_open_circuit_parks_events_in_the_dead_letter_topic() {
         "{letters:?}"
     );
     assert!(shared.metrics.events("stats", "parked") >= 1);
+}
+
+/// The offsets a partition reported as finished-below, in order.
+#[derive(Clone, Default)]
+struct Reported(Arc<std::sync::Mutex<Vec<i64>>>);
+
+impl partition::Progress for Reported {
+    fn finished_below(&mut self, next: i64) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(next);
+    }
+    fn batch_done(&mut self, _queued: usize) {}
+}
+
+impl Reported {
+    fn all(&self) -> Vec<i64> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+fn keyed(offset: i64, key: Option<&str>) -> Event {
+    Event {
+        key: key.map(|k| k.as_bytes().to_vec()),
+        ..event(offset)
+    }
+}
+
+/// Forty events over four keys, and one without a key at offset 20.
+fn forty_keyed() -> Vec<Event> {
+    (0..41)
+        .map(|o| {
+            let key = format!("k{}", o % 4);
+            keyed(o, (o != 20).then_some(key.as_str()))
+        })
+        .collect()
+}
+
+/// Run `events` through one partition until they are all handled (or
+/// `cancel` is set), with at most `concurrency` batches of `batch_size`.
+async fn run_partition(
+    shared: &Arc<Shared<MemoryPorts>>,
+    events: Vec<Event>,
+    concurrency: usize,
+    batch_size: usize,
+    cancel: Arc<AtomicBool>,
+) -> Reported {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let reported = Reported::default();
+    let run = tokio::spawn(partition::run(
+        shared.clone(),
+        cancel,
+        rx,
+        partition::PartitionLimits {
+            buffer: 16,
+            batch_size,
+            concurrency,
+        },
+        Arc::new(tokio::sync::Semaphore::new(8)),
+        reported.clone(),
+    ));
+    for e in events {
+        if tx.send(e).await.is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    if let Err(e) = run.await {
+        panic!("the partition's task failed: {e}");
+    }
+    reported
+}
+
+/// The offsets of the committed effects (`+<offset>`), in commit order.
+fn effect_offsets(shared: &Shared<MemoryPorts>) -> Vec<i64> {
+    shared
+        .db
+        .committed()
+        .effects
+        .iter()
+        .filter_map(|e| e.strip_prefix('+')?.parse().ok())
+        .collect()
+}
+
+#[tokio::test]
+async fn key_order_runs_keys_side_by_side_and_keeps_each_key_s_order() {
+    let plugin = Scripted::slow("v1", Duration::from_millis(3), |e, _| done(e));
+    let shared = shared_with(plugin.clone(), 3, CONFIG);
+    let reported = run_partition(&shared, forty_keyed(), 4, 2, Arc::default()).await;
+    let committed = effect_offsets(&shared);
+    let mut sorted = committed.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        sorted,
+        (0..41).collect::<Vec<_>>(),
+        "each effect exactly once"
+    );
+    let at = |o: i64| committed.iter().position(|c| *c == o).unwrap_or(usize::MAX);
+    for o in 0..41 {
+        if o != 20 && o + 4 < 41 && o + 4 != 20 {
+            assert!(at(o) < at(o + 4), "key k{}: {} after {}", o % 4, o, o + 4);
+        }
+    }
+    assert!(
+        (0..20).all(|o| at(o) < at(20)) && (21..41).all(|o| at(20) < at(o)),
+        "the keyless event kept partition order: {committed:?}"
+    );
+    let most = plugin.most_running();
+    assert!(
+        (2..=4).contains(&most),
+        "{most} calls at once; keys should run side by side, at most 4"
+    );
+    let reported = reported.all();
+    assert!(reported.windows(2).all(|w| w[0] < w[1]), "{reported:?}");
+    assert_eq!(reported.last(), Some(&41));
+}
+
+#[tokio::test]
+async fn partition_order_runs_one_batch_at_a_time_in_offset_order() {
+    let plugin = Scripted::slow("v1", Duration::from_millis(1), |e, _| done(e));
+    let config = format!("{CONFIG}ordering = \"partition\"\n");
+    let shared = shared_with(plugin.clone(), 3, &config);
+    let reported = run_partition(&shared, forty_keyed(), 4, 3, Arc::default()).await;
+    assert_eq!(effect_offsets(&shared), (0..41).collect::<Vec<_>>());
+    assert_eq!(plugin.most_running(), 1);
+    assert_eq!(reported.all().last(), Some(&41));
+}
+
+#[tokio::test]
+async fn a_stuck_key_holds_the_offset_but_not_the_other_keys() {
+    // k1's first event asks for a retry until the partition is
+    // cancelled; the other keys finish meanwhile.
+    let plugin = Scripted::slow("v1", Duration::from_millis(1), |e, _| {
+        if e.offset == 1 {
+            Act::new(Outcome::Retry("busy".into()), "never")
+        } else {
+            done(e)
+        }
+    });
+    let shared = shared_with(plugin, 1000, CONFIG);
+    let cancel = Arc::new(AtomicBool::new(false));
+    let events: Vec<Event> = (0..40)
+        .map(|o| keyed(o, Some(&format!("k{}", o % 4))))
+        .collect();
+    let watcher = {
+        let shared = shared.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            // The other keys' 30 events.
+            while effect_offsets(&shared).len() < 30 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            cancel.store(true, Ordering::Relaxed);
+        })
+    };
+    let reported = run_partition(&shared, events, 4, 4, cancel).await;
+    if let Err(e) = watcher.await {
+        panic!("{e}");
+    }
+    let committed = effect_offsets(&shared);
+    assert!(
+        committed.iter().all(|o| o % 4 != 1),
+        "k1 runs nothing after its stuck event: {committed:?}"
+    );
+    assert_eq!(committed.len(), 30);
+    assert_eq!(
+        reported.all().last().copied(),
+        Some(1),
+        "the offset stops at the unfinished event"
+    );
+    assert!(shared.dead_letters.producer().produced().is_empty());
 }
