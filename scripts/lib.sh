@@ -127,11 +127,12 @@ ensure_python_clients() {
     "$PYTHON_CLIENTS" -m pip install --quiet "confluent-kafka==2.16.1" "aiokafka==0.12.0" "asyncpg==0.30.0"
 }
 
-# A NestJS app's Kafka client (ClientKafka on kafkajs), pinned by
-# tests/clients/nestjs/package-lock.json, for the compatibility test.
+# A NestJS app's Kafka client (ClientKafka on kafkajs) and node-postgres,
+# pinned by tests/clients/nestjs/package-lock.json, for the compatibility
+# test and the benchmark's kafkajs baseline.
 ensure_node_clients() {
     local dir="$ROOT/tests/clients/nestjs"
-    if [ -d "$dir/node_modules/@nestjs/microservices" ]; then return; fi
+    if [ -d "$dir/node_modules/@nestjs/microservices" ] && [ -d "$dir/node_modules/pg" ]; then return; fi
     say "installing the NestJS client (npm) into tests/clients/nestjs/node_modules"
     npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error
 }

@@ -12,7 +12,12 @@
 //! times; the database refusing connections for a while; the broker
 //! frozen (`SIGSTOP`); a third router joining, then leaving (`SIGTERM`).
 //!
-//! Pass: no effect lost, none doubled, the counter equals the good events,
+//! The events carry one of 24 keys, and the route keeps order by key (the
+//! default), so a partition runs different keys side by side;
+//! `SWITCHYARD_CHAOS_ORDERING=partition` runs the route in partition order.
+//!
+//! Pass: no effect lost, none doubled, each key's effects committed in the
+//! order its events were produced, the counter equals the good events,
 //! the output ids equal the good input ids (a redelivered output repeats
 //! its `event-id`, so consumers can drop it), the dead-letter topic holds
 //! exactly the poison events, and the consumer lag returns to 0.
@@ -91,6 +96,19 @@ fn event_id(i: usize) -> String {
     format!("chaos-{i:06}")
 }
 
+/// Keys the events are spread over: many per partition, each with many
+/// events.
+const KEYS: usize = 24;
+
+fn key_of(i: usize) -> String {
+    format!("chaos-key-{:02}", i % KEYS)
+}
+
+/// The route's `ordering`: `key` unless `SWITCHYARD_CHAOS_ORDERING` says.
+fn ordering() -> String {
+    std::env::var("SWITCHYARD_CHAOS_ORDERING").unwrap_or_else(|_| "key".to_string())
+}
+
 fn write_config(dir: &Path, broker: &str, db_url: &str) -> std::path::PathBuf {
     let plugin_dir = common::plugin_dir_of("test-chaos");
     let text = format!(
@@ -125,8 +143,10 @@ publish = ["chaos.out"]
 topics = ["chaos.in"]
 plugins = ["test-chaos"]
 dedupe = {{ field = "/id" }}
+ordering = "{ordering}"
 "#,
-        plugin_dir = plugin_dir.display()
+        plugin_dir = plugin_dir.display(),
+        ordering = ordering(),
     );
     common::write_config(dir, &text)
 }
@@ -218,7 +238,7 @@ async fn no_event_is_lost_or_doubled_under_faults() {
             sends.push(tokio::spawn(async move {
                 let value =
                     serde_json::json!({"id": event_id(i), "poison": is_poison(i)}).to_string();
-                let key = event_id(i);
+                let key = key_of(i);
                 producer
                     .send(
                         rdkafka::producer::FutureRecord::to("chaos.in")
@@ -379,6 +399,30 @@ async fn no_event_is_lost_or_doubled_under_faults() {
     let doubled: Vec<(&String, &i64)> = effects.iter().filter(|(_, n)| **n != 1).collect();
     let stray: Vec<&String> = effects.keys().filter(|id| !good.contains(*id)).collect();
     let counter = scalar(&db, "SELECT n FROM chaos_counter WHERE id = 1").await;
+    // Each key's effects in the order its events were produced (the
+    // effect rows' commit-time clock; ties fall back to the id, which
+    // cannot flag a reordering that did not happen).
+    let in_commit_order = common::rows_of(
+        &db,
+        "SELECT event_id FROM chaos_effects ORDER BY created_at, event_id",
+    )
+    .await;
+    let mut last_of_key: HashMap<String, usize> = HashMap::new();
+    let mut reordered: Vec<String> = Vec::new();
+    for r in &in_commit_order {
+        let id = r["event_id"].as_str().unwrap_or_default();
+        let Some(i) = id
+            .strip_prefix("chaos-")
+            .and_then(|n| n.parse::<usize>().ok())
+        else {
+            continue;
+        };
+        if let Some(prev) = last_of_key.insert(key_of(i), i)
+            && prev > i
+        {
+            reordered.push(format!("{} ran after {}", event_id(i), event_id(prev)));
+        }
+    }
 
     // The outbox drains: every committed message reaches the broker.
     let drained = eventually(Duration::from_secs(180), || async {
@@ -480,12 +524,14 @@ async fn no_event_is_lost_or_doubled_under_faults() {
     }
 
     eprintln!(
-        "chaos: {} events ({} poison): lost {}, doubled {}, stray {}, counter {}, outputs {} distinct of {} delivered ({} ids with more than one event-id; {holds:?}), dead letters {} distinct of {} delivered; lag {:?}",
+        "chaos ({} order): {} events ({} poison): lost {}, doubled {}, stray {}, reordered {}, counter {}, outputs {} distinct of {} delivered ({} ids with more than one event-id; {holds:?}), dead letters {} distinct of {} delivered; lag {:?}",
+        ordering(),
         mode.events,
         poison.len(),
         lost.len(),
         doubled.len(),
         stray.len(),
+        reordered.len(),
         counter,
         output_ids.len(),
         outputs.len(),
@@ -511,6 +557,12 @@ async fn no_event_is_lost_or_doubled_under_faults() {
         "{} effects of poison events (first {:?})",
         stray.len(),
         &stray[..stray.len().min(10)]
+    );
+    assert!(
+        reordered.is_empty(),
+        "{} events of a key committed after a later one of the same key (first {:?})",
+        reordered.len(),
+        &reordered[..reordered.len().min(10)]
     );
     assert_eq!(counter, good.len() as i64, "counter");
     let missing: Vec<&String> = good.difference(&output_ids).collect();

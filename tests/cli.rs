@@ -295,6 +295,14 @@ fn explain_shows_routes_matches_and_config_warnings() {
         !stdout.contains("warnings"),
         "the shipped config is clean: {stdout}"
     );
+    // The seeds' routes keep order by key, and the example has a key.
+    assert!(stdout.contains("  ordering: key\n"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "runs in key order: after the earlier events of its partition with the same key"
+        ),
+        "{stdout}"
+    );
 
     let out = switchyard(&["explain", "--topic", "no.such.topic"]);
     assert!(text(&out.stdout).contains("reaches no plugin"));

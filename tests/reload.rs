@@ -35,6 +35,22 @@ async fn wait_for_log(router: &Router, needle: &str, count: usize, timeout: Dura
 /// files never interrupt the flow.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugin_swapped_20_times_under_load_loses_and_doubles_nothing() {
+    swapped_20_times_under_load(Order::Partition).await;
+}
+
+/// The same with the route in key order (the default): in order per key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_swapped_20_times_in_key_order_keeps_each_key_in_order() {
+    swapped_20_times_under_load(Order::Key).await;
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Order {
+    Partition,
+    Key,
+}
+
+async fn swapped_20_times_under_load(order: Order) {
     let broker = Broker::start();
     broker.create_topics(&["ticks", "switchyard.dlq"], 3).await;
     let testdb = TestDb::new(Backend::Postgres).await;
@@ -47,8 +63,14 @@ async fn plugin_swapped_20_times_under_load_loses_and_doubles_nothing() {
     std::fs::write(
         &config,
         format!(
-            "[kafka]\nbrokers = \"{}\"\n[database]\nurl = \"{}\"\n[plugins.test-marker]\nfile = \"marker.wasm\"\n[[routes]]\ntopics = [\"ticks\"]\nplugins = [\"test-marker\"]\n",
-            broker.addr, testdb.url
+            "[kafka]\nbrokers = \"{}\"\n[database]\nurl = \"{}\"\n[plugins.test-marker]\nfile = \"marker.wasm\"\n[[routes]]\ntopics = [\"ticks\"]\nplugins = [\"test-marker\"]\n{}",
+            broker.addr,
+            testdb.url,
+            if order == Order::Partition {
+                "ordering = \"partition\"\n"
+            } else {
+                ""
+            }
         ),
     )
     .unwrap_or_else(|e| panic!("{e}"));
@@ -138,13 +160,28 @@ async fn plugin_swapped_20_times_under_load_loses_and_doubles_nothing() {
         total,
         "every event handled by exactly one version"
     );
-    // Order per partition: in commit order (id), offsets only go up.
+    // Order per partition (or per key): in commit order (id), offsets only
+    // go up. An event starts after the one before it in order committed,
+    // so its id is higher.
     let rows = rows_of(
         &db,
         "SELECT kafka_partition, kafka_offset, marker FROM marker_events ORDER BY id",
     )
     .await;
-    let mut last: std::collections::HashMap<i64, i64> = std::collections::HashMap::new();
+    let ticks = consume_until(&broker.addr, &["ticks"], Duration::from_secs(60), |m| {
+        m.len() as i64 >= total
+    })
+    .await;
+    let key_at: std::collections::HashMap<(i64, i64), String> = ticks
+        .iter()
+        .map(|m| {
+            (
+                (i64::from(m.partition), m.offset),
+                m.key.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    let mut last: std::collections::HashMap<(i64, String), i64> = std::collections::HashMap::new();
     let mut switches = 0;
     let mut prev_marker = String::new();
     for r in &rows {
@@ -152,8 +189,15 @@ async fn plugin_swapped_20_times_under_load_loses_and_doubles_nothing() {
             r["kafka_partition"].as_i64().unwrap_or(-1),
             r["kafka_offset"].as_i64().unwrap_or(-1),
         );
-        if let Some(before) = last.insert(p, o) {
-            assert!(o > before, "partition {p}: offset {o} after {before}");
+        let key = match order {
+            Order::Partition => String::new(),
+            Order::Key => key_at
+                .get(&(p, o))
+                .cloned()
+                .unwrap_or_else(|| panic!("no tick read back at partition {p} offset {o}")),
+        };
+        if let Some(before) = last.insert((p, key.clone()), o) {
+            assert!(o > before, "partition {p} {key}: offset {o} after {before}");
         }
         let m = r["marker"].as_str().unwrap_or_default().to_string();
         if m != prev_marker {

@@ -13,7 +13,12 @@
 //!   in the seeds' stack (`tests/clients/handwritten_consumer.py`,
 //!   aiokafka + asyncpg, one transaction per event with a processed_events
 //!   marker);
-//! - `seeds`: the four shipped plugins on a mix of the seeds' events.
+//! - `seeds`: the four shipped plugins on a mix of the seeds' events;
+//! - `stats`: seed 001's job, `interview.created` through the shipped
+//!   `stats-increment` plugin (1 000 users), beside the same job written by
+//!   hand in the seeds' stacks: `kafkajs-stats` (kafkajs + node-postgres,
+//!   `tests/clients/nestjs/handwritten_stats.js`, the way a NestJS team
+//!   writes it) and `hand-stats` (aiokafka + asyncpg).
 //!
 //! Run it with `scripts/bench` (which builds everything first):
 //!
@@ -58,7 +63,7 @@ fn parse_args() -> anyhow::Result<Args> {
     let mut args = Args {
         events: 20_000,
         rate: 0,
-        partitions: 4,
+        partitions: 3,
         database: "postgres".into(),
         fetch_wait_ms: None,
         modes: [
@@ -70,6 +75,9 @@ fn parse_args() -> anyhow::Result<Args> {
             "native-upsert",
             "hand-upsert",
             "seeds",
+            "stats",
+            "kafkajs-stats",
+            "hand-stats",
         ]
         .iter()
         .map(|m| m.to_string())
@@ -88,9 +96,11 @@ fn parse_args() -> anyhow::Result<Args> {
             "--database" => args.database = value()?,
             "--modes" => args.modes = value()?.split(',').map(str::to_string).collect(),
             "--fetch-wait-ms" => args.fetch_wait_ms = Some(value()?.parse()?),
+            // scripts/bench's own flag (a dev build); nothing to do here.
+            "--dev" => {}
             "--help" | "-h" => {
                 println!(
-                    "scripts/bench [--events N] [--rate R] [--partitions P] [--database postgres|sqlite] [--fetch-wait-ms MS] [--modes broker,noop,native-noop,hand-noop,upsert,native-upsert,hand-upsert,seeds|reload]"
+                    "scripts/bench [--dev] [--events N] [--rate R] [--partitions P] [--database postgres|sqlite] [--fetch-wait-ms MS] [--modes broker,noop,native-noop,hand-noop,upsert,native-upsert,hand-upsert,seeds,stats,kafkajs-stats,hand-stats|reload]"
                 );
                 std::process::exit(0);
             }
@@ -302,6 +312,40 @@ fn seed_record(i: usize) -> Record {
 /// the timed run.
 const SEED_USERS: usize = 50;
 
+/// Users the `stats` modes' interview events count against.
+const STATS_USERS: usize = 1000;
+
+/// Seed 001's job: an interview created by one of [`STATS_USERS`] users.
+fn stats_record(i: usize) -> Record {
+    let user = format!("stats-seed-{}", i % STATS_USERS);
+    Record {
+        topic: "interview.created",
+        key: user.clone(),
+        headers: vec![],
+        payload: serde_json::json!({
+            "eventId": format!("ev-iv-{i}"), "eventType": "interview.created",
+            "timestamp": "2025-10-06T10:15:30.000Z", "userId": user,
+            "data": {"interviewId": format!("iv-{i}")}})
+        .to_string()
+        .into_bytes(),
+    }
+}
+
+/// The stats service's tables (as the stats-increment plugin's migration
+/// creates them) and its users, for the hand-written consumers.
+async fn stats_tables(db: &Database) -> anyhow::Result<()> {
+    db.run_script(&format!(
+        "CREATE TABLE user_stats (user_id text PRIMARY KEY, interviews_created integer NOT NULL DEFAULT 0, \
+         storage_used bigint NOT NULL DEFAULT 0, max_interviews integer NOT NULL DEFAULT 10, \
+         max_storage bigint NOT NULL DEFAULT 5368709120, updated_at timestamptz); \
+         CREATE TABLE stats_processed_events (event_id text PRIMARY KEY, topic text NOT NULL, processed_at timestamptz NOT NULL); \
+         INSERT INTO user_stats (user_id) SELECT 'stats-seed-' || g FROM generate_series(0, {}) g",
+        STATS_USERS - 1
+    ))
+    .await?;
+    Ok(())
+}
+
 fn bench_record(i: usize) -> Record {
     Record {
         topic: "bench.in",
@@ -317,6 +361,8 @@ enum Subject {
     Router(String),
     /// The hand-written aiokafka + asyncpg consumer, in this mode.
     Handwritten(&'static str),
+    /// The hand-written kafkajs + node-postgres consumer of seed 001's job.
+    Kafkajs,
     /// A bare rdkafka consumer that does nothing with the events: the
     /// broker's and the client's own ceiling.
     Broker,
@@ -520,7 +566,8 @@ const SEED_TOPICS: [&str; 13] = [
 async fn run_mode(args: &Args, mode: &str) -> anyhow::Result<Json> {
     let (_broker, addr) = start_broker()?;
     let seeds = mode == "seeds";
-    let topics: Vec<String> = if seeds {
+    let stats = mode.ends_with("stats");
+    let topics: Vec<String> = if seeds || stats {
         SEED_TOPICS.iter().map(|t| t.to_string()).collect()
     } else {
         vec!["bench.in".to_string()]
@@ -532,16 +579,18 @@ async fn run_mode(args: &Args, mode: &str) -> anyhow::Result<Json> {
         "broker" => Subject::Broker,
         "hand-noop" => Subject::Handwritten("noop"),
         "hand-upsert" => Subject::Handwritten("upsert"),
-        "noop" | "upsert" | "native-noop" | "native-upsert" | "seeds" => {
+        "hand-stats" => Subject::Handwritten("stats"),
+        "kafkajs-stats" => Subject::Kafkajs,
+        "noop" | "upsert" | "native-noop" | "native-upsert" | "seeds" | "stats" => {
             Subject::Router(router_config(args, mode, &addr, &db_url)?)
         }
         other => anyhow::bail!(
-            "unknown mode {other}: broker, noop, upsert, native-noop, native-upsert, hand-noop, hand-upsert, seeds or reload"
+            "unknown mode {other}: broker, noop, upsert, native-noop, native-upsert, hand-noop, hand-upsert, seeds, stats, hand-stats, kafkajs-stats or reload"
         ),
     };
     anyhow::ensure!(
-        !matches!(subject, Subject::Handwritten(_)) || pg_name.is_some(),
-        "the hand-written consumer runs on PostgreSQL only (asyncpg)"
+        !matches!(subject, Subject::Handwritten(_) | Subject::Kafkajs) || pg_name.is_some(),
+        "the hand-written consumers run on PostgreSQL only (asyncpg, node-postgres)"
     );
     let log_path = dir.path().join("consumer.log");
     let db = Database::connect(&db_url, 2).await?;
@@ -551,13 +600,14 @@ async fn run_mode(args: &Args, mode: &str) -> anyhow::Result<Json> {
             let path = dir.path().join("bench.toml");
             std::fs::write(&path, config)?;
             let router = start_router(&path, &log_path, "warn,switchyard::consumer=info").await?;
-            if seeds {
+            if seeds || stats {
+                let users = if stats { STATS_USERS } else { SEED_USERS };
                 db.run_script(
                     "INSERT INTO customers (id, name) VALUES ('cust-bench', 'Boulangerie Durand SARL')",
                 )
                 .await?;
                 // The users the interview events count against.
-                let created = (0..SEED_USERS).map(|u| {
+                let created = (0..users).map(|u| {
                     let mut r = seed_record(2);
                     r.key = format!("stats-seed-{u}");
                     r.payload = serde_json::json!({
@@ -570,11 +620,11 @@ async fn run_mode(args: &Args, mode: &str) -> anyhow::Result<Json> {
                 });
                 let warm = Args {
                     rate: 0,
-                    events: SEED_USERS,
+                    events: users,
                     ..args.clone()
                 };
                 produce_all(&addr, &warm, created).await?;
-                warmup = SEED_USERS as i64;
+                warmup = users as i64;
                 wait_for(
                     &db,
                     "SELECT count(*) FROM switchyard_processed",
@@ -585,16 +635,30 @@ async fn run_mode(args: &Args, mode: &str) -> anyhow::Result<Json> {
             }
             (Some(router), None)
         }
-        Subject::Handwritten(hmode) => (
-            Some(start_handwritten(&addr, &db_url, hmode, args.events, &log_path).await?),
-            None,
-        ),
+        Subject::Handwritten(hmode) => {
+            if stats {
+                stats_tables(&db).await?;
+            }
+            (
+                Some(start_handwritten(&addr, &db_url, hmode, args, &log_path).await?),
+                None,
+            )
+        }
+        Subject::Kafkajs => {
+            stats_tables(&db).await?;
+            (
+                Some(start_kafkajs(&addr, &db_url, args, &log_path).await?),
+                None,
+            )
+        }
         Subject::Broker => (None, Some(bare_consumer(&addr, args)?)),
     };
 
     let started = Instant::now();
     let sent_at = if seeds {
         produce_all(&addr, args, (0..args.events).map(seed_record)).await?
+    } else if stats {
+        produce_all(&addr, args, (0..args.events).map(stats_record)).await?
     } else {
         produce_all(&addr, args, (0..args.events).map(bench_record)).await?
     };
@@ -603,7 +667,7 @@ async fn run_mode(args: &Args, mode: &str) -> anyhow::Result<Json> {
     let sqlite = args.database == "sqlite";
     let done: DoneAt = match (&subject, bare) {
         (Subject::Broker, Some(consumer)) => consumer.await??,
-        (Subject::Handwritten(_), _) => {
+        (Subject::Handwritten(_) | Subject::Kafkajs, _) => {
             wait_for(
                 &db,
                 "SELECT count(*) FROM processed_events",
@@ -720,28 +784,27 @@ async fn start_handwritten(
     addr: &str,
     db_url: &str,
     mode: &str,
-    events: usize,
+    args: &Args,
     log: &Path,
 ) -> anyhow::Result<Killed> {
+    let topic = if mode == "stats" {
+        "interview.created"
+    } else {
+        "bench.in"
+    };
     let python = std::env::var_os("SWITCHYARD_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join(".switchyard/venv/bin/python"));
     let out = log.with_file_name("stdout");
     let child = Command::new(&python)
         .arg(root().join("tests/clients/handwritten_consumer.py"))
-        .args([
-            "--brokers",
-            addr,
-            "--topic",
-            "bench.in",
-            "--group",
-            "bench-hand",
-        ])
+        .args(["--brokers", addr, "--topic", topic, "--group", "bench-hand"])
         .args([
             "--database",
             &db_url.replacen("postgres://", "postgresql://", 1),
         ])
-        .args(["--mode", mode, "--events", &events.to_string()])
+        .args(["--mode", mode, "--events", &args.events.to_string()])
+        .args(["--pool", &args.partitions.to_string()])
         .stdout(std::fs::File::create(&out)?)
         .stderr(std::fs::File::create(log)?)
         .spawn()
@@ -751,9 +814,13 @@ async fn start_handwritten(
                 python.display()
             )
         })?;
-    let child = Killed(child);
+    wait_ready(Killed(child), &out, log).await
+}
+
+/// A hand-written consumer once it says it has its partitions.
+async fn wait_ready(child: Killed, out: &Path, log: &Path) -> anyhow::Result<Killed> {
     let started = Instant::now();
-    while !std::fs::read_to_string(&out)?.contains("\"ready\"") {
+    while !std::fs::read_to_string(out)?.contains("\"ready\"") {
         if started.elapsed() > Duration::from_secs(60) {
             anyhow::bail!(
                 "the hand-written consumer did not get its partitions:\n{}",
@@ -763,6 +830,31 @@ async fn start_handwritten(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(child)
+}
+
+/// The kafkajs + node-postgres consumer of seed 001's job
+/// (tests/clients/nestjs/handwritten_stats.js), started and ready.
+async fn start_kafkajs(
+    addr: &str,
+    db_url: &str,
+    args: &Args,
+    log: &Path,
+) -> anyhow::Result<Killed> {
+    let out = log.with_file_name("stdout");
+    let child = Command::new("node")
+        .arg(root().join("tests/clients/nestjs/handwritten_stats.js"))
+        .args([addr, "bench-kafkajs", db_url])
+        .arg(args.events.to_string())
+        .arg(args.partitions.to_string())
+        .stdout(std::fs::File::create(&out)?)
+        .stderr(std::fs::File::create(log)?)
+        .spawn()
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot start node (Node.js 20; scripts/bench installs kafkajs and pg): {e}"
+            )
+        })?;
+    wait_ready(Killed(child), &out, log).await
 }
 
 /// A bare consumer in its own thread: reads `events` records and notes
@@ -989,9 +1081,15 @@ async fn main() -> anyhow::Result<()> {
         return run_reload(&args).await;
     }
     println!(
-        "machine: {} cores, {}; broker Tansu 0.6 (memory), rate {}, fetch.wait.max.ms {}",
+        "machine: {} cores, {}; {} build; broker Tansu 0.6 (memory), {} partitions, rate {}, fetch.wait.max.ms {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         args.database,
+        if cfg!(debug_assertions) {
+            "dev (unoptimized)"
+        } else {
+            "release"
+        },
+        args.partitions,
         if args.rate == 0 {
             "burst".to_string()
         } else {
@@ -1047,6 +1145,16 @@ async fn main() -> anyhow::Result<()> {
             "switchyard no-op / bare consumer (broker ceiling)",
         ),
         ("upsert", "noop", "upsert / no-op"),
+        (
+            "stats",
+            "kafkajs-stats",
+            "seed 001's job, switchyard stats-increment / kafkajs + node-postgres",
+        ),
+        (
+            "stats",
+            "hand-stats",
+            "seed 001's job, switchyard stats-increment / aiokafka + asyncpg",
+        ),
     ] {
         if let (Some(x), Some(y)) = (rates.get(a), rates.get(b)) {
             println!("ratio {what}: {:.2}", x / y);

@@ -9,10 +9,14 @@ batch (at-least-once delivery, effectively-once effects).
 
     python tests/clients/handwritten_consumer.py --brokers 127.0.0.1:9092 \\
         --topic bench.in --group G --database postgresql://postgres@127.0.0.1:5432/DB \\
-        --mode noop|upsert --events N [--pool 4]
+        --mode noop|upsert|stats --events N [--pool 4]
 
 --mode noop writes only the marker; --mode upsert also increments
-bench_counters[record key]. Partitions are processed concurrently, one pooled
+bench_counters[record key]; --mode stats does seed 001's job on
+`interview.created`, as the stats-increment plugin does: the seed's own
+dedupe on `eventId` (stats_processed_events), `user_stats.interviews_created
++ 1`, and a `user.quota_exceeded` notice on crossing `max_interviews`
+(produced after the commit). Partitions are processed concurrently, one pooled
 connection per partition, in offset order within each partition.
 
 Stdout gets `{"ready": true}` once partitions are assigned (start producing
@@ -28,7 +32,7 @@ import sys
 import time
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS processed_events (
@@ -41,6 +45,14 @@ MARK = "INSERT INTO processed_events (event_key) VALUES ($1) ON CONFLICT DO NOTH
 UPSERT = (
     "INSERT INTO bench_counters (k, n) VALUES ($1, 1) "
     "ON CONFLICT (k) DO UPDATE SET n = bench_counters.n + 1"
+)
+CLAIM_EVENT_ID = (
+    "INSERT INTO stats_processed_events (event_id, topic, processed_at) "
+    "VALUES ($1, $2, now()) ON CONFLICT (event_id) DO NOTHING"
+)
+COUNT_INTERVIEW = (
+    "UPDATE user_stats SET interviews_created = interviews_created + 1, updated_at = now() "
+    "WHERE user_id = $1 RETURNING interviews_created, max_interviews"
 )
 
 
@@ -63,25 +75,49 @@ class ReadyOnAssignment(ConsumerRebalanceListener):
             emit({"ready": True})
 
 
-async def handle_partition(pool: asyncpg.Pool, messages, upsert: bool) -> tuple[int, int]:
+async def count_interview(conn, msg) -> dict | None:
+    """Seed 001's job for one event; the quota notice to send, if any."""
+    event = json.loads(msg.value)
+    claimed = await conn.execute(CLAIM_EVENT_ID, event["eventId"], msg.topic)
+    if claimed == "INSERT 0 0":
+        return None
+    row = await conn.fetchrow(COUNT_INTERVIEW, event["userId"])
+    if row is None:
+        return None
+    used, limit = row["interviews_created"], row["max_interviews"]
+    if used - 1 <= limit < used:
+        return {"userId": event["userId"], "quota": "interviews", "used": used, "limit": limit}
+    return None
+
+
+async def handle_partition(pool: asyncpg.Pool, producer, messages, mode: str) -> tuple[int, int]:
     """Processes one partition's share of a batch, in order; returns (new, duplicates)."""
     new = duplicates = 0
     async with pool.acquire() as conn:
         for msg in messages:
+            notice = None
             async with conn.transaction():
                 status = await conn.execute(MARK, f"{msg.topic}/{msg.partition}/{msg.offset}")
                 if status == "INSERT 0 0":
                     duplicates += 1
                     continue
-                if upsert:
+                if mode == "upsert":
                     key = msg.key.decode("utf-8") if msg.key is not None else "none"
                     await conn.execute(UPSERT, key)
+                elif mode == "stats":
+                    notice = await count_interview(conn, msg)
+            if notice is not None:
+                await producer.send_and_wait(
+                    "user.quota_exceeded", json.dumps(notice).encode(), key=notice["userId"].encode()
+                )
             new += 1
     return new, duplicates
 
 
 async def run(args: argparse.Namespace) -> dict:
     pool = await asyncpg.create_pool(args.database, min_size=args.pool, max_size=args.pool)
+    producer = AIOKafkaProducer(bootstrap_servers=args.brokers)
+    await producer.start()
     consumer = AIOKafkaConsumer(
         bootstrap_servers=args.brokers,
         group_id=args.group,
@@ -106,7 +142,7 @@ async def run(args: argparse.Namespace) -> dict:
             if started is None:
                 started = time.perf_counter()
             results = await asyncio.gather(
-                *(handle_partition(pool, msgs, args.mode == "upsert") for msgs in batch.values())
+                *(handle_partition(pool, producer, msgs, args.mode) for msgs in batch.values())
             )
             await consumer.commit()
             processed += sum(new for new, _ in results)
@@ -115,6 +151,7 @@ async def run(args: argparse.Namespace) -> dict:
         return {"processed": processed, "duplicates": duplicates, "seconds": round(elapsed, 3)}
     finally:
         await consumer.stop()
+        await producer.stop()
         await pool.close()
 
 
@@ -124,7 +161,7 @@ def main() -> int:
     parser.add_argument("--topic", required=True)
     parser.add_argument("--group", required=True, help="consumer group id")
     parser.add_argument("--database", required=True, help="PostgreSQL URL")
-    parser.add_argument("--mode", choices=("noop", "upsert"), required=True)
+    parser.add_argument("--mode", choices=("noop", "upsert", "stats"), required=True)
     parser.add_argument("--events", type=int, required=True, help="exit after this many new events")
     parser.add_argument("--pool", type=int, default=4, help="PostgreSQL connections (default 4)")
     parser.add_argument("--timeout", type=float, default=600, help="give up after this many seconds")

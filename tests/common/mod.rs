@@ -575,6 +575,8 @@ pub struct Received {
     pub headers: Vec<(String, String)>,
     /// Partition.
     pub partition: i32,
+    /// Offset.
+    pub offset: i64,
 }
 
 impl Received {
@@ -641,6 +643,7 @@ pub async fn consume_until(
                     })
                     .unwrap_or_default(),
                 partition: m.partition(),
+                offset: m.offset(),
             }),
             Ok(Err(e)) => eprintln!("test consumer: {e}"),
             Err(_) => break,
