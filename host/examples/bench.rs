@@ -34,6 +34,12 @@
 //! serving, and events/s in 250 ms windows around the swaps against the
 //! median.
 //!
+//! Each mode also prints the CPU time the consumer under test, the broker
+//! and PostgreSQL spent per 1 000 events during the timed part (from
+//! /proc; the producer runs in the benchmark's own process).
+//! `SWITCHYARD_BENCH_LOG=warn,sqlx::query=debug` keeps the router's log,
+//! with every statement it sent and its time, as `bench-<mode>.log`.
+//!
 //! Latency is measured per event from the producer's send (wall clock) to
 //! the moment the router wrote that event's processed-marker, which is the
 //! first statement of the event's transaction (the commit follows in the
@@ -118,6 +124,91 @@ fn root() -> PathBuf {
 }
 
 struct Killed(Child);
+
+impl Killed {
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+/// CPU time (user + system, clock ticks) a process has used so far; 0
+/// once it is gone.
+fn cpu_ticks(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // The fields after the command (which may hold spaces), from field 3.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime: fields 14 and 15, here at 11 and 12.
+    let at = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    at(11) + at(12)
+}
+
+/// CPU ticks of every `postgres` process (the server and its backends).
+fn postgres_ticks() -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "postgres")
+        })
+        .map(cpu_ticks)
+        .sum()
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`; 100 on Linux).
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// CPU used during the timed part of a run, by the consumer under test,
+/// the broker and PostgreSQL.
+#[derive(Default, Clone, Copy)]
+struct Cpu {
+    consumer: u64,
+    broker: u64,
+    postgres: u64,
+}
+
+impl Cpu {
+    fn now(consumer: Option<u32>, broker: u32) -> Self {
+        Self {
+            consumer: consumer.map_or(0, cpu_ticks),
+            broker: cpu_ticks(broker),
+            postgres: postgres_ticks(),
+        }
+    }
+
+    /// Milliseconds of CPU per 1 000 events since `before`.
+    fn per_1000(&self, before: &Cpu, events: usize) -> Json {
+        let ms = |a: u64, b: u64| {
+            (a.saturating_sub(b) as f64 * 1000.0 / clock_ticks() * 1000.0 / events.max(1) as f64)
+                .round()
+        };
+        serde_json::json!({
+            "consumer": ms(self.consumer, before.consumer),
+            "broker": ms(self.broker, before.broker),
+            "postgres": ms(self.postgres, before.postgres),
+        })
+    }
+}
 impl Drop for Killed {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -490,7 +581,7 @@ fn plugin_dir() -> PathBuf {
 }
 
 /// The config of a router run: `bench-sink` in `mode`, or the shipped
-/// config's four plugins (`seeds`).
+/// config's four plugins (`seeds`, `stats`).
 fn router_config(args: &Args, mode: &str, addr: &str, db_url: &str) -> anyhow::Result<String> {
     let text = router_config_text(mode, addr, db_url)?;
     Ok(match args.fetch_wait_ms {
@@ -503,7 +594,7 @@ fn router_config(args: &Args, mode: &str, addr: &str, db_url: &str) -> anyhow::R
 
 fn router_config_text(mode: &str, addr: &str, db_url: &str) -> anyhow::Result<String> {
     let dir = plugin_dir();
-    if mode == "seeds" {
+    if mode == "seeds" || mode == "stats" {
         let shipped = std::fs::read_to_string(root().join("config/switchyard.toml"))?;
         return Ok(shipped
             .replace(
@@ -564,7 +655,7 @@ const SEED_TOPICS: [&str; 13] = [
 ];
 
 async fn run_mode(args: &Args, mode: &str) -> anyhow::Result<Json> {
-    let (_broker, addr) = start_broker()?;
+    let (broker, addr) = start_broker()?;
     let seeds = mode == "seeds";
     let stats = mode.ends_with("stats");
     let topics: Vec<String> = if seeds || stats {
@@ -599,7 +690,12 @@ async fn run_mode(args: &Args, mode: &str) -> anyhow::Result<Json> {
         Subject::Router(config) => {
             let path = dir.path().join("bench.toml");
             std::fs::write(&path, config)?;
-            let router = start_router(&path, &log_path, "warn,switchyard::consumer=info").await?;
+            // SWITCHYARD_BENCH_LOG: the router's log filter, e.g.
+            // `warn,sqlx::query=debug` to see every statement and its time;
+            // the log is then kept as bench-<mode>.log.
+            let filter = std::env::var("SWITCHYARD_BENCH_LOG")
+                .unwrap_or_else(|_| "warn,switchyard::consumer=info".to_string());
+            let router = start_router(&path, &log_path, &filter).await?;
             if seeds || stats {
                 let users = if stats { STATS_USERS } else { SEED_USERS };
                 db.run_script(
@@ -654,6 +750,8 @@ async fn run_mode(args: &Args, mode: &str) -> anyhow::Result<Json> {
         Subject::Broker => (None, Some(bare_consumer(&addr, args)?)),
     };
 
+    let consumer_pid = _consumer.as_ref().map(Killed::pid);
+    let cpu_before = Cpu::now(consumer_pid, broker.pid());
     let started = Instant::now();
     let sent_at = if seeds {
         produce_all(&addr, args, (0..args.events).map(seed_record)).await?
@@ -719,6 +817,7 @@ async fn run_mode(args: &Args, mode: &str) -> anyhow::Result<Json> {
         }
     };
     let wall = started.elapsed();
+    let cpu = Cpu::now(consumer_pid, broker.pid()).per_1000(&cpu_before, args.events);
     let (events_per_s, latencies) = figures(&sent_at, &done);
     let upserted = match mode {
         "upsert" | "native-upsert" | "hand-upsert" => {
@@ -741,6 +840,11 @@ async fn run_mode(args: &Args, mode: &str) -> anyhow::Result<Json> {
     };
     db.close().await;
     drop(_consumer);
+    if std::env::var_os("SWITCHYARD_BENCH_LOG").is_some() {
+        let kept = format!("bench-{mode}.log");
+        std::fs::copy(&log_path, &kept)?;
+        eprintln!("router log kept in {kept}");
+    }
     drop_database(pg_name).await?;
     Ok(serde_json::json!({
         "mode": mode,
@@ -759,6 +863,7 @@ async fn run_mode(args: &Args, mode: &str) -> anyhow::Result<Json> {
         "produce_s": produced_in.as_secs_f64(),
         "wall_s": wall.as_secs_f64(),
         "upserted_total": upserted,
+        "cpu_ms_per_1000_events": cpu,
         "dead_lettered": dead_lettered,
     }))
 }
@@ -805,6 +910,8 @@ async fn start_handwritten(
         ])
         .args(["--mode", mode, "--events", &args.events.to_string()])
         .args(["--pool", &args.partitions.to_string()])
+        // Connected until killed, so that its sessions' CPU time is read.
+        .args(["--linger", "600"])
         .stdout(std::fs::File::create(&out)?)
         .stderr(std::fs::File::create(log)?)
         .spawn()
@@ -846,6 +953,7 @@ async fn start_kafkajs(
         .args([addr, "bench-kafkajs", db_url])
         .arg(args.events.to_string())
         .arg(args.partitions.to_string())
+        .arg("600000")
         .stdout(std::fs::File::create(&out)?)
         .stderr(std::fs::File::create(log)?)
         .spawn()
@@ -1099,21 +1207,25 @@ async fn main() -> anyhow::Result<()> {
             .map_or("500 (default)".to_string(), |ms| ms.to_string())
     );
     println!(
-        "{:<12} {:>8} {:>11} {:>9} {:>9} {:>9}",
+        "{:<14} {:>8} {:>11} {:>9} {:>9} {:>9}   CPU ms per 1 000 events: consumer / broker / postgres (the producer runs in this process)",
         "mode", "events", "events/s", "p50 ms", "p99 ms", "max ms"
     );
     let mut rates = std::collections::HashMap::new();
     for mode in &args.modes {
         let r = run_mode(&args, mode).await?;
         let l = &r["latency_ms"];
+        let cpu = &r["cpu_ms_per_1000_events"];
         println!(
-            "{:<12} {:>8} {:>11} {:>9.1} {:>9.1} {:>9.1}",
+            "{:<14} {:>8} {:>11} {:>9.1} {:>9.1} {:>9.1}   {} / {} / {}",
             mode,
             args.events,
             r["events_per_s"],
             l["p50"].as_f64().unwrap_or(f64::NAN),
             l["p99"].as_f64().unwrap_or(f64::NAN),
             l["max"].as_f64().unwrap_or(f64::NAN),
+            cpu["consumer"],
+            cpu["broker"],
+            cpu["postgres"],
         );
         eprintln!("{r}");
         rates.insert(mode.clone(), r["events_per_s"].as_f64().unwrap_or(f64::NAN));

@@ -21,7 +21,8 @@ connection per partition, in offset order within each partition.
 
 Stdout gets `{"ready": true}` once partitions are assigned (start producing
 then), and `{"processed": N, "duplicates": d, "seconds": s}` when N new events
-have been processed and committed; `seconds` runs from the first message
+have been processed and committed (then `{"done": true}` after `--linger`
+seconds connected); `seconds` runs from the first message
 received to the last offset commit. Errors go to stderr with a non-zero exit.
 Requires aiokafka==0.12.0 and asyncpg==0.30.0.
 """
@@ -148,7 +149,11 @@ async def run(args: argparse.Namespace) -> dict:
             processed += sum(new for new, _ in results)
             duplicates += sum(dup for _, dup in results)
         elapsed = time.perf_counter() - started
-        return {"processed": processed, "duplicates": duplicates, "seconds": round(elapsed, 3)}
+        emit({"processed": processed, "duplicates": duplicates, "seconds": round(elapsed, 3)})
+        # Keep the connections (and their server processes) a while, so
+        # that a benchmark can read their CPU time.
+        await asyncio.sleep(args.linger)
+        return {"done": True}
     finally:
         await consumer.stop()
         await producer.stop()
@@ -165,6 +170,7 @@ def main() -> int:
     parser.add_argument("--events", type=int, required=True, help="exit after this many new events")
     parser.add_argument("--pool", type=int, default=4, help="PostgreSQL connections (default 4)")
     parser.add_argument("--timeout", type=float, default=600, help="give up after this many seconds")
+    parser.add_argument("--linger", type=float, default=0, help="seconds to stay connected once done")
     args = parser.parse_args()
     try:
         emit(asyncio.run(run(args)))

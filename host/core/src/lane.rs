@@ -269,16 +269,18 @@ impl<P: Ports> Lane<P> {
         slot: &PluginSlot<PluginOf<P>>,
     ) -> PluginEnd {
         let shared = self.ctl.shared.clone();
-        let call = Call {
+        let mut call = Call {
             event,
             name,
             marker: Marker::of(&shared.group, name, dedupe_key, event),
             replay,
             ctx: Arc::new(EventContext::new(&shared.group, name, event)),
+            // First without a savepoint per statement (one round trip per
+            // statement instead of three); see `Try::WithSavepoints`.
             options: CallOptions {
                 record: false,
                 isolation: slot.isolation,
-                batch: false,
+                batch: true,
             },
         };
         let mut tally = Tally::default();
@@ -291,6 +293,10 @@ impl<P: Ports> Lane<P> {
             let (attempt, outcome) = match &tried {
                 Try::Finished => return PluginEnd::Finished,
                 Try::Again => continue,
+                Try::WithSavepoints => {
+                    call.options.batch = false;
+                    continue;
+                }
                 Try::Outage { what, why } => {
                     if ctl.outage(&mut tally, what, why).await {
                         return PluginEnd::Abandoned;
@@ -368,6 +374,17 @@ impl<P: Ports> Lane<P> {
                 return Try::Again;
             }
         };
+        if call.options.batch && report.db_failed() && !report.db_unavailable() {
+            // A statement failed with no savepoint to roll back to: the
+            // transaction is aborted, and the plugin could not go on after
+            // handling the error. Not an attempt: run the call again with
+            // a savepoint per statement, as the one-event path promises.
+            work.discard().await;
+            tracing::debug!(
+                "a statement failed in a call without savepoints; running it again with a savepoint per statement"
+            );
+            return Try::WithSavepoints;
+        }
         shared.record_call(name, slot, &report, first_attempt);
         if work.is_lost() {
             tracing::error!("the host lost the event's transaction (a bug); retrying the event");
@@ -432,6 +449,9 @@ enum Try {
     Finished,
     /// Redo at once (the host lost the transaction).
     Again,
+    /// Redo at once with a savepoint per statement: a statement failed in
+    /// a call without them, which aborted the transaction.
+    WithSavepoints,
     /// Something was unavailable: wait without spending an attempt.
     Outage {
         /// What failed.

@@ -242,6 +242,9 @@ pub struct Act {
     pub messages: Vec<OutMessage>,
     /// Its statements found the database unavailable.
     pub db_unavailable: bool,
+    /// One of its statements failed (a call without savepoints must then
+    /// be rolled back).
+    pub db_failed: bool,
 }
 
 impl Act {
@@ -252,6 +255,7 @@ impl Act {
             effect: Some(effect.to_string()),
             messages: Vec::new(),
             db_unavailable: false,
+            db_failed: false,
         }
     }
 }
@@ -268,6 +272,7 @@ pub struct Scripted {
     delay: Duration,
     running: AtomicUsize,
     most_running: AtomicUsize,
+    with_savepoints: AtomicUsize,
 }
 
 impl std::fmt::Debug for Scripted {
@@ -300,7 +305,14 @@ impl Scripted {
             delay,
             running: AtomicUsize::new(0),
             most_running: AtomicUsize::new(0),
+            with_savepoints: AtomicUsize::new(0),
         })
+    }
+
+    /// Calls made with a savepoint per statement (not as part of a
+    /// batch).
+    pub fn calls_with_savepoints(&self) -> usize {
+        self.with_savepoints.load(AtomicOrdering::SeqCst)
     }
 
     /// The most calls that were running at once.
@@ -339,7 +351,7 @@ impl Report for ScriptedReport {
         self.act.db_unavailable
     }
     fn db_failed(&self) -> bool {
-        self.act.db_unavailable
+        self.act.db_failed || self.act.db_unavailable
     }
     fn refused_publishes(&self) -> usize {
         0
@@ -379,8 +391,13 @@ impl Runner<MemoryTx> for ScriptedRunner {
         ctx: Arc<EventContext>,
         event: &Event,
         mut tx: MemoryTx,
-        _options: CallOptions,
+        options: CallOptions,
     ) -> (ScriptedReport, Option<MemoryTx>) {
+        if !options.batch {
+            self.plugin
+                .with_savepoints
+                .fetch_add(1, AtomicOrdering::SeqCst);
+        }
         let nth = {
             let mut seen = lock(&self.plugin.seen);
             let n = seen

@@ -11,13 +11,15 @@
 // one partition one after another; kafkajs commits offsets after each
 // handled message (its default auto-commit).
 //
-// Usage: node handwritten_stats.js BROKER GROUP DATABASE_URL EVENTS [POOL]
+// Usage: node handwritten_stats.js BROKER GROUP DATABASE_URL EVENTS [POOL [LINGER_MS]]
 // Stdout: {"ready": true} once the group is joined (start producing then),
-// {"processed": N, "seconds": s} after N new events. Errors: stderr, exit 1.
+// {"processed": N, "seconds": s} after N new events; it then stays
+// connected LINGER_MS (so that a benchmark can read its database
+// sessions' CPU time). Errors: stderr, exit 1.
 const { Kafka, logLevel } = require('kafkajs');
 const { Pool } = require('pg');
 
-const [broker, group, databaseUrl, eventsArg, poolArg] = process.argv.slice(2);
+const [broker, group, databaseUrl, eventsArg, poolArg, lingerArg] = process.argv.slice(2);
 const events = Number(eventsArg);
 const emit = (obj) => process.stdout.write(`${JSON.stringify(obj)}\n`);
 
@@ -25,7 +27,11 @@ async function main() {
   if (!broker || !group || !databaseUrl || !Number.isInteger(events)) {
     throw new Error('usage: node handwritten_stats.js BROKER GROUP DATABASE_URL EVENTS [POOL]');
   }
-  const pool = new Pool({ connectionString: databaseUrl, max: Number(poolArg || 4) });
+  const pool = new Pool({
+    connectionString: databaseUrl,
+    max: Number(poolArg || 4),
+    idleTimeoutMillis: 0,
+  });
   await pool.query(`CREATE TABLE IF NOT EXISTS processed_events (
     event_key text PRIMARY KEY,
     processed_at timestamptz NOT NULL DEFAULT clock_timestamp())`);
@@ -98,6 +104,7 @@ async function main() {
   });
   await finished;
   emit({ processed, seconds: (Date.now() - first) / 1000 });
+  await new Promise((resolve) => { setTimeout(resolve, Number(lingerArg || 0)); });
   await consumer.disconnect();
   await producer.disconnect();
   await pool.end();

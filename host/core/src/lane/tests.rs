@@ -278,6 +278,41 @@ async fn a_plain_batch_commits_once_and_a_failing_event_falls_back_to_one_by_one
 }
 
 #[tokio::test]
+async fn a_failed_statement_reruns_the_call_with_savepoints_without_spending_an_attempt() {
+    // The first call (no savepoints) has a statement fail; the plugin
+    // handles it and would go on, which only savepoints allow.
+    let plugin = Scripted::new("v1", |e, nth| {
+        if e.offset == 4 && nth == 1 {
+            Act {
+                db_failed: true,
+                ..done(e)
+            }
+        } else {
+            done(e)
+        }
+    });
+    let (mut lane, shared) = lane_with(plugin.clone(), 1);
+    assert_eq!(lane.process(&event(4)).await, EventEnd::Completed);
+    let c = shared.db.committed();
+    assert_eq!(c.effects, vec!["+4"], "the rerun's effect, once");
+    assert_eq!(c.outbox.len(), 1, "the aborted call's message is gone");
+    assert_eq!(
+        plugin.calls_with_savepoints(),
+        1,
+        "the rerun had savepoints"
+    );
+    assert!(
+        shared.dead_letters.producer().produced().is_empty(),
+        "max_attempts = 1, yet nothing dead-lettered: the first call was no attempt"
+    );
+    assert_eq!(shared.metrics.events("stats", "done"), 1);
+    // A plain event runs once, without savepoints.
+    assert_eq!(lane.process(&event(5)).await, EventEnd::Completed);
+    assert_eq!(plugin.calls_with_savepoints(), 1);
+    assert_eq!(shared.db.committed().effects, vec!["+4", "+5"]);
+}
+
+#[tokio::test]
 async fn a_cancelled_lane_abandons_the_event_and_commits_nothing() {
     let (mut lane, shared) = lane_with(
         Scripted::new("v1", |_, _| Act::new(Outcome::Retry("busy".into()), "x")),
