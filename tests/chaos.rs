@@ -12,9 +12,9 @@
 //! times; the database refusing connections for a while; the broker
 //! frozen (`SIGSTOP`); a third router joining, then leaving (`SIGTERM`).
 //!
-//! The events carry one of 24 keys, and the route keeps order by key (the
-//! default), so a partition runs different keys side by side;
-//! `SWITCHYARD_CHAOS_ORDERING=partition` runs the route in partition order.
+//! The events carry one of 24 keys. The test runs twice, one run after the
+//! other: with the route in key order (the default: a partition runs
+//! different keys side by side) and in partition order.
 //!
 //! Pass: no effect lost, none doubled, each key's effects committed in the
 //! order its events were produced, the counter equals the good events,
@@ -104,12 +104,10 @@ fn key_of(i: usize) -> String {
     format!("chaos-key-{:02}", i % KEYS)
 }
 
-/// The route's `ordering`: `key` unless `SWITCHYARD_CHAOS_ORDERING` says.
-fn ordering() -> String {
-    std::env::var("SWITCHYARD_CHAOS_ORDERING").unwrap_or_else(|_| "key".to_string())
-}
+/// The two runs take turns: each is heavy on two cores.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn write_config(dir: &Path, broker: &str, db_url: &str) -> std::path::PathBuf {
+fn write_config(dir: &Path, broker: &str, db_url: &str, ordering: &str) -> std::path::PathBuf {
     let plugin_dir = common::plugin_dir_of("test-chaos");
     let text = format!(
         r#"
@@ -146,7 +144,7 @@ dedupe = {{ field = "/id" }}
 ordering = "{ordering}"
 "#,
         plugin_dir = plugin_dir.display(),
-        ordering = ordering(),
+        ordering = ordering,
     );
     common::write_config(dir, &text)
 }
@@ -192,6 +190,18 @@ async fn allow_connections(admin: &mut sqlx::PgConnection, db: &str, allow: bool
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_event_is_lost_or_doubled_under_faults() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    chaos("key").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_event_is_lost_or_doubled_under_faults_in_partition_order() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    chaos("partition").await;
+}
+
+/// One chaos run with the route's `ordering`.
+async fn chaos(ordering: &str) {
     let mode = mode();
     let seed = std::env::var("SWITCHYARD_CHAOS_SEED")
         .ok()
@@ -219,7 +229,7 @@ async fn no_event_is_lost_or_doubled_under_faults() {
         .unwrap_or_default()
         .to_string();
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let config = write_config(dir.path(), &broker.addr, &testdb.url);
+    let config = write_config(dir.path(), &broker.addr, &testdb.url, ordering);
     let mut a = Router::start(&config, &dir.path().join("a.log"), &[]);
     let mut b = Router::start(&config, &dir.path().join("b.log"), &[]);
     wait_joined(&a, 1).await;
@@ -525,7 +535,7 @@ async fn no_event_is_lost_or_doubled_under_faults() {
 
     eprintln!(
         "chaos ({} order): {} events ({} poison): lost {}, doubled {}, stray {}, reordered {}, counter {}, outputs {} distinct of {} delivered ({} ids with more than one event-id; {holds:?}), dead letters {} distinct of {} delivered; lag {:?}",
-        ordering(),
+        ordering,
         mode.events,
         poison.len(),
         lost.len(),
