@@ -122,6 +122,13 @@ pub fn explain(loaded: &Loaded, text: &str, event: &Event) -> Explanation {
         }));
     }
     let replay = match crate::routes::replay_of(event) {
+        Some((plugin, key)) if !crate::routes::is_dedupe_key(key) => {
+            reached.clear();
+            out.push_str(&format!(
+                "\nreplay headers with a key the router never writes ({key:?}): it runs nowhere, not even as a fresh event; replay the dead letter again with `switchyard dlq replay`\n"
+            ));
+            json!({"plugin": plugin, "dedupe_key": key, "refused": "not a dedupe key the router writes"})
+        }
         Some((plugin, key)) => {
             reached.retain(|(p, _)| p == plugin);
             for r in &mut reached {
@@ -136,7 +143,9 @@ pub fn explain(loaded: &Loaded, text: &str, event: &Event) -> Explanation {
         None => Json::Null,
     };
     out.push('\n');
-    if reached.is_empty() {
+    if reached.is_empty() && !replay.is_null() {
+        out.push_str("reaches no plugin: the router logs the replay as skipped, commits its offset and moves on\n");
+    } else if reached.is_empty() {
         out.push_str(&format!(
             "reaches no plugin: the router commits its offset and moves on (no route for topic {} takes it)\n",
             event.topic

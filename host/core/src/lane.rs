@@ -224,6 +224,15 @@ impl<P: Ports> Lane<P> {
         let state = self.ctl.shared.state.load_full();
         let selected = state.routes.select(event);
         if selected.is_empty() {
+            if let Some((plugin, key)) = crate::routes::replay_of(event) {
+                let why = if crate::routes::is_dedupe_key(key) {
+                    "no route of its topic reaches that plugin"
+                } else {
+                    "its switchyard.replay-key is not a dedupe key the router writes"
+                };
+                tracing::warn!(topic = %event.topic, partition = event.partition, offset = event.offset, %plugin, key, "replay skipped: {why}; replay the dead letter again with `switchyard dlq replay`");
+                return EventEnd::Completed;
+            }
             tracing::debug!(topic = %event.topic, partition = event.partition, offset = event.offset, "no route matches; skipped");
         }
         for sel in selected {

@@ -94,6 +94,29 @@ pub fn replay_of(event: &Event) -> Option<(&str, &str)> {
     ))
 }
 
+/// Whether `key` has a form the router gives dedupe keys: `id:` and a
+/// non-empty id of at most 200 bytes, `idsha256:` and 64 hex digits, or
+/// `pos:<topic>/<partition>/<offset>`. A replay under any other key can
+/// match no marker, so the router runs it nowhere and says why.
+pub fn is_dedupe_key(key: &str) -> bool {
+    if let Some(id) = key.strip_prefix("id:") {
+        !id.is_empty() && id.len() <= 200
+    } else if let Some(hex) = key.strip_prefix("idsha256:") {
+        hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    } else if let Some(position) = key.strip_prefix("pos:") {
+        let mut parts = position.rsplitn(3, '/');
+        let offset = parts.next().and_then(|o| o.parse::<i64>().ok());
+        let partition = parts.next().and_then(|p| p.parse::<i32>().ok());
+        let topic = parts.next().unwrap_or("");
+        offset.is_some() && partition.is_some() && !topic.is_empty()
+    } else {
+        false
+    }
+}
+
 /// The dedupe key of an event id: the id itself when short, else its
 /// SHA-256 (an id of any length must fit the marker's primary key).
 pub fn dedupe_key_of_id(id: &str) -> String {
@@ -260,10 +283,13 @@ impl RouteTable {
                 None => true,
             };
             let (event_id, dedupe_key) = if taken || untaken_keys {
+                // An empty id is no id: under `id:` alone, every event
+                // with an empty id would be a duplicate of the first.
                 let event_id = route
                     .dedupe
                     .as_ref()
-                    .and_then(|d| d.read(event, json.as_ref()));
+                    .and_then(|d| d.read(event, json.as_ref()))
+                    .filter(|id| !id.is_empty());
                 let key = event_id
                     .as_deref()
                     .map_or_else(|| position.clone(), dedupe_key_of_id);
@@ -313,8 +339,10 @@ impl RouteTable {
         // headers alone prove nothing (any producer can write them): the
         // lane honours them only where that key's marker says
         // `dead-lettered`.
+        // A key of a form the router never writes matches no marker: the
+        // replay runs nowhere (and never as a fresh event).
         if let Some((only, key)) = replay_of(event) {
-            out.retain(|s| s.plugin == only);
+            out.retain(|s| s.plugin == only && is_dedupe_key(key));
             for s in &mut out {
                 s.dedupe_key = key.to_string();
                 s.replay = true;
@@ -461,5 +489,44 @@ mod tests {
             2,
             "without its key it is no replay: routed as any event"
         );
+        for bad in [
+            "",
+            "id:",
+            "pos:",
+            "pos:t/x/3",
+            "pos:/0/3",
+            "idsha256:abc",
+            "key-1",
+        ] {
+            let forged = event(
+                "t",
+                "{}",
+                &[
+                    (crate::deadletter::REPLAY_PLUGIN, "b"),
+                    (crate::deadletter::REPLAY_KEY, bad),
+                ],
+            );
+            assert!(
+                t.select(&forged).is_empty(),
+                "a replay under {bad:?} runs nowhere"
+            );
+        }
+    }
+
+    #[test]
+    fn dedupe_keys_the_router_writes_have_its_form() {
+        let t = table(
+            "[[routes]]\ntopics = [\"a.b\"]\nplugins = [\"a\"]\ndedupe = { header = \"event-id\" }\n",
+        );
+        for id in ["e-1", "", &"x".repeat(200), &"y".repeat(201)] {
+            let e = event("a.b", "{}", &[("event-id", id)]);
+            let key = &t.select(&e)[0].dedupe_key;
+            assert!(is_dedupe_key(key), "{key}");
+            if id.is_empty() {
+                assert!(key.starts_with("pos:a.b/"), "an empty id is no id: {key}");
+            }
+        }
+        assert!(!is_dedupe_key(&format!("id:{}", "x".repeat(201))));
+        assert!(!is_dedupe_key(&format!("idsha256:{}", "A".repeat(64))));
     }
 }
