@@ -7,7 +7,6 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 export SWITCHYARD_PLUGIN_DIR="${SWITCHYARD_PLUGIN_DIR:-${CARGO_TARGET_DIR:-$ROOT/target}/wasm32-wasip2/plugin}"
-PLUGINS=(role-mapping profile-creation stats-increment welcome-notification test-hostile bench-sink test-marker test-marker-b test-bad-start test-chaos test-fragile)
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
@@ -35,13 +34,70 @@ ensure_libclang() {
     fi
 }
 
+# Every plugin under plugins/, found by what its directory holds (no list
+# to keep): a Cargo.toml (Rust, a workspace member), a package.json with a
+# "switchyard" key (TypeScript, plugins/sdk-ts/build.mjs) or a
+# pyproject.toml with [tool.switchyard] (Python, plugins/sdk-py/build.py).
+# Each lands in $SWITCHYARD_PLUGIN_DIR as <directory, - as _>.wasm.
 build_plugins() {
     ensure_libclang
     ensure_wasm_target
-    say "building plugins (wasm32-wasip2, profile 'plugin')"
-    local args=()
-    for p in "${PLUGINS[@]}"; do args+=(-p "$p"); done
-    cargo build --target wasm32-wasip2 --profile plugin "${args[@]}"
+    local crates=() ts=() py=() dir name
+    for dir in plugins/*/; do
+        dir="${dir%/}"
+        name="$(basename "$dir")"
+        if [ -f "$dir/Cargo.toml" ] && [ "$name" != sdk ]; then
+            if ! grep -q "\"$dir\"" Cargo.toml; then
+                echo "$dir is a Rust plugin outside the workspace: add \"$dir\" to [workspace] members in Cargo.toml" >&2
+                exit 1
+            fi
+            crates+=(-p "$(sed -n 's/^name *= *"\(.*\)"/\1/p' "$dir/Cargo.toml" | head -n1)")
+        elif [ -f "$dir/package.json" ] && grep -q '"switchyard"' "$dir/package.json"; then
+            ts+=("$dir")
+        elif [ -f "$dir/pyproject.toml" ] && grep -q '^\[tool.switchyard\]' "$dir/pyproject.toml"; then
+            py+=("$dir")
+        fi
+    done
+    say "building $(( ${#crates[@]} / 2 )) Rust plugins (wasm32-wasip2, profile 'plugin')"
+    cargo build --target wasm32-wasip2 --profile plugin "${crates[@]}"
+    if [ ${#ts[@]} -gt 0 ]; then
+        ensure_ts_toolchain
+        for dir in "${ts[@]}"; do build_if_changed "$dir" node plugins/sdk-ts/build.mjs plugins/sdk-ts/src; done
+    fi
+    if [ ${#py[@]} -gt 0 ]; then
+        ensure_py_toolchain
+        for dir in "${py[@]}"; do build_if_changed "$dir" "$PLUGIN_PYTHON" plugins/sdk-py/build.py plugins/sdk-py/switchyard; done
+    fi
+}
+
+# Build plugin directory $1 with `$2 $3 <dir> <out>` unless its component
+# is newer than every file of the plugin, of the SDK ($4) and of the WIT.
+build_if_changed() {
+    local dir="$1" runner="$2" script="$3" sdk="$4"
+    local out="$SWITCHYARD_PLUGIN_DIR/$(basename "$dir" | tr - _).wasm"
+    if [ -f "$out" ] && [ -z "$(find "$dir" "$sdk" "$script" wit -newer "$out" -type f -not -path '*/node_modules/*' -not -path '*/__pycache__/*' -print -quit)" ]; then
+        return
+    fi
+    say "building $dir"
+    "$runner" "$script" "$dir" "$out"
+}
+
+# componentize-js, jco, esbuild and tsc, pinned by
+# plugins/sdk-ts/package-lock.json.
+ensure_ts_toolchain() {
+    if [ -x plugins/sdk-ts/node_modules/.bin/componentize-js ]; then return; fi
+    say "installing the TypeScript plugin toolchain (npm) into plugins/sdk-ts/node_modules"
+    npm ci --prefix plugins/sdk-ts --no-audit --no-fund --loglevel=error
+}
+
+# componentize-py, pinned by plugins/sdk-py/requirements.txt.
+PLUGIN_PYTHON="$ROOT/.switchyard/venv-plugins/bin/python"
+ensure_py_toolchain() {
+    export SWITCHYARD_COMPONENTIZE_PY="$ROOT/.switchyard/venv-plugins/bin/componentize-py"
+    if [ -x "$SWITCHYARD_COMPONENTIZE_PY" ] && "$SWITCHYARD_COMPONENTIZE_PY" --version 2>/dev/null | grep -q "$(sed -n 's/^componentize-py==//p' plugins/sdk-py/requirements.txt)"; then return; fi
+    say "installing the Python plugin toolchain (PyPI: componentize-py) into .switchyard/venv-plugins"
+    python3 -m venv "$ROOT/.switchyard/venv-plugins"
+    "$PLUGIN_PYTHON" -m pip install --quiet -r plugins/sdk-py/requirements.txt
 }
 
 # PostgreSQL on 127.0.0.1:5432 (the tests create and drop their own

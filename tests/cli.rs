@@ -9,6 +9,7 @@ use std::process::{Command, Output};
 
 fn switchyard(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .env("SWITCHYARD_COMPILE_CACHE", common::compile_cache_dir())
         .args(args)
         .current_dir(root())
         .env_remove("SWITCHYARD_DATABASE_URL")
@@ -162,6 +163,53 @@ fn bad_inputs_say_what_is_wrong() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// The shipped config routes to the TypeScript and Python builds by
+/// pointing `file` at them, as its comment says.
+#[test]
+fn check_loads_the_typescript_and_python_builds_under_the_seed_names() {
+    let plugin_dir = plugin_path("role-mapping-ts")
+        .parent()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let shipped =
+        std::fs::read_to_string(root().join("config/switchyard.toml")).unwrap_or_default();
+    let ported = shipped
+        .replace(
+            "file = \"role_mapping.wasm\"",
+            "file = \"role_mapping_ts.wasm\"",
+        )
+        .replace(
+            "file = \"welcome_notification.wasm\"",
+            "file = \"welcome_notification_py.wasm\"",
+        );
+    assert_ne!(shipped, ported);
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let config = dir.path().join("ported.toml");
+    std::fs::write(&config, ported).unwrap_or_else(|e| panic!("{e}"));
+    let out = switchyard(&[
+        "check",
+        "--config",
+        &config.to_string_lossy(),
+        "--plugin-dir",
+        &plugin_dir,
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    for (plugin, file) in [
+        ("role-mapping", "role_mapping_ts.wasm"),
+        ("welcome-notification", "welcome_notification_py.wasm"),
+    ] {
+        let line = stdout
+            .lines()
+            .find(|l| l.contains(&format!("plugin {plugin}:")))
+            .unwrap_or_default();
+        assert!(
+            line.contains(&format!("{plugin} 0.1.0")) && line.contains(file),
+            "{stdout}"
+        );
+    }
 }
 
 #[test]

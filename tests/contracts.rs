@@ -41,15 +41,15 @@ fn user_created(user_id: &str, user_type: &str, customer: Option<&str>) -> Json 
 }
 
 /// role-mapping on a fresh database with one customer, `cust-1`.
-async fn role_mapping(backend: Backend) -> Harness {
-    let h = Harness::new("role-mapping", backend).await;
+async fn role_mapping(backend: Backend, build: &str) -> Harness {
+    let h = Harness::new(build, backend).await;
     h.exec("INSERT INTO customers (id, name) VALUES ('cust-1', 'Boulangerie Durand SARL')")
         .await;
     h
 }
 
-async fn role_mapping_maps_the_four_user_types(backend: Backend) {
-    let mut h = role_mapping(backend).await;
+async fn role_mapping_maps_the_four_user_types(backend: Backend, build: &str) {
+    let mut h = role_mapping(backend, build).await;
     let expected = [
         ("SME_USER", "CUSTOMER_USER", "SME", false),
         ("SME_OWNER", "CUSTOMER_ADMIN", "SME", true),
@@ -99,8 +99,8 @@ async fn role_mapping_maps_the_four_user_types(backend: Backend) {
     assert!(stamps.is_empty(), "created_at and updated_at are set");
 }
 
-async fn role_mapping_skips_and_rejects_per_contract(backend: Backend) {
-    let mut h = role_mapping(backend).await;
+async fn role_mapping_skips_and_rejects_per_contract(backend: Backend, build: &str) {
+    let mut h = role_mapping(backend, build).await;
     let first = h
         .send(
             "USER_CREATED",
@@ -176,8 +176,8 @@ async fn role_mapping_skips_and_rejects_per_contract(backend: Backend) {
     assert_eq!(h.count("customer_users").await, 2);
 }
 
-async fn role_mapping_applies_status_and_role_changes(backend: Backend) {
-    let mut h = role_mapping(backend).await;
+async fn role_mapping_applies_status_and_role_changes(backend: Backend, build: &str) {
+    let mut h = role_mapping(backend, build).await;
     assert_outcome(
         &h.send(
             "USER_CREATED",
@@ -238,21 +238,14 @@ async fn role_mapping_applies_status_and_role_changes(backend: Backend) {
     );
 }
 
-async fn role_mapping_takes_its_mapping_from_settings(backend: Backend) {
+async fn role_mapping_takes_its_mapping_from_settings(backend: Backend, build: &str) {
     let settings = json!({"mapping": {
         "SME_USER": {"role": "VIEWER", "userType": "SME", "isCompanyOwner": false}
     }});
     let Json::Object(settings) = settings else {
         unreachable!()
     };
-    let mut h = Harness::with_env(
-        "role-mapping",
-        backend,
-        settings,
-        Limits::default(),
-        Grants::all(),
-    )
-    .await;
+    let mut h = Harness::with_env(build, backend, settings, Limits::default(), Grants::all()).await;
     h.exec("INSERT INTO customers (id, name) VALUES ('cust-1', 'x')")
         .await;
     assert_outcome(
@@ -697,8 +690,8 @@ const REGISTERED_HEADERS: [(&str, &str); 4] = [
     ("request-id", "req-abc-123"),
 ];
 
-async fn welcome_sends_exactly_one_welcome(backend: Backend) {
-    let mut h = Harness::new("welcome-notification", backend).await;
+async fn welcome_sends_exactly_one_welcome(backend: Backend, build: &str) {
+    let mut h = Harness::new(build, backend).await;
     let inv = h
         .send(
             "user.registered.v1",
@@ -769,8 +762,8 @@ async fn welcome_sends_exactly_one_welcome(backend: Backend) {
     assert_eq!(v["variables"]["name"], json!("Sam"));
 }
 
-async fn welcome_rejects_bad_email_and_versions(backend: Backend) {
-    let mut h = Harness::new("welcome-notification", backend).await;
+async fn welcome_rejects_bad_email_and_versions(backend: Backend, build: &str) {
+    let mut h = Harness::new(build, backend).await;
     let inv = h
         .send(
             "user.registered.v1",
@@ -803,18 +796,11 @@ async fn welcome_rejects_bad_email_and_versions(backend: Backend) {
     assert_eq!(h.count("welcome_notifications").await, 0);
 }
 
-async fn welcome_subject_comes_from_settings(backend: Backend) {
+async fn welcome_subject_comes_from_settings(backend: Backend, build: &str) {
     let Json::Object(settings) = json!({"subject": "¡Hola {name}!"}) else {
         unreachable!()
     };
-    let mut h = Harness::with_env(
-        "welcome-notification",
-        backend,
-        settings,
-        Limits::default(),
-        Grants::all(),
-    )
-    .await;
+    let mut h = Harness::with_env(build, backend, settings, Limits::default(), Grants::all()).await;
     let inv = h
         .send(
             "notification.send.welcome",
@@ -831,6 +817,12 @@ async fn welcome_subject_comes_from_settings(backend: Backend) {
 }
 
 // ─────────────────────────────── hostile inputs ────────────────────────────
+
+/// The seed plugins written in other languages: (Rust build, port).
+const PORTS: [(&str, &str); 2] = [
+    ("role-mapping", "role-mapping-ts"),
+    ("welcome-notification", "welcome-notification-py"),
+];
 
 /// Malformed, truncated, wrongly typed and huge payloads end as `rejected`
 /// with a reason: never a trap, never a commit.
@@ -888,6 +880,17 @@ async fn hostile_inputs_are_rejected_with_a_reason(backend: Backend) {
             &["welcome_notifications"],
         ),
     ];
+    // The ports to other languages take the same cases as their twins.
+    let cases: Vec<Case> = cases
+        .into_iter()
+        .flat_map(|case| {
+            let port = PORTS
+                .iter()
+                .find(|(rust, _)| *rust == case.0)
+                .map(|(_, port)| (*port, case.1, case.2.clone(), case.3));
+            std::iter::once(case).chain(port)
+        })
+        .collect();
     for (plugin, topic, payloads, tables) in cases {
         let mut h = Harness::new(plugin, backend).await;
         for payload in payloads {
@@ -924,6 +927,8 @@ async fn unknown_topics_are_rejected(backend: Backend) {
         "profile-creation",
         "stats-increment",
         "welcome-notification",
+        "role-mapping-ts",
+        "welcome-notification-py",
     ] {
         let mut h = Harness::new(plugin, backend).await;
         let inv = h.send("some.other.topic", None, &[], json!({})).await;
@@ -935,20 +940,63 @@ async fn unknown_topics_are_rejected(backend: Backend) {
     }
 }
 
+/// The contract tests of a plugin, once per build of it (the Rust crate and
+/// its port to another language) and per backend.
+macro_rules! per_build {
+    ($($build:ident = $file:literal: [$($name:ident),* $(,)?]);* $(;)?) => {
+        $(
+            mod $build {
+                $(
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $name() {
+                        super::$name(switchyard::database::Backend::Sqlite, $file).await
+                    }
+                )*
+                mod postgres {
+                    $(
+                        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                        async fn $name() {
+                            super::super::$name(switchyard::database::Backend::Postgres, $file).await
+                        }
+                    )*
+                }
+            }
+        )*
+    };
+}
+
+per_build! {
+    role_mapping_rust = "role-mapping": [
+        role_mapping_maps_the_four_user_types,
+        role_mapping_skips_and_rejects_per_contract,
+        role_mapping_applies_status_and_role_changes,
+        role_mapping_takes_its_mapping_from_settings,
+    ];
+    role_mapping_typescript = "role-mapping-ts": [
+        role_mapping_maps_the_four_user_types,
+        role_mapping_skips_and_rejects_per_contract,
+        role_mapping_applies_status_and_role_changes,
+        role_mapping_takes_its_mapping_from_settings,
+    ];
+    welcome_rust = "welcome-notification": [
+        welcome_sends_exactly_one_welcome,
+        welcome_rejects_bad_email_and_versions,
+        welcome_subject_comes_from_settings,
+    ];
+    welcome_python = "welcome-notification-py": [
+        welcome_sends_exactly_one_welcome,
+        welcome_rejects_bad_email_and_versions,
+        welcome_subject_comes_from_settings,
+    ];
+}
+
 on_both_backends!(
-    role_mapping_maps_the_four_user_types,
-    role_mapping_skips_and_rejects_per_contract,
-    role_mapping_applies_status_and_role_changes,
-    role_mapping_takes_its_mapping_from_settings,
     profile_creation_creates_and_replies,
     profile_creation_answers_conflicts_and_validation,
     profile_creation_answers_nestjs_request_reply,
     stats_counts_and_dedupes,
     stats_retries_unknown_users_and_rejects_bad_sizes,
     stats_publishes_each_quota_crossing_once,
-    welcome_sends_exactly_one_welcome,
-    welcome_rejects_bad_email_and_versions,
-    welcome_subject_comes_from_settings,
     hostile_inputs_are_rejected_with_a_reason,
     unknown_topics_are_rejected,
 );

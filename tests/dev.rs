@@ -69,6 +69,7 @@ async fn dev_serves_a_kafka_client_reloads_and_counts() {
     let out_path = dir.path().join("stdout.txt");
     let log_path = dir.path().join("log.txt");
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .env("SWITCHYARD_COMPILE_CACHE", common::compile_cache_dir())
         .current_dir(dir.path())
         .args(["dev", "--config"])
         .arg(root().join("config/switchyard.toml"))

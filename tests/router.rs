@@ -793,6 +793,7 @@ async fn batches_with_poison_in_the_middle_apply_good_events_once() {
 /// Run the `switchyard` CLI with `args` (a command other than `run`).
 fn cli(args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .env("SWITCHYARD_COMPILE_CACHE", common::compile_cache_dir())
         .args(args)
         .env_remove("SWITCHYARD_BROKERS")
         .env_remove("SWITCHYARD_DATABASE_URL")

@@ -781,3 +781,156 @@ async fn the_shipped_plugins_migrations_pass_the_gate() {
         }
     }
 }
+
+/// A runtime whose compiled-code cache is `dir`, holding at most `max_bytes`.
+fn cached_runtime(dir: &std::path::Path, max_bytes: u64) -> Runtime {
+    Runtime::new(RuntimeOptions {
+        max_instances: 4,
+        compile_cache: Some((dir.to_path_buf(), max_bytes)),
+        ..RuntimeOptions::default()
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// The cache's one entry file (`<sha256>-<engine>.cwasm`).
+fn cache_entries(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+        .collect();
+    entries.sort();
+    entries
+}
+
+/// A second runtime loads the compiled form from the cache; an entry that
+/// is corrupt, truncated, forged (a right digest over bytes wasmtime never
+/// wrote) or foreign is a miss, never trusted: the plugin is compiled
+/// again, runs, and the entry is rewritten.
+#[tokio::test]
+async fn compiled_components_are_cached_and_bad_entries_are_compiled_again() {
+    use switchyard::compiled::Source;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let cache = dir.path().join("compiled");
+    let bytes = std::fs::read(plugin_path(PLUGIN))
+        .unwrap_or_else(|e| panic!("{}: {e}", plugin_path(PLUGIN).display()));
+    let load = |runtime: Runtime| {
+        let bytes = bytes.clone();
+        async move {
+            let plugin = runtime
+                .load_bytes(bytes, "p.wasm".into(), PluginEnv::permissive("x"))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(plugin.info.name, "test-hostile", "describe ran");
+            plugin.compiled
+        }
+    };
+    assert_eq!(
+        load(cached_runtime(&cache, 1 << 30)).await,
+        Source::Compiled
+    );
+    let entries = cache_entries(&cache);
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let entry = entries[0].clone();
+    assert_eq!(load(cached_runtime(&cache, 1 << 30)).await, Source::Hit);
+
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&cache)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "the cache is the host user's alone: {mode:o}"
+        );
+    }
+
+    let good = std::fs::read(&entry).unwrap_or_else(|e| panic!("{e}"));
+    let flipped = {
+        let mut b = good.clone();
+        let i = b.len() / 2;
+        b[i] ^= 0x40;
+        b
+    };
+    let forged = {
+        use sha2::Digest;
+        let payload = vec![0x90u8; 4096];
+        let mut b = good[..8].to_vec();
+        b.extend_from_slice(&sha2::Sha256::digest(&payload));
+        b.extend_from_slice(&payload);
+        b
+    };
+    let foreign = {
+        let mut b = b"NOTOURS!".to_vec();
+        b.extend_from_slice(&good[8..]);
+        b
+    };
+    for (what, bad) in [
+        ("a flipped byte", flipped),
+        ("half the file", good[..good.len() / 2].to_vec()),
+        ("a forged digest over bytes wasmtime never wrote", forged),
+        ("another format", foreign),
+        ("nothing", Vec::new()),
+    ] {
+        std::fs::write(&entry, &bad).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            load(cached_runtime(&cache, 1 << 30)).await,
+            Source::Compiled,
+            "{what}: compiled again"
+        );
+        assert_eq!(
+            std::fs::read(&entry).unwrap_or_default(),
+            good,
+            "{what}: the entry is rewritten"
+        );
+    }
+
+    // A cap below one entry keeps only the newest.
+    let small = dir.path().join("small");
+    let runtime = cached_runtime(&small, 1);
+    for name in [PLUGIN, "test-marker"] {
+        let bytes = std::fs::read(plugin_path(name)).unwrap_or_else(|e| panic!("{e}"));
+        let plugin = runtime
+            .load_bytes(bytes, format!("{name}.wasm"), PluginEnv::permissive("x"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(plugin.compiled, Source::Compiled);
+    }
+    assert_eq!(
+        cache_entries(&small).len(),
+        1,
+        "the older entry was evicted"
+    );
+}
+
+/// A cache directory that others may write to is never read: the
+/// runtime runs without it.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_cache_others_can_write_to_is_not_used() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let runtime = cached_runtime(&open, 1 << 30);
+    assert!(
+        runtime.compile_cache().is_none(),
+        "a world-writable cache stays off"
+    );
+    let bytes = std::fs::read(plugin_path(PLUGIN)).unwrap_or_else(|e| panic!("{e}"));
+    let plugin = runtime
+        .load_bytes(bytes, "p.wasm".into(), PluginEnv::permissive("x"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        plugin.compiled,
+        switchyard::compiled::Source::CompiledNotCached
+    );
+    assert!(cache_entries(&open).is_empty());
+}

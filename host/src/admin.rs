@@ -332,6 +332,7 @@ async fn plugins(State(s): AdminRef) -> Response {
                 "file": p.source,
                 "bytes": p.size,
                 "compile_ms": p.compile_time.as_millis() as u64,
+                "compiled": p.compiled.as_str(),
                 "isolation": format!("{:?}", slot.isolation).to_lowercase(),
                 "limits": p.env.limits,
                 "publish": p.env.grants.patterns(),

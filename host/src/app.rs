@@ -27,6 +27,7 @@ pub async fn check(options: &RunOptions) -> anyhow::Result<String> {
     let loaded = load_config(options)?;
     let runtime = Runtime::new(RuntimeOptions {
         max_instances: 16,
+        compile_cache: crate::loading::compile_cache(&loaded),
         ..RuntimeOptions::default()
     })?;
     let plugins = load_plugins(&runtime, &loaded, options.plugin_dir.as_deref()).await?;
@@ -63,6 +64,7 @@ pub async fn run(
     let runtime = Arc::new(Runtime::new(RuntimeOptions {
         max_instances: config.runtime.max_instances,
         topics: Some(catalog),
+        compile_cache: crate::loading::compile_cache(&loaded),
         ..RuntimeOptions::default()
     })?);
     let admin_listener = match &config.admin.address {

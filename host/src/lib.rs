@@ -27,7 +27,7 @@ pub use switchyard_core::{
     breaker, config, deadletter, decision, event, lane, limits, memory, metrics, outcome, routes,
     state, work,
 };
-pub use switchyard_sandbox::{capabilities, native, worker};
+pub use switchyard_sandbox::{capabilities, compiled, native, worker};
 
 /// The engine, plugin loading and the workers, under the module name
 /// they had before the sandbox was a crate of its own.

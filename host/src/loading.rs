@@ -85,6 +85,45 @@ pub fn load_config(options: &RunOptions) -> anyhow::Result<Loaded> {
     Ok(loaded)
 }
 
+/// Where compiled plugins are kept when the config does not say:
+/// `SWITCHYARD_COMPILE_CACHE` (`off` for none), else
+/// `$XDG_CACHE_HOME/switchyard/compiled`, else
+/// `~/.cache/switchyard/compiled`; `None` when no home is known.
+pub fn default_compile_cache() -> Option<PathBuf> {
+    let nonempty = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    if let Some(dir) = nonempty("SWITCHYARD_COMPILE_CACHE") {
+        return (dir != "off").then(|| PathBuf::from(dir));
+    }
+    let base = nonempty("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| nonempty("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("switchyard").join("compiled"))
+}
+
+/// The compiled-code cache of a config (`[runtime] compile_cache`,
+/// relative to the config file) and its size cap; `None` when off.
+pub fn compile_cache(loaded: &Loaded) -> Option<(PathBuf, u64)> {
+    let runtime = &loaded.config.runtime;
+    let dir = match runtime.compile_cache.as_deref() {
+        Some("off") => None,
+        Some(dir) => Some(
+            loaded
+                .path
+                .parent()
+                .unwrap_or(std::path::Path::new("."))
+                .join(dir),
+        ),
+        None => default_compile_cache(),
+    }?;
+    Some((dir, runtime.compile_cache_mb.saturating_mul(1 << 20)))
+}
+
+/// The cache of `plugin test`, `check` and the tests: the default one, at
+/// the default size.
+pub fn default_compile_cache_options() -> Option<(PathBuf, u64)> {
+    default_compile_cache().map(|dir| (dir, 1024 << 20))
+}
+
 /// Compile every plugin of the config. Fails on the first that cannot be
 /// loaded, naming it.
 pub async fn load_plugins(
@@ -110,6 +149,7 @@ pub async fn load_plugins(
             hash = %plugin.hash,
             file = %path.display(),
             compile_ms = plugin.compile_time.as_millis() as u64,
+            compiled = plugin.compiled.as_str(),
             load_ms = started.elapsed().as_millis() as u64,
             "plugin loaded"
         );

@@ -231,6 +231,7 @@ pub async fn run(options: &TestOptions) -> anyhow::Result<TestReport> {
     }
     let runtime = Runtime::new(crate::runtime::RuntimeOptions {
         max_instances: 16,
+        compile_cache: crate::loading::default_compile_cache_options(),
         ..Default::default()
     })?;
     let name = options
@@ -293,6 +294,7 @@ pub async fn run(options: &TestOptions) -> anyhow::Result<TestReport> {
             "hash": plugin.hash,
             "size_bytes": plugin.size,
             "compile_ms": plugin.compile_time.as_secs_f64() * 1000.0,
+            "compiled": plugin.compiled.as_str(),
             "grants": plugin.env.grants.patterns(),
             "settings": Json::Object((*plugin.env.settings).clone()),
         },

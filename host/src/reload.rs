@@ -274,6 +274,7 @@ impl Reloader {
             new_version = %loaded.info.version,
             new_hash = %loaded.hash,
             compile_ms = loaded.compile_time.as_millis() as u64,
+            compiled = loaded.compiled.as_str(),
             serving_after_ms = since.elapsed().as_millis() as u64,
             "plugin reloaded"
         );

@@ -42,6 +42,13 @@ pub fn plugin_path(name: &str) -> PathBuf {
     path
 }
 
+/// The compiled-code cache the tests share, in the target directory (a
+/// TypeScript or Python plugin takes 10-30 s to compile; CI keeps the
+/// target directory, so it compiles each build once).
+pub fn compile_cache_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("compiled")
+}
+
 /// A database that exists for one test and is dropped afterwards.
 pub struct TestDb {
     /// URL of the database.
@@ -207,6 +214,7 @@ impl Harness {
         let testdb = TestDb::new(backend).await;
         let runtime = Runtime::new(RuntimeOptions {
             max_instances: 16,
+            compile_cache: Some((compile_cache_dir(), 4 << 30)),
             ..RuntimeOptions::default()
         })
         .unwrap_or_else(|e| panic!("runtime: {e:#}"));
@@ -223,6 +231,17 @@ impl Harness {
             .load_file(&plugin_path(plugin), env)
             .await
             .unwrap_or_else(|e| panic!("loading {plugin}: {e}"));
+        // A build in another language (`role-mapping-ts`) is the plugin it
+        // describes itself as, as in the router's config.
+        let loaded = if *loaded.env.name != *loaded.info.name {
+            let mut env = (*loaded.env).clone();
+            env.name = loaded.info.name.as_str().into();
+            loaded
+                .with_env(env, &runtime)
+                .unwrap_or_else(|e| panic!("{plugin}: {e}"))
+        } else {
+            loaded
+        };
         let db = Database::connect(&testdb.url, 4)
             .await
             .unwrap_or_else(|e| panic!("database: {e}"));
@@ -685,6 +704,7 @@ impl Router {
             .open(&self.log)
             .unwrap_or_else(|e| panic!("log file: {e}"));
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .env("SWITCHYARD_COMPILE_CACHE", compile_cache_dir())
             .args(["run", "--config", &self.config.to_string_lossy()])
             // The config under test decides; the overrides a CI job may
             // export (scripts/lib.sh sets SWITCHYARD_PLUGIN_DIR) must not.

@@ -199,6 +199,17 @@ pub struct RuntimeConfig {
     /// outbox relay and the admin endpoints share. Example:
     /// `max_in_flight = 12`.
     pub max_in_flight: usize,
+    /// Where compiled plugins are kept, so that a restart, or a reload of a
+    /// file that did not change, does not compile it again (relative to the
+    /// config file); `"off"` compiles at every load. Default:
+    /// `$XDG_CACHE_HOME/switchyard/compiled`, else
+    /// `~/.cache/switchyard/compiled`. The directory must be the host
+    /// user's own and closed to others (entries are machine code). Example:
+    /// `compile_cache = "/var/cache/switchyard"`.
+    pub compile_cache: Option<String>,
+    /// Most megabytes the compiled-code cache keeps; the least recently
+    /// used entries go first. Example: `compile_cache_mb = 2048`.
+    pub compile_cache_mb: u64,
 }
 
 impl Default for RuntimeConfig {
@@ -209,6 +220,8 @@ impl Default for RuntimeConfig {
             batch_size: 64,
             partition_concurrency: 4,
             max_in_flight: 12,
+            compile_cache: None,
+            compile_cache_mb: 1024,
         }
     }
 }

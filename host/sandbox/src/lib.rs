@@ -2,6 +2,8 @@
 //!
 //! Where plugins run:
 //! - [`runtime`]: the wasmtime engine and plugin loading;
+//! - [`compiled`]: the on-disk cache of compiled components (the crate's
+//!   one `unsafe` call, and why it is sound);
 //! - [`worker`]: the workers that run events on reused or per-event
 //!   instances (the core's `Runner`), and what each call produced;
 //! - [`capabilities`]: what plugins import — `db`, `publish`, `config`,
@@ -11,6 +13,7 @@
 
 mod call;
 pub mod capabilities;
+pub mod compiled;
 pub mod native;
 pub mod runtime;
 pub mod worker;

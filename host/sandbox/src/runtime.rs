@@ -73,6 +73,9 @@ pub struct RuntimeOptions {
     /// that names its partition; `None` (no brokers: `check`, `plugin
     /// test`) skips that check.
     pub topics: Option<Arc<dyn Partitions>>,
+    /// Keep compiled components in this directory, at most this many
+    /// bytes ([`crate::compiled`]); `None` compiles every load.
+    pub compile_cache: Option<(std::path::PathBuf, u64)>,
 }
 
 impl Default for RuntimeOptions {
@@ -82,6 +85,7 @@ impl Default for RuntimeOptions {
             max_memory_bytes: 256 << 20,
             pooling: true,
             topics: None,
+            compile_cache: None,
         }
     }
 }
@@ -145,8 +149,10 @@ pub struct LoadedPlugin {
     pub source: String,
     /// Size of the file in bytes.
     pub size: usize,
-    /// Time spent compiling.
+    /// Time spent compiling, or loading the compiled form from the cache.
     pub compile_time: Duration,
+    /// Whether the compiled form came from the cache.
+    pub compiled: crate::compiled::Source,
     /// Limits, grants and settings.
     pub env: Arc<PluginEnv>,
     pub(crate) pre: PluginPre<HostState>,
@@ -169,6 +175,7 @@ impl LoadedPlugin {
             source: self.source.clone(),
             size: self.size,
             compile_time: self.compile_time,
+            compiled: self.compiled,
             env: Arc::new(env),
             pre: self.pre.clone(),
             engine: self.engine.clone(),
@@ -213,6 +220,7 @@ impl Drop for EpochTicker {
 pub struct Runtime {
     engine: Engine,
     linker: Linker<HostState>,
+    cache: Option<Arc<crate::compiled::CompiledCache>>,
     options: RuntimeOptions,
     _ticker: EpochTicker,
 }
@@ -246,6 +254,15 @@ impl Runtime {
                 ""
             },
         })?;
+        let cache = options.compile_cache.as_ref().and_then(|(dir, max_bytes)| {
+            match crate::compiled::CompiledCache::open(dir, &engine, *max_bytes) {
+                Ok(cache) => Some(Arc::new(cache)),
+                Err(e) => {
+                    tracing::warn!("{e}; plugins are compiled at every load");
+                    None
+                }
+            }
+        });
         let mut linker = Linker::new(&engine);
         crate::capabilities::add_to_linker(&mut linker)
             .map_err(|e| EngineError::Link(format!("{e:#}")))?;
@@ -265,6 +282,7 @@ impl Runtime {
         Ok(Self {
             engine,
             linker,
+            cache,
             options,
             _ticker: EpochTicker { stop },
         })
@@ -291,6 +309,11 @@ impl Runtime {
             });
         }
         Ok(())
+    }
+
+    /// The compiled-code cache, when it is on.
+    pub fn compile_cache(&self) -> Option<&crate::compiled::CompiledCache> {
+        self.cache.as_deref()
     }
 
     /// The options this runtime was built with.
@@ -332,16 +355,21 @@ impl Runtime {
         let size = bytes.len();
         let engine = self.engine.clone();
         let started = Instant::now();
-        let component = tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
-            .await
-            .map_err(|e| LoadError::NotAComponent {
-                source_name: source_name.clone(),
-                reason: format!("compiler task failed: {e}"),
-            })?
-            .map_err(|e| LoadError::NotAComponent {
-                source_name: source_name.clone(),
-                reason: format!("{e:#}"),
-            })?;
+        let cache = self.cache.clone();
+        let (component, compiled) = tokio::task::spawn_blocking(move || match cache {
+            Some(cache) => cache.get_or_compile(&engine, &bytes),
+            None => Component::new(&engine, &bytes)
+                .map(|c| (c, crate::compiled::Source::CompiledNotCached)),
+        })
+        .await
+        .map_err(|e| LoadError::NotAComponent {
+            source_name: source_name.clone(),
+            reason: format!("compiler task failed: {e}"),
+        })?
+        .map_err(|e| LoadError::NotAComponent {
+            source_name: source_name.clone(),
+            reason: format!("{e:#}"),
+        })?;
         let compile_time = started.elapsed();
         let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld {
             source_name: source_name.clone(),
@@ -391,6 +419,7 @@ impl Runtime {
             source: source_name,
             size,
             compile_time,
+            compiled,
             env,
             pre,
             engine: self.engine.clone(),

@@ -1,0 +1,628 @@
+"""Switchyard plugin SDK for Python.
+
+A plugin is one method from an event to an outcome. The raw interface is
+generated from ``wit/plugin.wit`` by componentize-py when the plugin is
+built (the ``wit_world`` package), so the WIT stays the one source of truth;
+this package adds what every plugin needs on top: checked JSON decoding of
+the event into dataclasses, ``db.execute`` / ``db.query`` with plain Python
+parameters and rows, ``publish.json``, settings, logging and the four
+outcomes.
+
+Errors end the event the way ``?`` does in the Rust SDK: a payload that does
+not decode is ``rejected``; an unhandled database error is ``retry`` when it
+may pass (unavailable, a constraint race) and ``rejected`` when it is the
+plugin's mistake (denied, invalid, limit); a refused publish is
+``rejected``. Any other exception is a bug: it is logged with its traceback
+and traps the instance, as a Rust panic does (the host retries the event,
+then dead-letters it).
+
+    from dataclasses import dataclass
+    from switchyard import Event, Plugin, db, publish, done
+
+    @dataclass
+    class Hit:
+        page: str
+
+    class Counter(Plugin):
+        name = "counter"
+        version = "0.1.0"
+        migrations = []
+
+        def handle(self, ev: Event):
+            hit = ev.json(Hit)
+            db.execute("INSERT INTO hits (page, n) VALUES ($1, 1) "
+                       "ON CONFLICT (page) DO UPDATE SET n = hits.n + 1", hit.page)
+            publish.json("hits.counted", hit.page, {"page": hit.page})
+            return done()
+
+    WitWorld = Counter.world()
+
+componentize-py snapshots the plugin at build time: import every module at
+the top of the file (a module imported later is not in the component), and
+read settings and the clock inside ``handle``, never at import time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json as _json
+import traceback
+import typing
+import unicodedata
+from typing import Any, Optional, Union
+
+from componentize_py_types import Err
+from wit_world import Migration, PluginInfo
+from wit_world.imports import config as _config
+from wit_world.imports import db as _db
+from wit_world.imports import log as _log
+from wit_world.imports import publish as _publish
+from wit_world.imports import types as _types
+
+__all__ = [
+    "Event", "Plugin", "Stop", "DbError", "PublishError", "DecodeError", "Row",
+    "db", "publish", "config", "log", "validate",
+    "done", "skipped", "retry", "rejected", "stop", "migration", "name",
+]
+
+Outcome = _types.Outcome
+
+# ───────────────────────────── outcomes ─────────────────────────────
+
+
+def done() -> Outcome:
+    """The event was handled: commit its SQL and its messages."""
+    return _types.Outcome_Done()
+
+
+def skipped(reason: str) -> Outcome:
+    """Nothing to do: commit and move on; the reason is logged."""
+    return _types.Outcome_Skipped(reason)
+
+
+def retry(reason: str) -> Outcome:
+    """A condition that may pass: roll back and deliver the event again later."""
+    return _types.Outcome_Retry(reason)
+
+
+def rejected(reason: str) -> Outcome:
+    """The event is invalid: roll back and dead-letter it with the reason."""
+    return _types.Outcome_Rejected(reason)
+
+
+class Stop(Exception):
+    """Raised to end the event early with an outcome (what ``?`` does in Rust)."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(getattr(outcome, "value", type(outcome).__name__))
+        self.outcome = outcome
+
+
+def stop(outcome: Outcome) -> typing.NoReturn:
+    """End the event now with ``outcome``."""
+    raise Stop(outcome)
+
+
+def migration(id: str, postgres: str, sqlite: str) -> Migration:
+    """A schema migration with its PostgreSQL and SQLite variants."""
+    return Migration(id=id, postgres=postgres, sqlite=sqlite)
+
+
+# ───────────────────────────── decoding ─────────────────────────────
+
+
+class DecodeError(Exception):
+    """A JSON value without the shape its type asks for; the message names the path."""
+
+
+def name(json_name: str, default: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field read from another JSON name: ``user_id: str = name("userId")``."""
+    if default is dataclasses.MISSING:
+        return dataclasses.field(metadata={"json": json_name})
+    return dataclasses.field(default=default, metadata={"json": json_name})
+
+
+def _describe(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return f"boolean {str(v).lower()}"
+    if isinstance(v, (int, float)):
+        return f"number {v}"
+    if isinstance(v, str):
+        return f"the string {_json.dumps(v)}" if len(v) <= 40 else "a string"
+    if isinstance(v, list):
+        return "an array"
+    return "an object"
+
+
+def _decode(tp: Any, v: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return v
+    if origin is Union:
+        if v is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return _decode(inner[0], v, path)
+        for a in inner:
+            try:
+                return _decode(a, v, path)
+            except DecodeError:
+                pass
+        raise DecodeError(f"{path}: unexpected {_describe(v)}")
+    if tp is str:
+        if isinstance(v, str):
+            return v
+        raise DecodeError(f"{path}: expected a string, got {_describe(v)}")
+    if tp is bool:
+        if isinstance(v, bool):
+            return v
+        raise DecodeError(f"{path}: expected a boolean, got {_describe(v)}")
+    if tp is int:
+        if isinstance(v, int) and not isinstance(v, bool):
+            return v
+        if isinstance(v, float) and v.is_integer():
+            return int(v)
+        raise DecodeError(f"{path}: expected an integer, got {_describe(v)}")
+    if tp is float:
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return float(v)
+        raise DecodeError(f"{path}: expected a number, got {_describe(v)}")
+    if origin is list:
+        if not isinstance(v, list):
+            raise DecodeError(f"{path}: expected an array, got {_describe(v)}")
+        return [_decode(args[0] if args else Any, x, f"{path}[{i}]") for i, x in enumerate(v)]
+    if origin is dict:
+        if not isinstance(v, dict):
+            raise DecodeError(f"{path}: expected an object, got {_describe(v)}")
+        return {k: _decode(args[1] if args else Any, x, f"{path}.{k}") for k, x in v.items()}
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(v, dict):
+            raise DecodeError(f"{path or 'payload'}: expected an object, got {_describe(v)}")
+        hints = typing.get_type_hints(tp)
+        values = {}
+        for f in dataclasses.fields(tp):
+            key = f.metadata.get("json", f.name)
+            where = f"{path}.{key}" if path else key
+            if key in v:
+                values[f.name] = _decode(hints[f.name], v[key], where)
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                if typing.get_origin(hints[f.name]) is Union and type(None) in typing.get_args(hints[f.name]):
+                    values[f.name] = None
+                else:
+                    raise DecodeError(f"missing field {where}")
+        return tp(**values)
+    raise TypeError(f"switchyard cannot decode into {tp!r}")
+
+
+def decode(tp: Any, value: Any, path: str = "") -> Any:
+    """``value`` (parsed JSON) checked against ``tp``: a dataclass, ``str``, ``int``,
+    ``float``, ``bool``, ``Optional[...]``, ``list[...]``, ``dict[str, ...]`` or ``Any``.
+    Unknown fields are ignored; absent ``Optional`` fields are ``None``."""
+    return _decode(tp, value, path)
+
+
+# ───────────────────────────── events ─────────────────────────────
+
+
+def _text(b: Optional[bytes]) -> Optional[str]:
+    if b is None:
+        return None
+    try:
+        return bytes(b).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+class Event:
+    """One Kafka event, with typed access to its payload, headers and key."""
+
+    def __init__(self, raw: _types.Event) -> None:
+        self.raw = raw
+        self.topic: str = raw.topic
+        self.partition: int = raw.partition
+        self.offset: int = raw.offset
+        self.timestamp_ms: Optional[int] = raw.timestamp_ms
+        self.payload: bytes = bytes(raw.payload)
+
+    @property
+    def key(self) -> Optional[str]:
+        """The record key as text, when present and UTF-8."""
+        return _text(self.raw.key)
+
+    def header(self, name: str) -> Optional[str]:
+        """The first header with this name (case-sensitive), as text; None when
+        absent, null or not UTF-8."""
+        for h in self.raw.headers:
+            if h.name == name:
+                return _text(h.value)
+        return None
+
+    def headers(self) -> dict[str, str]:
+        """Every header as text (absent, null and non-UTF-8 values left out)."""
+        out: dict[str, str] = {}
+        for h in self.raw.headers:
+            v = _text(h.value)
+            if v is not None and h.name not in out:
+                out[h.name] = v
+        return out
+
+    def json(self, tp: Any = Any) -> Any:
+        """The payload decoded as JSON and checked against ``tp`` (see ``decode``).
+        An empty, non-UTF-8, non-JSON or wrongly shaped payload ends the event as
+        ``rejected``, with a reason naming the topic and the field."""
+        if not self.payload:
+            stop(rejected(f"{self.topic}: empty payload, expected a JSON document"))
+        text = _text(self.payload)
+        if text is None:
+            stop(rejected(f"{self.topic}: payload is not UTF-8, expected a JSON document"))
+        try:
+            value = _json.loads(text)
+        except ValueError as e:
+            stop(rejected(f"{self.topic}: invalid payload: {e}"))
+        try:
+            return _decode(tp, value, "")
+        except DecodeError as e:
+            stop(rejected(f"{self.topic}: invalid payload: {e}"))
+
+
+# ───────────────────────────── db ─────────────────────────────
+
+_CONSTRAINT = {
+    _db.ConstraintKind.UNIQUE: "unique",
+    _db.ConstraintKind.FOREIGN_KEY: "foreign-key",
+    _db.ConstraintKind.NOT_NULL: "not-null",
+    _db.ConstraintKind.CHECK: "check",
+}
+
+
+class DbError(Exception):
+    """A database error the plugin did not handle (see ``outcome``)."""
+
+    def __init__(self, error: _db.Error) -> None:
+        self.error = error
+        super().__init__(self._reason())
+
+    def _reason(self) -> str:
+        e = self.error
+        if isinstance(e, _db.Error_Denied):
+            return f"statement denied: {e.value}"
+        if isinstance(e, _db.Error_Invalid):
+            return f"invalid statement: {e.value}"
+        if isinstance(e, _db.Error_Constraint):
+            c = e.value
+            return f"{_CONSTRAINT.get(c.kind, 'unknown')} constraint {c.name or '(unnamed)'} violated: {c.message}"
+        if isinstance(e, _db.Error_Limit):
+            return f"database limit: {e.value}"
+        return f"database unavailable: {e.value}"
+
+    @property
+    def reason(self) -> str:
+        return str(self)
+
+    def is_unique_violation(self) -> bool:
+        """True for a unique or primary-key violation."""
+        return isinstance(self.error, _db.Error_Constraint) and self.error.value.kind == _db.ConstraintKind.UNIQUE
+
+    def outcome(self) -> Outcome:
+        """What the event becomes if this error is not handled."""
+        if isinstance(self.error, (_db.Error_Unavailable, _db.Error_Constraint)):
+            return retry(self.reason)
+        return rejected(self.reason)
+
+
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+def _micros(d: datetime.datetime) -> int:
+    if d.tzinfo is None:
+        raise ValueError(f"a naive datetime is no instant: {d.isoformat()} (give it a tzinfo)")
+    delta = d - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _value(p: Any) -> _db.Value:
+    if p is None:
+        return _db.Value_Null()
+    if isinstance(p, bool):
+        return _db.Value_Boolean(p)
+    if isinstance(p, int):
+        return _db.Value_Int(p)
+    if isinstance(p, float):
+        return _db.Value_Float(p)
+    if isinstance(p, str):
+        return _db.Value_Text(p)
+    if isinstance(p, (bytes, bytearray, memoryview)):
+        return _db.Value_Bytes(bytes(p))
+    if isinstance(p, datetime.datetime):
+        return _db.Value_Timestamp(_micros(p))
+    if isinstance(p, datetime.date):
+        return _db.Value_Date(p.isoformat())
+    if type(p).__module__ == _db.__name__ and type(p).__name__.startswith("Value_"):
+        return p
+    raise TypeError(f"not a SQL parameter: {type(p).__name__}")
+
+
+def _cell(v: _db.Value) -> Any:
+    if isinstance(v, _db.Value_Null):
+        return None
+    if isinstance(v, _db.Value_Timestamp):
+        return _EPOCH + datetime.timedelta(microseconds=v.value)
+    return v.value
+
+
+class Row:
+    """One result row: ``row["col"]`` as a Python value, typed getters, ``dict(row)``."""
+
+    def __init__(self, columns: list[str], values: list[_db.Value]) -> None:
+        self.columns = columns
+        self.values = values
+
+    def value(self, column: str) -> Optional[_db.Value]:
+        """The raw cell of ``column``."""
+        try:
+            return self.values[self.columns.index(column)]
+        except ValueError:
+            return None
+
+    def __getitem__(self, column: str) -> Any:
+        v = self.value(column)
+        if v is None:
+            raise KeyError(column)
+        return _cell(v)
+
+    def keys(self) -> list[str]:
+        return list(self.columns)
+
+    def text(self, column: str) -> Optional[str]:
+        v = self.value(column)
+        if isinstance(v, (_db.Value_Text, _db.Value_Uuid, _db.Value_Date, _db.Value_Json)):
+            return v.value
+        return None
+
+    def int(self, column: str) -> Optional[int]:
+        v = self.value(column)
+        if isinstance(v, _db.Value_Int):
+            return v.value
+        if isinstance(v, _db.Value_Boolean):
+            return int(v.value)
+        return None
+
+    def boolean(self, column: str) -> Optional[bool]:
+        """The cell as a boolean (SQLite stores booleans as 0/1)."""
+        v = self.value(column)
+        if isinstance(v, _db.Value_Boolean):
+            return v.value
+        if isinstance(v, _db.Value_Int):
+            return v.value != 0
+        return None
+
+
+def _call(f: Any, *args: Any) -> Any:
+    try:
+        return f(*args)
+    except Err as e:
+        raise DbError(e.value) from None
+
+
+class _Db:
+    """SQL on the service database, in the event's transaction. Parameters are
+    plain values: str → text, bool, int, float, bytes, datetime (aware) →
+    timestamp, date → date, None → NULL; ``db.json``, ``db.uuid``,
+    ``db.timestamp`` and ``db.now`` give the other types."""
+
+    def execute(self, sql: str, *params: Any) -> int:
+        """Run one statement that returns no rows; returns the rows it changed. Raises DbError."""
+        return _call(_db.execute, sql, [_value(p) for p in params])
+
+    def query(self, sql: str, *params: Any) -> list[Row]:
+        """Run one statement and return its rows. Raises DbError."""
+        rows = _call(_db.query, sql, [_value(p) for p in params])
+        return [Row(rows.columns, cells) for cells in rows.rows]
+
+    def query_one(self, sql: str, *params: Any) -> Optional[Row]:
+        """The first row, or None. Raises DbError."""
+        rows = self.query(sql, *params)
+        return rows[0] if rows else None
+
+    def json(self, value: Any) -> _db.Value:
+        """A ``json`` parameter (jsonb on PostgreSQL): the value serialised."""
+        return _db.Value_Json(_json.dumps(value))
+
+    def uuid(self, value: str) -> _db.Value:
+        return _db.Value_Uuid(str(value))
+
+    def timestamp(self, value: Union[datetime.datetime, str, int, float]) -> _db.Value:
+        """A ``timestamp`` parameter from an aware datetime, an RFC 3339 string or
+        seconds since the epoch. A string that is no instant rejects the event."""
+        if isinstance(value, str):
+            try:
+                value = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+                return _db.Value_Timestamp(_micros(value))
+            except ValueError as e:
+                stop(rejected(f"not a timestamp: {value!r} ({e})"))
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return _db.Value_Timestamp(int(value * 1_000_000))
+        return _db.Value_Timestamp(_micros(value))
+
+    def now(self) -> _db.Value:
+        """The current time as a ``timestamp`` parameter (from the WASI clock)."""
+        return _db.Value_Timestamp(_micros(datetime.datetime.now(datetime.timezone.utc)))
+
+
+db = _Db()
+
+# ───────────────────────────── publish ─────────────────────────────
+
+
+class PublishError(Exception):
+    """A message the host refused; unhandled, it rejects the event."""
+
+    def __init__(self, error: _publish.Error) -> None:
+        self.error = error
+        kind = {"Error_Denied": "publish denied", "Error_Limit": "publish limit"}.get(
+            type(error).__name__, "invalid message"
+        )
+        super().__init__(f"{kind}: {error.value}")
+
+    def outcome(self) -> Outcome:
+        return rejected(str(self))
+
+
+def _bytes(v: Union[str, bytes, None]) -> Optional[bytes]:
+    if v is None:
+        return None
+    return v.encode("utf-8") if isinstance(v, str) else bytes(v)
+
+
+class _Publish:
+    """Messages to Kafka, produced after the event's transaction commits."""
+
+    def json(self, topic: str, key: Optional[str], value: Any, headers: Optional[dict[str, str]] = None) -> None:
+        """Queue a message whose value is ``value`` as JSON. Raises PublishError."""
+        self.send(topic, _json.dumps(value, ensure_ascii=False, separators=(",", ":")), key=key, headers=headers)
+
+    def send(
+        self,
+        topic: str,
+        payload: Union[str, bytes],
+        key: Union[str, bytes, None] = None,
+        headers: Optional[dict[str, str]] = None,
+        partition: Optional[int] = None,
+    ) -> None:
+        """Queue a message as given. Raises PublishError."""
+        message = _publish.Message(
+            topic=topic,
+            key=_bytes(key),
+            payload=_bytes(payload) or b"",
+            headers=[_types.Header(name=n, value=v.encode("utf-8")) for n, v in (headers or {}).items()],
+            partition=partition,
+        )
+        try:
+            _publish.send(message)
+        except Err as e:
+            raise PublishError(e.value) from None
+
+
+publish = _Publish()
+
+# ───────────────────────────── settings, log ─────────────────────────────
+
+
+class _Config:
+    """The plugin's settings from the routing config."""
+
+    def settings(self, tp: Any = Any) -> Any:
+        """All settings (``{}`` when there are none), checked against ``tp``. A bad
+        setting rejects the event, naming the setting."""
+        value = _json.loads(_config.settings())
+        try:
+            return _decode(tp, value, "")
+        except DecodeError as e:
+            stop(rejected(f"invalid plugin setting {e}"))
+
+    def get(self, key: str) -> Optional[str]:
+        """One setting: strings as they are, other values as JSON text."""
+        return _config.get(key)
+
+
+config = _Config()
+
+
+class _Log:
+    """Lines in the host's log, under the plugin's name and the event's position."""
+
+    def debug(self, message: str) -> None:
+        _log.write(_log.Level.DEBUG, message)
+
+    def info(self, message: str) -> None:
+        _log.write(_log.Level.INFO, message)
+
+    def warn(self, message: str) -> None:
+        _log.write(_log.Level.WARN, message)
+
+    def error(self, message: str) -> None:
+        _log.write(_log.Level.ERROR, message)
+
+
+log = _Log()
+
+# ───────────────────────────── validation ─────────────────────────────
+
+
+class validate:
+    """Small input checks several plugins share (the Rust SDK's, same rules)."""
+
+    @staticmethod
+    def is_valid_email(s: str) -> bool:
+        """The shape of an e-mail address, ``local@domain.tld``: one ``@``; no
+        whitespace or control characters; a local part of 1-64 characters not
+        starting or ending with ``.`` nor containing ``..``; a domain of two or
+        more labels of 1-63 letters, digits or ``-`` (not at either end), the
+        last at least two characters and not all digits; 254 bytes at most."""
+        if not s or len(s.encode("utf-8")) > 254:
+            return False
+        if any(c.isspace() or unicodedata.category(c) == "Cc" for c in s):
+            return False
+        local, at, domain = s.partition("@")
+        if not at or "@" in domain:
+            return False
+        if not (1 <= len(local) <= 64) or local.startswith(".") or local.endswith(".") or ".." in local:
+            return False
+        labels = domain.split(".")
+        if len(labels) < 2:
+            return False
+        for label in labels:
+            if not (1 <= len(label) <= 63) or label.startswith("-") or label.endswith("-"):
+                return False
+            if not all(c == "-" or c.isalnum() for c in label):
+                return False
+        tld = labels[-1]
+        return len(tld) >= 2 and not all("0" <= c <= "9" for c in tld)
+
+
+# ───────────────────────────── the plugin ─────────────────────────────
+
+
+class Plugin:
+    """Subclass it, set ``name``, ``version`` and ``migrations``, write
+    ``handle(self, ev)``, and export ``WitWorld = YourPlugin.world()``."""
+
+    name: str = ""
+    version: str = "0.1.0"
+    migrations: list[Migration] = []
+
+    def handle(self, ev: Event) -> Outcome:
+        raise NotImplementedError("a plugin implements handle(self, ev)")
+
+    @classmethod
+    def world(cls) -> type:
+        """The class componentize-py exports as the ``plugin`` world."""
+        plugin = cls()
+
+        class World:
+            def describe(self) -> PluginInfo:
+                return PluginInfo(name=plugin.name, version=plugin.version, migrations=list(plugin.migrations))
+
+            def handle(self, event: _types.Event) -> Outcome:
+                try:
+                    return plugin.handle(Event(event))
+                except Stop as e:
+                    return e.outcome
+                except (DbError, PublishError) as e:
+                    return e.outcome()
+                except Exception as e:
+                    # A bug: say where, then trap like a Rust panic.
+                    where = "".join(traceback.format_exception(e))
+                    _log.write(
+                        _log.Level.ERROR,
+                        f"{plugin.name} raised on {event.topic}/{event.partition}@{event.offset}: {where}",
+                    )
+                    raise
+
+        World.__name__ = "WitWorld"
+        return World
