@@ -119,6 +119,115 @@ async fn memory_cap_stops_a_memory_bomb(backend: Backend) {
     );
 }
 
+/// The sandbox holds for plugins written in TypeScript and Python: the
+/// deadline stops a loop, the memory cap a memory bomb, deep recursion and
+/// an uncaught exception trap (the exception logged with its stack), the
+/// SQL gate and the publish grants refuse what they refuse for Rust, and
+/// after each failure the next event runs on a fresh instance.
+async fn hostile_typescript_and_python_plugins_are_contained(backend: Backend) {
+    for plugin in ["test-hostile-ts", "test-hostile-py"] {
+        let limits = Limits {
+            deadline_ms: 1000,
+            memory_bytes: 64 << 20,
+            ..Limits::default()
+        };
+        let mut h = Harness::with_env(
+            plugin,
+            backend,
+            serde_json::Map::new(),
+            limits,
+            Grants::new(vec!["allowed.*".into()]),
+        )
+        .await;
+        h.options.record = true;
+        let mut send = async |cmd: serde_json::Value| h.send("t", None, &[], cmd).await;
+        assert_eq!(
+            send(json!({"do": "ok"})).await.outcome,
+            Outcome::Done,
+            "{plugin}"
+        );
+        assert_eq!(
+            send(json!({"do": "loop"})).await.outcome,
+            Outcome::Failed(Failure::Deadline { deadline_ms: 1000 }),
+            "{plugin}"
+        );
+        assert_eq!(
+            send(json!({"do": "ok"})).await.outcome,
+            Outcome::Done,
+            "{plugin}"
+        );
+        let inv = send(json!({"do": "oom"})).await;
+        assert_eq!(
+            inv.outcome,
+            Outcome::Failed(Failure::Memory {
+                limit_bytes: 64 << 20
+            }),
+            "{plugin}"
+        );
+        assert_eq!(
+            send(json!({"do": "ok"})).await.outcome,
+            Outcome::Done,
+            "{plugin}"
+        );
+        // Deep recursion overflows the stack (a trap), or, where frames
+        // live on the heap (CPython), reaches the memory cap.
+        let inv = send(json!({"do": "recurse"})).await;
+        assert!(
+            matches!(
+                &inv.outcome,
+                Outcome::Failed(Failure::Trap(_) | Failure::Memory { .. })
+            ),
+            "{plugin}: {:?}",
+            inv.outcome
+        );
+        assert_eq!(
+            send(json!({"do": "ok"})).await.outcome,
+            Outcome::Done,
+            "{plugin}"
+        );
+        let inv = send(json!({"do": "throw"})).await;
+        assert!(
+            matches!(&inv.outcome, Outcome::Failed(Failure::Trap(_))),
+            "{plugin}: {:?}",
+            inv.outcome
+        );
+        assert!(
+            inv.logs
+                .iter()
+                .any(|l| l.level == "error" && l.message.contains("asked to")),
+            "{plugin}: the exception is in the log: {:?} {:?}",
+            inv.logs,
+            inv.outcome
+        );
+        for (cmd, words) in [
+            (
+                json!({"do": "sql", "sql": "CREATE TABLE stolen (x int)"}),
+                "statement denied: CREATE",
+            ),
+            (
+                json!({"do": "sql", "sql": "SELECT 1; SELECT 2"}),
+                "several statements",
+            ),
+            (
+                json!({"do": "publish", "topic": "payments.commands"}),
+                "not granted",
+            ),
+        ] {
+            let inv = send(cmd).await;
+            assert!(
+                matches!(&inv.outcome, Outcome::Rejected(r) if r.contains(words)),
+                "{plugin}: {:?}",
+                inv.outcome
+            );
+        }
+        assert_eq!(
+            send(json!({"do": "ok"})).await.outcome,
+            Outcome::Done,
+            "{plugin}"
+        );
+    }
+}
+
 async fn instances_are_reused_unless_isolated(backend: Backend) {
     let mut h = hostile(backend).await;
     for n in 1..=3 {
@@ -386,6 +495,7 @@ on_both_backends!(
     result_caps_are_errors,
     traps_are_outcomes_and_the_instance_is_replaced,
     deadline_interrupts_an_endless_loop,
+    hostile_typescript_and_python_plugins_are_contained,
     memory_cap_stops_a_memory_bomb,
     instances_are_reused_unless_isolated,
     rejected_and_failed_events_roll_back,
