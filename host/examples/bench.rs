@@ -9,6 +9,9 @@
 //! - `native-noop`, `native-upsert`: the same work by a handler compiled
 //!   into the host, through the same pipeline (`native` in the plugin's
 //!   config, see `host/sandbox/src/native.rs`): the sandbox's cost;
+//! - `noop-ts`, `upsert-ts`, `noop-py`, `upsert-py`: the same `bench-sink`
+//!   plugin written in TypeScript (`plugins/bench-sink-ts`) and Python
+//!   (`plugins/bench-sink-py`): what a plugin's language costs per event;
 //! - `hand-noop`, `hand-upsert`: the same work in a hand-written consumer
 //!   in the seeds' stack (`tests/clients/handwritten_consumer.py`,
 //!   aiokafka + asyncpg, one transaction per event with a processed_events
@@ -80,6 +83,10 @@ fn parse_args() -> anyhow::Result<Args> {
             "upsert",
             "native-upsert",
             "hand-upsert",
+            "noop-ts",
+            "upsert-ts",
+            "noop-py",
+            "upsert-py",
             "seeds",
             "stats",
             "kafkajs-stats",
@@ -106,7 +113,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--dev" => {}
             "--help" | "-h" => {
                 println!(
-                    "scripts/bench [--dev] [--events N] [--rate R] [--partitions P] [--database postgres|sqlite] [--fetch-wait-ms MS] [--modes broker,noop,native-noop,hand-noop,upsert,native-upsert,hand-upsert,seeds,stats,kafkajs-stats,hand-stats|reload]"
+                    "scripts/bench [--dev] [--events N] [--rate R] [--partitions P] [--database postgres|sqlite] [--fetch-wait-ms MS] [--modes broker,noop,native-noop,hand-noop,upsert,native-upsert,hand-upsert,noop-ts,upsert-ts,noop-py,upsert-py,seeds,stats,kafkajs-stats,hand-stats|reload]"
                 );
                 std::process::exit(0);
             }
@@ -612,10 +619,16 @@ fn router_config_text(mode: &str, addr: &str, db_url: &str) -> anyhow::Result<St
             )
             .replace("address = \"127.0.0.1:9180\"", "address = \"127.0.0.1:0\""));
     }
-    // `native-*`: the same work by a handler compiled into the host.
+    // `native-*`: the same work by a handler compiled into the host;
+    // `*-ts`, `*-py`: by the same plugin written in TypeScript or Python.
     let (work, native) = match mode.strip_prefix("native-") {
         Some(work) => (work, format!("native = \"bench-{work}\"\n")),
         None => (mode, String::new()),
+    };
+    let (work, file) = match (work.strip_suffix("-ts"), work.strip_suffix("-py")) {
+        (Some(work), _) => (work, "bench_sink_ts.wasm"),
+        (_, Some(work)) => (work, "bench_sink_py.wasm"),
+        _ => (work, "bench_sink.wasm"),
     };
     Ok(format!(
         r#"[kafka]
@@ -627,7 +640,7 @@ max_connections = 16
 [plugins]
 dir = "{}"
 [plugins.bench-sink]
-file = "bench_sink.wasm"
+file = "{file}"
 settings = {{ mode = "{work}" }}
 {native}[[routes]]
 topics = ["bench.in"]
@@ -672,11 +685,12 @@ async fn run_mode(args: &Args, mode: &str) -> anyhow::Result<Json> {
         "hand-upsert" => Subject::Handwritten("upsert"),
         "hand-stats" => Subject::Handwritten("stats"),
         "kafkajs-stats" => Subject::Kafkajs,
-        "noop" | "upsert" | "native-noop" | "native-upsert" | "seeds" | "stats" => {
+        "noop" | "upsert" | "native-noop" | "native-upsert" | "noop-ts" | "upsert-ts"
+        | "noop-py" | "upsert-py" | "seeds" | "stats" => {
             Subject::Router(router_config(args, mode, &addr, &db_url)?)
         }
         other => anyhow::bail!(
-            "unknown mode {other}: broker, noop, upsert, native-noop, native-upsert, hand-noop, hand-upsert, seeds, stats, hand-stats, kafkajs-stats or reload"
+            "unknown mode {other}: broker, noop, upsert, native-noop, native-upsert, noop-ts, upsert-ts, noop-py, upsert-py, hand-noop, hand-upsert, seeds, stats, hand-stats, kafkajs-stats or reload"
         ),
     };
     anyhow::ensure!(
@@ -820,7 +834,7 @@ async fn run_mode(args: &Args, mode: &str) -> anyhow::Result<Json> {
     let cpu = Cpu::now(consumer_pid, broker.pid()).per_1000(&cpu_before, args.events);
     let (events_per_s, latencies) = figures(&sent_at, &done);
     let upserted = match mode {
-        "upsert" | "native-upsert" | "hand-upsert" => {
+        "upsert" | "native-upsert" | "hand-upsert" | "upsert-ts" | "upsert-py" => {
             scalar(
                 &db,
                 "SELECT coalesce(sum(n), 0)::bigint FROM bench_counters",
@@ -1257,6 +1271,22 @@ async fn main() -> anyhow::Result<()> {
             "switchyard no-op / bare consumer (broker ceiling)",
         ),
         ("upsert", "noop", "upsert / no-op"),
+        (
+            "upsert-ts",
+            "upsert",
+            "the same upsert plugin, TypeScript / Rust",
+        ),
+        (
+            "upsert-py",
+            "upsert",
+            "the same upsert plugin, Python / Rust",
+        ),
+        (
+            "noop-ts",
+            "noop",
+            "the same no-op plugin, TypeScript / Rust",
+        ),
+        ("noop-py", "noop", "the same no-op plugin, Python / Rust"),
         (
             "stats",
             "kafkajs-stats",
