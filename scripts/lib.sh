@@ -39,13 +39,19 @@ ensure_libclang() {
 # "switchyard" key (TypeScript, plugins/sdk-ts/build.mjs) or a
 # pyproject.toml with [tool.switchyard] (Python, plugins/sdk-py/build.py).
 # Each lands in $SWITCHYARD_PLUGIN_DIR as <directory, - as _>.wasm.
+# With arguments, only those plugin directories.
 build_plugins() {
     ensure_libclang
     ensure_wasm_target
-    local crates=() ts=() py=() dir name
-    for dir in plugins/*/; do
+    local crates=() ts=() py=() dir name candidates=("$@")
+    [ ${#candidates[@]} -gt 0 ] || candidates=(plugins/*/)
+    for dir in "${candidates[@]}"; do
         dir="${dir%/}"
         name="$(basename "$dir")"
+        if [ ! -d "$dir" ]; then
+            echo "$dir: no such plugin directory" >&2
+            exit 1
+        fi
         if [ -f "$dir/Cargo.toml" ] && [ "$name" != sdk ]; then
             if ! grep -q "\"$dir\"" Cargo.toml; then
                 echo "$dir is a Rust plugin outside the workspace: add \"$dir\" to [workspace] members in Cargo.toml" >&2
@@ -56,10 +62,15 @@ build_plugins() {
             ts+=("$dir")
         elif [ -f "$dir/pyproject.toml" ] && grep -q '^\[tool.switchyard\]' "$dir/pyproject.toml"; then
             py+=("$dir")
+        elif [ $# -gt 0 ]; then
+            echo "$dir holds no plugin: expected a Cargo.toml (Rust), a package.json with a \"switchyard\" key (TypeScript) or a pyproject.toml with [tool.switchyard] (Python); \`switchyard plugin new\` makes one" >&2
+            exit 1
         fi
     done
-    say "building $(( ${#crates[@]} / 2 )) Rust plugins (wasm32-wasip2, profile 'plugin')"
-    cargo build --target wasm32-wasip2 --profile plugin "${crates[@]}"
+    if [ ${#crates[@]} -gt 0 ]; then
+        say "building $(( ${#crates[@]} / 2 )) Rust plugins (wasm32-wasip2, profile 'plugin')"
+        cargo build --target wasm32-wasip2 --profile plugin "${crates[@]}"
+    fi
     if [ ${#ts[@]} -gt 0 ]; then
         ensure_ts_toolchain
         for dir in "${ts[@]}"; do build_if_changed "$dir" node plugins/sdk-ts/build.mjs plugins/sdk-ts/src; done

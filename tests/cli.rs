@@ -474,3 +474,142 @@ fn every_command_has_help_with_an_example() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("possible values: text, json"));
 }
+
+/// `plugin new` makes a plugin in each language that builds with its own
+/// toolchain, passes its unit test and handles its example event; a Rust
+/// crate joins the workspace; bad names and taken directories are refused.
+#[test]
+fn plugin_new_makes_plugins_that_build_test_and_run() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let fake = dir.path();
+    // A checkout's shape: the WIT, the SDKs (linked), a workspace.
+    std::fs::create_dir_all(fake.join("wit")).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir_all(fake.join("plugins")).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::copy(root().join("wit/plugin.wit"), fake.join("wit/plugin.wit"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(root().join("plugins/sdk-ts"), fake.join("plugins/sdk-ts"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        fake.join("Cargo.toml"),
+        "[workspace]\nmembers = [\n    \"host\",\n    \"plugins/sdk\",\n]\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let new = |name: &str, lang: &str| {
+        Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["plugin", "new", name, "--lang", lang])
+            .current_dir(fake)
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    for (name, lang) in [
+        ("notes-rs", "rust"),
+        ("notes-ts", "ts"),
+        ("notes-py", "python"),
+    ] {
+        let out = new(name, lang);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let stdout = text(&out.stdout);
+        assert!(
+            stdout.contains(&format!("switchyard plugin build plugins/{name}")),
+            "{stdout}"
+        );
+        assert!(
+            fake.join("plugins")
+                .join(name)
+                .join("examples/example.json")
+                .is_file()
+        );
+    }
+    let cargo = std::fs::read_to_string(fake.join("Cargo.toml")).unwrap_or_default();
+    assert!(cargo.contains("    \"plugins/notes-rs\",\n"), "{cargo}");
+    let lib = std::fs::read_to_string(fake.join("plugins/notes-rs/src/lib.rs")).unwrap_or_default();
+    assert!(
+        lib.contains("\"notes-rs\"") && lib.contains("notes_rs_notes"),
+        "{lib}"
+    );
+    let again = new("notes-ts", "ts");
+    assert_eq!(again.status.code(), Some(2));
+    assert!(
+        text(&again.stderr).contains("already exists"),
+        "{}",
+        text(&again.stderr)
+    );
+    let bad = new("Notes", "rust");
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        text(&bad.stderr).contains("not a plugin name"),
+        "{}",
+        text(&bad.stderr)
+    );
+
+    // The TypeScript and Python ones: unit test, build, example event.
+    let unit = Command::new("node")
+        .args(["plugins/sdk-ts/build.mjs", "--test"])
+        .arg(fake.join("plugins/notes-ts"))
+        .current_dir(root())
+        .output()
+        .unwrap_or_else(|e| panic!("node: {e}"));
+    assert!(
+        unit.status.success(),
+        "{}{}",
+        text(&unit.stdout),
+        text(&unit.stderr)
+    );
+    let unit = Command::new("python3")
+        .args(["-m", "unittest", "discover", "-s"])
+        .arg(fake.join("plugins/notes-py"))
+        .output()
+        .unwrap_or_else(|e| panic!("python3: {e}"));
+    assert!(unit.status.success(), "{}", text(&unit.stderr));
+    let python = root().join(".switchyard/venv-plugins/bin/python");
+    for (name, builder, runner) in [
+        (
+            "notes-ts",
+            "plugins/sdk-ts/build.mjs",
+            std::path::PathBuf::from("node"),
+        ),
+        ("notes-py", "plugins/sdk-py/build.py", python),
+    ] {
+        let wasm = fake.join(format!("{}.wasm", name.replace('-', "_")));
+        let built = Command::new(&runner)
+            .arg(root().join(builder))
+            .arg(fake.join("plugins").join(name))
+            .arg(&wasm)
+            .env(
+                "SWITCHYARD_COMPONENTIZE_PY",
+                root().join(".switchyard/venv-plugins/bin/componentize-py"),
+            )
+            .output()
+            .unwrap_or_else(|e| panic!("{}: {e}", runner.display()));
+        assert!(built.status.success(), "{name}: {}", text(&built.stderr));
+        let example = fake
+            .join("plugins")
+            .join(name)
+            .join("examples/example.json");
+        let out = switchyard(&[
+            "plugin",
+            "test",
+            &wasm.to_string_lossy(),
+            "--event",
+            &example.to_string_lossy(),
+            "--event",
+            &example.to_string_lossy(),
+        ]);
+        let report = text(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{name}: {report}{}",
+            text(&out.stderr)
+        );
+        assert!(report.contains("outcome  DONE"), "{name}: {report}");
+        assert!(
+            report.contains("already recorded"),
+            "{name}: the second is skipped: {report}"
+        );
+        assert!(
+            report.contains(&format!("{}.recorded", name)),
+            "{name}: {report}"
+        );
+    }
+}

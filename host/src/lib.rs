@@ -52,6 +52,7 @@ pub mod pipeline;
 pub mod plugin_test;
 pub mod relay;
 pub mod reload;
+pub mod scaffold;
 pub mod topics;
 
 #[cfg(test)]

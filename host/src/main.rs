@@ -2,7 +2,7 @@
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 use switchyard::limits::Limits;
@@ -306,6 +306,33 @@ enum PluginCommand {
   switchyard plugin test welcome_notification.wasm --event ev.json \\
       --settings '{\"subject\": \"Hello {name}\"}' --database postgres://postgres@127.0.0.1/dev")]
     Test(TestArgs),
+    /// Make a new plugin under plugins/: its package (a crate, an npm
+    /// package or a Python module), a handler that decodes an event, writes
+    /// a row and publishes a message, migrations for PostgreSQL and SQLite,
+    /// an example event and a unit test. A Rust crate joins the workspace.
+    #[command(after_help = "Examples:
+  switchyard plugin new audit-trail --lang rust
+  switchyard plugin new audit-trail --lang ts
+  switchyard plugin new audit-trail --lang python")]
+    New {
+        /// The plugin's name (lower-case letters, digits and dashes), as the
+        /// routing config will name it.
+        name: String,
+        /// Its language.
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: switchyard::scaffold::Lang,
+    },
+    /// Build plugins with their own toolchains (cargo, componentize-js,
+    /// componentize-py) into target/wasm32-wasip2/plugin/ (or
+    /// SWITCHYARD_PLUGIN_DIR); with no directory, every plugin under
+    /// plugins/. Runs scripts/build-plugins.
+    #[command(after_help = "Examples:
+  switchyard plugin build plugins/audit-trail
+  switchyard plugin build")]
+    Build {
+        /// Plugin directories.
+        dirs: Vec<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -385,6 +412,20 @@ fn main() -> ExitCode {
             init_logging("warn");
             finish(runtime.block_on(produce_cmd(args)), false)
         }
+        Command::Plugin(PluginCommand::New { name, lang }) => match plugin_new(&name, lang) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Plugin(PluginCommand::Build { dirs }) => match plugin_build(&dirs) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(2)
+            }
+        },
         Command::Plugin(PluginCommand::Test(args)) => {
             init_logging("warn,switchyard::plugin=off,switchyard::capabilities=off");
             match runtime.block_on(plugin_test_cmd(args)) {
@@ -731,4 +772,56 @@ async fn shutdown_signal() {
         _ = ctrl_c => tracing::info!("SIGINT received; shutting down"),
         _ = term => tracing::info!("SIGTERM received; shutting down"),
     }
+}
+
+/// `switchyard plugin new`.
+fn plugin_new(name: &str, lang: switchyard::scaffold::Lang) -> anyhow::Result<()> {
+    use switchyard::scaffold::{Lang, config_snippet, create, repo_root};
+    let root = repo_root(Path::new("."))?;
+    let created = create(&root, name, lang)?;
+    let rel = Path::new("plugins").join(name);
+    println!("created {} ({}):", rel.display(), lang.name());
+    for f in &created.files {
+        println!("  {}", f.display());
+    }
+    if created.workspace_member_added {
+        println!(
+            "  Cargo.toml: \"{}\" added to [workspace] members",
+            rel.display()
+        );
+    }
+    let wasm = format!(
+        "target/wasm32-wasip2/plugin/{}.wasm",
+        name.replace('-', "_")
+    );
+    let unit = match lang {
+        Lang::Rust => format!("cargo test -p {name}"),
+        Lang::Ts => format!("node plugins/sdk-ts/build.mjs --test {}", rel.display()),
+        Lang::Python => format!("python3 -m unittest discover -s {}", rel.display()),
+    };
+    println!(
+        "\nnext:\n  build it        switchyard plugin build {rel}\n  try it          switchyard plugin test {wasm} --event {rel}/examples/example.json\n  its unit test   {unit}\n  run it          add to config/switchyard.toml:\n\n{snippet}\n                  then `scripts/run` (switchyard dev) and, from another shell,\n                  switchyard produce --event {rel}/examples/example.json",
+        rel = rel.display(),
+        snippet = config_snippet(name)
+            .lines()
+            .map(|l| format!("                    {l}"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    );
+    Ok(())
+}
+
+/// `switchyard plugin build`: scripts/build-plugins of the checkout.
+fn plugin_build(dirs: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let root = switchyard::scaffold::repo_root(Path::new("."))?;
+    let script = root.join("scripts/build-plugins");
+    let status = std::process::Command::new(&script)
+        .args(dirs)
+        .status()
+        .map_err(|e| anyhow::anyhow!("{}: cannot run: {e}", script.display()))?;
+    Ok(if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

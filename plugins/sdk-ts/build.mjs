@@ -2,6 +2,7 @@
 // Build a TypeScript plugin into a component.
 //
 //   node plugins/sdk-ts/build.mjs <plugin dir> <out.wasm>
+//   node plugins/sdk-ts/build.mjs --test <plugin dir>
 //
 // 1. types: `jco guest-types` turns wit/plugin.wit into the .d.ts modules
 //    (`switchyard:plugin/db@0.1.0`, ...) the SDK and plugins import; made
@@ -15,7 +16,8 @@
 // Every tool is pinned in this directory's package.json; scripts/lib.sh
 // installs them (npm ci).
 import { execFileSync } from "node:child_process";
-import { existsSync, mkdirSync, readFileSync, statSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -27,6 +29,30 @@ const bin = (name) => join(sdk, "node_modules", ".bin", name);
 function fail(message) {
   console.error(`build.mjs: ${message}`);
   process.exit(1);
+}
+
+// `--test <plugin dir>`: bundle the plugin's test/*.test.ts for Node and
+// run them with `node --test` (tests of code that does not import the
+// host's interfaces: its checks and mappings).
+if (process.argv[2] === "--test") {
+  const dir = resolve(process.argv[3] ?? fail("usage: node plugins/sdk-ts/build.mjs --test <plugin dir>"));
+  const testDir = join(dir, "test");
+  const tests = existsSync(testDir) ? readdirSync(testDir).filter((f) => f.endsWith(".test.ts")) : [];
+  if (tests.length === 0) fail(`${dir}: no test/*.test.ts to run`);
+  const outDir = mkdtempSync(join(tmpdir(), "switchyard-ts-test-"));
+  const bundles = tests.map((t) => {
+    const out = join(outDir, t.replace(/\.ts$/, ".mjs"));
+    execFileSync(bin("esbuild"), [join(testDir, t), "--bundle", "--format=esm", "--platform=node", "--target=node20", `--outfile=${out}`, "--log-level=warning"], { stdio: "inherit" });
+    return out;
+  });
+  try {
+    execFileSync(process.execPath, ["--test", ...bundles], { stdio: "inherit" });
+  } catch {
+    fail(`tests failed in ${dir}`);
+  } finally {
+    rmSync(outDir, { recursive: true, force: true });
+  }
+  process.exit(0);
 }
 
 const [dirArg, outArg] = process.argv.slice(2);

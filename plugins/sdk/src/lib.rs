@@ -263,6 +263,14 @@ pub mod db {
         Value::Timestamp(crate::now_micros())
     }
 
+    /// An RFC 3339 instant (`2026-11-30T09:30:00Z`,
+    /// `2026-11-30T12:30:00.250+03:00`) as a `timestamp` value, for a
+    /// `timestamptz` column on PostgreSQL (text is refused there); `None`
+    /// when `s` is no such instant.
+    pub fn timestamp(s: &str) -> Option<Value> {
+        crate::rfc3339_micros(s).map(Value::Timestamp)
+    }
+
     impl Error {
         /// A one-line description for logs and outcome reasons.
         pub fn reason(&self) -> String {
@@ -509,6 +517,115 @@ pub mod validate {
             }
             let long_local = format!("{}@example.com", "a".repeat(65));
             assert!(!is_valid_email(&long_local));
+        }
+    }
+}
+
+/// An RFC 3339 instant as microseconds since the Unix epoch: a date, `T`
+/// (or `t` or a space), a time with optional fraction, and `Z` or an
+/// offset `±HH:MM`.
+pub fn rfc3339_micros(s: &str) -> Option<i64> {
+    let two = |t: &str| -> Option<i64> {
+        (t.len() == 2 && t.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| t.parse().ok())
+            .flatten()
+    };
+    let (date, rest) = (s.get(..10)?, s.get(10..)?);
+    let sep = rest.chars().next()?;
+    if !matches!(sep, 'T' | 't' | ' ') {
+        return None;
+    }
+    let rest = &rest[1..];
+    let (y, m, d) = (
+        date.get(..4)?.parse::<i64>().ok()?,
+        two(date.get(5..7)?)?,
+        two(date.get(8..10)?)?,
+    );
+    if date.as_bytes()[4] != b'-' || date.as_bytes()[7] != b'-' {
+        return None;
+    }
+    let (hh, mm, ss) = (
+        two(rest.get(..2)?)?,
+        two(rest.get(3..5)?)?,
+        two(rest.get(6..8)?)?,
+    );
+    if rest.as_bytes()[2] != b':' || rest.as_bytes()[5] != b':' {
+        return None;
+    }
+    let mut tail = &rest[8..];
+    let mut micros = 0i64;
+    if let Some(frac) = tail.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        let kept = &frac[..digits.min(6)];
+        micros = kept.parse::<i64>().ok()? * 10i64.pow(6 - kept.len() as u32);
+        tail = &frac[digits..];
+    }
+    let offset_s = match tail {
+        "Z" | "z" => 0,
+        _ => {
+            let sign = match tail.as_bytes().first()? {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            if tail.len() != 6 || tail.as_bytes()[3] != b':' {
+                return None;
+            }
+            sign * (two(&tail[1..3])? * 3600 + two(&tail[4..6])? * 60)
+        }
+    };
+    let days_in_month = match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
+        2 => 28,
+        _ => return None,
+    };
+    if d < 1 || d > days_in_month || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    // Days since the epoch of a civil date (H. Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    Some((days * 86_400 + hh * 3_600 + mm * 60 + ss - offset_s) * 1_000_000 + micros)
+}
+
+#[cfg(test)]
+mod time_tests {
+    use super::rfc3339_micros;
+
+    #[test]
+    fn reads_rfc3339_instants_in_utc() {
+        assert_eq!(rfc3339_micros("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            rfc3339_micros("2026-11-30T09:30:00.5Z"),
+            Some(1_796_031_000_500_000)
+        );
+        assert_eq!(
+            rfc3339_micros("2026-11-30T14:00:00+03:00"),
+            Some(1_796_036_400_000_000)
+        );
+        assert_eq!(
+            rfc3339_micros("2024-02-29T00:00:00.123456789-00:30"),
+            Some(1_709_166_600_123_456)
+        );
+        for bad in [
+            "",
+            "yesterday",
+            "2026-11-30",
+            "2026-11-30T09:30:00",
+            "2026-02-30T00:00:00Z",
+            "2026-11-30T24:00:00Z",
+            "2026-11-30T09:30:00.Z",
+            "2026-11-30T09:30:00+3:00",
+        ] {
+            assert_eq!(rfc3339_micros(bad), None, "{bad}");
         }
     }
 }
