@@ -1044,3 +1044,55 @@ async fn a_cache_others_can_write_to_is_not_used() {
     );
     assert!(cache_entries(&open).is_empty());
 }
+
+/// As many live instances as `max_instances` allows, all of them Python
+/// and TypeScript plugins (14 and 4 core instances each): the pool is sized
+/// so a mix of languages never runs out before the component instances do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_and_typescript_instances_fill_the_pool_to_max_instances() {
+    use switchyard::database::Database;
+    use switchyard::event::{Event, EventContext};
+    use switchyard::worker::PluginWorker;
+    const LIVE: u32 = 12;
+    // One more than the live instances: the last is each load's `describe`.
+    let runtime = Runtime::new(RuntimeOptions {
+        max_instances: LIVE + 1,
+        compile_cache: Some((common::compile_cache_dir(), 4 << 30)),
+        ..RuntimeOptions::default()
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let db = Database::connect("sqlite::memory:", 1)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut plugins = Vec::new();
+    for name in ["bench-sink-py", "bench-sink-ts"] {
+        let bytes = std::fs::read(plugin_path(name)).unwrap_or_else(|e| panic!("{e}"));
+        plugins.push(
+            runtime
+                .load_bytes(
+                    bytes,
+                    format!("{name}.wasm"),
+                    PluginEnv::permissive("bench-sink"),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{name}: {e}")),
+        );
+    }
+    let event = Event {
+        topic: "bench.in".into(),
+        payload: b"{}".to_vec(),
+        ..Event::default()
+    };
+    let mut workers = Vec::new();
+    for i in 0..LIVE as usize {
+        let mut worker = PluginWorker::new(plugins[i % 2].clone());
+        let tx = db.begin().await.unwrap_or_else(|e| panic!("{e}"));
+        let ctx = Arc::new(EventContext::new("test", "bench-sink", &event));
+        let (inv, tx) = worker.handle(ctx, &event, tx, Default::default()).await;
+        assert_eq!(inv.outcome, Outcome::Done, "live instance {}", i + 1);
+        if let Some(tx) = tx {
+            tx.rollback().await.unwrap_or_else(|e| panic!("{e}"));
+        }
+        workers.push(worker);
+    }
+}

@@ -235,8 +235,14 @@ impl Runtime {
         if options.pooling {
             let n = options.max_instances.max(1);
             let mut pool = PoolingAllocationConfig::default();
+            // Core instances per component instance: a Rust plugin has a
+            // few, a TypeScript one (componentize-js) 4, a Python one
+            // (componentize-py) 14. The pool holds the per-component
+            // maximum for every component instance, so any mix of
+            // languages fits `max_instances` (the slots are address space,
+            // reserved, not memory in use).
             pool.total_component_instances(n)
-                .total_core_instances(n.saturating_mul(8))
+                .total_core_instances(n.saturating_mul(16))
                 .total_memories(n.saturating_mul(2))
                 .total_tables(n.saturating_mul(4))
                 .total_stacks(n)
