@@ -32,8 +32,9 @@ function fail(message) {
 }
 
 // `--test <plugin dir>`: bundle the plugin's test/*.test.ts for Node and
-// run them with `node --test` (tests of code that does not import the
-// host's interfaces: its checks and mappings).
+// run them with `node --test`, the host's interfaces answered by the fakes
+// of testing/ (testing/host.mjs: `fakeHost()` records calls, sets rows,
+// errors and settings). `--test plugins/sdk-ts` runs the SDK's own.
 if (process.argv[2] === "--test") {
   const dir = resolve(process.argv[3] ?? fail("usage: node plugins/sdk-ts/build.mjs --test <plugin dir>"));
   const testDir = join(dir, "test");
@@ -42,11 +43,28 @@ if (process.argv[2] === "--test") {
   const outDir = mkdtempSync(join(tmpdir(), "switchyard-ts-test-"));
   const bundles = tests.map((t) => {
     const out = join(outDir, t.replace(/\.ts$/, ".mjs"));
-    execFileSync(bin("esbuild"), [join(testDir, t), "--bundle", "--format=esm", "--platform=node", "--target=node20", `--outfile=${out}`, "--log-level=warning"], { stdio: "inherit" });
+    execFileSync(
+      bin("esbuild"),
+      [
+        join(testDir, t),
+        "--bundle",
+        "--format=esm",
+        "--platform=node",
+        "--target=node20",
+        "--external:switchyard:*",
+        `--alias:@switchyard/plugin=${join(sdk, "src", "index.ts")}`,
+        `--outfile=${out}`,
+        "--log-level=warning",
+      ],
+      { stdio: "inherit" },
+    );
     return out;
   });
   try {
-    execFileSync(process.execPath, ["--test", ...bundles], { stdio: "inherit" });
+    // The host's interfaces resolve to testing/'s fakes.
+    execFileSync(process.execPath, ["--import", join(sdk, "testing", "register.mjs"), "--test", ...bundles], {
+      stdio: "inherit",
+    });
   } catch {
     fail(`tests failed in ${dir}`);
   } finally {

@@ -1,0 +1,167 @@
+// Unit tests of the TypeScript SDK under Node, the host's interfaces
+// answered by testing/'s fakes (`node plugins/sdk-ts/build.mjs --test
+// plugins/sdk-ts`; scripts/test runs it). The contract tests run the SDK
+// inside real components; these cover its corners one by one.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+// @ts-expect-error: a plain ES module without types
+import { fakeHost } from "../testing/host.mjs";
+import { DbError, Event, Stop, db, plugin, publish, skipped, stop, t } from "@switchyard/plugin";
+
+const enc = new TextEncoder();
+
+function rawEvent(payload: string | Uint8Array, headers: [string, Uint8Array | undefined][] = [], key?: string) {
+  return {
+    topic: "t",
+    partition: 0,
+    offset: 7n,
+    key: key === undefined ? undefined : enc.encode(key),
+    payload: typeof payload === "string" ? enc.encode(payload) : payload,
+    headers: headers.map(([name, value]) => ({ name, value })),
+  };
+}
+
+const Shape = t.object({
+  v: t.integer,
+  payload: t.optional(t.object({ userId: t.optional(t.string) })),
+  tags: t.optional(t.array(t.string)),
+});
+
+function stopped(f: () => unknown): { tag: string; val?: string } {
+  try {
+    f();
+  } catch (e) {
+    if (e instanceof Stop) return e.outcome as { tag: string; val?: string };
+    throw e;
+  }
+  throw new Error("did not stop");
+}
+
+test("payloads decode, and bad ones are rejected naming the topic and the field", () => {
+  fakeHost();
+  const ok = new Event(rawEvent('{"v": 1, "payload": {"userId": "u"}, "extra": true}')).json(Shape);
+  assert.deepEqual(ok, { v: 1, payload: { userId: "u" } });
+  for (const [payload, words] of [
+    ["", "empty payload"],
+    [new Uint8Array([0xff, 0xfe]), "not UTF-8"],
+    ['{"v": ', "invalid payload"],
+    ['{"v": 1.5}', "v: expected an integer, got number 1.5"],
+    ['{"v": 1, "payload": {"userId": 42}}', "payload.userId: expected a string, got number 42"],
+    ['{"v": 1, "tags": ["a", 2]}', "tags[1]: expected a string"],
+    ["[]", "payload: expected an object, got an array"],
+  ] as const) {
+    const outcome = stopped(() => new Event(rawEvent(payload)).json(Shape));
+    assert.equal(outcome.tag, "rejected");
+    assert.ok(outcome.val?.startsWith("t: "), outcome.val);
+    assert.ok(outcome.val?.includes(words), `${outcome.val} should say ${words}`);
+  }
+});
+
+test("headers and key as text", () => {
+  const ev = new Event(
+    rawEvent("{}", [["event-id", enc.encode("e-1")], ["bin", new Uint8Array([0xff])], ["null", undefined], ["event-id", enc.encode("e-2")]], "k"),
+  );
+  assert.equal(ev.header("event-id"), "e-1");
+  assert.equal(ev.header("bin"), undefined);
+  assert.equal(ev.header("null"), undefined);
+  assert.deepEqual(ev.headers(), { "event-id": "e-1" });
+  assert.equal(ev.key, "k");
+});
+
+test("parameters map to typed values", () => {
+  const host = fakeHost();
+  const at = new Date(Date.UTC(2026, 10, 30, 9, 30, 0, 500));
+  db.exec("x", ["s", 1, 2 ** 60, 1.5, 5n, true, null, undefined, new Uint8Array([0]), at, db.json({ a: 1 }), db.uuid("u"), db.float(2)]);
+  assert.deepEqual(host.calls.at(-1).params, [
+    { tag: "text", val: "s" },
+    { tag: "int", val: 1n },
+    { tag: "float", val: 2 ** 60 },
+    { tag: "float", val: 1.5 },
+    { tag: "int", val: 5n },
+    { tag: "boolean", val: true },
+    { tag: "null" },
+    { tag: "null" },
+    { tag: "bytes", val: new Uint8Array([0]) },
+    { tag: "timestamp", val: 1_796_031_000_500_000n },
+    { tag: "json", val: '{"a":1}' },
+    { tag: "uuid", val: "u" },
+    { tag: "float", val: 2 },
+  ]);
+  assert.deepEqual(db.timestamp("2026-11-30T14:00:00+03:00"), { tag: "timestamp", val: 1_796_036_400_000_000n });
+  assert.equal(stopped(() => db.timestamp("yesterday")).tag, "rejected");
+});
+
+test("rows and typed getters", () => {
+  const host = fakeHost();
+  host.rows = {
+    columns: ["id", "n", "flag", "at", "big"],
+    rows: [[{ tag: "text", val: "a" }, { tag: "int", val: 2n }, { tag: "int", val: 1n }, { tag: "timestamp", val: 0n }, { tag: "int", val: 2n ** 62n }]],
+  };
+  const row = db.queryOne("SELECT ...");
+  assert.ok(row);
+  assert.equal(row.text("id"), "a");
+  assert.equal(row.int("n"), 2);
+  assert.equal(row.boolean("flag"), true);
+  assert.equal(row.text("n"), undefined);
+  assert.deepEqual(row.toObject(), { id: "a", n: 2, flag: 1, at: new Date(0), big: 2n ** 62n });
+  assert.equal(db.exec("UPDATE ..."), 1);
+});
+
+test("host errors become outcomes the way Rust's ? does", () => {
+  const host = fakeHost();
+  for (const [fail, tag, reason] of [
+    [{ tag: "unavailable", val: "down" }, "retry", "database unavailable: down"],
+    [{ tag: "constraint", val: { kind: "unique", name: "pk", message: "dup" } }, "retry", "unique constraint pk violated: dup"],
+    [{ tag: "denied", val: "no" }, "rejected", "statement denied: no"],
+    [{ tag: "invalid", val: "bad" }, "rejected", "invalid statement: bad"],
+    [{ tag: "limit", val: "big" }, "rejected", "database limit: big"],
+  ] as const) {
+    host.fail = fail;
+    assert.throws(
+      () => db.exec("x"),
+      (e: unknown) => e instanceof DbError && e.outcome().tag === tag && (e.outcome() as { val: string }).val === reason,
+    );
+  }
+  host.fail = { tag: "constraint", val: { kind: "unique", message: "dup" } };
+  assert.throws(() => db.query("x"), (e: unknown) => e instanceof DbError && e.isUniqueViolation());
+});
+
+test("the plugin wrapper ends events with thrown outcomes, logs and rethrows bugs", () => {
+  const host = fakeHost();
+  const stops = plugin({ name: "p", version: "1", migrations: [], handle: () => stop(skipped("nothing")) });
+  assert.deepEqual(stops.handle(rawEvent("{}")), { tag: "skipped", val: "nothing" });
+  const publishes = plugin({
+    name: "p",
+    version: "1",
+    migrations: [],
+    handle: () => {
+      publish.json("t", undefined, {});
+      return { tag: "done" };
+    },
+  });
+  host.fail = { tag: "denied", val: "topic t is not granted" };
+  assert.deepEqual(publishes.handle(rawEvent("{}")), { tag: "rejected", val: "publish denied: topic t is not granted" });
+  host.fail = undefined;
+  const buggy = plugin({
+    name: "p",
+    version: "1",
+    migrations: [],
+    handle: () => {
+      throw new TypeError("oops");
+    },
+  });
+  assert.throws(() => buggy.handle(rawEvent("{}")), TypeError);
+  const last = host.logs.at(-1);
+  assert.equal(last.level, "error");
+  assert.match(last.message, /p threw on t\/0@7: TypeError: oops/);
+  assert.deepEqual(stops.describe(), { name: "p", version: "1", migrations: [] });
+});
+
+test("publish.json sends compact UTF-8, bigints as strings", () => {
+  const host = fakeHost();
+  publish.json("t", "k", { name: "María", n: 5n }, { h: "v" });
+  const sent = host.calls.at(-1).send;
+  assert.equal(new TextDecoder().decode(sent.payload), '{"name":"María","n":"5"}');
+  assert.deepEqual(sent.key, enc.encode("k"));
+  assert.deepEqual(sent.headers, [{ name: "h", value: enc.encode("v") }]);
+});
