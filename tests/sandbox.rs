@@ -56,6 +56,28 @@ breaker = {{ failures = 2, cooldown_ms = 600000 }}
 file = "stats_increment.wasm"
 publish = ["user.quota_exceeded"]
 
+# The same attacks from plugins written in TypeScript and Python (their
+# interpreters start with 9-13 MiB of memory, so a 64 MiB cap).
+[plugins.test-hostile-ts]
+file = "test_hostile_ts.wasm"
+publish = ["hostile.out"]
+limits = {{ deadline_ms = 1000, memory_bytes = 67108864, statement_timeout_ms = 300 }}
+breaker = {{ failures = 0 }}
+
+[plugins.test-hostile-py]
+file = "test_hostile_py.wasm"
+publish = ["hostile.out"]
+limits = {{ deadline_ms = 1000, memory_bytes = 67108864, statement_timeout_ms = 300 }}
+breaker = {{ failures = 0 }}
+
+[[routes]]
+topics = ["hostile-ts.cmds"]
+plugins = ["test-hostile-ts"]
+
+[[routes]]
+topics = ["hostile-py.cmds"]
+plugins = ["test-hostile-py"]
+
 [[routes]]
 topics = ["hostile.cmds"]
 plugins = ["test-hostile"]
@@ -172,6 +194,33 @@ fn attacks() -> Vec<(&'static str, Json, &'static str, &'static str)> {
     ]
 }
 
+/// The attacks the TypeScript and Python hostile plugins make (the same
+/// command format), by topic and plugin.
+const POLYGLOT: [(&str, &str, &str); 2] = [
+    ("hostile-ts.cmds", "test-hostile-ts", "ts"),
+    ("hostile-py.cmds", "test-hostile-py", "py"),
+];
+
+fn polyglot_attacks() -> Vec<(&'static str, Json, &'static str, &'static str)> {
+    attacks()
+        .into_iter()
+        .filter(|(case, ..)| {
+            [
+                "loop",
+                "memory-bomb",
+                "forbidden-topic",
+                "other-plugins-table",
+                "reset-role",
+                "set-timeout",
+                "several-statements",
+                "ddl",
+                "pg-read-file",
+            ]
+            .contains(case)
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_plugins_are_contained_in_a_live_router() {
     let broker = Broker::start();
@@ -180,6 +229,8 @@ async fn hostile_plugins_are_contained_in_a_live_router() {
             &[
                 "hostile.cmds",
                 "fragile.cmds",
+                "hostile-ts.cmds",
+                "hostile-py.cmds",
                 "user.created",
                 "hostile.out",
                 "user.quota_exceeded",
@@ -233,6 +284,22 @@ async fn hostile_plugins_are_contained_in_a_live_router() {
     )
     .await;
 
+    // The same attacks from TypeScript and Python, each case named
+    // `<lang>:<case>`.
+    let polyglot = polyglot_attacks();
+    for (topic, _, lang) in POLYGLOT {
+        for (case, command, _, _) in &polyglot {
+            produce(
+                &p,
+                topic,
+                None,
+                &[("case", &format!("{lang}:{case}"))],
+                command.to_string().as_bytes(),
+            )
+            .await;
+        }
+    }
+
     // The fragile plugin fails twice in a row: its circuit opens, and its
     // later events, good ones included, are parked rather than run.
     for command in [
@@ -274,7 +341,7 @@ async fn hostile_plugins_are_contained_in_a_live_router() {
     .await;
     assert!(flowed, "stats events stalled:\n{}", router.log_text());
 
-    let expected_dead = attacks.len() + 3;
+    let expected_dead = attacks.len() + 3 + POLYGLOT.len() * polyglot.len();
     let dead = consume_until(&broker.addr, &[DLQ], Duration::from_secs(120), |m| {
         m.len() >= expected_dead
     })
@@ -311,6 +378,28 @@ async fn hostile_plugins_are_contained_in_a_live_router() {
         );
         let error = letter.header("switchyard.error").unwrap_or_default();
         assert!(error.contains(reason), "{case}: {error}");
+    }
+    for (_, plugin, lang) in POLYGLOT {
+        for (case, command, outcome, reason) in &polyglot {
+            let case = format!("{lang}:{case}");
+            let letter = dead
+                .iter()
+                .find(|d| d.header("case") == Some(case.as_str()))
+                .unwrap_or_else(|| panic!("no dead letter for {case}"));
+            assert_eq!(
+                letter.json(),
+                *command,
+                "{case}: the original value is kept"
+            );
+            assert_eq!(letter.header("switchyard.plugin"), Some(plugin), "{case}");
+            assert_eq!(
+                letter.header("switchyard.outcome"),
+                Some(*outcome),
+                "{case}"
+            );
+            let error = letter.header("switchyard.error").unwrap_or_default();
+            assert!(error.contains(reason), "{case}: {error}");
+        }
     }
     assert!(
         dead.iter().all(|d| d.header("case") != Some("good")),
