@@ -226,6 +226,19 @@ async fn hostile_typescript_and_python_plugins_are_contained(backend: Backend) {
             "{plugin}"
         );
     }
+    // CPython links WASI's files, environment and sockets: the host grants
+    // none of them.
+    let mut h = Harness::new("test-hostile-py", backend).await;
+    let inv = h.send("t", None, &[], json!({"do": "wasi"})).await;
+    let Outcome::Rejected(found) = &inv.outcome else {
+        panic!("{:?}", inv.outcome)
+    };
+    for probe in ["file", "dir", "env", "net"] {
+        assert!(
+            found.contains(&format!("\"{probe}\": \"denied: ")),
+            "{probe}: {found}"
+        );
+    }
 }
 
 async fn instances_are_reused_unless_isolated(backend: Backend) {

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import socket
 import sys
 from dataclasses import dataclass
 from typing import Optional
@@ -43,6 +46,22 @@ class Hostile(Plugin):
             sys.setrecursionlimit(1_000_000)
             log.info(f"depth {recurse(0)}")
             return done()
+        if cmd.do == "wasi":
+            # What WASI lets it reach: each probe says "denied: ..." or
+            # what it got.
+            found = {}
+            for probe, attempt in [
+                ("file", lambda: open("/etc/passwd").read(64)),
+                ("dir", lambda: os.listdir("/")),
+                ("env", lambda: dict(os.environ) or None),
+                ("net", lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM).connect(("127.0.0.1", 5432)) or "connected"),
+            ]:
+                try:
+                    got = attempt()
+                    found[probe] = "denied: nothing there" if got is None else f"allowed: {str(got)[:40]}"
+                except Exception as e:  # noqa: BLE001 - every refusal is the answer
+                    found[probe] = f"denied: {type(e).__name__}"
+            return rejected("wasi: " + json.dumps(found, sort_keys=True))
         if cmd.do == "throw":
             raise RuntimeError("asked to raise")
         if cmd.do == "sql":
