@@ -62,6 +62,8 @@ build_plugins() {
             ts+=("$dir")
         elif [ -f "$dir/pyproject.toml" ] && grep -q '^\[tool.switchyard\]' "$dir/pyproject.toml"; then
             py+=("$dir")
+        elif [ $# -eq 0 ] && [[ "$name" != sdk-* ]] && { [ -f "$dir/package.json" ] || [ -f "$dir/pyproject.toml" ]; }; then
+            echo "note: $dir is skipped: its package.json has no \"switchyard\" key, or its pyproject.toml no [tool.switchyard]" >&2
         elif [ $# -gt 0 ]; then
             echo "$dir holds no plugin: expected a Cargo.toml (Rust), a package.json with a \"switchyard\" key (TypeScript) or a pyproject.toml with [tool.switchyard] (Python); \`switchyard plugin new\` makes one" >&2
             exit 1
@@ -73,20 +75,24 @@ build_plugins() {
     fi
     if [ ${#ts[@]} -gt 0 ]; then
         ensure_ts_toolchain
-        for dir in "${ts[@]}"; do build_if_changed "$dir" node plugins/sdk-ts/build.mjs plugins/sdk-ts/src; done
+        for dir in "${ts[@]}"; do build_if_changed "$dir" node plugins/sdk-ts/build.mjs "plugins/sdk-ts/src plugins/sdk-ts/package-lock.json plugins/sdk-ts/tsconfig.plugin.json"; done
     fi
     if [ ${#py[@]} -gt 0 ]; then
         ensure_py_toolchain
-        for dir in "${py[@]}"; do build_if_changed "$dir" "$PLUGIN_PYTHON" plugins/sdk-py/build.py plugins/sdk-py/switchyard; done
+        for dir in "${py[@]}"; do build_if_changed "$dir" "$PLUGIN_PYTHON" plugins/sdk-py/build.py "plugins/sdk-py/switchyard plugins/sdk-py/requirements.txt"; done
     fi
 }
 
 # Build plugin directory $1 with `$2 $3 <dir> <out>` unless its component
-# is newer than every file of the plugin, of the SDK ($4) and of the WIT.
+# is newer than every file of the plugin, of the SDK and its pinned tools
+# ($4, space-separated) and of the WIT. The builders write the component
+# under a temporary name and rename it, so a broken build leaves no newer
+# file behind.
 build_if_changed() {
-    local dir="$1" runner="$2" script="$3" sdk="$4"
+    local dir="$1" runner="$2" script="$3" sdk
+    read -r -a sdk <<< "$4"
     local out="$SWITCHYARD_PLUGIN_DIR/$(basename "$dir" | tr - _).wasm"
-    if [ -f "$out" ] && [ -z "$(find "$dir" "$sdk" "$script" wit -newer "$out" -type f -not -path '*/node_modules/*' -not -path '*/__pycache__/*' -print -quit)" ]; then
+    if [ -f "$out" ] && [ -z "$(find "$dir" "${sdk[@]}" "$script" wit -newer "$out" -type f -not -path '*/node_modules/*' -not -path '*/__pycache__/*' -print -quit)" ]; then
         return
     fi
     say "building $dir"

@@ -1012,6 +1012,51 @@ async fn compiled_components_are_cached_and_bad_entries_are_compiled_again() {
         );
     }
 
+    // An entry others may write to, or one copied under another
+    // component's name, is not trusted either.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(0o666))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            load(cached_runtime(&cache, 1 << 30)).await,
+            Source::Compiled,
+            "a world-writable entry: compiled again"
+        );
+        let mode = std::fs::metadata(&entry)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "rewritten as the host user's alone");
+    }
+    let other = std::fs::read(plugin_path("test-marker")).unwrap_or_else(|e| panic!("{e}"));
+    let other_runtime = cached_runtime(&cache, 1 << 30);
+    let other_source = other_runtime
+        .load_bytes(other.clone(), "m.wasm".into(), PluginEnv::permissive("x"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .compiled;
+    assert_eq!(other_source, Source::Compiled);
+    let other_entry = cache_entries(&cache)
+        .into_iter()
+        .find(|p| *p != entry)
+        .unwrap_or_else(|| panic!("no second entry"));
+    std::fs::copy(&entry, &other_entry).unwrap_or_else(|e| panic!("{e}"));
+    let copied = cached_runtime(&cache, 1 << 30)
+        .load_bytes(other, "m.wasm".into(), PluginEnv::permissive("x"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        copied.compiled,
+        Source::Compiled,
+        "an entry under another component's name: compiled again"
+    );
+    assert_eq!(
+        copied.info.name, "test-marker",
+        "and the right component runs"
+    );
+
     // A cap below one entry keeps only the newest.
     let small = dir.path().join("small");
     let runtime = cached_runtime(&small, 1);
@@ -1056,6 +1101,23 @@ async fn a_cache_others_can_write_to_is_not_used() {
         switchyard::compiled::Source::CompiledNotCached
     );
     assert!(cache_entries(&open).is_empty());
+
+    // A link to a private directory is not followed into a cache: the
+    // link's owner could point it elsewhere later.
+    let private = dir.path().join("private");
+    std::fs::create_dir(&private).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let inside = private.join("cache");
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&private, &link).unwrap_or_else(|e| panic!("{e}"));
+    let runtime = cached_runtime(&link.join("cache"), 1 << 30);
+    let used = runtime.compile_cache().map(|c| c.dir().to_path_buf());
+    assert_eq!(
+        used,
+        Some(std::fs::canonicalize(&inside).unwrap_or_else(|e| panic!("{e}"))),
+        "the real path is what the cache keeps and checks"
+    );
 }
 
 /// As many live instances as `max_instances` allows, all of them Python

@@ -360,14 +360,16 @@ export const { describe, handle } = plugin({
 });
 "#;
 
-const TS_LOGIC: &str = r#"// The checks that need no database or host: test/logic.test.ts runs them
-// under Node (`node plugins/sdk-ts/build.mjs --test plugins/{{name}}`).
+const TS_LOGIC: &str = r#"// The checks that need no database: test/logic.test.ts runs them under
+// Node (`node plugins/sdk-ts/build.mjs --test plugins/{{name}}`, the host
+// answered by the SDK's fakes).
+import { rfc3339Micros } from "@switchyard/plugin";
 
 /** Why a note cannot be recorded, or undefined. */
 export function check(note: { item: string; note: string; at: string }): string | undefined {
   if (note.item.trim() === "") return "item is empty";
   if (note.note.trim() === "") return "note is empty";
-  if (Number.isNaN(Date.parse(note.at))) return `at ${JSON.stringify(note.at)} is not an RFC 3339 instant`;
+  if (rfc3339Micros(note.at) === undefined) return `at ${JSON.stringify(note.at)} is not an RFC 3339 instant`;
   return undefined;
 }
 "#;

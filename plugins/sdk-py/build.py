@@ -46,9 +46,12 @@ def main() -> None:
         fail(f"{plugin}: no {module}.py ([tool.switchyard] module in pyproject.toml names the module that defines WitWorld)")
     out.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
+    # Written under a temporary name and renamed: a failed build leaves no
+    # newer, broken component behind.
+    partial = out.with_name(out.name + ".partial")
     result = subprocess.run(
         [tool, "-d", str(ROOT / "wit"), "-w", "plugin", "componentize", module,
-         "-p", str(plugin), "-p", str(SDK), "-o", str(out)],
+         "-p", str(plugin), "-p", str(SDK), "-o", str(partial)],
         cwd=plugin,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -56,7 +59,9 @@ def main() -> None:
     )
     if result.returncode != 0:
         print(result.stdout, file=sys.stderr)
+        partial.unlink(missing_ok=True)
         fail(f"componentize-py failed for {plugin} (see above)")
+    partial.replace(out)
     size = out.stat().st_size / 1048576
     print(f"built {out} ({size:.1f} MiB): componentize {time.monotonic() - started:.1f} s", file=sys.stderr)
 

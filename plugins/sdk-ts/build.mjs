@@ -16,7 +16,7 @@
 // Every tool is pinned in this directory's package.json; scripts/lib.sh
 // installs them (npm ci).
 import { execFileSync } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -114,6 +114,9 @@ times.bundle = run("esbuild", bin("esbuild"), [
   `--outfile=${bundle}`,
   "--log-level=warning",
 ]);
+// Written under a temporary name and renamed: a failed build leaves no
+// newer, broken component behind.
+const partial = `${out}.partial`;
 times.componentize = run("componentize-js", bin("componentize-js"), [
   bundle,
   "--wit",
@@ -121,11 +124,12 @@ times.componentize = run("componentize-js", bin("componentize-js"), [
   "--world-name",
   "plugin",
   "-o",
-  out,
+  partial,
   "-d",
   "http",
   "fetch-event",
 ]);
+renameSync(partial, out);
 const size = statSync(out).size;
 console.error(
   `built ${out} (${(size / 1048576).toFixed(1)} MiB): ` +

@@ -94,13 +94,15 @@ pub fn replay_of(event: &Event) -> Option<(&str, &str)> {
     ))
 }
 
-/// Whether `key` has a form the router gives dedupe keys: `id:` and a
-/// non-empty id of at most 200 bytes, `idsha256:` and 64 hex digits, or
-/// `pos:<topic>/<partition>/<offset>`. A replay under any other key can
-/// match no marker, so the router runs it nowhere and says why.
+/// Whether `key` has a form the router gives dedupe keys: `id:` and an id
+/// (today non-empty and at most 200 bytes; earlier versions also wrote an
+/// empty or a longer one, and their dead letters must stay replayable),
+/// `idsha256:` and 64 hex digits, or `pos:<topic>/<partition>/<offset>`.
+/// A replay under any other key can match no marker, so the router runs it
+/// nowhere and says why.
 pub fn is_dedupe_key(key: &str) -> bool {
-    if let Some(id) = key.strip_prefix("id:") {
-        !id.is_empty() && id.len() <= 200
+    if key.starts_with("id:") {
+        true
     } else if let Some(hex) = key.strip_prefix("idsha256:") {
         hex.len() == 64
             && hex
@@ -489,15 +491,7 @@ mod tests {
             2,
             "without its key it is no replay: routed as any event"
         );
-        for bad in [
-            "",
-            "id:",
-            "pos:",
-            "pos:t/x/3",
-            "pos:/0/3",
-            "idsha256:abc",
-            "key-1",
-        ] {
+        for bad in ["", "pos:", "pos:t/x/3", "pos:/0/3", "idsha256:abc", "key-1"] {
             let forged = event(
                 "t",
                 "{}",
@@ -526,7 +520,9 @@ mod tests {
                 assert!(key.starts_with("pos:a.b/"), "an empty id is no id: {key}");
             }
         }
-        assert!(!is_dedupe_key(&format!("id:{}", "x".repeat(201))));
+        // Keys earlier versions wrote stay replayable.
+        assert!(is_dedupe_key("id:"));
+        assert!(is_dedupe_key(&format!("id:{}", "x".repeat(201))));
         assert!(!is_dedupe_key(&format!("idsha256:{}", "A".repeat(64))));
     }
 }

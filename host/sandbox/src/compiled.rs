@@ -19,21 +19,29 @@
 //! when all of these hold, and is otherwise a miss (compiled again, and the
 //! entry rewritten):
 //!
-//! 1. its file starts with this cache's magic and format version and the
-//!    SHA-256 of the rest, and the rest has that digest: a torn write, a
-//!    truncated or bit-rotted file, or a file from anything else fails here,
-//!    before wasmtime sees a byte;
-//! 2. the digest is checked on the bytes in memory, and those same bytes
+//! 1. the directory, resolved to its real path when the cache opens, and
+//!    every directory above it belong to the host's user or to root, and
+//!    no one else may write to them (above the cache directory, a
+//!    directory others may write to counts only with the sticky bit, as
+//!    `/tmp` has): no one else can swap the directory or a link on the way;
+//! 2. the entry is a regular file, not a link, with one name, owned by the
+//!    host's user and writable by no one else, and the file read is the
+//!    one checked (its device and inode, before and after opening);
+//! 3. it starts with this cache's magic and format version, the SHA-256 of
+//!    its key (the component's SHA-256 and the engine's) and the SHA-256 of
+//!    the rest, and both hold: a torn write, a truncated or bit-rotted
+//!    file, an entry copied under another component's name, or a file
+//!    written by anything else fails here, before wasmtime sees a byte;
+//! 4. the digests are checked on the bytes in memory, and those same bytes
 //!    are handed to wasmtime (not the file, which could change in between);
-//! 3. the directory belongs to the user the host runs as and no one else
-//!    may write to it (checked when the cache opens; otherwise the cache is
-//!    off, and the log says why): whoever can write an entry that passes 1
-//!    could already replace the host's own binary or attach to its process;
-//! 4. entries are written to a temporary file and renamed into place, so a
-//!    reader never sees half an entry, and two hosts sharing the directory
-//!    write the same bytes under the same name;
-//! 5. wasmtime checks its own header again on load (its version, the
+//! 5. entries are written by this user, mode 0600, under a fresh temporary
+//!    name, and renamed into place, so a reader never sees half an entry;
+//! 6. wasmtime checks its own header again on load (its version, the
 //!    target, the engine's settings) and refuses a mismatch.
+//!
+//! Whoever could still forge an entry runs as the host's user (or root),
+//! and could replace the host's binary or attach to its process anyway. On
+//! a platform where ownership cannot be checked, the cache stays off.
 //!
 //! Compilation and the cache's reads and writes run on blocking threads,
 //! never on the event path. A cache that cannot be read or written costs a
@@ -46,9 +54,9 @@ use wasmtime::Engine;
 use wasmtime::component::Component;
 
 /// The first bytes of an entry; the last two digits are the format version.
-const MAGIC: &[u8; 8] = b"SWYDCC01";
-/// Magic, then the SHA-256 of what follows.
-const HEADER_LEN: usize = MAGIC.len() + 32;
+const MAGIC: &[u8; 8] = b"SWYDCC02";
+/// Magic, the SHA-256 of the entry's key, then the SHA-256 of what follows.
+const HEADER_LEN: usize = MAGIC.len() + 32 + 32;
 
 /// Where compiled components are kept.
 #[derive(Debug, Clone)]
@@ -58,6 +66,8 @@ pub struct CompiledCache {
     engine_key: String,
     /// Most bytes of entries kept; the least recently used go first.
     max_bytes: u64,
+    /// The user the host runs as, who must own every entry.
+    uid: u32,
 }
 
 /// Why the cache is off.
@@ -149,14 +159,16 @@ impl CompiledCache {
             error,
         };
         create_private_dir(dir).map_err(io)?;
-        check_private(dir)?;
+        let dir = std::fs::canonicalize(dir).map_err(io)?;
+        let uid = check_private(&dir)?;
         let mut hasher = ShaHasher(Sha256::new());
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let engine_key = hex(&hasher.0.finalize()[..12]);
         Ok(Self {
-            dir: dir.to_path_buf(),
+            dir,
             engine_key,
             max_bytes,
+            uid,
         })
     }
 
@@ -165,9 +177,11 @@ impl CompiledCache {
         &self.dir
     }
 
-    fn entry(&self, component: &[u8]) -> PathBuf {
-        let digest = hex(&Sha256::digest(component));
-        self.dir.join(format!("{digest}-{}.cwasm", self.engine_key))
+    /// The entry's path and the SHA-256 of its key.
+    fn entry(&self, component: &[u8]) -> (PathBuf, [u8; 32]) {
+        let name = format!("{}-{}", hex(&Sha256::digest(component)), self.engine_key);
+        let key: [u8; 32] = Sha256::digest(name.as_bytes()).into();
+        (self.dir.join(format!("{name}.cwasm")), key)
     }
 
     /// The compiled form of `component`: from the cache when it holds a
@@ -178,16 +192,16 @@ impl CompiledCache {
         engine: &Engine,
         component: &[u8],
     ) -> wasmtime::Result<(Component, Source)> {
-        let path = self.entry(component);
+        let (path, key_digest) = self.entry(component);
         // One compilation per entry at a time in this process: a second
         // load of the same component (another runtime, a reload racing a
         // restart) waits, then finds the entry.
-        let key = in_flight(&path);
-        let _compiling = key
+        let lock = in_flight(&path);
+        let _compiling = lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match std::fs::read(&path) {
-            Ok(bytes) => match verified(&bytes) {
+        match read_entry(&path, self.uid) {
+            Ok(bytes) => match verified(&bytes, &key_digest) {
                 Ok(payload) => {
                     // SAFETY: see the module's documentation: `payload` is
                     // exactly what `Component::serialize` of an engine with
@@ -221,8 +235,9 @@ impl CompiledCache {
         let source = match compiled
             .serialize()
             .map_err(|e| format!("{e:#}"))
-            .and_then(|payload| write_entry(&path, &payload).map_err(|e| e.to_string()))
-        {
+            .and_then(|payload| {
+                write_entry(&path, &key_digest, &payload).map_err(|e| e.to_string())
+            }) {
             Ok(()) => {
                 self.prune(&path);
                 Source::Compiled
@@ -243,8 +258,19 @@ impl CompiledCache {
         let Ok(dir) = std::fs::read_dir(&self.dir) else {
             return;
         };
-        let mut entries: Vec<(std::time::SystemTime, u64, PathBuf)> = dir
-            .filter_map(Result::ok)
+        let files: Vec<_> = dir.filter_map(Result::ok).collect();
+        // Temporary files a crashed writer left, over an hour old.
+        for f in &files {
+            let stale = f.path().extension().is_some_and(|x| x == "tmp")
+                && f.metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.elapsed().is_ok_and(|age| age.as_secs() > 3600));
+            if stale && let Err(e) = std::fs::remove_file(f.path()) {
+                tracing::warn!(file = %f.path().display(), "compiled-code cache: cannot remove a stale temporary file ({e})");
+            }
+        }
+        let mut entries: Vec<(std::time::SystemTime, u64, PathBuf)> = files
+            .iter()
             .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
             .filter_map(|e| {
                 let meta = e.metadata().ok()?;
@@ -285,8 +311,8 @@ fn touch(path: &Path) {
     }
 }
 
-/// The payload of an entry, if its header and digest hold.
-fn verified(bytes: &[u8]) -> Result<&[u8], &'static str> {
+/// The payload of an entry, if its header and digests hold.
+fn verified<'b>(bytes: &'b [u8], key_digest: &[u8; 32]) -> Result<&'b [u8], &'static str> {
     if bytes.len() < HEADER_LEN {
         return Err("the entry is shorter than its header (truncated)");
     }
@@ -294,26 +320,73 @@ fn verified(bytes: &[u8]) -> Result<&[u8], &'static str> {
     if &header[..MAGIC.len()] != MAGIC {
         return Err("the entry is not of this cache's format");
     }
-    if header[MAGIC.len()..] != Sha256::digest(payload)[..] {
+    if header[MAGIC.len()..MAGIC.len() + 32] != key_digest[..] {
+        return Err("the entry was made for another component or engine");
+    }
+    if header[MAGIC.len() + 32..] != Sha256::digest(payload)[..] {
         return Err("the entry's digest does not match its contents (torn write or corruption)");
     }
     Ok(payload)
 }
 
-/// Write an entry under a temporary name and rename it into place.
-fn write_entry(path: &Path, payload: &[u8]) -> std::io::Result<()> {
+/// Read an entry, if it is a regular file of one name, owned by `uid` and
+/// writable by no one else, and the file read is the file checked.
+#[cfg(unix)]
+fn read_entry(path: &Path, uid: u32) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let refuse =
+        |why: &str| std::io::Error::new(std::io::ErrorKind::PermissionDenied, why.to_string());
+    let before = std::fs::symlink_metadata(path)?;
+    if !before.file_type().is_file() {
+        return Err(refuse("the entry is not a regular file"));
+    }
+    let mut file = std::fs::File::open(path)?;
+    let meta = file.metadata()?;
+    if (meta.dev(), meta.ino()) != (before.dev(), before.ino()) {
+        return Err(refuse("the entry changed while it was opened"));
+    }
+    if meta.uid() != uid || meta.mode() & 0o022 != 0 || meta.nlink() != 1 {
+        return Err(refuse(
+            "the entry is not the host user's alone (its owner, mode or links)",
+        ));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+#[cfg(not(unix))]
+fn read_entry(path: &Path, _uid: u32) -> std::io::Result<Vec<u8>> {
+    std::fs::read(path)
+}
+
+/// Write an entry, mode 0600, under a fresh temporary name, and rename it
+/// into place.
+fn write_entry(path: &Path, key_digest: &[u8; 32], payload: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
     let dir = path.parent().unwrap_or(Path::new("."));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
     let tmp = dir.join(format!(
-        ".{}.{}.tmp",
+        ".{}.{}.{}.{nanos}.tmp",
         path.file_name()
             .map(|n| n.to_string_lossy())
             .unwrap_or_default(),
-        std::process::id()
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
     let written = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&tmp)?;
         file.write_all(MAGIC)?;
+        file.write_all(key_digest)?;
         file.write_all(&Sha256::digest(payload))?;
         file.write_all(payload)?;
         file.sync_all()?;
@@ -342,50 +415,82 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)
 }
 
+/// Check that `dir` (a real path) and every directory above it belong to
+/// this user or root and that no one else may write to them (above `dir`,
+/// unless the sticky bit is set); returns this user's uid.
 #[cfg(unix)]
-fn check_private(dir: &Path) -> Result<(), CacheError> {
+fn check_private(dir: &Path) -> Result<u32, CacheError> {
     use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(dir).map_err(|error| CacheError::Io {
-        dir: dir.display().to_string(),
-        error,
-    })?;
     let unsafe_dir = |why: String| CacheError::Unsafe {
         dir: dir.display().to_string(),
         why,
     };
-    let me = current_uid(dir)?;
-    if meta.uid() != me {
-        return Err(unsafe_dir(format!(
-            "it belongs to uid {}, the host runs as uid {me}",
-            meta.uid()
-        )));
-    }
-    if meta.mode() & 0o022 != 0 {
-        return Err(unsafe_dir(format!(
-            "its mode is {:o}: others may write to it",
-            meta.mode() & 0o777
-        )));
-    }
-    Ok(())
-}
-
-/// The uid this process runs as, read from a file it creates (std has no
-/// `getuid`, and the crate forbids `unsafe` elsewhere).
-#[cfg(unix)]
-fn current_uid(dir: &Path) -> Result<u32, CacheError> {
-    use std::os::unix::fs::MetadataExt;
-    let probe = dir.join(format!(".uid-probe.{}", std::process::id()));
-    let io = |error| CacheError::Io {
+    let me = current_uid().map_err(|error| CacheError::Io {
         dir: dir.display().to_string(),
         error,
-    };
-    std::fs::write(&probe, b"").map_err(io)?;
-    let uid = std::fs::metadata(&probe).map(|m| m.uid());
-    std::fs::remove_file(&probe).map_err(io)?;
-    uid.map_err(io)
+    })?;
+    for (i, d) in dir.ancestors().enumerate() {
+        let meta = std::fs::symlink_metadata(d).map_err(|error| CacheError::Io {
+            dir: d.display().to_string(),
+            error,
+        })?;
+        if meta.file_type().is_symlink() {
+            return Err(unsafe_dir(format!("{} is a symbolic link", d.display())));
+        }
+        if i == 0 && meta.uid() != me {
+            return Err(unsafe_dir(format!(
+                "it belongs to uid {}, the host runs as uid {me}",
+                meta.uid()
+            )));
+        }
+        if meta.uid() != me && meta.uid() != 0 {
+            return Err(unsafe_dir(format!(
+                "{} above it belongs to uid {}",
+                d.display(),
+                meta.uid()
+            )));
+        }
+        let sticky = meta.mode() & 0o1000 != 0;
+        if meta.mode() & 0o022 != 0 && (i == 0 || !sticky) {
+            return Err(unsafe_dir(format!(
+                "others may write to {} (mode {:o})",
+                d.display(),
+                meta.mode() & 0o7777
+            )));
+        }
+    }
+    Ok(me)
+}
+
+/// The effective uid of this process: the owner of `/proc/self` on Linux,
+/// else of a file it creates in the temporary directory (std has no
+/// `geteuid`, and the crate denies `unsafe`).
+#[cfg(unix)]
+fn current_uid() -> std::io::Result<u32> {
+    use std::os::unix::fs::MetadataExt;
+    if let Ok(meta) = std::fs::metadata("/proc/self") {
+        return Ok(meta.uid());
+    }
+    let probe = std::env::temp_dir().join(format!(
+        ".switchyard-uid-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    ));
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)?;
+    let uid = file.metadata().map(|m| m.uid());
+    std::fs::remove_file(&probe)?;
+    uid
 }
 
 #[cfg(not(unix))]
-fn check_private(_dir: &Path) -> Result<(), CacheError> {
-    Ok(())
+fn check_private(dir: &Path) -> Result<u32, CacheError> {
+    Err(CacheError::Unsafe {
+        dir: dir.display().to_string(),
+        why: "this platform's file ownership is not checked".to_string(),
+    })
 }

@@ -96,7 +96,8 @@ function mapping(): Record<string, RoleMapping> {
   }
   const entries = Object.entries(raw as Record<string, unknown>);
   if (entries.length === 0) stop(rejected("invalid plugin setting `mapping`: no user types"));
-  const out: Record<string, RoleMapping> = {};
+  // No prototype: an event type named `__proto__` is a key like any other.
+  const out: Record<string, RoleMapping> = Object.create(null);
   for (const [eventType, entry] of entries) {
     const where = `mapping.${eventType}`;
     let m: RoleMapping;

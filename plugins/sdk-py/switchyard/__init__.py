@@ -47,6 +47,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json as _json
+import re
 import traceback
 import typing
 import unicodedata
@@ -163,10 +164,12 @@ def _decode(tp: Any, v: Any, path: str) -> Any:
             return v
         raise DecodeError(f"{path}: expected a boolean, got {_describe(v)}")
     if tp is int:
-        if isinstance(v, int) and not isinstance(v, bool):
-            return v
         if isinstance(v, float) and v.is_integer():
-            return int(v)
+            v = int(v)
+        if isinstance(v, int) and not isinstance(v, bool):
+            if not _I64_MIN <= v <= _I64_MAX:
+                raise DecodeError(f"{path}: {v} is out of the 64-bit integer range")
+            return v
         raise DecodeError(f"{path}: expected an integer, got {_describe(v)}")
     if tp is float:
         if isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -197,6 +200,24 @@ def _decode(tp: Any, v: Any, path: str) -> Any:
                     raise DecodeError(f"missing field {where}")
         return tp(**values)
     raise TypeError(f"switchyard cannot decode into {tp!r}")
+
+
+_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _loads(text: str) -> Any:
+    """JSON as serde_json reads it: no NaN or Infinity, and no string with
+    a lone surrogate (``"\\ud800"``), which no UTF-8 text can hold."""
+    value = _json.loads(text, parse_constant=_no_constant)
+    try:
+        _json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("a string holds a lone surrogate escape, which is not valid Unicode") from None
+    return value
 
 
 def decode(tp: Any, value: Any, path: str = "") -> Any:
@@ -261,7 +282,7 @@ class Event:
         if text is None:
             stop(rejected(f"{self.topic}: payload is not UTF-8, expected a JSON document"))
         try:
-            value = _json.loads(text)
+            value = _loads(text)
         except ValueError as e:
             stop(rejected(f"{self.topic}: invalid payload: {e}"))
         try:
@@ -331,6 +352,8 @@ def _value(p: Any) -> _db.Value:
     if isinstance(p, bool):
         return _db.Value_Boolean(p)
     if isinstance(p, int):
+        if not _I64_MIN <= p <= _I64_MAX:
+            raise ValueError(f"{p} is out of the 64-bit integer range of a SQL parameter")
         return _db.Value_Int(p)
     if isinstance(p, float):
         return _db.Value_Float(p)
@@ -440,11 +463,10 @@ class _Db:
         """A ``timestamp`` parameter from an aware datetime, an RFC 3339 string or
         seconds since the epoch. A string that is no instant rejects the event."""
         if isinstance(value, str):
-            try:
-                value = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
-                return _db.Value_Timestamp(_micros(value))
-            except ValueError as e:
-                stop(rejected(f"not a timestamp: {value!r} ({e})"))
+            micros = rfc3339_micros(value)
+            if micros is None:
+                stop(rejected(f"not an RFC 3339 instant: {value!r}"))
+            return _db.Value_Timestamp(micros)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return _db.Value_Timestamp(int(value * 1_000_000))
         return _db.Value_Timestamp(_micros(value))
@@ -455,6 +477,39 @@ class _Db:
 
 
 db = _Db()
+
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:([Zz])|([+-])(\d{2}):(\d{2}))"
+)
+
+
+def rfc3339_micros(s: str) -> Optional[int]:
+    """An RFC 3339 instant as microseconds since the epoch, or None: the
+    Rust SDK's rules (a date, ``T``, a time with optional fraction, ``Z``
+    or an offset ``±HH:MM``)."""
+    m = _RFC3339.fullmatch(s)
+    if m is None:
+        return None
+    y, mo, d, hh, mi, ss = (int(m.group(i)) for i in range(1, 7))
+    frac = (m.group(7) or "")[:6]
+    micros = int(frac.ljust(6, "0")) if frac else 0
+    if m.group(8):
+        offset = 0
+    else:
+        oh, om = int(m.group(10)), int(m.group(11))
+        if oh > 23 or om > 59:
+            return None
+        offset = (oh * 3600 + om * 60) * (1 if m.group(9) == "+" else -1)
+    if hh > 23 or mi > 59 or ss > 60 or not 1 <= mo <= 12:
+        return None
+    leap = y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)
+    days_in = [31, 29 if leap else 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31][mo - 1]
+    if not 1 <= d <= days_in:
+        return None
+    days = (datetime.date(y, mo, d) - datetime.date(1970, 1, 1)).days if y >= 1 else None
+    if days is None:
+        return None
+    return (days * 86_400 + hh * 3_600 + mi * 60 + ss - offset) * 1_000_000 + micros
 
 # ───────────────────────────── publish ─────────────────────────────
 

@@ -111,6 +111,10 @@ class DecodeTest(unittest.TestCase):
         with self.assertRaisesRegex(switchyard.DecodeError, "expected an object, got an array"):
             decode(Outer, [])
         self.assertEqual(decode(int, 3.0), 3)
+        with self.assertRaisesRegex(switchyard.DecodeError, "64-bit"):
+            decode(int, 2**63)
+        with self.assertRaisesRegex(switchyard.DecodeError, "64-bit"):
+            decode(int, 1e300)
         with self.assertRaises(switchyard.DecodeError):
             decode(int, True)
 
@@ -122,6 +126,8 @@ class EventTest(unittest.TestCase):
             (b"\xff\xfe", "not UTF-8"),
             (b'{"v": ', "invalid payload"),
             (b'{"v": 1, "payload": {"user_id": 42}}', "payload.user_id: expected a string"),
+            (b'{"v": NaN}', "NaN is not JSON"),
+            (b'{"v": 1, "payload": {"user_id": "\\ud800"}}', "lone surrogate"),
         ]:
             with self.assertRaises(Stop) as stopped:
                 Event(event(payload, topic="user.registered.v1")).json(Outer)
@@ -158,14 +164,22 @@ class DbTest(unittest.TestCase):
         )
         with self.assertRaisesRegex(ValueError, "naive datetime"):
             db.execute("x", datetime.datetime(2026, 1, 1))
+        with self.assertRaisesRegex(ValueError, "64-bit"):
+            db.execute("x", 2**64)
         with self.assertRaisesRegex(TypeError, "not a SQL parameter"):
             db.execute("x", object())
 
     def test_rfc3339_timestamps(self) -> None:
         self.assertEqual(db.timestamp("2026-11-30T14:00:00+03:00"), raw_db.Value_Timestamp(1_796_036_400_000_000))
         self.assertEqual(db.timestamp("1970-01-01T00:00:00Z"), raw_db.Value_Timestamp(0))
-        with self.assertRaises(Stop):
-            db.timestamp("yesterday")
+        self.assertEqual(switchyard.rfc3339_micros("2024-02-29T00:00:00.123456789-00:30"), 1_709_166_600_123_456)
+        # The Rust SDK's refusals (plugins/sdk/src/lib.rs), the same here.
+        for bad in ["", "yesterday", "2026-11-30", "2026-11-30T09:30:00", "2026-02-30T00:00:00Z",
+                    "2026-11-30T24:00:00Z", "2026-11-30T09:30:00.Z", "2026-11-30T09:30:00+3:00",
+                    "2026-11-30T09:30:00+99:99", "+999-11-30T09:30:00Z", "20261130T093000+00:00"]:
+            self.assertIsNone(switchyard.rfc3339_micros(bad), bad)
+            with self.assertRaises(Stop):
+                db.timestamp(bad)
 
     def test_rows_and_typed_getters(self) -> None:
         self.host.rows = raw_db.Rows(

@@ -147,7 +147,9 @@ export const t = {
       }
       const out: Record<string, unknown> = {};
       for (const [key, field] of Object.entries(shape)) {
-        const value = field.decode((v as Record<string, unknown>)[key], path ? `${path}.${key}` : key);
+        // Own fields only: `toString` is no field of `{}`.
+        const raw = Object.hasOwn(v, key) ? (v as Record<string, unknown>)[key] : undefined;
+        const value = field.decode(raw, path ? `${path}.${key}` : key);
         if (value !== undefined) out[key] = value;
       }
       return out as ObjectOf<S>;
@@ -159,7 +161,8 @@ export const t = {
       if (typeof v !== "object" || v === null || Array.isArray(v)) {
         throw new DecodeError(`${path || "value"}: expected an object, got ${describeJson(v)}`);
       }
-      const out: Record<string, T> = {};
+      // No prototype: a key `__proto__` is a key like any other.
+      const out: Record<string, T> = Object.create(null);
       for (const [key, x] of Object.entries(v as Record<string, unknown>)) {
         out[key] = value.decode(x, path ? `${path}.${key}` : key);
       }
@@ -170,7 +173,46 @@ export const t = {
 
 // ───────────────────────────── events ─────────────────────────────
 
-const utf8 = new TextDecoder("utf-8", { fatal: true });
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+
+/** Whether a parsed JSON value holds a string (or key) no UTF-8 text can: JSON.parse takes `"\ud800"`, serde_json does not. */
+function hasLoneSurrogate(v: unknown): boolean {
+  if (typeof v === "string") return LONE_SURROGATE.test(v);
+  if (Array.isArray(v)) return v.some(hasLoneSurrogate);
+  if (typeof v === "object" && v !== null) {
+    return Object.entries(v).some(([k, x]) => LONE_SURROGATE.test(k) || hasLoneSurrogate(x));
+  }
+  return false;
+}
+
+/**
+ * An RFC 3339 instant as microseconds since the epoch, or undefined: the
+ * Rust SDK's rules (a date, `T`, a time with optional fraction, `Z` or an
+ * offset `±HH:MM`), the same on every JavaScript engine (`Date.parse` is
+ * not).
+ */
+export function rfc3339Micros(s: string): bigint | undefined {
+  const m = /^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:([Zz])|([+-])(\d{2}):(\d{2}))$/.exec(s);
+  if (m === null) return undefined;
+  const [y, mo, d, hh, mi, ss] = [1, 2, 3, 4, 5, 6].map((i) => Number(m[i]));
+  const micros = m[7] ? BigInt(m[7].slice(0, 6).padEnd(6, "0")) : 0n;
+  let offset = 0;
+  if (!m[8]) {
+    const [oh, om] = [Number(m[10]), Number(m[11])];
+    if (oh > 23 || om > 59) return undefined;
+    offset = (oh * 3600 + om * 60) * (m[9] === "+" ? 1 : -1);
+  }
+  if (mo < 1 || mo > 12 || hh > 23 || mi > 59 || ss > 60) return undefined;
+  const leap = (y % 4 === 0 && y % 100 !== 0) || y % 400 === 0;
+  const daysIn = [31, leap ? 29 : 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31][mo - 1];
+  if (d < 1 || d > daysIn) return undefined;
+  const days = Math.floor(Date.UTC(y, mo - 1, d) / 86_400_000);
+  return BigInt(days * 86_400 + hh * 3600 + mi * 60 + ss - offset) * 1_000_000n + micros;
+}
+
+// `ignoreBOM`: a leading U+FEFF is kept (and refused by JSON.parse), as
+// the Rust SDK does.
+const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 const encoder = new TextEncoder();
 
 function text(bytes: Uint8Array | undefined): string | undefined {
@@ -218,10 +260,10 @@ export class Event {
 
   /** Every header as text (absent, null and non-UTF-8 values are left out). */
   headers(): Record<string, string> {
-    const out: Record<string, string> = {};
+    const out: Record<string, string> = Object.create(null);
     for (const h of this.raw.headers) {
       const v = text(h.value);
-      if (v !== undefined && !(h.name in out)) out[h.name] = v;
+      if (v !== undefined && !Object.hasOwn(out, h.name)) out[h.name] = v;
     }
     return out;
   }
@@ -243,6 +285,9 @@ export class Event {
       value = JSON.parse(body);
     } catch (e) {
       stop(rejected(`${this.topic}: invalid payload: ${e instanceof Error ? e.message : String(e)}`));
+    }
+    if (hasLoneSurrogate(value)) {
+      stop(rejected(`${this.topic}: invalid payload: a string holds a lone surrogate escape, which is not valid Unicode`));
     }
     if (shape === undefined) return value;
     try {
@@ -428,10 +473,15 @@ export const db = {
   date(value: string): rawDb.Value {
     return { tag: "date", val: value };
   },
-  /** A `timestamp` parameter from a Date, an RFC 3339 string or milliseconds since the epoch. Throws `Stop(rejected)` on a string that is no instant. */
+  /** A `timestamp` parameter from a Date, an RFC 3339 string (microseconds kept) or milliseconds since the epoch. A string that is no RFC 3339 instant rejects the event. */
   timestamp(value: Date | string | number): rawDb.Value {
-    const ms = value instanceof Date ? value.getTime() : typeof value === "string" ? Date.parse(value) : value;
-    if (!Number.isFinite(ms)) stop(rejected(`not a timestamp: ${JSON.stringify(value)}`));
+    if (typeof value === "string") {
+      const micros = rfc3339Micros(value);
+      if (micros === undefined) stop(rejected(`not an RFC 3339 instant: ${JSON.stringify(value)}`));
+      return { tag: "timestamp", val: micros };
+    }
+    const ms = value instanceof Date ? value.getTime() : value;
+    if (!Number.isFinite(ms)) stop(rejected(`not a timestamp: ${String(value)}`));
     return { tag: "timestamp", val: BigInt(Math.trunc(ms)) * 1000n };
   },
   /** The current time as a `timestamp` parameter. */

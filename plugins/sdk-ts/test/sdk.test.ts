@@ -6,7 +6,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 // @ts-expect-error: a plain ES module without types
 import { fakeHost } from "../testing/host.mjs";
-import { DbError, Event, Stop, db, plugin, publish, skipped, stop, t } from "@switchyard/plugin";
+import { DbError, Event, Stop, db, plugin, publish, rfc3339Micros, skipped, stop, t } from "@switchyard/plugin";
 
 const enc = new TextEncoder();
 
@@ -49,7 +49,14 @@ test("payloads decode, and bad ones are rejected naming the topic and the field"
     ['{"v": 1, "payload": {"userId": 42}}', "payload.userId: expected a string, got number 42"],
     ['{"v": 1, "tags": ["a", 2]}', "tags[1]: expected a string"],
     ["[]", "payload: expected an object, got an array"],
+    ['\uFEFF{"v": 1}', "invalid payload"],
+    ['{"v": 1, "payload": {"userId": "\\ud800"}}', "lone surrogate"],
+    ['{"v": 1, "payload": {"userId": "\\ud800\\udc00"}}', ""],
   ] as const) {
+    if (words === "") {
+      assert.equal(new Event(rawEvent(payload)).json(Shape).payload?.userId, "\u{10000}", "a pair is fine");
+      continue;
+    }
     const outcome = stopped(() => new Event(rawEvent(payload)).json(Shape));
     assert.equal(outcome.tag, "rejected");
     assert.ok(outcome.val?.startsWith("t: "), outcome.val);
@@ -64,7 +71,11 @@ test("headers and key as text", () => {
   assert.equal(ev.header("event-id"), "e-1");
   assert.equal(ev.header("bin"), undefined);
   assert.equal(ev.header("null"), undefined);
-  assert.deepEqual(ev.headers(), { "event-id": "e-1" });
+  assert.deepEqual({ ...ev.headers() }, { "event-id": "e-1" });
+  const named = new Event(rawEvent("{}", [["constructor", enc.encode("c")], ["__proto__", enc.encode("p")]]));
+  assert.equal(named.headers()["constructor"], "c");
+  assert.equal(named.headers()["__proto__"], "p");
+  assert.throws(() => new Event(rawEvent('{"v": 1}')).json(t.object({ toString: t.string })), Stop, "inherited members are no fields");
   assert.equal(ev.key, "k");
 });
 
@@ -88,7 +99,13 @@ test("parameters map to typed values", () => {
     { tag: "float", val: 2 },
   ]);
   assert.deepEqual(db.timestamp("2026-11-30T14:00:00+03:00"), { tag: "timestamp", val: 1_796_036_400_000_000n });
-  assert.equal(stopped(() => db.timestamp("yesterday")).tag, "rejected");
+  assert.deepEqual(db.timestamp("2024-02-29T00:00:00.123456789-00:30"), { tag: "timestamp", val: 1_709_166_600_123_456n });
+  // The Rust SDK's refusals (plugins/sdk/src/lib.rs), the same here.
+  for (const bad of ["", "yesterday", "2026-11-30", "2026-11-30T09:30:00", "2026-02-30T00:00:00Z", "2026-11-30T24:00:00Z",
+    "2026-11-30T09:30:00.Z", "2026-11-30T09:30:00+3:00", "2026-11-30T09:30:00+99:99", "+999-11-30T09:30:00Z", "Nov 30 2026"]) {
+    assert.equal(rfc3339Micros(bad), undefined, bad);
+    assert.equal(stopped(() => db.timestamp(bad)).tag, "rejected", bad);
+  }
 });
 
 test("rows and typed getters", () => {

@@ -536,8 +536,12 @@ pub fn rfc3339_micros(s: &str) -> Option<i64> {
         return None;
     }
     let rest = &rest[1..];
+    let year = date.get(..4)?;
+    if !year.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     let (y, m, d) = (
-        date.get(..4)?.parse::<i64>().ok()?,
+        year.parse::<i64>().ok()?,
         two(date.get(5..7)?)?,
         two(date.get(8..10)?)?,
     );
@@ -574,7 +578,11 @@ pub fn rfc3339_micros(s: &str) -> Option<i64> {
             if tail.len() != 6 || tail.as_bytes()[3] != b':' {
                 return None;
             }
-            sign * (two(&tail[1..3])? * 3600 + two(&tail[4..6])? * 60)
+            let (oh, om) = (two(&tail[1..3])?, two(&tail[4..6])?);
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            sign * (oh * 3600 + om * 60)
         }
     };
     let days_in_month = match m {
@@ -624,6 +632,8 @@ mod time_tests {
             "2026-11-30T24:00:00Z",
             "2026-11-30T09:30:00.Z",
             "2026-11-30T09:30:00+3:00",
+            "2026-11-30T09:30:00+99:99",
+            "+999-11-30T09:30:00Z",
         ] {
             assert_eq!(rfc3339_micros(bad), None, "{bad}");
         }
