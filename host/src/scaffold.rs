@@ -74,6 +74,11 @@ pub fn check_name(name: &str) -> anyhow::Result<()> {
     if ["sdk", "sdk-ts", "sdk-py"].contains(&name) {
         bail!("{name:?} is the name of an SDK directory: choose another");
     }
+    if name == "switchyard" || name.starts_with("switchyard-") {
+        bail!(
+            "{name:?} is taken by the host's and the SDK's crates (switchyard-*): choose another"
+        );
+    }
     Ok(())
 }
 
@@ -495,7 +500,17 @@ mod tests {
     #[test]
     fn names_are_checked() {
         assert!(check_name("audit-trail").is_ok());
-        for bad in ["", "Audit", "1x", "a_b", "a--b", "a-", "sdk-ts", "x y"] {
+        for bad in [
+            "",
+            "Audit",
+            "1x",
+            "a_b",
+            "a--b",
+            "a-",
+            "sdk-ts",
+            "x y",
+            "switchyard-core",
+        ] {
             assert!(check_name(bad).is_err(), "{bad}");
         }
     }
