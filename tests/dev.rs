@@ -260,4 +260,10 @@ async fn dev_serves_a_kafka_client_reloads_and_counts() {
     })
     .await;
     assert!(gone, "the broker still listens on {broker}");
+    // Written to a file, the log has no terminal colour codes.
+    assert!(
+        !log().contains('\u{1b}'),
+        "colour codes in a log file:\n{}",
+        log()
+    );
 }
