@@ -98,7 +98,7 @@ pub fn read_all(
     topic: &str,
     timeout: Duration,
 ) -> anyhow::Result<Option<Vec<DeadLetter>>> {
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+    let consumer: BaseConsumer<ReaderContext> = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set(
             "group.id",
@@ -111,7 +111,7 @@ pub fn read_all(
         // there even when the last offsets hold no record (transaction
         // markers, compaction).
         .set("enable.partition.eof", "true")
-        .create()
+        .create_with_context(ReaderContext)
         .context("creating the dead-letter reader")?;
     let metadata = consumer
         .fetch_metadata(Some(topic), timeout)
@@ -166,6 +166,21 @@ pub fn read_all(
     out.sort_by_key(|d| (d.at(), d.partition, d.offset));
     Ok(Some(out))
 }
+
+/// The dead-letter reader's client context: the end of a partition, which
+/// is how reading stops, is no error to log; other errors are.
+struct ReaderContext;
+
+impl rdkafka::ClientContext for ReaderContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF) {
+            return;
+        }
+        tracing::error!("librdkafka: {error}: {reason}");
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ReaderContext {}
 
 /// One line per dead letter.
 pub fn render_list(letters: &[&DeadLetter]) -> String {
