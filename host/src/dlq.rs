@@ -182,25 +182,39 @@ impl rdkafka::ClientContext for ReaderContext {
 
 impl rdkafka::consumer::ConsumerContext for ReaderContext {}
 
-/// One line per dead letter.
+/// A header row, then one line per dead letter with its whole error (on
+/// one line), then the count.
 pub fn render_list(letters: &[&DeadLetter]) -> String {
+    let row = |id: &str, at: &str, plugin: &str, outcome: &str, origin: &str, error: &str| {
+        format!("{id:<8} {at:<26} {plugin:<22} {outcome:<9} {origin:<32} {error}\n")
+    };
     let mut out = String::new();
+    if !letters.is_empty() {
+        out.push_str(&row(
+            "ID",
+            "DEAD-LETTERED AT",
+            "PLUGIN",
+            "OUTCOME",
+            "ORIGIN (topic/partition/offset)",
+            "ERROR",
+        ));
+    }
     for d in letters {
-        let error = d.header(h::ERROR).unwrap_or("");
-        let error: String = if error.chars().count() > 100 {
-            format!("{}...", error.chars().take(100).collect::<String>())
-        } else {
-            error.to_string()
-        };
-        out.push_str(&format!(
-            "{:<8} {}  {:<22} {:<9} {:<32} {}\n",
-            d.id(),
+        let error = d
+            .header(h::ERROR)
+            .unwrap_or("")
+            .split(['\n', '\r'])
+            .filter(|l| !l.trim().is_empty())
+            .collect::<Vec<_>>()
+            .join(" | ");
+        out.push_str(&row(
+            &d.id(),
             d.header(h::DEAD_LETTERED_AT).unwrap_or("?"),
             d.header(h::PLUGIN).unwrap_or("?"),
             d.header(h::OUTCOME).unwrap_or("?"),
-            d.origin()
+            &d.origin()
                 .map_or("?".to_string(), |(t, p, o)| format!("{t}/{p}/{o}")),
-            error
+            &error,
         ));
     }
     out.push_str(&format!("{} dead letter(s)\n", letters.len()));
@@ -405,6 +419,43 @@ mod tests {
         for bad in ["5分", "-3h", "99999999999999999d", "", "h", "3w"] {
             assert!(parse_time(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_list_has_a_header_row_and_whole_errors() {
+        let error = format!("{}\nsecond line", "x".repeat(300));
+        let d = DeadLetter {
+            partition: 0,
+            offset: 4,
+            key: None,
+            value: Vec::new(),
+            headers: vec![
+                (
+                    "switchyard.plugin".into(),
+                    Some(b"stats-increment".to_vec()),
+                ),
+                ("switchyard.outcome".into(), Some(b"rejected".to_vec())),
+                ("switchyard.error".into(), Some(error.into_bytes())),
+            ],
+        };
+        let listed = render_list(&[&d]);
+        let lines: Vec<&str> = listed.lines().collect();
+        assert_eq!(lines.len(), 3, "{listed}");
+        assert!(
+            lines[0].starts_with("ID ") && lines[0].ends_with("ERROR"),
+            "{listed}"
+        );
+        assert!(lines[1].starts_with("0:4 "), "{listed}");
+        assert!(
+            lines[1].contains(&format!("{} | second line", "x".repeat(300))),
+            "the whole error, on one line: {listed}"
+        );
+        assert_eq!(lines[2], "1 dead letter(s)");
+        assert_eq!(
+            render_list(&[]),
+            "0 dead letter(s)\n",
+            "no header over nothing"
+        );
     }
 
     #[test]
