@@ -255,13 +255,7 @@ pub async fn run(options: &TestOptions) -> anyhow::Result<TestReport> {
     };
     let plugin = runtime.load_file(&options.plugin, env).await?;
     // With no config, the plugin's own name is its identity.
-    let plugin = if *plugin.env.name != *plugin.info.name {
-        let mut env = (*plugin.env).clone();
-        env.name = plugin.info.name.as_str().into();
-        plugin.with_env(env, &runtime)?
-    } else {
-        plugin
-    };
+    let plugin = plugin.under_described_name(&runtime)?;
     let db = Database::connect(&options.database, 2).await?;
     crate::outbox::create_tables(&db).await?;
     let applied = db

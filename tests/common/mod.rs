@@ -233,15 +233,9 @@ impl Harness {
             .unwrap_or_else(|e| panic!("loading {plugin}: {e}"));
         // A build in another language (`role-mapping-ts`) is the plugin it
         // describes itself as, as in the router's config.
-        let loaded = if *loaded.env.name != *loaded.info.name {
-            let mut env = (*loaded.env).clone();
-            env.name = loaded.info.name.as_str().into();
-            loaded
-                .with_env(env, &runtime)
-                .unwrap_or_else(|e| panic!("{plugin}: {e}"))
-        } else {
-            loaded
-        };
+        let loaded = loaded
+            .under_described_name(&runtime)
+            .unwrap_or_else(|e| panic!("{plugin}: {e}"));
         let db = Database::connect(&testdb.url, 4)
             .await
             .unwrap_or_else(|e| panic!("database: {e}"));

@@ -6,8 +6,12 @@ use sha2::Digest;
 
 /// The first 12 hex digits of a SHA-256: how versions are named in logs.
 pub fn short_hash(bytes: &[u8]) -> String {
-    let digest = sha2::Sha256::digest(bytes);
-    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+    hex(&sha2::Sha256::digest(bytes)[..6])
+}
+
+/// Bytes as lower-case hex digits.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The PostgreSQL role a plugin's SQL runs as: `switchyard_plugin_<name>`,

@@ -127,8 +127,7 @@ pub fn dedupe_key_of_id(id: &str) -> String {
     } else {
         use sha2::Digest;
         let digest = sha2::Sha256::digest(id.as_bytes());
-        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-        format!("idsha256:{hex}")
+        format!("idsha256:{}", crate::identity::hex(&digest))
     }
 }
 

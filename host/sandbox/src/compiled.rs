@@ -50,6 +50,7 @@
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use switchyard_core::identity::hex;
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
@@ -144,10 +145,6 @@ impl Hasher for ShaHasher {
     fn write(&mut self, bytes: &[u8]) {
         self.0.update(bytes);
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl CompiledCache {

@@ -184,6 +184,23 @@ impl LoadedPlugin {
     }
 }
 
+impl LoadedPlugin {
+    /// The same version under the name its `describe` gives, when it was
+    /// loaded under another (a file name, a port's directory name): with no
+    /// routing config, a plugin's own name is its identity.
+    pub fn under_described_name(
+        self: &Arc<Self>,
+        runtime: &Runtime,
+    ) -> Result<Arc<LoadedPlugin>, LoadError> {
+        if *self.env.name == *self.info.name {
+            return Ok(self.clone());
+        }
+        let mut env = (*self.env).clone();
+        env.name = self.info.name.as_str().into();
+        self.with_env(env, runtime)
+    }
+}
+
 impl Versioned for LoadedPlugin {
     fn hash(&self) -> &str {
         &self.hash

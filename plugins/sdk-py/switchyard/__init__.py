@@ -205,6 +205,9 @@ def _decode(tp: Any, v: Any, path: str) -> Any:
 _I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
 
 
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
@@ -213,6 +216,10 @@ def _loads(text: str) -> Any:
     """JSON as serde_json reads it: no NaN or Infinity, and no string with
     a lone surrogate (``"\\ud800"``), which no UTF-8 text can hold."""
     value = _json.loads(text, parse_constant=_no_constant)
+    # Only an escape can make one (the text itself is valid UTF-8): most
+    # payloads skip the second pass.
+    if _SURROGATE_ESCAPE.search(text) is None:
+        return value
     try:
         _json.dumps(value, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:

@@ -173,6 +173,7 @@ export const t = {
 
 // ───────────────────────────── events ─────────────────────────────
 
+const SURROGATE_ESCAPE = /\\u[dD][89a-fA-F]/;
 const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
 
 /** Whether a parsed JSON value holds a string (or key) no UTF-8 text can: JSON.parse takes `"\ud800"`, serde_json does not. */
@@ -286,7 +287,9 @@ export class Event {
     } catch (e) {
       stop(rejected(`${this.topic}: invalid payload: ${e instanceof Error ? e.message : String(e)}`));
     }
-    if (hasLoneSurrogate(value)) {
+    // Only an escape can make one (the text itself is valid UTF-8): most
+    // payloads skip the walk.
+    if (SURROGATE_ESCAPE.test(body) && hasLoneSurrogate(value)) {
       stop(rejected(`${this.topic}: invalid payload: a string holds a lone surrogate escape, which is not valid Unicode`));
     }
     if (shape === undefined) return value;
