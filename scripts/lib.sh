@@ -43,7 +43,7 @@ ensure_libclang() {
 build_plugins() {
     ensure_libclang
     ensure_wasm_target
-    local crates=() ts=() py=() dir name candidates=("$@")
+    local crates=() names=() ts=() py=() dir name candidates=("$@")
     [ ${#candidates[@]} -gt 0 ] || candidates=(plugins/*/)
     for dir in "${candidates[@]}"; do
         dir="${dir%/}"
@@ -57,7 +57,8 @@ build_plugins() {
                 echo "$dir is a Rust plugin outside the workspace: add \"$dir\" to [workspace] members in Cargo.toml" >&2
                 exit 1
             fi
-            crates+=(-p "$(sed -n 's/^name *= *"\(.*\)"/\1/p' "$dir/Cargo.toml" | head -n1)")
+            names+=("$(sed -n 's/^name *= *"\(.*\)"/\1/p' "$dir/Cargo.toml" | head -n1)")
+            crates+=(-p "${names[${#names[@]}-1]}")
         elif [ -f "$dir/package.json" ] && grep -q '"switchyard"' "$dir/package.json"; then
             ts+=("$dir")
         elif [ -f "$dir/pyproject.toml" ] && grep -q '^\[tool.switchyard\]' "$dir/pyproject.toml"; then
@@ -72,6 +73,18 @@ build_plugins() {
     if [ ${#crates[@]} -gt 0 ]; then
         say "building $(( ${#crates[@]} / 2 )) Rust plugins (wasm32-wasip2, profile 'plugin')"
         cargo build --target wasm32-wasip2 --profile plugin "${crates[@]}"
+        # Into $SWITCHYARD_PLUGIN_DIR when it is not cargo's own output
+        # directory (a temporary name, then a rename: a watching router
+        # never reads half a file).
+        local cargo_out="${CARGO_TARGET_DIR:-$ROOT/target}/wasm32-wasip2/plugin"
+        mkdir -p "$SWITCHYARD_PLUGIN_DIR"
+        if [ "$(cd "$cargo_out" && pwd -P)" != "$(cd "$SWITCHYARD_PLUGIN_DIR" && pwd -P)" ]; then
+            local n
+            for n in "${names[@]}"; do
+                cp "$cargo_out/${n//-/_}.wasm" "$SWITCHYARD_PLUGIN_DIR/.${n//-/_}.wasm.partial"
+                mv "$SWITCHYARD_PLUGIN_DIR/.${n//-/_}.wasm.partial" "$SWITCHYARD_PLUGIN_DIR/${n//-/_}.wasm"
+            done
+        fi
     fi
     if [ ${#ts[@]} -gt 0 ]; then
         ensure_ts_toolchain

@@ -267,3 +267,224 @@ async fn dev_serves_a_kafka_client_reloads_and_counts() {
         log()
     );
 }
+
+/// A checkout of its own for `dev --watch` to watch: the repository's
+/// `wit/`, `scripts/` and Python SDK (and its installed toolchain) linked
+/// in, and a plugin made by `switchyard plugin new`, so that the test
+/// edits files that belong to nobody else.
+fn watched_checkout(dir: &Path) {
+    let repo = root();
+    std::fs::create_dir_all(dir.join("plugins")).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir_all(dir.join(".switchyard")).unwrap_or_else(|e| panic!("{e}"));
+    for (link, target) in [
+        ("wit", repo.join("wit")),
+        ("scripts", repo.join("scripts")),
+        ("plugins/sdk-py", repo.join("plugins/sdk-py")),
+        (
+            ".switchyard/venv-plugins",
+            repo.join(".switchyard/venv-plugins"),
+        ),
+    ] {
+        std::os::unix::fs::symlink(&target, dir.join(link))
+            .unwrap_or_else(|e| panic!("{link} -> {}: {e}", target.display()));
+    }
+    let made = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .current_dir(dir)
+        .args(["plugin", "new", "audit-py", "--lang", "python"])
+        .output()
+        .unwrap_or_else(|e| panic!("plugin new: {e}"));
+    assert!(
+        made.status.success(),
+        "plugin new: {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+}
+
+/// Replace `from` with `to` in a file, which must hold `from`.
+fn edit(path: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(text.contains(from), "{} holds no {from:?}", path.display());
+    std::fs::write(path, text.replacen(from, to, 1))
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_rebuilds_a_plugin_when_its_source_is_saved() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let checkout = dir.path();
+    watched_checkout(checkout);
+    let out = checkout.join("out");
+    // The first build, as `switchyard plugin build` makes it.
+    let built = std::process::Command::new(checkout.join("scripts/build-plugins"))
+        .arg("plugins/audit-py")
+        .current_dir(checkout)
+        .env("SWITCHYARD_PLUGIN_DIR", &out)
+        .output()
+        .unwrap_or_else(|e| panic!("build-plugins: {e}"));
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let config = checkout.join("switchyard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka]\nbrokers = \"unused:9092\"\ngroup = \"watch\"\ncreate_topics_partitions = 1\n\
+             [database]\nurl = \"sqlite:{db}\"\n\
+             [plugins]\ndir = \"{out}\"\n\
+             [plugins.audit-py]\nfile = \"audit_py.wasm\"\npublish = [\"audit-py.recorded\"]\n\
+             [[routes]]\ntopics = [\"audit-py.in\"]\nplugins = [\"audit-py\"]\n",
+            db = checkout.join("dev.db").display(),
+            out = out.display(),
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let log_path = checkout.join("log.txt");
+    let out_path = checkout.join("stdout.txt");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .env("SWITCHYARD_COMPILE_CACHE", common::compile_cache_dir())
+        .current_dir(checkout)
+        .args([
+            "dev",
+            "--broker-port",
+            "0",
+            "--admin",
+            "127.0.0.1:0",
+            "--config",
+        ])
+        .arg(&config)
+        .arg("--tansu")
+        .arg(common::tansu_path())
+        .env_remove("SWITCHYARD_BROKERS")
+        .env_remove("SWITCHYARD_DATABASE_URL")
+        .env_remove("SWITCHYARD_PLUGIN_DIR")
+        .env_remove("SWITCHYARD_LOG")
+        .stdout(std::fs::File::create(&out_path).unwrap_or_else(|e| panic!("{e}")))
+        .stderr(std::fs::File::create(&log_path).unwrap_or_else(|e| panic!("{e}")))
+        .spawn()
+        .unwrap_or_else(|e| panic!("switchyard dev: {e}"));
+    let _child = Child(Some(child));
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let stdout = || std::fs::read_to_string(&out_path).unwrap_or_default();
+    let up = eventually(Duration::from_secs(120), || async {
+        stdout().contains("switchyard dev is up") && log().contains("partitions assigned")
+    })
+    .await;
+    assert!(up, "dev did not come up:\n{}\n{}", stdout(), log());
+    assert!(
+        stdout().contains(
+            "save a plugin's source to rebuild and reload it: audit-py (plugins/audit-py)"
+        ),
+        "the banner names what is watched: {}",
+        stdout()
+    );
+    let admin = admin_address(&log()).unwrap_or_default();
+    let app = checkout.join("plugins/audit-py/app.py");
+    // Lines of the watcher so far, to wait for the next.
+    let watch_lines = || -> Vec<String> {
+        log()
+            .lines()
+            .filter(|l| l.starts_with("[watch]"))
+            .map(str::to_string)
+            .collect()
+    };
+    let next_line = |seen: usize, what: &'static str| {
+        let log = &log;
+        async move {
+            let ok = eventually(Duration::from_secs(180), || async {
+                log().lines().filter(|l| l.starts_with("[watch]")).count() > seen
+            })
+            .await;
+            assert!(ok, "no [watch] line after {what}:\n{}", log());
+        }
+    };
+
+    // 1. A save rebuilds and reloads it: one line with the times.
+    let seen = watch_lines().len();
+    edit(&app, "version = \"0.1.0\"", "version = \"0.2.0\"");
+    next_line(seen, "a save").await;
+    let line = watch_lines()[seen].clone();
+    assert!(
+        line.starts_with("[watch] audit-py: rebuilt in ")
+            && line.contains(" after the write")
+            && line.contains("version 0.2.0")
+            && line.contains("save → serving "),
+        "{line}\n{}",
+        log()
+    );
+    let (_, plugins) = http_get(&admin, "/plugins").await;
+    assert!(plugins.contains("\"0.2.0\""), "{plugins}");
+
+    // 2. A build error: said with the error, the last build still serves.
+    let seen = watch_lines().len();
+    edit(&app, "def handle(self", "def handle(self,,");
+    next_line(seen, "a syntax error").await;
+    let text = log();
+    let failed = &text[text
+        .find("[watch] audit-py: build FAILED")
+        .unwrap_or_else(|| panic!("no failure line: {text}"))..];
+    assert!(
+        failed.contains("the previous build still serves") && failed.contains("  | "),
+        "the build's own error is shown: {failed}"
+    );
+    assert!(
+        failed.contains("SyntaxError") || failed.contains("invalid syntax"),
+        "{failed}"
+    );
+
+    // 3. Fixed, but with an edited migration: the reload is refused,
+    // loudly, and /health says an older build serves.
+    let seen = watch_lines().len();
+    // One write: the syntax fixed and the migration edited.
+    let text = std::fs::read_to_string(&app).unwrap_or_default();
+    assert!(text.contains("    at "), "{text}");
+    let text = text
+        .replace("def handle(self,,", "def handle(self")
+        .replace("    at ", "    extra TEXT,\n    at ");
+    std::fs::write(&app, text).unwrap_or_else(|e| panic!("{e}"));
+    next_line(seen, "an edited migration").await;
+    let lines = watch_lines();
+    let refused = lines[seen..].join("\n");
+    assert!(
+        refused.contains("audit-py: built in") && refused.contains("REFUSED"),
+        "{refused}\n{}",
+        log()
+    );
+    assert!(
+        refused.contains("still failing: audit-py (reload refused"),
+        "kept on screen until fixed: {refused}"
+    );
+    assert!(
+        log().contains("plugin audit-py reload refused") && log().contains("STILL SERVING"),
+        "{}",
+        log()
+    );
+    let (code, health) = http_get(&admin, "/health").await;
+    assert_eq!(code, 200, "{health}");
+    let health: serde_json::Value =
+        serde_json::from_str(&health).unwrap_or_else(|e| panic!("{e}: {health}"));
+    assert_eq!(health["status"], "degraded", "{health}");
+    let refusal = &health["reloads_refused"][0];
+    assert_eq!(refusal["what"], "plugin audit-py", "{health}");
+    assert!(
+        refusal["serving"]
+            .as_str()
+            .is_some_and(|s| s.contains("0.2.0")),
+        "{health}"
+    );
+
+    // 4. The migration put back: fixed, and /health is clear again.
+    let seen = watch_lines().len();
+    let text = std::fs::read_to_string(&app)
+        .unwrap_or_default()
+        .replace("    extra TEXT,\n    at ", "    at ")
+        .replace("version = \"0.2.0\"", "version = \"0.3.0\"");
+    std::fs::write(&app, text).unwrap_or_else(|e| panic!("{e}"));
+    next_line(seen, "the fix").await;
+    let lines = watch_lines()[seen..].join("\n");
+    assert!(lines.contains("audit-py: fixed"), "{lines}");
+    assert!(lines.contains("version 0.3.0"), "{lines}");
+    let (_, health) = http_get(&admin, "/health").await;
+    assert!(health.contains("\"reloads_refused\":[]"), "{health}");
+}

@@ -1,8 +1,9 @@
 //! The admin HTTP server: what runs and how it is doing, for operators and
 //! for Prometheus.
 //!
-//! - `GET /health`: the database, Kafka, the outbox backlog and each
-//!   plugin's state; 200 when all is well, 503 otherwise.
+//! - `GET /health`: the database, Kafka, the outbox backlog, each
+//!   plugin's state and any refused reload that still stands (an older
+//!   build serving); 200 when all is well or `degraded`, 503 when down.
 //! - `GET /metrics`: the Prometheus (OpenMetrics) exposition.
 //! - `GET /plugins`: the versions in service, their hashes, limits, grants,
 //!   circuit breaker and last error.
@@ -244,6 +245,15 @@ async fn health(State(s): AdminRef) -> Response {
         }
         Err(e) => json!({"ok": false, "error": e}),
     };
+    // A refused reload leaves an older build (or config) serving than the
+    // one on disk: degraded until a reload of it is applied.
+    let refused_reloads = m.refused_reloads();
+    reasons.extend(refused_reloads.iter().map(|r| {
+        format!(
+            "{} reload refused at {} ({}): still serving {}",
+            r.what, r.at, r.reason, r.serving
+        )
+    }));
     let ok = database["ok"] == true && kafka["ok"] == true && outbox["ok"] == true;
     let body = json!({
         "status": if !ok { "down" } else if all_serving && reasons.is_empty() { "ok" } else { "degraded" },
@@ -252,6 +262,7 @@ async fn health(State(s): AdminRef) -> Response {
         "kafka": kafka,
         "outbox": outbox,
         "plugins": plugins,
+        "reloads_refused": refused_reloads,
     });
     let code = if ok {
         StatusCode::OK

@@ -281,7 +281,7 @@ async fn stop_stale_broker() {
 }
 
 /// What `dev` prints once the router is up.
-pub fn banner(ready: &crate::loading::Ready, broker_note: &str) -> String {
+pub fn banner(ready: &crate::loading::Ready, broker_note: &str, watch_note: &str) -> String {
     let admin = ready.admin.map_or_else(
         || "off (set [admin] address or --admin)".to_string(),
         |a| format!("http://{a}  (/health /metrics /plugins /routes)"),
@@ -295,7 +295,8 @@ pub fn banner(ready: &crate::loading::Ready, broker_note: &str) -> String {
          \x20 broker    {brokers}  ({broker_note})\n\
          \x20 database  {database}\n\
          \x20 admin     {admin}\n\
-         \x20 plugins   {plugins}  (hot reload on: rebuild with scripts/build-plugins, or edit {config})\n\
+         \x20 plugins   {plugins}  (hot reload on: their files and {config})\n\
+         \x20 watch     {watch_note}\n\
          \x20 topics    {topics}\n\
          \nTry, from another shell:\n\
          \x20 switchyard produce --brokers {brokers} --event plugins/welcome-notification/examples/user-registered.json{metrics}\n\

@@ -45,6 +45,7 @@ pub mod app;
 pub mod consumer;
 pub mod dev;
 pub mod dlq;
+pub mod expect;
 pub mod explain;
 pub mod kafka;
 pub mod loading;
@@ -54,6 +55,7 @@ pub mod relay;
 pub mod reload;
 pub mod scaffold;
 pub mod topics;
+pub mod watch;
 
 #[cfg(test)]
 mod layout {

@@ -33,6 +33,9 @@ pub struct RunOptions {
     /// Consumer settings for keys `[kafka.consumer]` does not set
     /// (`switchyard dev` on its own Tansu: a short fetch wait).
     pub consumer_defaults: Vec<(String, String)>,
+    /// Where the reloader reports what became of each reload (`dev`'s
+    /// source watcher listens).
+    pub reload_reports: Option<tokio::sync::broadcast::Sender<crate::reload::ReloadReport>>,
 }
 
 /// What is running, once the router is up.

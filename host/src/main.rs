@@ -79,6 +79,10 @@ struct DevArgs {
     /// A Tansu binary to use instead of finding or installing one.
     #[arg(long, env = "SWITCHYARD_TANSU")]
     tansu: Option<PathBuf>,
+    /// Do not watch the plugins' sources (by default, saving a plugin's
+    /// source rebuilds it with its own toolchain and reloads it).
+    #[arg(long)]
+    no_watch: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -296,16 +300,23 @@ enum PluginCommand {
     /// would publish.
     ///
     /// Exit status: 0 when every event committed (done or skipped), 1 when
-    /// one did not (retry, rejected or a failure), 2 when the run could not
-    /// start (plugin, event file or database).
+    /// one did not (retry, rejected or a failure); with --expect, 0 when
+    /// the run matches the expectation and 1 when it does not; with
+    /// `--database both`, 1 also when the two backends differ; 2 when the
+    /// run could not start (plugin, event file, database, expectation).
     #[command(after_help = "Examples:
   switchyard plugin test target/wasm32-wasip2/plugin/profile_creation.wasm \\
       --event plugins/profile-creation/examples/create-user.json
+  switchyard plugin test --config config/switchyard.toml --plugin role-mapping \\
+      --event plugins/role-mapping/fixtures/user-created.events.json --database both
+  switchyard plugin test --config config/switchyard.toml --plugin stats-increment \\
+      --event plugins/stats-increment/fixtures/quota.events.json \\
+      --expect plugins/stats-increment/fixtures/quota.expect.json   # --update rewrites it
   echo '{\"topic\": \"user.created\", \"value\": {\"userId\": \"u1\"}}' | \\
       switchyard plugin test stats_increment.wasm --event - --json
   switchyard plugin test welcome_notification.wasm --event ev.json \\
       --settings '{\"subject\": \"Hello {name}\"}' --database postgres://postgres@127.0.0.1/dev")]
-    Test(TestArgs),
+    Test(Box<TestArgs>),
     /// Make a new plugin under plugins/: its package (a crate, an npm
     /// package or a Python module), a handler that decodes an event, writes
     /// a row and publishes a message, migrations for PostgreSQL and SQLite,
@@ -337,34 +348,56 @@ enum PluginCommand {
 
 #[derive(Debug, Args)]
 struct TestArgs {
-    /// The plugin component (`.wasm` built for wasm32-wasip2).
-    plugin: PathBuf,
+    /// The plugin component (`.wasm` built for wasm32-wasip2); with
+    /// --config and --plugin, the config's file for the plugin by default.
+    #[arg(required_unless_present = "plugin_name")]
+    plugin: Option<PathBuf>,
     /// Event file (JSON object or array of objects); `-` reads standard
     /// input. Repeat to run several files in order on the same database.
     #[arg(long = "event", short = 'e', required = true)]
     events: Vec<PathBuf>,
-    /// Database URL; the default is a throwaway in-memory SQLite.
+    /// `sqlite` (a throwaway in-memory database, the default), `postgres`
+    /// (a throwaway database on SWITCHYARD_TEST_PG_URL, else the local
+    /// server), `both` (one run on each, compared), or a database URL.
     #[arg(
         long,
         default_value = "sqlite::memory:",
         env = "SWITCHYARD_DATABASE_URL"
     )]
     database: String,
+    /// A routing config to take the plugin's grants, settings and limits
+    /// from, as `switchyard run` would (with --plugin).
+    #[arg(long, requires = "plugin_name")]
+    config: Option<PathBuf>,
+    /// The plugin's name in --config.
+    #[arg(long = "plugin", requires = "config")]
+    plugin_name: Option<String>,
+    /// Directory of the plugin files; overrides the config's `plugins.dir`.
+    #[arg(long, env = "SWITCHYARD_PLUGIN_DIR", requires = "config")]
+    plugin_dir: Option<PathBuf>,
     /// The plugin's settings as a JSON object, as under the plugin's
     /// `settings` in the routing config.
-    #[arg(long, default_value = "{}")]
-    settings: String,
+    #[arg(long, conflicts_with = "config")]
+    settings: Option<String>,
     /// Topic patterns the plugin may publish to (`*` matches any run of
     /// characters). Repeatable; the default grants every topic.
-    #[arg(long = "grant", default_value = "*")]
+    #[arg(long = "grant", conflicts_with = "config")]
     grants: Vec<String>,
     /// SQL script to run before the events, after the plugin's migrations
     /// (fixture rows). Repeatable.
     #[arg(long)]
     setup: Vec<PathBuf>,
     /// Deadline per call in milliseconds.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "config")]
     deadline_ms: Option<u64>,
+    /// Compare what the plugin did (outcomes, rows changed, messages
+    /// published) with the expectation stored in this file, and show a
+    /// diff when it differs. Exit status 0 only when it matches.
+    #[arg(long)]
+    expect: Option<PathBuf>,
+    /// With --expect: write this run's effects as the expectation.
+    #[arg(long, requires = "expect")]
+    update: bool,
     /// Print one JSON document instead of the readable report.
     #[arg(long)]
     json: bool,
@@ -384,7 +417,10 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Run(args) => {
-            init_logging_format("info", args.log_format);
+            // One line per handled event is for `dev`; a router in
+            // service logs what needs a person (set SWITCHYARD_LOG to
+            // `info,switchyard::handled=info` to see every event).
+            init_logging_format("info,switchyard::handled=warn", args.log_format);
             let options = args.options();
             finish(
                 runtime.block_on(switchyard::app::run(options, shutdown_signal())),
@@ -428,7 +464,7 @@ fn main() -> ExitCode {
         },
         Command::Plugin(PluginCommand::Test(args)) => {
             init_logging("warn,switchyard::plugin=off,switchyard::capabilities=off");
-            match runtime.block_on(plugin_test_cmd(args)) {
+            match runtime.block_on(plugin_test_cmd(*args)) {
                 Ok(code) => code,
                 Err(e) => {
                     eprintln!("error: {e:#}");
@@ -492,14 +528,65 @@ async fn dev_cmd(args: DevArgs) -> anyhow::Result<()> {
         note
     };
     eprintln!("switchyard dev: compiling the plugins and starting the router");
+    let watch = dev_watch(&args, &mut options);
+    let watch_note = match &watch {
+        Ok(w) => switchyard::watch::describe(w),
+        Err(why) => why.clone(),
+    };
     options.ready = Some(switchyard::app::ReadyHook(std::sync::Arc::new(
-        move |ready| println!("{}", dev::banner(ready, &note)),
+        move |ready| println!("{}", dev::banner(ready, &note, &watch_note)),
     )));
+    let (stop_watch, watch_stopped) = tokio::sync::oneshot::channel::<()>();
+    let watch_task = match (watch, &options.reload_reports) {
+        (Ok(w), Some(reports)) => Some(tokio::spawn(switchyard::watch::run(
+            w,
+            reports.clone(),
+            async {
+                let _ = watch_stopped.await;
+            },
+        ))),
+        _ => None,
+    };
     let result = switchyard::app::run(options, shutdown_signal()).await;
+    let _ = stop_watch.send(());
+    if let Some(task) = watch_task {
+        let _ = task.await;
+    }
     if let Some(b) = broker {
         b.stop().await;
     }
     result
+}
+
+/// Whether `dev` watches the plugins' sources, and from which checkout;
+/// `Err` says why not. Sets up the reload reports the watcher follows.
+fn dev_watch(
+    args: &DevArgs,
+    options: &mut switchyard::app::RunOptions,
+) -> Result<switchyard::watch::WatchOptions, String> {
+    if args.no_watch {
+        return Err("source watch off (--no-watch): rebuild with `switchyard plugin build`".into());
+    }
+    if options.no_reload {
+        return Err("source watch off: --no-reload".into());
+    }
+    let config_dir = options
+        .config
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let root = switchyard::scaffold::repo_root(Path::new("."))
+        .or_else(|_| switchyard::scaffold::repo_root(&config_dir))
+        .map_err(|_| {
+            "source watch off: neither this directory nor the config's is inside a Switchyard checkout (plugins/ and wit/); rebuild plugins yourself and their files are reloaded".to_string()
+        })?;
+    let (reports, _) = tokio::sync::broadcast::channel(64);
+    options.reload_reports = Some(reports);
+    Ok(switchyard::watch::WatchOptions {
+        root,
+        run: options.clone(),
+    })
 }
 
 async fn dlq_cmd(cmd: DlqCommand) -> anyhow::Result<()> {
@@ -648,8 +735,38 @@ fn print_explanation(
 }
 
 async fn plugin_test_cmd(args: TestArgs) -> anyhow::Result<ExitCode> {
+    use switchyard::expect::{self, Verdict};
+    let started = chrono::Utc::now();
+    let (plugin, env) = match (&args.config, &args.plugin_name) {
+        (Some(config), Some(name)) => {
+            let loaded = switchyard::config::Loaded::from_file(config)?;
+            let found = loaded
+                .plugin_envs(args.plugin_dir.as_deref())
+                .into_iter()
+                .find(|(n, ..)| n == name);
+            let Some((_, path, env, ..)) = found else {
+                let mut names: Vec<&String> = loaded.config.plugins.plugins.keys().collect();
+                names.sort();
+                anyhow::bail!(
+                    "{} has no plugin {name:?}; it has: {}",
+                    config.display(),
+                    names
+                        .iter()
+                        .map(|n| n.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            };
+            (args.plugin.clone().unwrap_or(path), Some(env))
+        }
+        _ => match &args.plugin {
+            Some(p) => (p.clone(), None),
+            None => anyhow::bail!("give the plugin's .wasm, or --config FILE --plugin NAME"),
+        },
+    };
     let settings: serde_json::Value =
-        serde_json::from_str(&args.settings).context("--settings is not valid JSON")?;
+        serde_json::from_str(args.settings.as_deref().unwrap_or("{}"))
+            .context("--settings is not valid JSON")?;
     let serde_json::Value::Object(settings) = settings else {
         anyhow::bail!("--settings must be a JSON object, like '{{\"subject\": \"Hi {{name}}\"}}'");
     };
@@ -657,22 +774,107 @@ async fn plugin_test_cmd(args: TestArgs) -> anyhow::Result<ExitCode> {
     if let Some(ms) = args.deadline_ms {
         limits.deadline_ms = ms;
     }
-    let options = TestOptions {
-        plugin: args.plugin,
-        events: args.events,
-        database: args.database,
-        settings,
-        grants: args.grants,
-        limits,
-        setup: args.setup,
-    };
-    let report = plugin_test::run(&options).await?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report.json)?);
+    let grants = if args.grants.is_empty() {
+        vec!["*".to_string()]
     } else {
-        print!("{}", plugin_test::render_text(&report.json));
+        args.grants.clone()
+    };
+    let options = TestOptions {
+        plugin,
+        events: args.events.clone(),
+        database: String::new(),
+        settings,
+        grants,
+        limits,
+        setup: args.setup.clone(),
+        env,
+    };
+    let choice = plugin_test::DatabaseChoice::parse(&args.database);
+    let runs = plugin_test::run_on(&options, &choice).await?;
+    let effects: Vec<serde_json::Value> = runs
+        .iter()
+        .map(|(_, r)| expect::effects(&r.json, &r.inputs, started))
+        .collect();
+    let mut ok = true;
+    let mut notes = String::new();
+    let differ = match effects.as_slice() {
+        [a, b] => expect::backends_differ(a, b),
+        _ => None,
+    };
+    if runs.len() == 2 {
+        match &differ {
+            Some(diff) => {
+                ok = false;
+                notes.push_str(&format!(
+                    "\nSQLite and PostgreSQL DIFFER (- sqlite, + postgres):\n{diff}"
+                ));
+            }
+            None => notes.push_str(
+                "\nSQLite and PostgreSQL agree: same outcomes, rows changed and publishes\n",
+            ),
+        }
     }
-    Ok(if report.all_committed {
+    let mut verdicts = Vec::new();
+    if let Some(file) = &args.expect {
+        if args.update {
+            anyhow::ensure!(
+                differ.is_none(),
+                "not writing {}: the backends differ (above); make the plugin behave the same on both first",
+                file.display()
+            );
+            if let Some(first) = effects.first() {
+                expect::write(file, first)?;
+            }
+            notes.push_str(&format!(
+                "\nwrote the expectation {} from this run\n",
+                file.display()
+            ));
+        } else {
+            for ((label, _), e) in runs.iter().zip(&effects) {
+                let verdict = expect::check(file, e)?;
+                match &verdict {
+                    Verdict::Matches => notes.push_str(&format!(
+                        "\nexpectation {}: matches ({label})\n",
+                        file.display()
+                    )),
+                    Verdict::Differs(diff) => {
+                        ok = false;
+                        notes.push_str(&format!(
+                            "\nexpectation {}: DIFFERS on {label} (- expected, + this run):\n{diff}(run again with --update to accept this run)\n",
+                            file.display()
+                        ));
+                    }
+                }
+                verdicts.push(serde_json::json!({
+                    "database": label,
+                    "matches": verdict == Verdict::Matches,
+                    "diff": match verdict { Verdict::Differs(d) => Some(d), Verdict::Matches => None },
+                }));
+            }
+        }
+    } else {
+        ok &= runs.iter().all(|(_, r)| r.all_committed);
+    }
+    if args.json {
+        let doc = match runs.as_slice() {
+            [(_, only)] if args.expect.is_none() => only.json.clone(),
+            _ => serde_json::json!({
+                "runs": runs.iter().map(|(l, r)| (l.clone(), r.json.clone())).collect::<serde_json::Map<_, _>>(),
+                "backends_differ": differ,
+                "expectation": verdicts,
+            }),
+        };
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        for (label, report) in &runs {
+            if runs.len() > 1 {
+                println!("═══ on {label} ═══");
+            }
+            print!("{}", plugin_test::render_text(&report.json));
+        }
+        print!("{notes}");
+    }
+    Ok(if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

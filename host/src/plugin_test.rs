@@ -206,6 +206,10 @@ pub struct TestOptions {
     /// SQL scripts run before the events, after the plugin's migrations
     /// (fixtures such as the `customers` a role-mapping event refers to).
     pub setup: Vec<PathBuf>,
+    /// The plugin as a routing config runs it (`--config --plugin`): its
+    /// name, grants, settings and limits. `None`: the plugin's own name
+    /// and the fields above.
+    pub env: Option<PluginEnv>,
 }
 
 /// What a run found, ready to print.
@@ -215,6 +219,9 @@ pub struct TestReport {
     pub json: Json,
     /// Whether every event's transaction committed.
     pub all_committed: bool,
+    /// The events' keys, headers and payloads as text: what the plugin
+    /// was given (an id found here is not the plugin's invention).
+    pub inputs: Vec<String>,
 }
 
 /// Run the plugin on the events; errors are setup failures (plugin not
@@ -234,28 +241,56 @@ pub async fn run(options: &TestOptions) -> anyhow::Result<TestReport> {
         compile_cache: crate::loading::default_compile_cache_options(),
         ..Default::default()
     })?;
-    let name = options
-        .plugin
-        .file_stem()
-        .map(|s| s.to_string_lossy().replace('_', "-"))
-        .unwrap_or_else(|| "plugin".into());
-    // As the router does with a config that leaves the producer's
-    // `message.max.bytes` at its default: a message the test accepts is
-    // one the producer accepts.
-    let mut limits = options.limits.clone();
-    limits.clamp_to_producer(crate::kafka::DEFAULT_MESSAGE_MAX_BYTES);
-    let env = PluginEnv {
-        name: name.as_str().into(),
-        limits,
-        grants: Grants::new(options.grants.clone()),
-        settings: Arc::new(options.settings.clone()),
-        db_role: None,
-        db_tables: std::sync::Arc::from([]),
-        native: None,
+    let plugin = match &options.env {
+        Some(env) => {
+            // As the router loads it: under its config key, which must
+            // be the name it gives itself.
+            let plugin = runtime.load_file(&options.plugin, env.clone()).await?;
+            crate::loading::check_identity(&plugin)?;
+            plugin
+        }
+        None => {
+            let name = options
+                .plugin
+                .file_stem()
+                .map(|s| s.to_string_lossy().replace('_', "-"))
+                .unwrap_or_else(|| "plugin".into());
+            // As the router does with a config that leaves the producer's
+            // `message.max.bytes` at its default: a message the test
+            // accepts is one the producer accepts.
+            let mut limits = options.limits.clone();
+            limits.clamp_to_producer(crate::kafka::DEFAULT_MESSAGE_MAX_BYTES);
+            let env = PluginEnv {
+                name: name.as_str().into(),
+                limits,
+                grants: Grants::new(options.grants.clone()),
+                settings: Arc::new(options.settings.clone()),
+                db_role: None,
+                db_tables: std::sync::Arc::from([]),
+                native: None,
+            };
+            let plugin = runtime.load_file(&options.plugin, env).await?;
+            // With no config, the plugin's own name is its identity.
+            plugin.under_described_name(&runtime)?
+        }
     };
-    let plugin = runtime.load_file(&options.plugin, env).await?;
-    // With no config, the plugin's own name is its identity.
-    let plugin = plugin.under_described_name(&runtime)?;
+    let inputs = events
+        .iter()
+        .map(|e| {
+            let mut text = String::from_utf8_lossy(&e.payload).into_owned();
+            if let Some(k) = &e.key {
+                text.push(' ');
+                text.push_str(&String::from_utf8_lossy(k));
+            }
+            for (_, v) in &e.headers {
+                if let Some(v) = v {
+                    text.push(' ');
+                    text.push_str(&String::from_utf8_lossy(v));
+                }
+            }
+            text
+        })
+        .collect();
     let db = Database::connect(&options.database, 2).await?;
     crate::outbox::create_tables(&db).await?;
     let applied = db
@@ -302,7 +337,141 @@ pub async fn run(options: &TestOptions) -> anyhow::Result<TestReport> {
     Ok(TestReport {
         json,
         all_committed,
+        inputs,
     })
+}
+
+/// Where `plugin test` runs, from `--database`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseChoice {
+    /// A database URL (`sqlite::memory:` by default).
+    Url(String),
+    /// A throwaway PostgreSQL database, created and dropped.
+    Postgres,
+    /// A throwaway SQLite and a throwaway PostgreSQL database, one run
+    /// each, compared.
+    Both,
+}
+
+impl DatabaseChoice {
+    /// `sqlite`, `postgres`, `both`, or a URL.
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "sqlite" => DatabaseChoice::Url("sqlite::memory:".into()),
+            "postgres" | "postgresql" => DatabaseChoice::Postgres,
+            "both" => DatabaseChoice::Both,
+            url => DatabaseChoice::Url(url.to_string()),
+        }
+    }
+}
+
+/// The server `plugin test` makes its throwaway PostgreSQL databases on:
+/// `SWITCHYARD_TEST_PG_URL`, else the local one as `postgres`.
+pub fn postgres_admin_url() -> String {
+    std::env::var("SWITCHYARD_TEST_PG_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+}
+
+/// A PostgreSQL database made for one run; [`Throwaway::drop_now`]
+/// removes it.
+#[derive(Debug)]
+pub struct Throwaway {
+    admin: String,
+    name: String,
+    /// Its URL.
+    pub url: String,
+}
+
+impl Throwaway {
+    /// Create one on the server of `admin` (a URL whose user may create
+    /// databases).
+    pub async fn create(admin: &str) -> anyhow::Result<Self> {
+        use sqlx::Connection as _;
+        let name = format!("switchyard_plugin_test_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = sqlx::PgConnection::connect(admin).await.with_context(|| {
+            format!(
+                "cannot reach PostgreSQL at {} for a throwaway database; start it, or set SWITCHYARD_TEST_PG_URL to a server where you may create databases",
+                redact_url(admin)
+            )
+        })?;
+        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut conn)
+            .await
+            .with_context(|| format!("creating the throwaway database {name}"))?;
+        let _ = conn.close().await;
+        let base = admin
+            .rsplit_once('/')
+            .map(|(b, _)| b.to_string())
+            .unwrap_or_else(|| admin.to_string());
+        Ok(Self {
+            admin: admin.to_string(),
+            url: format!("{base}/{name}"),
+            name,
+        })
+    }
+
+    /// Drop the database (its connections are closed by then).
+    pub async fn drop_now(self) {
+        use sqlx::Connection as _;
+        if let Ok(mut conn) = sqlx::PgConnection::connect(&self.admin).await {
+            let dropped = sqlx::query(&format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.name
+            ))
+            .execute(&mut conn)
+            .await;
+            if let Err(e) = dropped {
+                eprintln!(
+                    "warning: could not drop the throwaway database {}: {e}",
+                    self.name
+                );
+            }
+            let _ = conn.close().await;
+        }
+    }
+}
+
+/// Run on `choice`: one report per backend, labelled (`sqlite`,
+/// `postgres`, or the URL's backend).
+pub async fn run_on(
+    options: &TestOptions,
+    choice: &DatabaseChoice,
+) -> anyhow::Result<Vec<(String, TestReport)>> {
+    let mut runs = Vec::new();
+    let sqlite = matches!(choice, DatabaseChoice::Both);
+    let postgres = matches!(choice, DatabaseChoice::Both | DatabaseChoice::Postgres);
+    if let DatabaseChoice::Url(url) = choice {
+        let label = if url.starts_with("postgres") {
+            "postgres"
+        } else {
+            "sqlite"
+        };
+        let options = TestOptions {
+            database: url.clone(),
+            ..options.clone()
+        };
+        runs.push((label.to_string(), run(&options).await?));
+    }
+    if sqlite {
+        let options = TestOptions {
+            database: "sqlite::memory:".into(),
+            ..options.clone()
+        };
+        runs.push(("sqlite".to_string(), run(&options).await?));
+    }
+    if postgres {
+        let db = Throwaway::create(&postgres_admin_url()).await?;
+        let options = TestOptions {
+            database: db.url.clone(),
+            ..options.clone()
+        };
+        let result = run(&options).await;
+        db.drop_now().await;
+        runs.push(("postgres".to_string(), result?));
+    }
+    Ok(runs)
 }
 
 /// `plugin test`'s ledger: the database's transactions, without markers

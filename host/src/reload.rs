@@ -43,6 +43,47 @@ pub const DEBOUNCE: Duration = Duration::from_millis(150);
 /// reloaded anyway (and reloaded again after its next change).
 pub const MAX_DEBOUNCE: Duration = Duration::from_secs(2);
 
+/// What became of one reload, for whoever follows them (`dev`'s source
+/// watcher prints a line per rebuild from these).
+#[derive(Debug, Clone)]
+pub enum ReloadReport {
+    /// A new build of `plugin` is serving.
+    Reloaded {
+        /// The plugin's name in the routing config.
+        plugin: String,
+        /// Its version and short hash.
+        version: String,
+        /// Short SHA-256 of the component.
+        hash: String,
+        /// Compile time (0 when the compiled-code cache had it).
+        compile: Duration,
+        /// From the first file event to serving.
+        serving_after: Duration,
+    },
+    /// `plugin`'s file changed on disk but holds the bytes already serving.
+    Unchanged {
+        /// The plugin's name.
+        plugin: String,
+    },
+    /// A reload was refused; the running version stays.
+    Refused {
+        /// The plugin's name, or `None` for the config.
+        plugin: Option<String>,
+        /// Why.
+        reason: String,
+        /// What is still serving.
+        serving: String,
+    },
+    /// The config was reloaded (every plugin file reread).
+    Config {
+        /// From the first file event to serving.
+        serving_after: Duration,
+    },
+}
+
+/// How often a refused reload that still stands is logged again.
+const REFUSED_REMINDER: Duration = Duration::from_secs(60);
+
 /// The reloader's view of what is running.
 pub struct Reloader {
     shared: Arc<Shared>,
@@ -54,6 +95,8 @@ pub struct Reloader {
     config_path: PathBuf,
     /// Plugin name → absolute path of its file.
     files: HashMap<String, PathBuf>,
+    /// Where reports go, if anyone listens.
+    reports: Option<tokio::sync::broadcast::Sender<ReloadReport>>,
 }
 
 /// `dir.canonicalize() / file_name`: stable even while the file itself is
@@ -81,6 +124,7 @@ impl Reloader {
     ) -> Self {
         let config_path = absolute(&options.config);
         let files = Self::plugin_files(&loaded, &options);
+        let reports = options.reload_reports.clone();
         Self {
             shared,
             runtime,
@@ -89,6 +133,7 @@ impl Reloader {
             loaded,
             config_path,
             files,
+            reports,
         }
     }
 
@@ -122,12 +167,19 @@ impl Reloader {
         };
         let mut watching: BTreeSet<PathBuf> = BTreeSet::new();
         self.rewatch(&mut watcher, &mut watching);
+        let mut reminder = tokio::time::interval(REFUSED_REMINDER);
+        reminder.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        reminder.reset();
         loop {
             // Only the config and the plugin files matter: the directories
             // may hold busy files too (logs, a SQLite database).
             let interesting = self.interesting();
             let first = tokio::select! {
                 _ = &mut stop => return,
+                _ = reminder.tick() => {
+                    self.remind();
+                    continue;
+                }
                 ev = rx.recv() => match ev {
                     Some(ev) => ev,
                     None => return,
@@ -205,15 +257,69 @@ impl Reloader {
         }
     }
 
+    fn report(&self, report: ReloadReport) {
+        if let Some(tx) = &self.reports {
+            // Nobody listening is fine.
+            let _ = tx.send(report);
+        }
+    }
+
+    /// What is serving instead of a refused `what`.
+    fn serving(&self, what: &str) -> String {
+        let state = self.shared.state.load_full();
+        match what
+            .strip_prefix("plugin ")
+            .and_then(|n| state.plugins.get(n))
+        {
+            Some(slot) => format!(
+                "the previous build, version {} (sha256 {})",
+                slot.plugin.info.version, slot.plugin.hash
+            ),
+            None => "the previous config and its plugins".to_string(),
+        }
+    }
+
     fn refused(&self, what: &str, file: &Path, reason: &str) {
         let kind = if what == "config" { "config" } else { "plugin" };
         let refused = self.shared.metrics.reload(kind, false);
+        let serving = self.serving(what);
         tracing::error!(
             file = %file.display(),
             %reason,
             reloads_refused = refused,
-            "{what} reload refused; the running version stays in service"
+            "{what} reload refused: {reason}. STILL SERVING {serving}, not what is on disk; fix {} and save it again (/health lists this until a reload of it succeeds)",
+            file.display()
         );
+        self.shared
+            .metrics
+            .reload_refused(switchyard_core::metrics::RefusedReload {
+                what: what.to_string(),
+                file: file.display().to_string(),
+                reason: reason.to_string(),
+                serving: serving.clone(),
+                at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            });
+        self.report(ReloadReport::Refused {
+            plugin: what.strip_prefix("plugin ").map(str::to_string),
+            reason: reason.to_string(),
+            serving,
+        });
+    }
+
+    /// Log again every refusal that still stands: an older build serving
+    /// (and perhaps dead-lettering) is easy to miss in a long log.
+    fn remind(&self) {
+        for r in self.shared.metrics.refused_reloads() {
+            tracing::warn!(
+                file = %r.file,
+                reason = %r.reason,
+                refused_at = %r.at,
+                "{} reload still refused since {}: still serving {}",
+                r.what,
+                r.at,
+                r.serving
+            );
+        }
     }
 
     async fn reload_plugin(&mut self, name: &str, since: Instant) {
@@ -236,6 +342,9 @@ impl Reloader {
         let hash = short_hash(&bytes);
         if hash == slot.plugin.hash {
             tracing::debug!(plugin = %name, %hash, "plugin file touched but unchanged");
+            self.report(ReloadReport::Unchanged {
+                plugin: name.to_string(),
+            });
             return;
         }
         let loaded = match self
@@ -266,6 +375,16 @@ impl Reloader {
         );
         self.shared.state.store(Arc::new(next));
         let reloads = self.shared.metrics.reload("plugin", true);
+        self.shared
+            .metrics
+            .reload_applied(&format!("plugin {name}"));
+        self.report(ReloadReport::Reloaded {
+            plugin: name.to_string(),
+            version: loaded.info.version.clone(),
+            hash: loaded.hash.clone(),
+            compile: loaded.compile_time,
+            serving_after: since.elapsed(),
+        });
         tracing::info!(
             reloads,
             plugin = %name,
@@ -393,6 +512,10 @@ impl Reloader {
             .state
             .store(Arc::new(RouterState { routes, plugins }));
         self.shared.metrics.reload("config", true);
+        self.shared.metrics.reload_applied("config");
+        self.report(ReloadReport::Config {
+            serving_after: since.elapsed(),
+        });
         self.files = Self::plugin_files(&loaded, &options);
         self.loaded = loaded;
         tracing::info!(

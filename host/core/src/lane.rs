@@ -121,6 +121,43 @@ fn event_span(plugin: &str, event: &Event) -> tracing::Span {
     )
 }
 
+/// The target of the one line logged per committed event (done or
+/// skipped): `switchyard dev` shows it at INFO; `switchyard run` leaves it
+/// off unless `SWITCHYARD_LOG` names it (`info,switchyard::handled=info`),
+/// so that a busy router's log holds what needs a person.
+pub const HANDLED_TARGET: &str = "switchyard::handled";
+
+/// Log that an event committed with `outcome`, inside its span (which
+/// names the plugin, topic, partition, offset and ids).
+fn log_handled(
+    outcome: &Outcome,
+    elapsed: std::time::Duration,
+    statements: usize,
+    messages: usize,
+) {
+    let ms = elapsed.as_secs_f64() * 1000.0;
+    let plural =
+        |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    match outcome {
+        Outcome::Skipped(reason) => tracing::info!(
+            target: HANDLED_TARGET,
+            outcome = "skipped",
+            elapsed_ms = ms,
+            %reason,
+            "skipped in {ms:.1} ms: {reason}"
+        ),
+        other => tracing::info!(
+            target: HANDLED_TARGET,
+            outcome = %other.kind(),
+            elapsed_ms = ms,
+            "{} in {ms:.1} ms ({}, {})",
+            other.kind(),
+            plural(statements, "statement", "statements"),
+            plural(messages, "message", "messages"),
+        ),
+    }
+}
+
 /// The log line for an event skipped because its marker says so.
 fn duplicate_line(replay: bool) -> &'static str {
     if replay {
@@ -498,16 +535,12 @@ impl<P: Ports> Shared<P> {
         }
         let outcome = report.outcome();
         self.count(name, End::of(outcome), event.timestamp_ms);
-        if let Outcome::Skipped(reason) = outcome {
-            tracing::info!(%reason, "skipped");
-        } else {
-            tracing::debug!(
-                messages = report.messages().len(),
-                statements = report.statement_count(),
-                elapsed_us = report.elapsed().as_micros() as u64,
-                "done"
-            );
-        }
+        log_handled(
+            outcome,
+            report.elapsed(),
+            report.statement_count(),
+            report.messages().len(),
+        );
     }
 }
 

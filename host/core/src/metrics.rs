@@ -95,6 +95,23 @@ pub struct LastError {
     pub at: String,
 }
 
+/// A reload that was refused and not yet followed by one that took:
+/// what is still serving is an older build than what is on disk.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RefusedReload {
+    /// `config`, or `plugin NAME`.
+    pub what: String,
+    /// The file that was refused.
+    pub file: String,
+    /// Why.
+    pub reason: String,
+    /// What is still serving instead (the plugin's version and hash, or
+    /// "the previous config").
+    pub serving: String,
+    /// When (RFC 3339).
+    pub at: String,
+}
+
 /// Every metric of one router.
 #[derive(Debug)]
 pub struct Metrics {
@@ -121,6 +138,7 @@ pub struct Metrics {
     outbox_quarantined: Family<QuarantineLabels, Counter>,
     outbox_dead_letter_failures: Counter,
     last_errors: Mutex<HashMap<String, LastError>>,
+    refused_reloads: Mutex<std::collections::BTreeMap<String, RefusedReload>>,
     last_quarantine: Mutex<Option<QuarantineNote>>,
     last_dead_letter_failure: Mutex<Option<(std::time::Instant, String)>>,
 }
@@ -264,6 +282,7 @@ impl Default for Metrics {
             outbox_quarantined,
             outbox_dead_letter_failures,
             last_errors: Mutex::new(HashMap::new()),
+            refused_reloads: Mutex::new(std::collections::BTreeMap::new()),
             last_quarantine: Mutex::new(None),
             last_dead_letter_failure: Mutex::new(None),
         }
@@ -374,6 +393,40 @@ impl Metrics {
                 at: chrono::Utc::now().to_rfc3339(),
             },
         );
+    }
+
+    /// A reload of `refused.what` was refused; it stays listed (in
+    /// `/health`) until a reload of the same thing is applied.
+    pub fn reload_refused(&self, refused: RefusedReload) {
+        self.refused_reloads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(refused.what.clone(), refused);
+    }
+
+    /// A reload of `what` (`config` or `plugin NAME`) was applied: an
+    /// earlier refusal no longer stands. A config reload rereads every
+    /// plugin file, so it clears the plugins' refusals too.
+    pub fn reload_applied(&self, what: &str) {
+        let mut refused = self
+            .refused_reloads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if what == "config" {
+            refused.clear();
+        } else {
+            refused.remove(what);
+        }
+    }
+
+    /// The refusals that still stand, by what was refused.
+    pub fn refused_reloads(&self) -> Vec<RefusedReload> {
+        self.refused_reloads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// `name`'s last error, if any.
@@ -500,5 +553,27 @@ mod tests {
             m.last_quarantine().map(|q| q.reason),
             Some("message_too_large".into())
         );
+    }
+
+    #[test]
+    fn a_refused_reload_stands_until_one_of_the_same_thing_is_applied() {
+        let m = Metrics::default();
+        let refused = |what: &str| RefusedReload {
+            what: what.into(),
+            file: "f.wasm".into(),
+            reason: "migration 001 changed".into(),
+            serving: "0.1.0 (sha256 ab12)".into(),
+            at: "2026-11-30T00:00:00Z".into(),
+        };
+        m.reload_refused(refused("plugin a"));
+        m.reload_refused(refused("plugin b"));
+        m.reload_refused(refused("plugin a"));
+        assert_eq!(m.refused_reloads().len(), 2);
+        m.reload_applied("plugin a");
+        let left: Vec<String> = m.refused_reloads().into_iter().map(|r| r.what).collect();
+        assert_eq!(left, vec!["plugin b".to_string()]);
+        m.reload_refused(refused("config"));
+        m.reload_applied("config");
+        assert!(m.refused_reloads().is_empty());
     }
 }

@@ -167,10 +167,15 @@ impl<P: Ports> Lane<P> {
             }
             done.counts
                 .push((&sel.plugin, End::of(outcome), event.timestamp_ms));
-            if let Outcome::Skipped(reason) = outcome {
-                tracing::info!(parent: &span, %reason, "skipped");
-            }
+            let outcome = outcome.clone();
             let produced = report.take_messages();
+            done.handled.push(Handled {
+                span,
+                outcome,
+                elapsed: report.elapsed(),
+                statements: report.statement_count(),
+                messages: produced.len(),
+            });
             match done.messages.iter_mut().find(|(p, _)| *p == sel.plugin) {
                 Some((_, queued)) => queued.extend(produced),
                 None => done.messages.push((&sel.plugin, produced)),
@@ -196,6 +201,11 @@ impl<P: Ports> Lane<P> {
             Ok(()) => {
                 for (plugin, end, ts) in &done.counts {
                     shared.count(plugin, *end, *ts);
+                }
+                for h in &done.handled {
+                    h.span.in_scope(|| {
+                        super::log_handled(&h.outcome, h.elapsed, h.statements, h.messages)
+                    });
                 }
                 if outbox.iter().any(|(_, m)| !m.is_empty()) {
                     shared.relay_wake.notify_one();
@@ -247,4 +257,15 @@ struct Done<'p> {
     messages: Vec<(&'p str, Vec<OutMessage>)>,
     /// (plugin, how it ended, record timestamp), counted once committed.
     counts: Vec<(&'p str, End, Option<i64>)>,
+    /// The events that ran, logged once committed.
+    handled: Vec<Handled>,
+}
+
+/// One event's call in a batch, for its log line.
+struct Handled {
+    span: tracing::Span,
+    outcome: Outcome,
+    elapsed: std::time::Duration,
+    statements: usize,
+    messages: usize,
 }

@@ -186,6 +186,13 @@ impl LogState {
     }
 }
 
+/// Rust's panic hook's advice to set `RUST_BACKTRACE`, which a plugin in
+/// the sandbox cannot use.
+fn is_backtrace_hint(line: &str) -> bool {
+    line.starts_with("note: run with `RUST_BACKTRACE=")
+        || line.starts_with("note: Some details are omitted, run with `RUST_BACKTRACE=")
+}
+
 /// Write one line to tracing (and the capture), respecting the cap.
 fn emit(s: &mut Shared, stream: Stream, level: Option<Level>, mut message: String) {
     if stream != Stream::Log && message.trim().is_empty() {
@@ -203,6 +210,11 @@ fn emit(s: &mut Shared, stream: Stream, level: Option<Level>, mut message: Strin
                 .unwrap_or(0),
         );
         s.recent_stderr.push_back(kept);
+        if is_backtrace_hint(&message) {
+            // Advice a plugin cannot take (it has no environment); the
+            // panic's own lines say what happened.
+            return;
+        }
     }
     if s.written >= s.max_lines {
         s.dropped += 1;
