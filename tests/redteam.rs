@@ -470,10 +470,10 @@ async fn identity_follows_the_config_key_not_describe() {
 async fn migrations_run_as_the_plugin_and_grants_come_from_the_catalog() {
     let arena = Arena::new().await;
     // The attacker's migration names switchyard_outbox in a comment and a
-    // string; it owns hostile_marks only.
+    // string; it owns its own two tables only.
     assert_eq!(
         &*arena.attacker.env.db_tables,
-        &["hostile_marks".to_string()]
+        &["hostile_checks".to_string(), "hostile_marks".to_string()]
     );
     assert_eq!(
         &*arena.victim.env.db_tables,
@@ -540,7 +540,10 @@ async fn upgrade_from_the_earlier_layout_keeps_data_and_drops_stray_grants() {
         .unwrap_or_else(|e| panic!("{e}"));
     let runtime = Runtime::new(RuntimeOptions::default()).unwrap_or_else(|e| panic!("{e}"));
     let attacker = load(&runtime, &db, "test-hostile").await;
-    assert_eq!(&*attacker.env.db_tables, &["hostile_marks".to_string()]);
+    assert_eq!(
+        &*attacker.env.db_tables,
+        &["hostile_checks".to_string(), "hostile_marks".to_string()]
+    );
     assert_eq!(
         scalar(&db, "SELECT count(*) FROM hostile_marks WHERE id = 'kept'").await,
         1
@@ -579,7 +582,7 @@ async fn sqlite_plugin_reaches_only_its_own_tables() {
     let arena = Arena::on(Backend::Sqlite).await;
     assert_eq!(
         &*arena.attacker.env.db_tables,
-        &["hostile_marks".to_string()]
+        &["hostile_checks".to_string(), "hostile_marks".to_string()]
     );
     let before = arena.state().await;
     let answers = attack(
@@ -622,6 +625,7 @@ async fn sqlite_plugin_reaches_only_its_own_tables() {
     assert_eq!(
         owned,
         vec![
+            serde_json::json!({"plugin": "test-hostile", "table_name": "hostile_checks"}),
             serde_json::json!({"plugin": "test-hostile", "table_name": "hostile_marks"}),
             serde_json::json!({"plugin": "stats-increment", "table_name": "stats_processed_events"}),
             serde_json::json!({"plugin": "stats-increment", "table_name": "user_stats"}),
@@ -655,7 +659,10 @@ async fn sqlite_upgrade_records_the_earlier_tables_once() {
         .unwrap_or_else(|e| panic!("{e}"));
     let runtime = Runtime::new(RuntimeOptions::default()).unwrap_or_else(|e| panic!("{e}"));
     let attacker = load(&runtime, &db, "test-hostile").await;
-    assert_eq!(&*attacker.env.db_tables, &["hostile_marks".to_string()]);
+    assert_eq!(
+        &*attacker.env.db_tables,
+        &["hostile_checks".to_string(), "hostile_marks".to_string()]
+    );
     assert_eq!(
         scalar(&db, "SELECT count(*) FROM hostile_marks WHERE id = 'kept'").await,
         1

@@ -64,7 +64,18 @@ async fn traps_are_outcomes_and_the_instance_is_replaced(backend: Backend) {
     assert_eq!(first.outcome, Outcome::Done);
     assert!(first.fresh_instance);
 
+    h.options.record = true;
     let panic = h.send("t", None, &[], json!({"do": "panic"})).await;
+    h.options.record = false;
+    let lines: Vec<&str> = panic.logs.iter().map(|l| l.message.as_str()).collect();
+    assert!(
+        lines.iter().any(|l| l.contains("panicked at")),
+        "the panic is logged: {lines:?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("RUST_BACKTRACE")),
+        "no advice a plugin cannot take: {lines:?}"
+    );
     match &panic.outcome {
         Outcome::Failed(Failure::Trap(reason)) => {
             assert!(reason.contains("unreachable"), "{reason}");
@@ -268,10 +279,133 @@ async fn rejected_and_failed_events_roll_back(backend: Backend) {
     // rejection; nothing of that event stays.
     let dup = insert_mark(&mut h, "a").await;
     assert!(
-        matches!(&dup, Outcome::Rejected(r) if r.contains("Unique")),
+        matches!(&dup, Outcome::Rejected(r) if r.starts_with("unique constraint ")),
         "{dup:?}"
     );
     assert_eq!(h.count("hostile_marks").await, 1);
+}
+
+/// The SDK's default mapping of a database error (`?`) through the real
+/// host: a CHECK or NOT NULL violation fails the same way on every try, so
+/// the event is rejected with the database's reason intact; a UNIQUE
+/// violation may pass once a race is over, so it is retried. Nothing of
+/// any of them stays. (The table is made by a `portable_migration`.)
+async fn constraint_violations_that_cannot_pass_are_rejected(backend: Backend) {
+    let mut h = hostile(backend).await;
+    let violate = |c: &str| json!({"do": "violate", "id": format!("v-{c}"), "constraint": c});
+    let check = h.send("t", None, &[], violate("check")).await.outcome;
+    // PostgreSQL names the constraint; SQLite quotes its expression.
+    let check_words = match backend {
+        Backend::Postgres => "hostile_checks_n_check",
+        Backend::Sqlite => "CHECK constraint failed: n >= 0",
+    };
+    assert!(
+        matches!(&check, Outcome::Rejected(r) if r.starts_with("check constraint ") && r.contains(check_words)),
+        "{check:?}"
+    );
+    let not_null = h.send("t", None, &[], violate("not-null")).await.outcome;
+    assert!(
+        matches!(&not_null, Outcome::Rejected(r) if r.starts_with("not-null constraint ") && r.contains("note")),
+        "{not_null:?}"
+    );
+    let unique = h.send("t", None, &[], violate("unique")).await.outcome;
+    assert!(
+        matches!(&unique, Outcome::Retry(r) if r.starts_with("unique constraint ")),
+        "{unique:?}"
+    );
+    assert_eq!(h.count("hostile_checks").await, 0);
+}
+
+/// Rows decoded into a struct by the Rust SDK (`db::query_one_as`) read the
+/// same on both backends: a timestamp is the same RFC 3339 text whether
+/// PostgreSQL hands over microseconds or SQLite the text it stored, from
+/// RFC 3339 or epoch milliseconds alike. A row that does not fit rejects
+/// the event, naming the column.
+async fn rows_decode_into_structs_alike_on_both_backends(backend: Backend) {
+    let mut h = hostile(backend).await;
+    h.options.record = true;
+    for (id, at) in [
+        ("d1", json!({"at": "2026-11-30T12:30:00.250+03:00"})),
+        ("d2", json!({"at_ms": 1_796_031_000_250_i64})),
+    ] {
+        let mut command = json!({"do": "decode", "id": id, "n": 3});
+        if let (Some(c), Some(a)) = (command.as_object_mut(), at.as_object()) {
+            c.extend(a.clone());
+        }
+        let inv = h.send("t", None, &[], command).await;
+        assert_eq!(inv.outcome, Outcome::Done, "{id}");
+        let lines: Vec<&str> = inv.logs.iter().map(|l| l.message.as_str()).collect();
+        assert_eq!(
+            lines,
+            vec![format!(
+                r#"decoded {{"id":"{id}","note":"d","n":3,"at":"2026-11-30T09:30:00.250+00:00"}}"#
+            )]
+        );
+    }
+    let null_n = h
+        .send("t", None, &[], json!({"do": "decode", "id": "d3"}))
+        .await;
+    assert_eq!(
+        null_n.outcome,
+        Outcome::Rejected(
+            "invalid statement: row 1 does not decode into Mark: column n: invalid type: NULL, expected i64"
+                .into()
+        )
+    );
+    let far = h
+        .send(
+            "t",
+            None,
+            &[],
+            json!({"do": "decode", "id": "d4", "n": 1, "at_ms": 253_402_300_800_000_i64}),
+        )
+        .await;
+    assert_eq!(
+        far.outcome,
+        Outcome::Rejected("at_ms 253402300800000 is out of range".into())
+    );
+    assert_eq!(h.count("hostile_checks").await, 2);
+}
+
+/// Settings decoded once per instance (`config::Settings`): read on the
+/// first event, the same on the next; settings that do not decode reject
+/// every event with the same reason.
+async fn settings_are_decoded_once_per_instance(backend: Backend) {
+    let settings = |v: serde_json::Value| -> serde_json::Map<String, serde_json::Value> {
+        serde_json::from_value(v).unwrap_or_default()
+    };
+    let mut h = Harness::with_env(
+        PLUGIN,
+        backend,
+        settings(json!({"greeting": "سلام"})),
+        tight_limits(),
+        Grants::all(),
+    )
+    .await;
+    h.options.record = true;
+    for _ in 0..2 {
+        let inv = h.send("t", None, &[], json!({"do": "settings"})).await;
+        assert_eq!(inv.outcome, Outcome::Done);
+        let lines: Vec<&str> = inv.logs.iter().map(|l| l.message.as_str()).collect();
+        assert_eq!(lines, vec!["greeting سلام"]);
+    }
+    assert_eq!(h.worker.instances_started, 1);
+    let mut bad = Harness::with_env(
+        PLUGIN,
+        backend,
+        settings(json!({"greeting": 5})),
+        tight_limits(),
+        Grants::all(),
+    )
+    .await;
+    for _ in 0..2 {
+        let inv = bad.send("t", None, &[], json!({"do": "settings"})).await;
+        assert!(
+            matches!(&inv.outcome, Outcome::Rejected(r) if r.starts_with("invalid plugin settings: invalid type: integer `5`, expected a string")),
+            "{:?}",
+            inv.outcome
+        );
+    }
 }
 
 async fn sql_gate_refuses_non_dml(backend: Backend) {
@@ -512,6 +646,9 @@ on_both_backends!(
     memory_cap_stops_a_memory_bomb,
     instances_are_reused_unless_isolated,
     rejected_and_failed_events_roll_back,
+    constraint_violations_that_cannot_pass_are_rejected,
+    rows_decode_into_structs_alike_on_both_backends,
+    settings_are_decoded_once_per_instance,
     sql_gate_refuses_non_dml,
     publish_grants_and_caps,
     stdout_and_stderr_go_to_the_log,
@@ -563,7 +700,7 @@ async fn bad_files_are_refused_with_a_reason() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(loaded.info.name, "test-hostile");
-    assert_eq!(loaded.info.migrations.len(), 2);
+    assert_eq!(loaded.info.migrations.len(), 3);
     assert_eq!(loaded.hash.len(), 12);
     let _: Arc<_> = loaded;
 }
@@ -884,7 +1021,7 @@ async fn the_shipped_plugins_migrations_pass_the_gate() {
         ("welcome-notification", &["welcome_notifications"]),
         ("test-chaos", &["chaos_effects", "chaos_counter"]),
         ("test-marker", &["marker_events"]),
-        ("test-hostile", &["hostile_marks"]),
+        ("test-hostile", &["hostile_marks", "hostile_checks"]),
         ("bench-sink", &["bench_counters"]),
     ];
     for (plugin, tables) in cases {

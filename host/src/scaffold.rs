@@ -212,20 +212,16 @@ const RUST_LIB: &str = r#"//! # {{name}}
 //! `item` or `note`, or an `at` that is no RFC 3339 instant, is rejected.
 
 use serde::Deserialize;
-use switchyard_plugin::{Event, Flow, Outcome, PluginInfo, db, log, publish, rejected};
+use switchyard_plugin::{
+    Event, Flow, Outcome, PluginInfo, db, log, portable_migration, publish, rejected,
+};
 
-const POSTGRES: &str = "CREATE TABLE IF NOT EXISTS {{snake}}_notes (
-    id   text PRIMARY KEY,
-    item text NOT NULL,
-    note text NOT NULL,
-    at   timestamptz NOT NULL
-)";
-
-const SQLITE: &str = "CREATE TABLE IF NOT EXISTS {{snake}}_notes (
+/// One text for PostgreSQL and SQLite.
+const NOTES: &str = "CREATE TABLE IF NOT EXISTS {{snake}}_notes (
     id   TEXT NOT NULL PRIMARY KEY,
     item TEXT NOT NULL,
     note TEXT NOT NULL,
-    at   TEXT NOT NULL
+    at   TIMESTAMPTZ NOT NULL
 )";
 
 #[derive(Debug, Deserialize)]
@@ -276,7 +272,7 @@ impl switchyard_plugin::Guest for Plugin {
         switchyard_plugin::info(
             "{{name}}",
             env!("CARGO_PKG_VERSION"),
-            vec![switchyard_plugin::migration("0001-create-notes", POSTGRES, SQLITE)],
+            vec![portable_migration("0001-create-notes", NOTES)],
         )
     }
 
@@ -326,21 +322,15 @@ const TS_PLUGIN: &str = r#"// {{name}}: `{{name}}.in` `{id, item, note, at}` →
 // `{{snake}}_notes` (once per event id) and `{{name}}.recorded` `{item, note}`
 // keyed by the item. A blank item or note, or an `at` that is no RFC 3339
 // instant, is rejected.
-import { plugin, t, db, publish, log, migration, done, skipped, rejected } from "@switchyard/plugin";
+import { plugin, t, db, publish, log, portableMigration, done, skipped, rejected } from "@switchyard/plugin";
 import { check } from "./logic.js";
 
-const POSTGRES = `CREATE TABLE IF NOT EXISTS {{snake}}_notes (
-    id   text PRIMARY KEY,
-    item text NOT NULL,
-    note text NOT NULL,
-    at   timestamptz NOT NULL
-)`;
-
-const SQLITE = `CREATE TABLE IF NOT EXISTS {{snake}}_notes (
+// One text for PostgreSQL and SQLite.
+const NOTES = `CREATE TABLE IF NOT EXISTS {{snake}}_notes (
     id   TEXT NOT NULL PRIMARY KEY,
     item TEXT NOT NULL,
     note TEXT NOT NULL,
-    at   TEXT NOT NULL
+    at   TIMESTAMPTZ NOT NULL
 )`;
 
 const Note = t.object({ id: t.string, item: t.string, note: t.string, at: t.string });
@@ -348,7 +338,7 @@ const Note = t.object({ id: t.string, item: t.string, note: t.string, at: t.stri
 export const { describe, handle } = plugin({
   name: "{{name}}",
   version: "0.1.0",
-  migrations: [migration("0001-create-notes", POSTGRES, SQLITE)],
+  migrations: [portableMigration("0001-create-notes", NOTES)],
   handle(ev) {
     const note = ev.json(Note);
     const problem = check(note);
@@ -412,20 +402,14 @@ is no RFC 3339 instant, is rejected."""
 from dataclasses import dataclass
 
 from logic import check
-from switchyard import Event, Plugin, db, done, log, migration, publish, rejected, skipped
+from switchyard import Event, Plugin, db, done, log, portable_migration, publish, rejected, skipped
 
-POSTGRES = """CREATE TABLE IF NOT EXISTS {{snake}}_notes (
-    id   text PRIMARY KEY,
-    item text NOT NULL,
-    note text NOT NULL,
-    at   timestamptz NOT NULL
-)"""
-
-SQLITE = """CREATE TABLE IF NOT EXISTS {{snake}}_notes (
+# One text for PostgreSQL and SQLite.
+NOTES = """CREATE TABLE IF NOT EXISTS {{snake}}_notes (
     id   TEXT NOT NULL PRIMARY KEY,
     item TEXT NOT NULL,
     note TEXT NOT NULL,
-    at   TEXT NOT NULL
+    at   TIMESTAMPTZ NOT NULL
 )"""
 
 
@@ -440,7 +424,7 @@ class Note:
 class NotePlugin(Plugin):
     name = "{{name}}"
     version = "0.1.0"
-    migrations = [migration("0001-create-notes", POSTGRES, SQLITE)]
+    migrations = [portable_migration("0001-create-notes", NOTES)]
 
     def handle(self, ev: Event):
         note = ev.json(Note)

@@ -5,16 +5,19 @@ generated from ``wit/plugin.wit`` by componentize-py when the plugin is
 built (the ``wit_world`` package), so the WIT stays the one source of truth;
 this package adds what every plugin needs on top: checked JSON decoding of
 the event into dataclasses, ``db.execute`` / ``db.query`` with plain Python
-parameters and rows, ``publish.json``, settings, logging and the four
-outcomes.
+parameters, rows decoded into dataclasses (``db.query_as``), timestamps from
+RFC 3339 or epoch values, ``publish.json``, settings read once per instance
+(``Settings``), logging, migrations (``portable_migration`` when one text
+fits both backends) and the four outcomes.
 
 Errors end the event the way ``?`` does in the Rust SDK: a payload that does
 not decode is ``rejected``; an unhandled database error is ``retry`` when it
-may pass (unavailable, a constraint race) and ``rejected`` when it is the
-plugin's mistake (denied, invalid, limit); a refused publish is
-``rejected``. Any other exception is a bug: it is logged with its traceback
-and traps the instance, as a Rust panic does (the host retries the event,
-then dead-letters it).
+may pass (unavailable, a UNIQUE or FOREIGN KEY violation: a race, a parent
+row still on its way) and ``rejected`` when it cannot (a CHECK or NOT NULL
+violation, a denied, invalid or over-limit statement, a row that does not
+decode); a refused publish is ``rejected``. Any other exception is a bug: it
+is logged with its traceback and traps the instance, as a Rust panic does
+(the host retries the event, then dead-letters it).
 
     from dataclasses import dataclass
     from switchyard import Event, Plugin, db, publish, done
@@ -62,9 +65,10 @@ from wit_world.imports import publish as _publish
 from wit_world.imports import types as _types
 
 __all__ = [
-    "Event", "Plugin", "Stop", "DbError", "PublishError", "DecodeError", "Row",
+    "Event", "Plugin", "Stop", "DbError", "PublishError", "DecodeError", "Row", "Settings",
     "db", "publish", "config", "log", "validate",
-    "done", "skipped", "retry", "rejected", "stop", "migration", "name",
+    "done", "skipped", "retry", "rejected", "stop", "migration", "portable_migration", "name",
+    "rfc3339_micros", "rfc3339_text", "MIN_TIMESTAMP_MICROS", "MAX_TIMESTAMP_MICROS",
 ]
 
 Outcome = _types.Outcome
@@ -110,6 +114,17 @@ def migration(id: str, postgres: str, sqlite: str) -> Migration:
     return Migration(id=id, postgres=postgres, sqlite=sqlite)
 
 
+def portable_migration(id: str, sql: str) -> Migration:
+    """A schema migration whose one text runs on both backends (the Rust SDK's
+    ``portable_migration``): ``TEXT``, ``BIGINT``, ``INTEGER``, ``BOOLEAN``,
+    ``DOUBLE PRECISION``, ``TIMESTAMPTZ``, ``DATE``, ``PRIMARY KEY``, ``NOT NULL``,
+    ``DEFAULT``, ``CHECK``, ``REFERENCES`` and ``CREATE INDEX`` mean the same on
+    both. Write ``id TEXT NOT NULL PRIMARY KEY`` (SQLite lets a non-integer key
+    be NULL unless told); use ``migration`` when the texts must differ
+    (``BYTEA``/``BLOB``, ``JSONB``, ``uuid``, ``bigserial``)."""
+    return migration(id, sql, sql)
+
+
 # ───────────────────────────── decoding ─────────────────────────────
 
 
@@ -127,6 +142,8 @@ def name(json_name: str, default: Any = dataclasses.MISSING) -> Any:
 def _describe(v: Any) -> str:
     if v is None:
         return "null"
+    if isinstance(v, (bytes, bytearray)):
+        return "bytes"
     if isinstance(v, bool):
         return f"boolean {str(v).lower()}"
     if isinstance(v, (int, float)):
@@ -175,6 +192,10 @@ def _decode(tp: Any, v: Any, path: str) -> Any:
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             return float(v)
         raise DecodeError(f"{path}: expected a number, got {_describe(v)}")
+    if tp is bytes:
+        if isinstance(v, (bytes, bytearray)):
+            return bytes(v)
+        raise DecodeError(f"{path}: expected bytes, got {_describe(v)}")
     if origin is list:
         if not isinstance(v, list):
             raise DecodeError(f"{path}: expected an array, got {_describe(v)}")
@@ -336,11 +357,21 @@ class DbError(Exception):
         """True for a unique or primary-key violation."""
         return isinstance(self.error, _db.Error_Constraint) and self.error.value.kind == _db.ConstraintKind.UNIQUE
 
+    def may_pass_on_retry(self) -> bool:
+        """Whether the same statement may succeed when the event comes again: the
+        database was unavailable, or a UNIQUE or FOREIGN KEY violation another
+        event can change (a race on a key, a parent row still on its way). A
+        CHECK or NOT NULL violation fails the same way every time."""
+        if isinstance(self.error, _db.Error_Unavailable):
+            return True
+        if isinstance(self.error, _db.Error_Constraint):
+            return self.error.value.kind in (_db.ConstraintKind.UNIQUE, _db.ConstraintKind.FOREIGN_KEY)
+        return False
+
     def outcome(self) -> Outcome:
-        """What the event becomes if this error is not handled."""
-        if isinstance(self.error, (_db.Error_Unavailable, _db.Error_Constraint)):
-            return retry(self.reason)
-        return rejected(self.reason)
+        """What the event becomes if this error is not handled: ``retry`` when it
+        may pass, else ``rejected``, with the reason."""
+        return retry(self.reason) if self.may_pass_on_retry() else rejected(self.reason)
 
 
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
@@ -351,6 +382,35 @@ def _micros(d: datetime.datetime) -> int:
         raise ValueError(f"a naive datetime is no instant: {d.isoformat()} (give it a tzinfo)")
     delta = d - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+MIN_TIMESTAMP_MICROS = -62_135_596_800_000_000
+"""The earliest instant the timestamp readers accept, 0001-01-01T00:00:00Z, in µs since the epoch."""
+MAX_TIMESTAMP_MICROS = 253_402_300_799_999_999
+"""The latest, 9999-12-31T23:59:59.999999Z."""
+
+
+def _in_range(micros: int) -> Optional[int]:
+    return micros if MIN_TIMESTAMP_MICROS <= micros <= MAX_TIMESTAMP_MICROS else None
+
+
+def _epoch_micros(value: Union[int, float], per_second: int) -> Optional[int]:
+    """An epoch value counted ``per_second`` times a second as µs, or None out of
+    range (or for NaN and infinities); a float is rounded to the microsecond."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"an epoch value is a number, not {type(value).__name__}")
+    scale = 1_000_000 // per_second
+    if isinstance(value, int):
+        return _in_range(value * scale)
+    if value != value or value in (float("inf"), float("-inf")):
+        return None
+    return _in_range(round(value * scale))
+
+
+def _timestamp_of(micros: Optional[int], what: str) -> _db.Value:
+    if micros is None:
+        stop(rejected(f"{what} is out of the timestamp range 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999Z"))
+    return _db.Value_Timestamp(micros)
 
 
 def _value(p: Any) -> _db.Value:
@@ -383,6 +443,66 @@ def _cell(v: _db.Value) -> Any:
     if isinstance(v, _db.Value_Timestamp):
         return _EPOCH + datetime.timedelta(microseconds=v.value)
     return v.value
+
+
+def _view(v: _db.Value) -> Any:
+    """A cell as ``Row.decode`` sees it: a timestamp as RFC 3339 text, the same
+    on both backends; everything else as ``row[...]`` gives it."""
+    if isinstance(v, _db.Value_Timestamp):
+        return rfc3339_text(v.value)
+    return _cell(v)
+
+
+def _inner(tp: Any) -> Any:
+    """``X`` of ``Optional[X]``; ``tp`` itself otherwise."""
+    if typing.get_origin(tp) is Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def _column(tp: Any, v: Any, column: str) -> Any:
+    """A column's value made ready for ``_decode``: a boolean field takes SQLite's
+    0 and 1, and a dataclass, list or dict field takes JSON text (a ``json``
+    column is text on SQLite)."""
+    inner = _inner(tp)
+    if inner is bool and type(v) is int and v in (0, 1):
+        return v == 1
+    structured = dataclasses.is_dataclass(inner) or typing.get_origin(inner) in (list, dict) or inner in (list, dict)
+    if structured and isinstance(v, str):
+        try:
+            return _loads(v)
+        except ValueError as e:
+            raise DecodeError(f"{column}: not JSON: {e}") from None
+    return v
+
+
+def _decode_row(tp: Any, columns: list[str], values: list[_db.Value], row: Optional[int]) -> Any:
+    view = {c: (_view(values[i]) if i < len(values) else None) for i, c in enumerate(columns)}
+    try:
+        if dataclasses.is_dataclass(tp):
+            hints = typing.get_type_hints(tp)
+            for f in dataclasses.fields(tp):
+                key = f.metadata.get("json", f.name)
+                if key in view:
+                    view[key] = _column(hints[f.name], view[key], key)
+                elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING \
+                        and _inner(hints[f.name]) is hints[f.name]:
+                    raise DecodeError(f"no column {key} in the result")
+            return _decode(tp, view, "")
+        if tp is Any or tp is dict or typing.get_origin(tp) is dict:
+            return _decode(dict[str, Any] if tp is dict else tp, view, "")
+        if len(columns) != 1:
+            raise DecodeError(f"a row of {len(columns)} columns is not one {getattr(tp, '__name__', tp)}: "
+                              "select one column, or decode into a dataclass")
+        return _decode(tp, _column(tp, view[columns[0]], columns[0]), columns[0])
+    except DecodeError as e:
+        which = "the row" if row is None else f"row {row}"
+        name = getattr(tp, "__name__", str(tp))
+        reason = str(e)
+        why = reason if reason.startswith(("no column ", "a row of ")) else f"column {reason}"
+        raise DbError(_db.Error_Invalid(f"{which} does not decode into {name}: {why}")) from None
 
 
 class Row:
@@ -431,6 +551,10 @@ class Row:
             return v.value != 0
         return None
 
+    def decode(self, tp: Any) -> Any:
+        """The row decoded into ``tp``, as ``db.query_as`` decodes each row."""
+        return _decode_row(tp, self.columns, self.values, None)
+
 
 def _call(f: Any, *args: Any) -> Any:
     try:
@@ -459,6 +583,28 @@ class _Db:
         rows = self.query(sql, *params)
         return rows[0] if rows else None
 
+    def query_as(self, tp: Any, sql: str, *params: Any) -> list[Any]:
+        """Run one statement and decode each row into ``tp``: a dataclass whose
+        fields are the columns (``name("col")`` for another name; other columns
+        are ignored), a ``dict``, or for a one-column result that column's type
+        (``int``, ``Optional[str]``).
+
+        One dataclass reads the same rows on PostgreSQL and SQLite: timestamps
+        arrive as RFC 3339 text (``2026-11-30T09:30:00.500+00:00``, see
+        ``rfc3339_text``), a ``bool`` field takes SQLite's 0 and 1, a dataclass,
+        ``list`` or ``dict`` field takes a ``json`` column (text on SQLite),
+        ``bytes`` takes bytes, NULL is None. A row that does not fit raises a
+        DbError (``invalid``, so ``rejected`` if unhandled) naming the row and
+        the column: ``row 1 does not decode into Note: column n: expected an
+        integer, got null``."""
+        rows = _call(_db.query, sql, [_value(p) for p in params])
+        return [_decode_row(tp, rows.columns, cells, i + 1) for i, cells in enumerate(rows.rows)]
+
+    def query_one_as(self, tp: Any, sql: str, *params: Any) -> Any:
+        """Like ``query_as``, for the first row only: None when there is none."""
+        rows = _call(_db.query, sql, [_value(p) for p in params])
+        return _decode_row(tp, rows.columns, rows.rows[0], 1) if rows.rows else None
+
     def json(self, value: Any) -> _db.Value:
         """A ``json`` parameter (jsonb on PostgreSQL): the value serialised."""
         return _db.Value_Json(_json.dumps(value))
@@ -468,15 +614,33 @@ class _Db:
 
     def timestamp(self, value: Union[datetime.datetime, str, int, float]) -> _db.Value:
         """A ``timestamp`` parameter from an aware datetime, an RFC 3339 string or
-        seconds since the epoch. A string that is no instant rejects the event."""
+        seconds since the epoch. A string that is no instant, or an instant
+        outside the years 0001-9999 (UTC), rejects the event."""
         if isinstance(value, str):
             micros = rfc3339_micros(value)
             if micros is None:
-                stop(rejected(f"not an RFC 3339 instant: {value!r}"))
+                stop(rejected(f"not an RFC 3339 instant in the years 0001-9999: {value!r}"))
             return _db.Value_Timestamp(micros)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return _db.Value_Timestamp(int(value * 1_000_000))
-        return _db.Value_Timestamp(_micros(value))
+            return self.timestamp_secs(value)
+        return _timestamp_of(_in_range(_micros(value)), value.isoformat())
+
+    def timestamp_secs(self, secs: Union[int, float]) -> _db.Value:
+        """A ``timestamp`` parameter from seconds since the epoch (a Unix time; a
+        fraction is kept to the microsecond). Outside 0001-01-01T00:00:00Z to
+        9999-12-31T23:59:59.999999Z (milliseconds passed as seconds, say) it
+        rejects the event."""
+        return _timestamp_of(_epoch_micros(secs, 1), f"{secs} seconds since the epoch")
+
+    def timestamp_millis(self, millis: Union[int, float]) -> _db.Value:
+        """A ``timestamp`` parameter from milliseconds since the epoch (JavaScript's
+        ``Date.now()``, a Kafka record's timestamp); the range of ``timestamp_secs``."""
+        return _timestamp_of(_epoch_micros(millis, 1_000), f"{millis} milliseconds since the epoch")
+
+    def timestamp_micros(self, micros: Union[int, float]) -> _db.Value:
+        """A ``timestamp`` parameter from microseconds since the epoch; the range
+        of ``timestamp_secs``."""
+        return _timestamp_of(_epoch_micros(micros, 1_000_000), f"{micros} microseconds since the epoch")
 
     def now(self) -> _db.Value:
         """The current time as a ``timestamp`` parameter (from the WASI clock)."""
@@ -493,7 +657,8 @@ _RFC3339 = re.compile(
 def rfc3339_micros(s: str) -> Optional[int]:
     """An RFC 3339 instant as microseconds since the epoch, or None: the
     Rust SDK's rules (a date, ``T``, a time with optional fraction, ``Z``
-    or an offset ``±HH:MM``)."""
+    or an offset ``±HH:MM``; years 0001 to 9999 in UTC once the offset is
+    applied)."""
     m = _RFC3339.fullmatch(s)
     if m is None:
         return None
@@ -516,7 +681,34 @@ def rfc3339_micros(s: str) -> Optional[int]:
     days = (datetime.date(y, mo, d) - datetime.date(1970, 1, 1)).days if y >= 1 else None
     if days is None:
         return None
-    return (days * 86_400 + hh * 3_600 + mi * 60 + ss - offset) * 1_000_000 + micros
+    return _in_range((days * 86_400 + hh * 3_600 + mi * 60 + ss - offset) * 1_000_000 + micros)
+
+
+def rfc3339_text(micros: int) -> str:
+    """An instant (µs since the epoch) as RFC 3339 text in UTC, the way the host
+    stores a timestamp on SQLite: ``2026-11-30T09:30:00+00:00``, with ``.250`` or
+    ``.250123`` for a fraction of a second. Rows decoded with ``db.query_as``
+    carry timestamps in this form on both backends."""
+    secs, frac = divmod(micros, 1_000_000)
+    days, of_day = divmod(secs, 86_400)
+    # The proleptic Gregorian date of a day count (H. Hinnant's civil_from_days:
+    # datetime stops at year 9999, a stored value need not).
+    z = days + 719_468
+    era, doe = divmod(z, 146_097)
+    yoe = (doe - doe // 1_460 + doe // 36_524 - doe // 146_096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    d = doy - (153 * mp + 2) // 5 + 1
+    m = mp + 3 if mp < 10 else mp - 9
+    y = yoe + era * 400 + (1 if m <= 2 else 0)
+    year = f"{y:04d}" if 0 <= y <= 9999 else f"{y:+05d}"
+    if frac == 0:
+        fraction = ""
+    elif frac % 1_000 == 0:
+        fraction = f".{frac // 1_000:03d}"
+    else:
+        fraction = f".{frac:06d}"
+    return f"{year}-{m:02d}-{d:02d}T{of_day // 3_600:02d}:{of_day % 3_600 // 60:02d}:{of_day % 60:02d}{fraction}+00:00"
 
 # ───────────────────────────── publish ─────────────────────────────
 
@@ -575,17 +767,26 @@ publish = _Publish()
 # ───────────────────────────── settings, log ─────────────────────────────
 
 
+def _read_settings(tp: Any) -> tuple[bool, Any]:
+    """``(True, settings)`` checked against ``tp``, or ``(False, reason)``."""
+    value = _json.loads(_config.settings())
+    try:
+        return True, _decode(tp, value, "")
+    except DecodeError as e:
+        return False, f"invalid plugin setting {e}"
+
+
 class _Config:
     """The plugin's settings from the routing config."""
 
     def settings(self, tp: Any = Any) -> Any:
-        """All settings (``{}`` when there are none), checked against ``tp``. A bad
-        setting rejects the event, naming the setting."""
-        value = _json.loads(_config.settings())
-        try:
-            return _decode(tp, value, "")
-        except DecodeError as e:
-            stop(rejected(f"invalid plugin setting {e}"))
+        """All settings (``{}`` when there are none), checked against ``tp``, read
+        from the host on every call (``Settings`` reads them once). A bad setting
+        rejects the event, naming the setting."""
+        ok, value = _read_settings(tp)
+        if not ok:
+            stop(rejected(value))
+        return value
 
     def get(self, key: str) -> Optional[str]:
         """One setting: strings as they are, other values as JSON text."""
@@ -593,6 +794,43 @@ class _Config:
 
 
 config = _Config()
+
+T = typing.TypeVar("T")
+
+
+class Settings(typing.Generic[T]):
+    """The plugin's settings decoded into ``tp`` once per instance (the Rust SDK's
+    ``config::Settings``). Make one at module level and call ``get()`` inside
+    ``handle`` (never at import: componentize-py snapshots the module)::
+
+        @dataclass
+        class Conf:
+            limit: int = 10
+
+        SETTINGS = Settings(Conf)
+        ...
+        def handle(self, ev):
+            limit = SETTINGS.get().limit
+
+    The first ``get()`` reads and checks the settings; later ones return the same
+    value, or reject the event with the same reason if they did not fit. That is
+    never stale: settings change only when the host reloads the routing config,
+    and a reload that changes a plugin's settings gives it new instances, whose
+    modules start from the build's snapshot again."""
+
+    def __init__(self, tp: type[T]) -> None:
+        self._tp = tp
+        self._read: Optional[tuple[bool, Any]] = None
+
+    def get(self) -> T:
+        """The settings, read and checked on the first call; bad settings reject
+        the event (``invalid plugin setting ...``)."""
+        if self._read is None:
+            self._read = _read_settings(self._tp)
+        ok, value = self._read
+        if not ok:
+            stop(rejected(value))
+        return value
 
 
 class _Log:

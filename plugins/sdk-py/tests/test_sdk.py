@@ -37,7 +37,10 @@ from wit_world.imports import publish as raw_publish  # noqa: E402
 from wit_world.imports import types as raw_types  # noqa: E402
 
 import switchyard  # noqa: E402
-from switchyard import DbError, Event, Plugin, Stop, db, decode, name, publish, validate  # noqa: E402
+from switchyard import (  # noqa: E402
+    MAX_TIMESTAMP_MICROS, MIN_TIMESTAMP_MICROS, DbError, Event, Plugin, Settings, Stop, config, db, decode, name,
+    portable_migration, publish, rfc3339_micros, rfc3339_text, validate,
+)
 
 
 class Host:
@@ -198,6 +201,9 @@ class DbTest(unittest.TestCase):
         cases = [
             (raw_db.Error_Unavailable("down"), raw_types.Outcome_Retry, "database unavailable: down"),
             (raw_db.Error_Constraint(raw_db.ConstraintViolation(raw_db.ConstraintKind.UNIQUE, "pk", "dup")), raw_types.Outcome_Retry, "unique constraint pk violated: dup"),
+            (raw_db.Error_Constraint(raw_db.ConstraintViolation(raw_db.ConstraintKind.FOREIGN_KEY, "fk", "no parent")), raw_types.Outcome_Retry, "foreign-key constraint fk violated: no parent"),
+            (raw_db.Error_Constraint(raw_db.ConstraintViolation(raw_db.ConstraintKind.CHECK, "n_check", "n < 0")), raw_types.Outcome_Rejected, "check constraint n_check violated: n < 0"),
+            (raw_db.Error_Constraint(raw_db.ConstraintViolation(raw_db.ConstraintKind.NOT_NULL, None, "null note")), raw_types.Outcome_Rejected, "not-null constraint (unnamed) violated: null note"),
             (raw_db.Error_Denied("no"), raw_types.Outcome_Rejected, "statement denied: no"),
             (raw_db.Error_Invalid("bad"), raw_types.Outcome_Rejected, "invalid statement: bad"),
             (raw_db.Error_Limit("big"), raw_types.Outcome_Rejected, "database limit: big"),
@@ -213,6 +219,157 @@ class DbTest(unittest.TestCase):
         with self.assertRaises(DbError) as raised:
             db.execute("x")
         self.assertTrue(raised.exception.is_unique_violation())
+
+
+@dataclass
+class Prefs:
+    lang: str
+
+
+@dataclass
+class Account:
+    id: str
+    n: int
+    owner: bool
+    at: str
+    born: Optional[str]
+    prefs: Prefs
+    raw: bytes
+    tags: list[str] = field(default_factory=list)
+
+
+class HelpersTest(unittest.TestCase):
+    """The helpers of issue 16, with the Rust and TypeScript SDKs' cases."""
+
+    def setUp(self) -> None:
+        self.host = Host()
+        self.host.install()
+
+    def rejected(self, f) -> str:
+        with self.assertRaises(Stop) as stopped:
+            f()
+        self.assertIsInstance(stopped.exception.outcome, raw_types.Outcome_Rejected)
+        return stopped.exception.outcome.value
+
+    def test_timestamps_from_epoch_values_in_one_range_with_rfc3339(self) -> None:
+        at = 1_796_031_000_250_000  # 2026-11-30T09:30:00.250Z
+        self.assertEqual(db.timestamp_secs(1_796_031_000.25), raw_db.Value_Timestamp(at))
+        self.assertEqual(db.timestamp_millis(1_796_031_000_250), raw_db.Value_Timestamp(at))
+        self.assertEqual(db.timestamp_micros(at), raw_db.Value_Timestamp(at))
+        self.assertEqual(db.timestamp_micros(-1), raw_db.Value_Timestamp(-1))
+        self.assertEqual(db.timestamp(1_796_031_000), raw_db.Value_Timestamp(1_796_031_000_000_000))
+        # Float error rounds to the microsecond, not down.
+        self.assertEqual(db.timestamp_secs(1_732_260_347.209), raw_db.Value_Timestamp(1_732_260_347_209_000))
+        self.assertEqual(db.timestamp_secs(253_402_300_799), raw_db.Value_Timestamp(253_402_300_799_000_000))
+        self.assertEqual(db.timestamp_secs(-62_135_596_800), raw_db.Value_Timestamp(MIN_TIMESTAMP_MICROS))
+        for f, v in [
+            (db.timestamp_secs, 253_402_300_800),
+            (db.timestamp_secs, -62_135_596_801),
+            (db.timestamp_secs, 1_796_031_000_250),  # milliseconds given as seconds
+            (db.timestamp_millis, 2**63),
+            (db.timestamp_micros, MAX_TIMESTAMP_MICROS + 1),
+            (db.timestamp_millis, float("nan")),
+            (db.timestamp_secs, float("inf")),
+            (db.timestamp, 1e300),
+        ]:
+            self.assertIn("out of the timestamp range", self.rejected(lambda: f(v)), v)
+        with self.assertRaises(TypeError):
+            db.timestamp_secs("1796031000")
+        self.assertEqual(rfc3339_micros("0001-01-01T00:00:00Z"), MIN_TIMESTAMP_MICROS)
+        self.assertEqual(rfc3339_micros("9999-12-31T23:59:59.999999Z"), MAX_TIMESTAMP_MICROS)
+        self.assertEqual(rfc3339_micros("0050-06-01T00:00:00Z"), -60_576_249_600_000_000)
+        for out in ["0000-12-31T23:59:59Z", "0001-01-01T00:30:00+01:00", "9999-12-31T23:30:00-01:00", "9999-12-31T23:59:60Z"]:
+            self.assertIsNone(rfc3339_micros(out), out)
+            self.rejected(lambda: db.timestamp(out))
+
+    def test_rfc3339_text_is_what_sqlite_holds_and_reads_back(self) -> None:
+        self.assertEqual(rfc3339_text(0), "1970-01-01T00:00:00+00:00")
+        self.assertEqual(rfc3339_text(1_796_031_000_500_000), "2026-11-30T09:30:00.500+00:00")
+        self.assertEqual(rfc3339_text(1_709_166_600_123_456), "2024-02-29T00:30:00.123456+00:00")
+        self.assertEqual(rfc3339_text(-1), "1969-12-31T23:59:59.999999+00:00")
+        self.assertEqual(rfc3339_text(MIN_TIMESTAMP_MICROS), "0001-01-01T00:00:00+00:00")
+        self.assertEqual(rfc3339_text(MAX_TIMESTAMP_MICROS), "9999-12-31T23:59:59.999999+00:00")
+        self.assertEqual(rfc3339_text(MAX_TIMESTAMP_MICROS + 1), "+10000-01-01T00:00:00+00:00")
+        for day in range(-719_162, 2_932_897, 997):
+            micros = day * 86_400_000_000 + 45_296_789_000
+            self.assertEqual(rfc3339_micros(rfc3339_text(micros)), micros, micros)
+
+    def test_settings_are_read_once_and_bad_ones_reject_each_event_alike(self) -> None:
+        @dataclass
+        class Conf:
+            limit: int
+
+        self.host.settings = '{"limit": 3}'
+        settings = Settings(Conf)
+        self.assertEqual(settings.get(), Conf(limit=3))
+        self.host.settings = '{"limit": 4}'
+        self.assertEqual(settings.get(), Conf(limit=3), "read once")
+        self.assertEqual(config.settings(Conf), Conf(limit=4), "config.settings reads each time")
+        self.host.settings = '{"limit": "ten"}'
+        bad = Settings(Conf)
+        first = self.rejected(bad.get)
+        self.host.settings = '{"limit": 10}'
+        self.assertEqual(self.rejected(bad.get), first)
+        self.assertEqual(first, 'invalid plugin setting limit: expected an integer, got the string "ten"')
+
+    def test_rows_decode_into_dataclasses_alike_on_both_backends(self) -> None:
+        columns = ["id", "n", "owner", "at", "born", "prefs", "raw", "tags"]
+        postgres = [
+            raw_db.Value_Text("u1"), raw_db.Value_Int(3), raw_db.Value_Boolean(True),
+            raw_db.Value_Timestamp(1_796_031_000_500_000), raw_db.Value_Null(), raw_db.Value_Json('{"lang":"fa"}'),
+            raw_db.Value_Bytes(b"\x00\xff"), raw_db.Value_Json('["a"]'),
+        ]
+        sqlite = [
+            raw_db.Value_Text("u1"), raw_db.Value_Int(3), raw_db.Value_Int(1),
+            raw_db.Value_Text("2026-11-30T09:30:00.500+00:00"), raw_db.Value_Null(), raw_db.Value_Text('{"lang":"fa"}'),
+            raw_db.Value_Bytes(b"\x00\xff"), raw_db.Value_Text('["a"]'),
+        ]
+        expected = Account(id="u1", n=3, owner=True, at="2026-11-30T09:30:00.500+00:00", born=None,
+                           prefs=Prefs(lang="fa"), raw=b"\x00\xff", tags=["a"])
+        for cells in (postgres, sqlite):
+            self.host.rows = raw_db.Rows(columns=columns, rows=[cells, cells])
+            self.assertEqual(db.query_as(Account, "SELECT ..."), [expected, expected])
+            self.assertEqual(db.query_one_as(Account, "SELECT ..."), expected)
+            row = db.query_one("SELECT ...")
+            assert row is not None
+            self.assertEqual(row.decode(Account), expected)
+        self.host.rows = raw_db.Rows(columns=columns, rows=[])
+        self.assertIsNone(db.query_one_as(Account, "SELECT ..."))
+        # Outside a row, 1 is no boolean.
+        with self.assertRaises(switchyard.DecodeError):
+            decode(bool, 1)
+        for i, cell, reason in [
+            (1, raw_db.Value_Null(), "invalid statement: row 2 does not decode into Account: column n: expected an integer, got null"),
+            (2, raw_db.Value_Int(2), "invalid statement: row 2 does not decode into Account: column owner: expected a boolean, got number 2"),
+            (5, raw_db.Value_Text("{"), "invalid statement: row 2 does not decode into Account: column prefs: not JSON"),
+        ]:
+            bad = list(sqlite)
+            bad[i] = cell
+            self.host.rows = raw_db.Rows(columns=columns, rows=[sqlite, bad])
+            with self.assertRaises(DbError) as raised:
+                db.query_as(Account, "SELECT ...")
+            outcome = raised.exception.outcome()
+            self.assertIsInstance(outcome, raw_types.Outcome_Rejected)
+            self.assertTrue(outcome.value.startswith(reason), outcome.value)
+        self.host.rows = raw_db.Rows(columns=columns[:2], rows=[sqlite[:2]])
+        with self.assertRaises(DbError) as raised:
+            db.query_as(Account, "SELECT ...")
+        self.assertEqual(str(raised.exception), "invalid statement: row 1 does not decode into Account: no column owner in the result")
+        # One column: its own type; several: a dict.
+        self.host.rows = raw_db.Rows(columns=["n"], rows=[[raw_db.Value_Int(7)]])
+        self.assertEqual(db.query_one_as(int, "SELECT count(*) AS n ..."), 7)
+        self.host.rows = raw_db.Rows(columns=["m"], rows=[[raw_db.Value_Null()]])
+        self.assertIsNone(db.query_one_as(Optional[int], "SELECT max(n) AS m ..."))
+        self.host.rows = raw_db.Rows(columns=["a", "b"], rows=[[raw_db.Value_Text("x"), raw_db.Value_Timestamp(0)]])
+        self.assertEqual(db.query_one_as(dict[str, Any], "SELECT ..."), {"a": "x", "b": "1970-01-01T00:00:00+00:00"})
+        self.assertEqual(db.query_one_as(dict, "SELECT ..."), {"a": "x", "b": "1970-01-01T00:00:00+00:00"})
+        with self.assertRaises(DbError) as raised:
+            db.query_one_as(int, "SELECT ...")
+        self.assertIn("a row of 2 columns is not one int", str(raised.exception))
+
+    def test_one_migration_text_for_both_backends(self) -> None:
+        m = portable_migration("0001-t", "CREATE TABLE t (id TEXT NOT NULL PRIMARY KEY)")
+        self.assertEqual((m.id, m.postgres, m.sqlite), ("0001-t", m.sqlite, "CREATE TABLE t (id TEXT NOT NULL PRIMARY KEY)"))
 
 
 class PluginTest(unittest.TestCase):

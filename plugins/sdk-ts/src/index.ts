@@ -4,16 +4,20 @@
 // raw interface are generated from wit/plugin.wit (`jco guest-types`, run by
 // build.mjs), so the WIT stays the one source of truth; this module adds
 // what every plugin needs on top: checked JSON decoding of the event,
-// `db.exec` / `db.query` with plain JavaScript parameters and rows,
-// `publish.json`, settings, logging, and the four outcomes.
+// `db.exec` / `db.query` with plain JavaScript parameters, rows checked
+// into typed objects (`db.queryAs`), timestamps from RFC 3339 or epoch
+// values, `publish.json`, settings read once per instance (`Settings`),
+// logging, migrations (`portableMigration` when one text fits both
+// backends), and the four outcomes.
 //
 // Errors end the event the way `?` does in the Rust SDK: a payload that
 // does not decode is `rejected`; an unhandled database error is `retry`
-// when it may pass (unavailable, a constraint race) and `rejected` when it
-// is the plugin's mistake (denied, invalid, limit); a refused publish is
-// `rejected`. Anything else thrown is a bug: it is logged with its stack
-// and traps the instance, as a Rust panic does (the host retries the event,
-// then dead-letters it).
+// when it may pass (unavailable, a UNIQUE or FOREIGN KEY violation: a race,
+// a parent row still on its way) and `rejected` when it cannot (a CHECK or
+// NOT NULL violation, a denied, invalid or over-limit statement, a row that
+// does not decode); a refused publish is `rejected`. Anything else thrown
+// is a bug: it is logged with its stack and traps the instance, as a Rust
+// panic does (the host retries the event, then dead-letters it).
 //
 //   import { plugin, t, db, publish, done, skipped } from "@switchyard/plugin";
 //
@@ -71,6 +75,19 @@ export function migration(id: string, postgres: string, sqlite: string): Migrati
   return { id, postgres, sqlite };
 }
 
+/**
+ * A schema migration whose one text runs on both backends (the Rust SDK's
+ * `portable_migration`): `TEXT`, `BIGINT`, `INTEGER`, `BOOLEAN`,
+ * `DOUBLE PRECISION`, `TIMESTAMPTZ`, `DATE`, `PRIMARY KEY`, `NOT NULL`,
+ * `DEFAULT`, `CHECK`, `REFERENCES` and `CREATE INDEX` mean the same on
+ * both. Write `id TEXT NOT NULL PRIMARY KEY` (SQLite lets a non-integer key
+ * be NULL unless told); use `migration` when the texts must differ
+ * (`BYTEA`/`BLOB`, `JSONB`, `uuid`, `bigserial`).
+ */
+export function portableMigration(id: string, sql: string): Migration {
+  return migration(id, sql, sql);
+}
+
 // ───────────────────────────── decoding ─────────────────────────────
 
 /** Checks that a JSON value has a shape, and gives it a type. */
@@ -94,7 +111,9 @@ export type Infer<D> = D extends Decoder<infer T> ? T : never;
 
 function describeJson(v: unknown): string {
   if (v === null) return "null";
+  if (v === undefined) return "nothing";
   if (Array.isArray(v)) return "an array";
+  if (v instanceof Uint8Array) return "bytes";
   if (typeof v === "string") return v.length > 40 ? "a string" : `the string ${JSON.stringify(v)}`;
   if (typeof v === "object") return "an object";
   return `${typeof v} ${String(v)}`;
@@ -119,14 +138,41 @@ type ObjectOf<S extends Shape> = { [K in Exclude<keyof S, OptionalKeys<S>>]: Inf
   [K in OptionalKeys<S>]?: Infer<S[K]>;
 };
 
+/** Set while a row decodes: a boolean field then takes SQLite's 0 and 1. */
+let decodingRow = false;
+
 /** Decoders for JSON values: `t.object({ userId: t.string, age: t.optional(t.integer) })`. */
 export const t = {
   string: primitive<string>("a string", (v): v is string => typeof v === "string"),
   number: primitive<number>("a number", (v): v is number => typeof v === "number"),
   integer: primitive<number>("an integer", (v): v is number => typeof v === "number" && Number.isSafeInteger(v)),
-  boolean: primitive<boolean>("a boolean", (v): v is boolean => typeof v === "boolean"),
+  /** A boolean; in a row (`db.queryAs`, `row.decode`), also SQLite's 0 and 1. */
+  boolean: decoder<boolean>("a boolean", (v, path) => {
+    if (typeof v === "boolean") return v;
+    if (decodingRow && (v === 0 || v === 1)) return v === 1;
+    throw new DecodeError(`${path}: expected a boolean, got ${describeJson(v)}`);
+  }),
+  /** Bytes (a `bytes` cell of a row: `bytea` or a BLOB). */
+  bytes: primitive<Uint8Array>("bytes", (v): v is Uint8Array => v instanceof Uint8Array),
   /** Any JSON value, unchecked. */
   unknown: decoder<unknown>("any value", (v) => v),
+  /**
+   * A string holding a JSON document, parsed and checked with `inner`: a
+   * `json` column of a row (text on SQLite, so it arrives as text on both
+   * backends), or a payload field that carries JSON as a string.
+   */
+  json<T>(inner: Decoder<T>): Decoder<T> {
+    return decoder(`JSON text of ${inner.expected}`, (v, path) => {
+      if (typeof v !== "string") throw new DecodeError(`${path}: expected JSON text, got ${describeJson(v)}`);
+      let parsed: unknown;
+      try {
+        parsed = JSON.parse(v);
+      } catch (e) {
+        throw new DecodeError(`${path}: not JSON: ${e instanceof Error ? e.message : String(e)}`);
+      }
+      return inner.decode(parsed, path);
+    });
+  },
   /** Absent or `null` decodes to `undefined`. */
   optional<T>(inner: Decoder<T>): Decoder<T | undefined> {
     return decoder(`${inner.expected} or nothing`, (v, path) =>
@@ -186,11 +232,43 @@ function hasLoneSurrogate(v: unknown): boolean {
   return false;
 }
 
+/** The earliest instant the timestamp readers accept, 0001-01-01T00:00:00Z, in µs since the epoch. */
+export const MIN_TIMESTAMP_MICROS = -62_135_596_800_000_000n;
+/** The latest, 9999-12-31T23:59:59.999999Z. */
+export const MAX_TIMESTAMP_MICROS = 253_402_300_799_999_999n;
+
+function inRange(micros: bigint): bigint | undefined {
+  return micros >= MIN_TIMESTAMP_MICROS && micros <= MAX_TIMESTAMP_MICROS ? micros : undefined;
+}
+
+/** Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil; `Date.UTC` reads years 0-99 as 1900-1999). */
+function daysFromCivil(y: number, m: number, d: number): number {
+  const yy = m <= 2 ? y - 1 : y;
+  const era = Math.floor(yy / 400);
+  const yoe = yy - era * 400;
+  const doy = Math.floor((153 * (m > 2 ? m - 3 : m + 9) + 2) / 5) + d - 1;
+  const doe = yoe * 365 + Math.floor(yoe / 4) - Math.floor(yoe / 100) + doy;
+  return era * 146_097 + doe - 719_468;
+}
+
+/** The date of a day count since 1970-01-01 (civil_from_days): [year, month, day]. */
+function civilFromDays(days: number): [number, number, number] {
+  const z = days + 719_468;
+  const era = Math.floor(z / 146_097);
+  const doe = z - era * 146_097;
+  const yoe = Math.floor((doe - Math.floor(doe / 1_460) + Math.floor(doe / 36_524) - Math.floor(doe / 146_096)) / 365);
+  const doy = doe - (365 * yoe + Math.floor(yoe / 4) - Math.floor(yoe / 100));
+  const mp = Math.floor((5 * doy + 2) / 153);
+  const d = doy - Math.floor((153 * mp + 2) / 5) + 1;
+  const m = mp < 10 ? mp + 3 : mp - 9;
+  return [yoe + era * 400 + (m <= 2 ? 1 : 0), m, d];
+}
+
 /**
  * An RFC 3339 instant as microseconds since the epoch, or undefined: the
  * Rust SDK's rules (a date, `T`, a time with optional fraction, `Z` or an
- * offset `±HH:MM`), the same on every JavaScript engine (`Date.parse` is
- * not).
+ * offset `±HH:MM`; years 0001 to 9999 in UTC once the offset is applied),
+ * the same on every JavaScript engine (`Date.parse` is not).
  */
 export function rfc3339Micros(s: string): bigint | undefined {
   const m = /^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:([Zz])|([+-])(\d{2}):(\d{2}))$/.exec(s);
@@ -207,8 +285,51 @@ export function rfc3339Micros(s: string): bigint | undefined {
   const leap = (y % 4 === 0 && y % 100 !== 0) || y % 400 === 0;
   const daysIn = [31, leap ? 29 : 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31][mo - 1];
   if (d < 1 || d > daysIn) return undefined;
-  const days = Math.floor(Date.UTC(y, mo - 1, d) / 86_400_000);
-  return BigInt(days * 86_400 + hh * 3600 + mi * 60 + ss - offset) * 1_000_000n + micros;
+  const days = daysFromCivil(y, mo, d);
+  return inRange(BigInt(days * 86_400 + hh * 3600 + mi * 60 + ss - offset) * 1_000_000n + micros);
+}
+
+/**
+ * An instant (µs since the epoch) as RFC 3339 text in UTC, the way the host
+ * stores a timestamp on SQLite: `2026-11-30T09:30:00+00:00`, with `.250` or
+ * `.250123` for a fraction of a second. Rows decoded with `db.queryAs`
+ * carry timestamps in this form on both backends.
+ */
+export function rfc3339Text(micros: bigint): string {
+  const perSecond = 1_000_000n;
+  const frac = ((micros % perSecond) + perSecond) % perSecond;
+  const secs = Number((micros - frac) / perSecond);
+  const days = Math.floor(secs / 86_400);
+  const ofDay = secs - days * 86_400;
+  const [y, m, d] = civilFromDays(days);
+  const two = (n: number) => String(n).padStart(2, "0");
+  const year = y >= 0 && y <= 9999 ? String(y).padStart(4, "0") : (y < 0 ? "-" : "+") + String(Math.abs(y)).padStart(4, "0");
+  const fraction = frac === 0n ? "" : frac % 1000n === 0n ? `.${String(frac / 1000n).padStart(3, "0")}` : `.${String(frac).padStart(6, "0")}`;
+  return `${year}-${two(m)}-${two(d)}T${two(Math.floor(ofDay / 3600))}:${two(Math.floor((ofDay % 3600) / 60))}:${two(ofDay % 60)}${fraction}+00:00`;
+}
+
+/** The unit of an epoch value: how many per second. */
+const PER_SECOND = { secs: 1, millis: 1_000, micros: 1_000_000 } as const;
+
+/**
+ * An epoch value in `unit` as µs, or undefined outside the readers' range
+ * (or for NaN and infinities). A fractional number is rounded to the
+ * nearest microsecond; a bigint must be whole units.
+ */
+function epochMicros(value: number | bigint, unit: keyof typeof PER_SECOND): bigint | undefined {
+  const scale = 1_000_000 / PER_SECOND[unit];
+  if (typeof value === "bigint") return inRange(value * BigInt(scale));
+  if (!Number.isFinite(value)) return undefined;
+  // Whole values stay exact past 2^53 µs; fractions round to the microsecond.
+  const micros = Number.isInteger(value) ? BigInt(value) * BigInt(scale) : BigInt(Math.round(value * scale));
+  return inRange(micros);
+}
+
+function timestampOf(micros: bigint | undefined, what: () => string): rawDb.Value {
+  if (micros === undefined) {
+    stop(rejected(`${what()} is out of the timestamp range 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999Z`));
+  }
+  return { tag: "timestamp", val: micros };
 }
 
 // `ignoreBOM`: a leading U+FEFF is kept (and refused by JSON.parse), as
@@ -339,15 +460,25 @@ export class DbError extends Error {
   isUniqueViolation(): boolean {
     return this.error.tag === "constraint" && this.error.val.kind === "unique";
   }
-  /** What the event becomes if this error is not handled. */
-  outcome(): Outcome {
+  /**
+   * Whether the same statement may succeed when the event comes again: the
+   * database was unavailable, or a UNIQUE or FOREIGN KEY violation another
+   * event can change (a race on a key, a parent row still on its way). A
+   * CHECK or NOT NULL violation fails the same way every time.
+   */
+  mayPassOnRetry(): boolean {
     switch (this.error.tag) {
       case "unavailable":
+        return true;
       case "constraint":
-        return retry(this.message);
+        return this.error.val.kind === "unique" || this.error.val.kind === "foreign-key";
       default:
-        return rejected(this.message);
+        return false;
     }
+  }
+  /** What the event becomes if this error is not handled: `retry` when it may pass, else `rejected`, with the reason. */
+  outcome(): Outcome {
+    return this.mayPassOnRetry() ? retry(this.message) : rejected(this.message);
   }
 }
 
@@ -428,6 +559,18 @@ export class Row {
     if (v?.tag === "int") return v.val !== 0n;
     return undefined;
   }
+  /**
+   * The row checked with `shape` (usually `t.object({...})`, one field per
+   * column), from a view that is the same on both backends: ints as
+   * numbers (bigint past 2^53), floats, text, uuid and date as strings,
+   * `json` as its text (`t.json(...)` parses it), timestamps as RFC 3339
+   * text (`rfc3339Text`), bytes as Uint8Array, NULL as null; `t.boolean`
+   * takes SQLite's 0 and 1. A row that does not fit throws a `DbError`
+   * (`invalid`, so `rejected` if unhandled) naming the column.
+   */
+  decode<T>(shape: Decoder<T>): T {
+    return decodeRow(shape, this.columns, this.values, undefined);
+  }
   /** The row as a plain object. */
   toObject(): Record<string, Cell> {
     const out: Record<string, Cell> = {};
@@ -436,6 +579,38 @@ export class Row {
       out[c] = v === undefined ? null : cellOf(v);
     });
     return out;
+  }
+}
+
+/** A cell as `decode` sees it (see `Row.decode`). */
+function decodeView(v: rawDb.Value): unknown {
+  switch (v.tag) {
+    case "timestamp":
+      return rfc3339Text(v.val);
+    default:
+      return cellOf(v);
+  }
+}
+
+function decodeRow<T>(shape: Decoder<T>, columns: string[], values: rawDb.Value[], row: number | undefined): T {
+  const view: Record<string, unknown> = Object.create(null);
+  columns.forEach((c, i) => {
+    const v = values[i];
+    view[c] = v === undefined ? null : decodeView(v);
+  });
+  decodingRow = true;
+  try {
+    return shape.decode(view, "");
+  } catch (e) {
+    if (e instanceof DecodeError) {
+      const which = row === undefined ? "the row" : `row ${row}`;
+      // A field's message starts with its path, the column's name.
+      const why = e.message.startsWith(": ") ? e.message.slice(2) : `column ${e.message}`;
+      throw new DbError({ tag: "invalid", val: `${which} does not decode: ${why}` });
+    }
+    throw e;
+  } finally {
+    decodingRow = false;
   }
 }
 
@@ -464,6 +639,22 @@ export const db = {
   queryOne(sql: string, params: Param[] = []): Row | undefined {
     return db.query(sql, params)[0];
   },
+  /**
+   * Run one statement and check each row with `shape` (see `Row.decode`):
+   * `db.queryAs(t.object({ id: t.string, n: t.integer }), "SELECT id, n FROM t WHERE k = $1", [k])`.
+   * Throws `DbError`; a row that does not fit is `invalid` (so `rejected`
+   * if unhandled), naming the row and the column.
+   */
+  queryAs<T>(shape: Decoder<T>, sql: string, params: Param[] = []): T[] {
+    const rows = call(() => rawDb.query(sql, params.map(toValue)));
+    return rows.rows.map((cells, i) => decodeRow(shape, rows.columns, cells, i + 1));
+  },
+  /** Like `queryAs`, for the first row only: undefined when there is none. */
+  queryOneAs<T>(shape: Decoder<T>, sql: string, params: Param[] = []): T | undefined {
+    const rows = call(() => rawDb.query(sql, params.map(toValue)));
+    const first = rows.rows[0];
+    return first === undefined ? undefined : decodeRow(shape, rows.columns, first, 1);
+  },
   /** A `json` parameter (jsonb on PostgreSQL): the value serialised. */
   json(value: unknown): rawDb.Value {
     return { tag: "json", val: JSON.stringify(value) };
@@ -476,16 +667,28 @@ export const db = {
   date(value: string): rawDb.Value {
     return { tag: "date", val: value };
   },
-  /** A `timestamp` parameter from a Date, an RFC 3339 string (microseconds kept) or milliseconds since the epoch. A string that is no RFC 3339 instant rejects the event. */
+  /** A `timestamp` parameter from a Date, an RFC 3339 string (microseconds kept) or milliseconds since the epoch. A string that is no RFC 3339 instant, or an instant outside the years 0001-9999, rejects the event. */
   timestamp(value: Date | string | number): rawDb.Value {
     if (typeof value === "string") {
       const micros = rfc3339Micros(value);
-      if (micros === undefined) stop(rejected(`not an RFC 3339 instant: ${JSON.stringify(value)}`));
+      if (micros === undefined) stop(rejected(`not an RFC 3339 instant in the years 0001-9999: ${JSON.stringify(value)}`));
       return { tag: "timestamp", val: micros };
     }
     const ms = value instanceof Date ? value.getTime() : value;
     if (!Number.isFinite(ms)) stop(rejected(`not a timestamp: ${String(value)}`));
-    return { tag: "timestamp", val: BigInt(Math.trunc(ms)) * 1000n };
+    return db.timestampMillis(ms);
+  },
+  /** A `timestamp` parameter from seconds since the epoch (a Unix time; a fraction is kept to the microsecond). Outside 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999Z (milliseconds passed as seconds, say) it rejects the event. */
+  timestampSecs(secs: number | bigint): rawDb.Value {
+    return timestampOf(epochMicros(secs, "secs"), () => `${String(secs)} seconds since the epoch`);
+  },
+  /** A `timestamp` parameter from milliseconds since the epoch (`Date.now()`, a Kafka record's timestamp); the range of `timestampSecs`. */
+  timestampMillis(millis: number | bigint): rawDb.Value {
+    return timestampOf(epochMicros(millis, "millis"), () => `${String(millis)} milliseconds since the epoch`);
+  },
+  /** A `timestamp` parameter from microseconds since the epoch; the range of `timestampSecs`. */
+  timestampMicros(micros: number | bigint): rawDb.Value {
+    return timestampOf(epochMicros(micros, "micros"), () => `${String(micros)} microseconds since the epoch`);
   },
   /** The current time as a `timestamp` parameter. */
   now(): rawDb.Value {
@@ -558,18 +761,51 @@ export const publish = {
 
 // ───────────────────────────── settings, log ─────────────────────────────
 
+/** The settings checked with `shape`, or why they do not fit. */
+function readSettings<T>(shape: Decoder<T>): { ok: true; value: T } | { ok: false; reason: string } {
+  const value: unknown = JSON.parse(rawConfig.settings());
+  try {
+    return { ok: true, value: shape.decode(value, "") };
+  } catch (e) {
+    if (e instanceof DecodeError) return { ok: false, reason: `invalid plugin setting ${e.message}` };
+    throw e;
+  }
+}
+
+/**
+ * The plugin's settings checked with `shape` once per instance (the Rust
+ * SDK's `config::Settings`). Make one at the top of the module and call
+ * `get()` inside `handle` (never at import: the build snapshots the
+ * module):
+ *
+ *   const settings = new Settings(t.object({ limit: t.optional(t.integer) }));
+ *   ... handle(ev) { const limit = settings.get().limit ?? 10; ... }
+ *
+ * The first `get()` reads and checks the settings; later ones return the
+ * same value, or reject the event with the same reason if they did not
+ * fit. That is never stale: settings change only when the host reloads the
+ * routing config, and a reload that changes a plugin's settings gives it
+ * new instances, whose modules start afresh.
+ */
+export class Settings<T> {
+  private read: { ok: true; value: T } | { ok: false; reason: string } | undefined;
+  constructor(private readonly shape: Decoder<T>) {}
+  /** The settings, read and checked on the first call; bad settings reject the event (`invalid plugin setting ...`). */
+  get(): T {
+    this.read ??= readSettings(this.shape);
+    if (!this.read.ok) stop(rejected(this.read.reason));
+    return this.read.value;
+  }
+}
+
 /** The plugin's settings from the routing config. */
 export const config = {
-  /** All settings as parsed JSON (`{}` when there are none); checked with `shape` when given. A bad setting rejects the event with the setting's path. */
+  /** All settings as parsed JSON (`{}` when there are none), read from the host on every call (`Settings` reads them once); checked with `shape` when given. A bad setting rejects the event with the setting's path. */
   settings<T = Record<string, unknown>>(shape?: Decoder<T>): T {
-    const value: unknown = JSON.parse(rawConfig.settings());
-    if (shape === undefined) return value as T;
-    try {
-      return shape.decode(value, "");
-    } catch (e) {
-      if (e instanceof DecodeError) stop(rejected(`invalid plugin setting ${e.message}`));
-      throw e;
-    }
+    if (shape === undefined) return JSON.parse(rawConfig.settings()) as T;
+    const read = readSettings(shape);
+    if (!read.ok) stop(rejected(read.reason));
+    return read.value;
   },
   /** One setting: strings as they are, other values as JSON text. */
   get(key: string): string | undefined {

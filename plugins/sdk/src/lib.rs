@@ -3,8 +3,12 @@
 //! Write a Switchyard plugin as one function from an event to an outcome.
 //! The SDK generates the bindings of `wit/plugin.wit` once, and adds the
 //! small helpers every plugin needs: typed JSON decoding of the event,
-//! `db` calls with native Rust parameters, `publish::json`, the plugin's
-//! settings, and logging.
+//! `db` calls with native Rust parameters and rows decoded into structs
+//! ([`db::query_as`]), timestamps from RFC 3339 text or epoch values
+//! ([`db::timestamp`], [`db::timestamp_millis`]), `publish::json`, the
+//! plugin's settings read once per instance ([`config::Settings`]),
+//! migrations ([`portable_migration`] when one text fits both backends),
+//! and logging.
 //!
 //! ```no_run
 //! use switchyard_plugin::{db, publish, Event, Flow, Outcome, PluginInfo};
@@ -55,6 +59,13 @@ pub use bindings::{Guest, Migration, PluginInfo, export_plugin};
 use serde::de::DeserializeOwned;
 use std::fmt::Display;
 
+mod rows;
+mod time;
+
+pub use time::{
+    MAX_TIMESTAMP_MICROS, MIN_TIMESTAMP_MICROS, now_micros, rfc3339_micros, rfc3339_text,
+};
+
 /// The result type of a plugin's body: `Err` carries an early outcome
 /// (usually `rejected` or `retry`) so that `?` can end the handling.
 pub type Flow<T> = Result<T, Outcome>;
@@ -101,6 +112,33 @@ pub fn migration(id: &str, postgres: &str, sqlite: &str) -> Migration {
         postgres: postgres.to_string(),
         sqlite: sqlite.to_string(),
     }
+}
+
+/// A schema migration whose one text runs on both backends.
+///
+/// Most table definitions do: `TEXT`, `BIGINT`, `INTEGER`, `BOOLEAN`,
+/// `DOUBLE PRECISION`, `TIMESTAMPTZ`, `DATE`, `PRIMARY KEY`, `NOT NULL`,
+/// `DEFAULT`, `CHECK`, `REFERENCES` and `CREATE INDEX` mean the same on
+/// both (SQLite takes any type name, and the host binds a `timestamp`
+/// parameter as RFC 3339 text there). Write `id TEXT NOT NULL PRIMARY KEY`:
+/// SQLite lets a non-integer primary key be NULL unless told. Use
+/// [`migration`] when the backends need different text (`BYTEA` against
+/// `BLOB`, `JSONB`, `uuid`, `bigserial`).
+///
+/// One exception today: on SQLite the host's migration sandbox refuses
+/// `ALTER TABLE ... ADD COLUMN` with a `CHECK` (SQLite checks the rows
+/// already there through `pragma_quick_check`, which the sandbox does not
+/// let a migration read); put the `CHECK` in a `CREATE TABLE`.
+///
+/// ```
+/// let m = switchyard_plugin::portable_migration(
+///     "0001-create-notes",
+///     "CREATE TABLE IF NOT EXISTS notes (id TEXT NOT NULL PRIMARY KEY, at TIMESTAMPTZ NOT NULL)",
+/// );
+/// assert_eq!(m.postgres, m.sqlite);
+/// ```
+pub fn portable_migration(id: &str, sql: &str) -> Migration {
+    migration(id, sql, sql)
 }
 
 impl Event {
@@ -150,6 +188,8 @@ pub mod db {
     pub use crate::bindings::switchyard::plugin::db::{
         ConstraintKind, ConstraintViolation, Error, Rows, Value,
     };
+    use crate::time::{EpochUnit, epoch_micros};
+    use serde::de::DeserializeOwned;
 
     /// Run one statement that returns no rows; returns the rows changed.
     pub fn exec(sql: &str, params: &[Value]) -> Result<u64, Error> {
@@ -171,6 +211,76 @@ pub mod db {
         }))
     }
 
+    /// Run one statement and decode each row into `T` with serde: a struct
+    /// whose fields are the columns (by name; unknown columns are
+    /// ignored), a map, a tuple of the cells in order, or, for a
+    /// one-column result, that column's type (`i64`, `Option<String>`).
+    ///
+    /// One `T` reads the same rows on PostgreSQL and SQLite: timestamps
+    /// arrive as RFC 3339 text (`2026-11-30T09:30:00.500+00:00`, see
+    /// [`crate::rfc3339_text`]), a `bool` field takes SQLite's 0 and 1, a
+    /// struct, map or `Vec` field takes a `json` column (text on SQLite),
+    /// an enum of unit variants takes text naming one, bytes go to
+    /// `Vec<u8>`, NULL to `None`.
+    ///
+    /// A row that does not fit is [`Error::Invalid`] naming the row, the
+    /// column and why (`row 1 does not decode into Note: column n:
+    /// invalid type: NULL, expected i64`): unhandled, `?` rejects the
+    /// event with that reason.
+    ///
+    /// ```no_run
+    /// # fn f() -> Result<(), switchyard_plugin::db::Error> {
+    /// use switchyard_plugin::db;
+    ///
+    /// #[derive(serde::Deserialize)]
+    /// struct Note { id: String, note: String, at: String }
+    ///
+    /// let notes: Vec<Note> = db::query_as(
+    ///     "SELECT id, note, at FROM notes WHERE item = $1 ORDER BY at",
+    ///     &["item-1".into()],
+    /// )?;
+    /// let count: Option<i64> = db::query_one_as("SELECT count(*) FROM notes", &[])?;
+    /// # Ok(()) }
+    /// ```
+    pub fn query_as<T: DeserializeOwned>(sql: &str, params: &[Value]) -> Result<Vec<T>, Error> {
+        let rows = raw::query(sql, params)?;
+        rows.rows
+            .iter()
+            .enumerate()
+            .map(|(i, cells)| decode_cells(&rows.columns, cells, Some(i + 1)))
+            .collect()
+    }
+
+    /// Like [`query_as`], for the first row only: `None` when there is
+    /// none.
+    pub fn query_one_as<T: DeserializeOwned>(
+        sql: &str,
+        params: &[Value],
+    ) -> Result<Option<T>, Error> {
+        let rows = raw::query(sql, params)?;
+        rows.rows
+            .first()
+            .map(|cells| decode_cells(&rows.columns, cells, Some(1)))
+            .transpose()
+    }
+
+    /// Decode one row's cells; a failure is [`Error::Invalid`] naming the
+    /// row (its number in the result, when it came from a query), the
+    /// column and why.
+    fn decode_cells<T: DeserializeOwned>(
+        columns: &[String],
+        cells: &[Value],
+        row: Option<usize>,
+    ) -> Result<T, Error> {
+        crate::rows::decode(columns, cells).map_err(|e| {
+            let which = row.map_or_else(|| "the row".to_string(), |n| format!("row {n}"));
+            Error::Invalid(format!(
+                "{which} does not decode into {}: {e}",
+                crate::rows::short_type_name::<T>()
+            ))
+        })
+    }
+
     /// One result row with access to cells by column name.
     #[derive(Debug, Clone)]
     pub struct Row {
@@ -181,6 +291,12 @@ pub mod db {
     }
 
     impl Row {
+        /// The row decoded into `T` with serde, as [`query_as`] decodes
+        /// each row.
+        pub fn decode<T: DeserializeOwned>(&self) -> Result<T, Error> {
+            decode_cells(&self.columns, &self.cells, None)
+        }
+
         /// The cell of column `name`, if the row has that column.
         pub fn get(&self, name: &str) -> Option<&Value> {
             let i = self.columns.iter().position(|c| c == name)?;
@@ -271,6 +387,48 @@ pub mod db {
         crate::rfc3339_micros(s).map(Value::Timestamp)
     }
 
+    /// Seconds since the Unix epoch (a Unix time) as a `timestamp` value;
+    /// `None` outside 0001-01-01T00:00:00Z ..= 9999-12-31T23:59:59Z, the
+    /// range [`timestamp`] reads (so milliseconds passed by mistake are
+    /// refused rather than stored 57 000 years from now).
+    ///
+    /// ```
+    /// use switchyard_plugin::db::{self, Value};
+    /// // 2026-11-30T09:30:00Z
+    /// assert!(matches!(db::timestamp_secs(1_796_031_000), Some(Value::Timestamp(1_796_031_000_000_000))));
+    /// // Milliseconds where seconds belong: refused.
+    /// assert!(db::timestamp_secs(1_796_031_000_000).is_none());
+    /// ```
+    pub fn timestamp_secs(secs: i64) -> Option<Value> {
+        epoch_micros(secs, EpochUnit::Seconds).map(Value::Timestamp)
+    }
+
+    /// Milliseconds since the Unix epoch (JavaScript's `Date.now()`, a
+    /// Kafka record's timestamp) as a `timestamp` value; `None` outside
+    /// the range of [`timestamp_secs`].
+    pub fn timestamp_millis(millis: i64) -> Option<Value> {
+        epoch_micros(millis, EpochUnit::Millis).map(Value::Timestamp)
+    }
+
+    /// Microseconds since the Unix epoch as a `timestamp` value; `None`
+    /// outside the range of [`timestamp_secs`].
+    pub fn timestamp_micros(micros: i64) -> Option<Value> {
+        epoch_micros(micros, EpochUnit::Micros).map(Value::Timestamp)
+    }
+
+    impl ConstraintKind {
+        /// The kind as the WIT names it (`unique`, `foreign-key`,
+        /// `not-null`, `check`).
+        pub fn as_str(&self) -> &'static str {
+            match self {
+                ConstraintKind::Unique => "unique",
+                ConstraintKind::ForeignKey => "foreign-key",
+                ConstraintKind::NotNull => "not-null",
+                ConstraintKind::Check => "check",
+            }
+        }
+    }
+
     impl Error {
         /// A one-line description for logs and outcome reasons.
         pub fn reason(&self) -> String {
@@ -278,8 +436,8 @@ pub mod db {
                 Error::Denied(m) => format!("statement denied: {m}"),
                 Error::Invalid(m) => format!("invalid statement: {m}"),
                 Error::Constraint(c) => format!(
-                    "{:?} constraint {} violated: {}",
-                    c.kind,
+                    "{} constraint {} violated: {}",
+                    c.kind.as_str(),
                     c.name.as_deref().unwrap_or("(unnamed)"),
                     c.message
                 ),
@@ -292,19 +450,36 @@ pub mod db {
         pub fn is_unique_violation(&self) -> bool {
             matches!(self, Error::Constraint(c) if c.kind == ConstraintKind::Unique)
         }
+
+        /// Whether the same statement may succeed when the event comes
+        /// again: the database was unavailable, or a UNIQUE or FOREIGN KEY
+        /// violation that another event can change (a race on the same
+        /// key, a parent row still on its way). A CHECK or NOT NULL
+        /// violation fails the same way on every try, as do denied,
+        /// invalid and over-limit statements.
+        pub fn may_pass_on_retry(&self) -> bool {
+            match self {
+                Error::Unavailable(_) => true,
+                Error::Constraint(c) => {
+                    matches!(c.kind, ConstraintKind::Unique | ConstraintKind::ForeignKey)
+                }
+                Error::Denied(_) | Error::Invalid(_) | Error::Limit(_) => false,
+            }
+        }
     }
 }
 
-/// An unhandled database error ends the event: `unavailable` and
-/// constraint races are retried, plugin mistakes (denied, invalid, limit)
-/// are rejected with the database's reason.
+/// An unhandled database error ends the event with its reason: `retry`
+/// when it may pass ([`db::Error::may_pass_on_retry`]: unavailable, a
+/// UNIQUE or FOREIGN KEY violation), `rejected` when it cannot (a CHECK or
+/// NOT NULL violation, a denied, invalid or over-limit statement, a row
+/// that does not decode).
 impl From<db::Error> for Outcome {
     fn from(e: db::Error) -> Self {
-        match &e {
-            db::Error::Unavailable(_) | db::Error::Constraint(_) => retry(e.reason()),
-            db::Error::Denied(_) | db::Error::Invalid(_) | db::Error::Limit(_) => {
-                rejected(e.reason())
-            }
+        if e.may_pass_on_retry() {
+            retry(e.reason())
+        } else {
+            rejected(e.reason())
         }
     }
 }
@@ -378,16 +553,162 @@ impl From<publish::Error> for Outcome {
 pub mod config {
     use crate::bindings::switchyard::plugin::config as raw;
     use serde::de::DeserializeOwned;
+    use std::sync::OnceLock;
 
     /// Decode all settings into `T` (use `#[serde(default)]` for optional
-    /// ones). A bad setting is an operator mistake: the error says which.
+    /// ones), reading them from the host on every call; [`Settings`] reads
+    /// them once per instance. A bad setting is an operator mistake: the
+    /// error says which.
     pub fn settings<T: DeserializeOwned>() -> Result<T, String> {
-        serde_json::from_str(&raw::settings()).map_err(|e| format!("invalid plugin settings: {e}"))
+        parse(&raw::settings()).map_err(|e| e.0)
     }
 
     /// One setting (strings as they are, other values as JSON text).
     pub fn get(key: &str) -> Option<String> {
         raw::get(key)
+    }
+
+    fn parse<T: DeserializeOwned>(json: &str) -> Result<T, SettingsError> {
+        serde_json::from_str(json)
+            .map_err(|e| SettingsError(format!("invalid plugin settings: {e}")))
+    }
+
+    /// The plugin's settings decoded into `T` once per instance, for a
+    /// `static`:
+    ///
+    /// ```no_run
+    /// use switchyard_plugin::{config::Settings, Flow, Outcome};
+    ///
+    /// #[derive(serde::Deserialize)]
+    /// struct Conf {
+    ///     #[serde(default = "default_limit")]
+    ///     limit: i64,
+    /// }
+    /// fn default_limit() -> i64 { 10 }
+    ///
+    /// static SETTINGS: Settings<Conf> = Settings::new();
+    ///
+    /// fn handle() -> Flow<Outcome> {
+    ///     let conf = SETTINGS.get()?; // bad settings → rejected, naming the setting
+    ///     # let _ = conf.limit;
+    ///     Ok(Outcome::Done)
+    /// }
+    /// ```
+    ///
+    /// The first [`get`](Settings::get) reads and decodes the settings;
+    /// later ones return the same `&T`, or the same error if they did not
+    /// decode. That is never stale: settings change only when the host
+    /// reloads the routing config, and a reload that changes a plugin's
+    /// settings gives it new instances, whose statics start empty. (This
+    /// is the one thing worth keeping in memory across events: it is the
+    /// same for every event an instance sees.)
+    pub struct Settings<T> {
+        parsed: OnceLock<Result<T, SettingsError>>,
+    }
+
+    impl<T> Settings<T> {
+        /// Settings not read yet.
+        pub const fn new() -> Self {
+            Settings {
+                parsed: OnceLock::new(),
+            }
+        }
+    }
+
+    impl<T> Default for Settings<T> {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
+    impl<T: DeserializeOwned> Settings<T> {
+        /// The settings, read and decoded on the first call.
+        pub fn get(&self) -> Result<&T, SettingsError> {
+            self.get_or_read(raw::settings)
+        }
+
+        fn get_or_read(&self, read: impl FnOnce() -> String) -> Result<&T, SettingsError> {
+            self.parsed
+                .get_or_init(|| parse(&read()))
+                .as_ref()
+                .map_err(Clone::clone)
+        }
+    }
+
+    /// Settings that do not decode into their type: `invalid plugin
+    /// settings: ...` with serde's reason (which setting, what was wrong).
+    /// Unhandled, `?` rejects the event with it: the operator fixes the
+    /// config, and the dead-lettered events can be replayed.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct SettingsError(pub String);
+
+    impl std::fmt::Display for SettingsError {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(&self.0)
+        }
+    }
+
+    impl std::error::Error for SettingsError {}
+
+    impl From<SettingsError> for crate::Outcome {
+        fn from(e: SettingsError) -> Self {
+            crate::rejected(e)
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use std::cell::Cell;
+
+        #[derive(Debug, serde::Deserialize, PartialEq)]
+        struct Conf {
+            #[serde(default)]
+            limit: i64,
+        }
+
+        #[test]
+        fn settings_are_read_once_and_kept() {
+            let settings: Settings<Conf> = Settings::new();
+            let reads = Cell::new(0);
+            let read = |text: &'static str| {
+                let reads = &reads;
+                move || {
+                    reads.set(reads.get() + 1);
+                    text.to_string()
+                }
+            };
+            assert_eq!(
+                settings.get_or_read(read(r#"{"limit": 3}"#)),
+                Ok(&Conf { limit: 3 })
+            );
+            // Later reads would see other text: the first decoding stays.
+            assert_eq!(
+                settings.get_or_read(read(r#"{"limit": 4}"#)),
+                Ok(&Conf { limit: 3 })
+            );
+            assert_eq!(reads.get(), 1);
+        }
+
+        #[test]
+        fn bad_settings_give_the_same_error_each_time() {
+            let settings: Settings<Conf> = Settings::new();
+            let first = settings.get_or_read(|| r#"{"limit": "ten"}"#.to_string());
+            let again = settings.get_or_read(|| r#"{"limit": 10}"#.to_string());
+            assert_eq!(first, again);
+            let Err(e) = first else {
+                panic!("decoded {first:?}")
+            };
+            assert!(
+                e.0.starts_with(
+                    "invalid plugin settings: invalid type: string \"ten\", expected i64"
+                ),
+                "{e}"
+            );
+            assert!(
+                matches!(crate::Outcome::from(e.clone()), crate::Outcome::Rejected(r) if r == e.0)
+            );
+        }
     }
 }
 
@@ -521,128 +842,148 @@ pub mod validate {
     }
 }
 
-/// An RFC 3339 instant as microseconds since the Unix epoch: a date, `T`
-/// (or `t` or a space), a time with optional fraction, and `Z` or an
-/// offset `±HH:MM`.
-pub fn rfc3339_micros(s: &str) -> Option<i64> {
-    let two = |t: &str| -> Option<i64> {
-        (t.len() == 2 && t.bytes().all(|b| b.is_ascii_digit()))
-            .then(|| t.parse().ok())
-            .flatten()
-    };
-    let (date, rest) = (s.get(..10)?, s.get(10..)?);
-    let sep = rest.chars().next()?;
-    if !matches!(sep, 'T' | 't' | ' ') {
-        return None;
-    }
-    let rest = &rest[1..];
-    let year = date.get(..4)?;
-    if !year.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let (y, m, d) = (
-        year.parse::<i64>().ok()?,
-        two(date.get(5..7)?)?,
-        two(date.get(8..10)?)?,
-    );
-    if date.as_bytes()[4] != b'-' || date.as_bytes()[7] != b'-' {
-        return None;
-    }
-    let (hh, mm, ss) = (
-        two(rest.get(..2)?)?,
-        two(rest.get(3..5)?)?,
-        two(rest.get(6..8)?)?,
-    );
-    if rest.as_bytes()[2] != b':' || rest.as_bytes()[5] != b':' {
-        return None;
-    }
-    let mut tail = &rest[8..];
-    let mut micros = 0i64;
-    if let Some(frac) = tail.strip_prefix('.') {
-        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return None;
-        }
-        let kept = &frac[..digits.min(6)];
-        micros = kept.parse::<i64>().ok()? * 10i64.pow(6 - kept.len() as u32);
-        tail = &frac[digits..];
-    }
-    let offset_s = match tail {
-        "Z" | "z" => 0,
-        _ => {
-            let sign = match tail.as_bytes().first()? {
-                b'+' => 1,
-                b'-' => -1,
-                _ => return None,
-            };
-            if tail.len() != 6 || tail.as_bytes()[3] != b':' {
-                return None;
-            }
-            let (oh, om) = (two(&tail[1..3])?, two(&tail[4..6])?);
-            if oh > 23 || om > 59 {
-                return None;
-            }
-            sign * (oh * 3600 + om * 60)
-        }
-    };
-    let days_in_month = match m {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
-        2 => 28,
-        _ => return None,
-    };
-    if d < 1 || d > days_in_month || hh > 23 || mm > 59 || ss > 60 {
-        return None;
-    }
-    // Days since the epoch of a civil date (H. Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
-    Some((days * 86_400 + hh * 3_600 + mm * 60 + ss - offset_s) * 1_000_000 + micros)
-}
-
 #[cfg(test)]
-mod time_tests {
-    use super::rfc3339_micros;
+mod tests {
+    use super::*;
+    use db::{ConstraintKind, ConstraintViolation, Error};
+
+    fn constraint(kind: ConstraintKind) -> Error {
+        Error::Constraint(ConstraintViolation {
+            kind,
+            name: Some("notes_n_check".into()),
+            message: "new row violates it".into(),
+        })
+    }
+
+    /// The outcome's tag and reason.
+    fn parts(o: Outcome) -> (&'static str, String) {
+        match o {
+            Outcome::Done => ("done", String::new()),
+            Outcome::Skipped(r) => ("skipped", r),
+            Outcome::Retry(r) => ("retry", r),
+            Outcome::Rejected(r) => ("rejected", r),
+        }
+    }
 
     #[test]
-    fn reads_rfc3339_instants_in_utc() {
-        assert_eq!(rfc3339_micros("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(
-            rfc3339_micros("2026-11-30T09:30:00.5Z"),
-            Some(1_796_031_000_500_000)
-        );
-        assert_eq!(
-            rfc3339_micros("2026-11-30T14:00:00+03:00"),
-            Some(1_796_036_400_000_000)
-        );
-        assert_eq!(
-            rfc3339_micros("2024-02-29T00:00:00.123456789-00:30"),
-            Some(1_709_166_600_123_456)
-        );
-        for bad in [
-            "",
-            "yesterday",
-            "2026-11-30",
-            "2026-11-30T09:30:00",
-            "2026-02-30T00:00:00Z",
-            "2026-11-30T24:00:00Z",
-            "2026-11-30T09:30:00.Z",
-            "2026-11-30T09:30:00+3:00",
-            "2026-11-30T09:30:00+99:99",
-            "+999-11-30T09:30:00Z",
-        ] {
-            assert_eq!(rfc3339_micros(bad), None, "{bad}");
+    fn database_errors_end_the_event_by_whether_a_retry_can_pass() {
+        let cases = [
+            (
+                Error::Unavailable("down".into()),
+                "retry",
+                "database unavailable: down",
+            ),
+            (
+                constraint(ConstraintKind::Unique),
+                "retry",
+                "unique constraint notes_n_check violated: new row violates it",
+            ),
+            (
+                constraint(ConstraintKind::ForeignKey),
+                "retry",
+                "foreign-key constraint notes_n_check violated: new row violates it",
+            ),
+            (
+                constraint(ConstraintKind::Check),
+                "rejected",
+                "check constraint notes_n_check violated: new row violates it",
+            ),
+            (
+                constraint(ConstraintKind::NotNull),
+                "rejected",
+                "not-null constraint notes_n_check violated: new row violates it",
+            ),
+            (
+                Error::Denied("no".into()),
+                "rejected",
+                "statement denied: no",
+            ),
+            (
+                Error::Invalid("bad".into()),
+                "rejected",
+                "invalid statement: bad",
+            ),
+            (
+                Error::Limit("big".into()),
+                "rejected",
+                "database limit: big",
+            ),
+        ];
+        for (error, tag, reason) in cases {
+            assert_eq!(parts(error.into()), (tag, reason.to_string()));
         }
+        let unnamed = Error::Constraint(ConstraintViolation {
+            kind: ConstraintKind::NotNull,
+            name: None,
+            message: "m".into(),
+        });
+        assert_eq!(
+            parts(unnamed.into()),
+            (
+                "rejected",
+                "not-null constraint (unnamed) violated: m".to_string()
+            )
+        );
     }
-}
 
-/// Microseconds since the Unix epoch, from the WASI wall clock.
-pub fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+    #[test]
+    fn timestamps_from_epoch_values() {
+        let at = db::timestamp("2026-11-30T09:30:00.250Z");
+        assert!(matches!(
+            at,
+            Some(db::Value::Timestamp(1_796_031_000_250_000))
+        ));
+        assert!(matches!(
+            db::timestamp_millis(1_796_031_000_250),
+            Some(db::Value::Timestamp(1_796_031_000_250_000))
+        ));
+        assert!(matches!(
+            db::timestamp_secs(1_796_031_000),
+            Some(db::Value::Timestamp(1_796_031_000_000_000))
+        ));
+        assert!(matches!(
+            db::timestamp_micros(-1),
+            Some(db::Value::Timestamp(-1))
+        ));
+        assert!(db::timestamp_secs(253_402_300_800).is_none());
+        assert!(db::timestamp_millis(i64::MAX).is_none());
+        assert!(db::timestamp_micros(MIN_TIMESTAMP_MICROS - 1).is_none());
+    }
+
+    #[test]
+    fn a_row_decodes_or_says_which_column_did_not_fit() {
+        #[derive(Debug, serde::Deserialize)]
+        struct Note {
+            id: String,
+            n: i64,
+        }
+        let row = db::Row {
+            columns: vec!["id".into(), "n".into()],
+            cells: vec![db::Value::Text("a".into()), db::Value::Int(2)],
+        };
+        let note: Note = row.decode().unwrap_or_else(|e| panic!("{}", e.reason()));
+        assert_eq!((note.id.as_str(), note.n), ("a", 2));
+        let bad = db::Row {
+            cells: vec![db::Value::Text("a".into()), db::Value::Null],
+            ..row
+        };
+        let e = bad.decode::<Note>().err().map(|e| parts(e.into()));
+        assert_eq!(
+            e,
+            Some((
+                "rejected",
+                "invalid statement: the row does not decode into Note: column n: invalid type: NULL, expected i64"
+                    .to_string()
+            ))
+        );
+    }
+
+    #[test]
+    fn one_migration_text_for_both_backends() {
+        let m = portable_migration("0001-t", "CREATE TABLE t (id TEXT NOT NULL PRIMARY KEY)");
+        assert_eq!(
+            (m.id.as_str(), m.postgres.as_str()),
+            ("0001-t", m.sqlite.as_str())
+        );
+    }
 }

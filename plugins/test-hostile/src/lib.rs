@@ -15,10 +15,20 @@
 //!   `"partition"` and `"key"`: publish that many messages of that size
 //!   (to that partition, with that key); rejected with the first refusal;
 //! - `print`: write to stdout and stderr;
-//! - `retry`, `reject`, `skip`: return that outcome.
+//! - `retry`, `reject`, `skip`: return that outcome;
+//! - `violate` with `"id"` and `"constraint"` (`check`, `not-null` or
+//!   `unique`): insert a row into `hostile_checks` that breaks that
+//!   constraint and leave the error to the SDK's default mapping (`?`);
+//! - `decode` with `"id"`, optional `"n"` and `"at"` (RFC 3339) or
+//!   `"at_ms"` (epoch milliseconds): insert a row into `hostile_checks`,
+//!   read it back with `db::query_one_as` into a struct whose `n` is not
+//!   optional, and log it as JSON (`decoded {...}`); a NULL `n` is left to
+//!   `?`;
+//! - `settings`: log the `greeting` setting, read once per instance
+//!   (`greeting ...`); settings that do not decode are left to `?`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use switchyard_plugin::{Event, Outcome, PluginInfo, db, publish};
+use switchyard_plugin::{Event, Flow, Outcome, PluginInfo, db, publish, rejected};
 
 static HANDLED: AtomicU64 = AtomicU64::new(0);
 
@@ -44,10 +54,47 @@ fn marks_migration() -> String {
     )
 }
 
+/// The plugin's second table, for `violate` and `decode`: `hostile_checks`,
+/// or `fragile_checks` when built as `test-fragile`.
+fn checks_table() -> &'static str {
+    if env!("CARGO_PKG_NAME") == "test-fragile" {
+        "fragile_checks"
+    } else {
+        "hostile_checks"
+    }
+}
+
+/// The third migration, one text for both backends: a table with a CHECK,
+/// a NOT NULL and a timestamp column. (A new table rather than columns
+/// added to the first: SQLite checks a new CHECK or NOT NULL column
+/// against the rows already there with `pragma_quick_check`, which the
+/// migration sandbox refuses.)
+fn checks_migration() -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {} (
+             id   TEXT NOT NULL PRIMARY KEY,
+             note TEXT NOT NULL,
+             n    INTEGER CHECK (n >= 0),
+             at   TIMESTAMPTZ
+         )",
+        checks_table()
+    )
+}
+
 #[derive(serde::Deserialize)]
 struct Command {
     #[serde(rename = "do")]
     action: String,
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    constraint: String,
+    #[serde(default)]
+    n: Option<i64>,
+    #[serde(default)]
+    at: Option<String>,
+    #[serde(default)]
+    at_ms: Option<i64>,
     #[serde(default)]
     sql: String,
     #[serde(default)]
@@ -68,6 +115,71 @@ struct Command {
 
 fn one() -> usize {
     1
+}
+
+/// The plugin's settings.
+#[derive(serde::Deserialize)]
+struct Conf {
+    #[serde(default)]
+    greeting: String,
+}
+
+static SETTINGS: switchyard_plugin::config::Settings<Conf> =
+    switchyard_plugin::config::Settings::new();
+
+/// A mark as `decode` reads it back: `n` must not be NULL.
+#[derive(serde::Deserialize, serde::Serialize)]
+struct Mark {
+    id: String,
+    note: String,
+    n: i64,
+    at: Option<String>,
+}
+
+/// `violate`: break a constraint and let `?` decide the outcome.
+fn violate(cmd: &Command) -> Flow<Outcome> {
+    let table = checks_table();
+    let id = cmd.id.as_str();
+    match cmd.constraint.as_str() {
+        "check" => db::exec(
+            &format!("INSERT INTO {table} (id, note, n) VALUES ($1, 'v', -1)"),
+            &[id.into()],
+        )?,
+        "not-null" => db::exec(
+            &format!("INSERT INTO {table} (id, note) VALUES ($1, NULL)"),
+            &[id.into()],
+        )?,
+        "unique" => {
+            let insert = format!("INSERT INTO {table} (id, note) VALUES ($1, 'v')");
+            db::exec(&insert, &[id.into()])?;
+            db::exec(&insert, &[id.into()])?
+        }
+        other => return Ok(rejected(format!("unknown constraint {other}"))),
+    };
+    Ok(Outcome::Done)
+}
+
+/// `decode`: write a mark, read it back into [`Mark`], log it.
+fn decode(cmd: &Command) -> Flow<Outcome> {
+    let table = checks_table();
+    let at = match (&cmd.at, cmd.at_ms) {
+        (Some(text), _) => db::timestamp(text)
+            .ok_or_else(|| rejected(format!("at {text:?} is not an RFC 3339 instant")))?,
+        (None, Some(ms)) => db::timestamp_millis(ms)
+            .ok_or_else(|| rejected(format!("at_ms {ms} is out of range")))?,
+        (None, None) => db::Value::Null,
+    };
+    db::exec(
+        &format!("INSERT INTO {table} (id, note, n, at) VALUES ($1, 'd', $2, $3)"),
+        &[cmd.id.as_str().into(), cmd.n.into(), at],
+    )?;
+    let mark: Option<Mark> = db::query_one_as(
+        &format!("SELECT id, note, n, at FROM {table} WHERE id = $1"),
+        &[cmd.id.as_str().into()],
+    )?;
+    let text = serde_json::to_string(&mark).unwrap_or_default();
+    switchyard_plugin::log::info(&format!("decoded {text}"));
+    Ok(Outcome::Done)
 }
 
 #[allow(unconditional_recursion)]
@@ -96,6 +208,10 @@ impl switchyard_plugin::Guest for Hostile {
             vec![
                 switchyard_plugin::migration("0001-create-hostile-marks", &migration, &migration),
                 switchyard_plugin::migration("0002-index-hostile-marks", &index, &index),
+                switchyard_plugin::portable_migration(
+                    "0003-create-hostile-checks",
+                    &checks_migration(),
+                ),
             ],
         )
     }
@@ -174,6 +290,13 @@ impl switchyard_plugin::Guest for Hostile {
                 "retry" => Ok(switchyard_plugin::retry("asked to retry")),
                 "reject" => Ok(switchyard_plugin::rejected("asked to reject")),
                 "skip" => Ok(switchyard_plugin::skipped("asked to skip")),
+                "violate" => violate(&cmd),
+                "decode" => decode(&cmd),
+                "settings" => {
+                    let conf = SETTINGS.get()?;
+                    switchyard_plugin::log::info(&format!("greeting {}", conf.greeting));
+                    Ok(Outcome::Done)
+                }
                 other => Ok(switchyard_plugin::rejected(format!(
                     "unknown action {other}"
                 ))),
