@@ -613,6 +613,13 @@ async fn build_rust(root: &Path, target: &Target) -> Result<(), String> {
     let Some(crate_name) = &target.source.crate_name else {
         return Err("no crate name".into());
     };
+    let member = rel(root, &target.source.dir);
+    if !in_workspace(root, &member) {
+        return Err(format!(
+            "{member} is a Rust plugin outside the workspace: add \"{member}\" to [workspace] members in {} (`switchyard plugin new` does this)",
+            root.join("Cargo.toml").display()
+        ));
+    }
     let mut cmd = tokio::process::Command::new("cargo");
     cmd.args([
         "build",
@@ -636,6 +643,19 @@ async fn build_rust(root: &Path, target: &Target) -> Result<(), String> {
             target.output.display()
         )
     })
+}
+
+/// Whether the workspace's `Cargo.toml` lists `member` (a path such as
+/// `plugins/audit-trail`) under `[workspace] members`.
+fn in_workspace(root: &Path, member: &str) -> bool {
+    std::fs::read_to_string(root.join("Cargo.toml"))
+        .ok()
+        .and_then(|text| text.parse::<toml::Table>().ok())
+        .and_then(|t| {
+            let members = t.get("workspace")?.get("members")?.as_array()?.clone();
+            Some(members.iter().any(|m| m.as_str() == Some(member)))
+        })
+        .unwrap_or(false)
 }
 
 /// Copy `from` to `to` under a temporary name, then rename: the reloader
@@ -810,6 +830,22 @@ mod tests {
         let c = chosen(&py, &sources, &targets);
         assert!(c.targets.is_empty());
         assert_eq!(c.unrouted, vec![root.join("plugins/audit-py")]);
+    }
+
+    #[test]
+    fn a_crate_outside_the_workspace_is_named_with_the_line_to_add() {
+        let dir = checkout();
+        std::fs::write(
+            dir.path().join("Cargo.toml"),
+            "[workspace]\nmembers = [\"host\", \"plugins/audit-trail\"]\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(in_workspace(dir.path(), "plugins/audit-trail"));
+        assert!(!in_workspace(dir.path(), "plugins/audit-other"));
+        assert!(!in_workspace(
+            Path::new("/nonexistent"),
+            "plugins/audit-trail"
+        ));
     }
 
     #[test]
