@@ -1,6 +1,8 @@
 //! `switchyard plugin test` as its users run it: the binary, a release
 //! plugin, a seed event file; the report shows outcome, SQL, rows changed
 //! and messages, and the exit status says whether the events committed.
+//! Also the other tools a person runs by hand: `check`, `explain`,
+//! `plugin new`, and `consume` and `record` against a real broker.
 
 mod common;
 
@@ -13,6 +15,14 @@ fn switchyard(args: &[&str]) -> Output {
         .args(args)
         .current_dir(root())
         .env_remove("SWITCHYARD_DATABASE_URL")
+        // As scripts/test exports it: a plugin test without --config
+        // must not care.
+        .env(
+            "SWITCHYARD_PLUGIN_DIR",
+            plugin_path("role-mapping")
+                .parent()
+                .unwrap_or(std::path::Path::new(".")),
+        )
         .output()
         .unwrap_or_else(|e| panic!("cannot run switchyard: {e}"))
 }
@@ -458,6 +468,8 @@ fn every_command_has_help_with_an_example() {
         &["dlq", "list"],
         &["dlq", "show"],
         &["dlq", "replay"],
+        &["consume"],
+        &["record"],
     ] {
         let mut args = cmd.to_vec();
         args.push("--help");
@@ -612,4 +624,445 @@ fn plugin_new_makes_plugins_that_build_test_and_run() {
             "{name}: {report}"
         );
     }
+}
+
+/// A `switchyard` command running in the background, its standard output
+/// and error read line by line as they come, each line with its time.
+struct Running {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<(bool, String, std::time::Instant)>,
+    stdout: Vec<(String, std::time::Instant)>,
+    stderr: Vec<String>,
+}
+
+impl Running {
+    fn start(args: &[&str]) -> Self {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(args)
+            .current_dir(root())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run switchyard: {e}"));
+        let (tx, lines) = std::sync::mpsc::channel();
+        let out = child
+            .stdout
+            .take()
+            .map(|s| (true, Box::new(s) as Box<dyn std::io::Read + Send>));
+        let err = child
+            .stderr
+            .take()
+            .map(|s| (false, Box::new(s) as Box<dyn std::io::Read + Send>));
+        for (is_stdout, stream) in [out, err].into_iter().flatten() {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stream)
+                    .lines()
+                    .map_while(Result::ok)
+                {
+                    let _ = tx.send((is_stdout, line, std::time::Instant::now()));
+                }
+            });
+        }
+        Self {
+            child,
+            lines,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+        }
+    }
+
+    /// Read lines until `done` says enough; false when `timeout` ran out
+    /// or both streams closed first.
+    fn read_until(&mut self, timeout: std::time::Duration, done: impl Fn(&Self) -> bool) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while !done(self) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok((true, line, at)) => self.stdout.push((line, at)),
+                Ok((false, line, _)) => self.stderr.push(line),
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
+    fn wait_for_stderr(&mut self, needle: &str) {
+        let found = self.read_until(std::time::Duration::from_secs(30), |r| {
+            r.stderr.iter().any(|l| l.contains(needle))
+        });
+        assert!(
+            found,
+            "no {needle:?} on stderr:\n{}",
+            self.stderr.join("\n")
+        );
+    }
+
+    fn stdout_text(&self) -> String {
+        self.stdout.iter().map(|(l, _)| format!("{l}\n")).collect()
+    }
+
+    /// Wait for the command to end; its exit status.
+    fn finish(&mut self) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // What is still in the pipes.
+                self.read_until(std::time::Duration::from_secs(5), |_| false);
+                return status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "switchyard did not end within 60 s\nstdout:\n{}\nstderr:\n{}",
+                    self.stdout_text(),
+                    self.stderr.join("\n")
+                );
+            }
+            self.read_until(std::time::Duration::from_millis(100), |_| false);
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `switchyard consume` shows records as they arrive — the first at once
+/// (the issue saw a consumer wait 23 s on Tansu) — with partition, offset,
+/// key, every header and the value: seed JSON pretty-printed, text as it
+/// is, binary escaped; `--json` gives one object per line; and librdkafka's
+/// end-of-partition reports stay off the terminal.
+#[tokio::test]
+async fn consume_shows_records_as_they_arrive() {
+    let broker = common::Broker::start();
+    let topic = "user.registered.v1";
+    broker.create_topics(&[topic], 2).await;
+    let mut consume =
+        Running::start(&["consume", topic, "--brokers", &broker.addr, "--count", "3"]);
+    consume.wait_for_stderr("from the end (new records only)");
+
+    let seed = switchyard(&[
+        "produce",
+        "--brokers",
+        &broker.addr,
+        "--event",
+        "plugins/welcome-notification/examples/user-registered.json",
+    ]);
+    let produced = std::time::Instant::now();
+    assert!(seed.status.success(), "{}", text(&seed.stderr));
+    let shown = consume.read_until(std::time::Duration::from_secs(30), |r| !r.stdout.is_empty());
+    assert!(shown, "nothing shown:\n{}", consume.stderr.join("\n"));
+    let delay = consume.stdout[0].1.saturating_duration_since(produced);
+    assert!(
+        delay < std::time::Duration::from_secs(3),
+        "the first record took {delay:?} to show"
+    );
+    let producer = broker.producer();
+    common::produce(
+        &producer,
+        topic,
+        Some("k-text"),
+        &[("request-id", "r-2")],
+        b"first line\nsecond line",
+    )
+    .await;
+    common::produce(&producer, topic, None, &[], b"\xff\x00bin").await;
+    let status = consume.finish();
+    let out = consume.stdout_text();
+    let err = consume.stderr.join("\n");
+    assert!(status.success(), "{out}\n{err}");
+    for part in [
+        "── user.registered.v1  partition ",
+        "  offset 0  ",
+        "key      \"8f14e45f-ceea-4e67-a1b2-9c3d4e5f6a7b\"\n",
+        "headers  event-type=\"user_registered\"\n",
+        "         event-id=\"2c5d8e1f-4a7b-4c9d-8e0f-1a2b3c4d5e6f\"\n",
+        "         content-type=\"application/json\"\n",
+        "         request-id=\"d41d8cd9-8f00-4b20-9e98-0ecf8427e1a5\"\n",
+        "value    JSON, ",
+        "  {\n    \"event\": \"user_registered\",\n",
+        "    \"payload\": {\n      \"user_id\": \"8f14e45f-ceea-4e67-a1b2-9c3d4e5f6a7b\",\n",
+        "      \"full_name\": \"Lucía Fernández\"\n",
+        "key      \"k-text\"\nheaders  request-id=\"r-2\"\nvalue    text, 22 bytes\n  first line\n  second line\n",
+        "key      (none)\nheaders  (none)\nvalue    binary (not UTF-8), 5 bytes, escaped:\n  \"\\xff\\u{0}bin\"\n",
+    ] {
+        assert!(out.contains(part), "no {part:?} in:\n{out}");
+    }
+    assert_eq!(out.matches("── user.registered.v1").count(), 3, "{out}");
+    assert!(
+        !err.contains("PartitionEOF") && !err.contains("ERROR"),
+        "{err}"
+    );
+
+    // The same records again, from the beginning, for jq.
+    let json = switchyard(&[
+        "consume",
+        topic,
+        "--brokers",
+        &broker.addr,
+        "--from-beginning",
+        "--count",
+        "3",
+        "--json",
+    ]);
+    assert!(json.status.success(), "{}", text(&json.stderr));
+    let lines: Vec<serde_json::Value> = text(&json.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(lines.len(), 3);
+    let by_key = |k: serde_json::Value| {
+        lines
+            .iter()
+            .find(|l| l["key"] == k)
+            .cloned()
+            .unwrap_or_else(|| panic!("no record with key {k}: {lines:?}"))
+    };
+    let seed = by_key("8f14e45f-ceea-4e67-a1b2-9c3d4e5f6a7b".into());
+    assert_eq!(seed["topic"], topic);
+    assert_eq!(seed["offset"], 0);
+    assert!(seed["partition"].is_i64() && seed["timestamp"].is_string());
+    assert_eq!(seed["headers"]["event-type"], "user_registered");
+    assert_eq!(seed["value"]["payload"]["full_name"], "Lucía Fernández");
+    assert_eq!(
+        by_key("k-text".into())["value_raw"],
+        "first line\nsecond line"
+    );
+    assert_eq!(by_key(serde_json::Value::Null)["value_hex"], "ff0062696e");
+}
+
+/// A topic that does not exist yet is waited for, said once; the records
+/// that make it appear are shown. `--no-wait` fails at once, naming the
+/// topics there; Ctrl-C ends a follow with status 0.
+#[tokio::test]
+async fn consume_waits_for_a_topic_and_stops_on_ctrl_c() {
+    let broker = common::Broker::start();
+    broker.create_topics(&["already.there"], 1).await;
+    let missing = switchyard(&["consume", "not.yet", "--brokers", &broker.addr, "--no-wait"]);
+    assert_eq!(missing.status.code(), Some(1));
+    let err = text(&missing.stderr);
+    assert!(
+        err.contains("topic not.yet does not exist on") && err.contains("already.there"),
+        "{err}"
+    );
+
+    let mut consume = Running::start(&[
+        "consume",
+        "late.topic",
+        "--brokers",
+        &broker.addr,
+        "--count",
+        "1",
+    ]);
+    consume.wait_for_stderr("waiting for it to appear");
+    // Several looks at the metadata go by: the notice stays one line.
+    tokio::time::sleep(std::time::Duration::from_millis(1600)).await;
+    common::produce(
+        &broker.producer(),
+        "late.topic",
+        Some("first"),
+        &[],
+        br#"{"n": 1}"#,
+    )
+    .await;
+    let status = consume.finish();
+    let err = consume.stderr.join("\n");
+    assert!(status.success(), "{err}");
+    assert_eq!(err.matches("does not exist").count(), 1, "{err}");
+    assert!(
+        err.contains("appeared: reading it from its beginning"),
+        "{err}"
+    );
+    let out = consume.stdout_text();
+    assert!(
+        out.contains("key      \"first\"") && out.contains("    \"n\": 1\n"),
+        "{out}"
+    );
+
+    let mut follow = Running::start(&["consume", "already.there", "--brokers", &broker.addr]);
+    follow.wait_for_stderr("Ctrl-C to stop");
+    let sent = Command::new("kill")
+        .args(["-INT", &follow.child.id().to_string()])
+        .status();
+    assert!(sent.is_ok_and(|s| s.success()));
+    let status = follow.finish();
+    assert!(status.success(), "{}", follow.stderr.join("\n"));
+    assert!(
+        follow
+            .stderr
+            .iter()
+            .any(|l| l == "stopped after 0 record(s)"),
+        "{}",
+        follow.stderr.join("\n")
+    );
+}
+
+/// The seed examples, on one topic.
+fn seed_events_on(topic: &str) -> Vec<serde_json::Value> {
+    let mut events = Vec::new();
+    for plugin in [
+        "role-mapping",
+        "profile-creation",
+        "stats-increment",
+        "welcome-notification",
+    ] {
+        let dir = root().join("plugins").join(plugin).join("examples");
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        files.sort();
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap_or_else(|e| panic!("{e}"));
+            let mut ev: serde_json::Value =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+            ev["topic"] = topic.into();
+            events.push(ev);
+        }
+    }
+    assert!(events.len() >= 10, "{events:?}");
+    events
+}
+
+/// The parts of an event a recording must keep: topic, key, headers,
+/// payload.
+type Essence = (String, Option<Vec<u8>>, switchyard::event::Headers, Vec<u8>);
+
+fn essence(events: &[switchyard::event::Event]) -> Vec<Essence> {
+    events
+        .iter()
+        .map(|e| {
+            (
+                e.topic.clone(),
+                e.key.clone(),
+                e.headers.clone(),
+                e.payload.clone(),
+            )
+        })
+        .collect()
+}
+
+/// `switchyard record` saves real events as an event file that
+/// `read_events` (so `plugin test` and `produce`) reads back into the
+/// same events; producing the file reproduces them; a binary value is
+/// skipped and said; `--timeout` saves what arrived and exits 1.
+#[tokio::test]
+async fn record_saves_events_that_read_back_the_same() {
+    let broker = common::Broker::start();
+    let topic = "recorded.events";
+    broker.create_topics(&[topic], 1).await;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut events = seed_events_on(topic);
+    events.push(serde_json::json!({
+        "topic": topic, "key": "plain", "headers": {"trace": null, "request-id": "r-9"},
+        "value_raw": "not JSON: just text"
+    }));
+    let input = dir.path().join("input.events.json");
+    std::fs::write(
+        &input,
+        serde_json::to_string_pretty(&events).unwrap_or_default(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let n = events.len();
+
+    // A record the format cannot hold comes first: skipped, and said.
+    common::produce(&broker.producer(), topic, Some("bin"), &[], b"\x00\xff\xfe").await;
+    let produced = switchyard(&[
+        "produce",
+        "--brokers",
+        &broker.addr,
+        "--event",
+        &input.to_string_lossy(),
+    ]);
+    assert!(produced.status.success(), "{}", text(&produced.stderr));
+
+    let file = dir.path().join("recorded.events.json");
+    let count = n.to_string();
+    let record = |count: &str, file: &std::path::Path, extra: &[&str]| {
+        let mut args = vec![
+            "record",
+            "--topic",
+            topic,
+            "--brokers",
+            &broker.addr,
+            "--from-beginning",
+            "--count",
+            count,
+            "--out",
+        ];
+        let file = file.to_string_lossy().into_owned();
+        args.push(&file);
+        args.extend_from_slice(extra);
+        switchyard(&args)
+    };
+    let out = record(&count, &file, &[]);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("skipped partition 0 offset 0: its value is binary (not UTF-8, 3 bytes"),
+        "{err}"
+    );
+    assert!(err.contains(&format!("wrote {n} event(s) to")), "{err}");
+    let saved = std::fs::read_to_string(&file).unwrap_or_default();
+    assert!(
+        saved.starts_with("[\n  {\n    \"topic\": \"recorded.events\",\n    \"key\": "),
+        "{saved}"
+    );
+    assert!(
+        !saved.contains("\"partition\"") && !saved.contains("\"offset\""),
+        "{saved}"
+    );
+    assert!(
+        saved.contains("\"value_raw\": \"not JSON: just text\""),
+        "{saved}"
+    );
+    let read = |p: &std::path::Path| {
+        switchyard::plugin_test::read_events(p).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let recorded = read(&file);
+    assert_eq!(essence(&recorded), essence(&read(&input)), "{saved}");
+
+    // Producing the recording puts the same events on the topic again.
+    let again = switchyard(&[
+        "produce",
+        "--brokers",
+        &broker.addr,
+        "--event",
+        &file.to_string_lossy(),
+    ]);
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    let twice = dir.path().join("twice.events.json");
+    let out = record(&(2 * n).to_string(), &twice, &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let twice = read(&twice);
+    assert_eq!(essence(&twice[n..]), essence(&recorded));
+
+    // More than there is: the timeout saves what arrived, exit status 1.
+    let short = dir.path().join("short.events.json");
+    let out = record(&(2 * n + 1).to_string(), &short, &["--timeout", "3"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "ran out with {} of {} event(s): wrote those",
+            2 * n,
+            2 * n + 1
+        )),
+        "{err}"
+    );
+    assert_eq!(read(&short).len(), 2 * n);
+
+    // To standard output.
+    let out = record("1", std::path::Path::new("-"), &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let first = switchyard::plugin_test::parse_events("<stdout>", &text(&out.stdout))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(essence(&first), essence(&recorded[..1]));
 }

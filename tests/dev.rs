@@ -71,7 +71,7 @@ async fn dev_serves_a_kafka_client_reloads_and_counts() {
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .env("SWITCHYARD_COMPILE_CACHE", common::compile_cache_dir())
         .current_dir(dir.path())
-        .args(["dev", "--config"])
+        .args(["dev", "--no-watch", "--config"])
         .arg(root().join("config/switchyard.toml"))
         .args([
             "--broker-port",
@@ -171,6 +171,16 @@ async fn dev_serves_a_kafka_client_reloads_and_counts() {
     })
     .await;
     assert!(counted, "{}", http_get(&admin, "/metrics").await.1);
+    // One line per handled event, with its plugin, outcome and time.
+    assert!(
+        log()
+            .lines()
+            .any(|l| l.contains("plugin=welcome-notification")
+                && l.contains("switchyard::handled: done in ")
+                && l.contains(" ms (1 statement, 1 message)")),
+        "{}",
+        log()
+    );
 
     // And a client written by others: confluent-kafka for Python sends
     // seed 000's create-user request and gets profile-creation's reply.
@@ -389,21 +399,26 @@ async fn dev_rebuilds_a_plugin_when_its_source_is_saved() {
             .map(str::to_string)
             .collect()
     };
-    let next_line = |seen: usize, what: &'static str| {
+    // Wait until the watcher's lines since `seen` hold `text`.
+    let wait_for = |seen: usize, text: &'static str| {
         let log = &log;
         async move {
             let ok = eventually(Duration::from_secs(180), || async {
-                log().lines().filter(|l| l.starts_with("[watch]")).count() > seen
+                log()
+                    .lines()
+                    .filter(|l| l.starts_with("[watch]"))
+                    .skip(seen)
+                    .any(|l| l.contains(text))
             })
             .await;
-            assert!(ok, "no [watch] line after {what}:\n{}", log());
+            assert!(ok, "no [watch] line with {text:?}:\n{}", log());
         }
     };
 
     // 1. A save rebuilds and reloads it: one line with the times.
     let seen = watch_lines().len();
     edit(&app, "version = \"0.1.0\"", "version = \"0.2.0\"");
-    next_line(seen, "a save").await;
+    wait_for(seen, "audit-py: rebuilt in").await;
     let line = watch_lines()[seen].clone();
     assert!(
         line.starts_with("[watch] audit-py: rebuilt in ")
@@ -419,7 +434,7 @@ async fn dev_rebuilds_a_plugin_when_its_source_is_saved() {
     // 2. A build error: said with the error, the last build still serves.
     let seen = watch_lines().len();
     edit(&app, "def handle(self", "def handle(self,,");
-    next_line(seen, "a syntax error").await;
+    wait_for(seen, "still failing: audit-py (build error").await;
     let text = log();
     let failed = &text[text
         .find("[watch] audit-py: build FAILED")
@@ -443,7 +458,7 @@ async fn dev_rebuilds_a_plugin_when_its_source_is_saved() {
         .replace("def handle(self,,", "def handle(self")
         .replace("    at ", "    extra TEXT,\n    at ");
     std::fs::write(&app, text).unwrap_or_else(|e| panic!("{e}"));
-    next_line(seen, "an edited migration").await;
+    wait_for(seen, "still failing: audit-py (reload refused").await;
     let lines = watch_lines();
     let refused = lines[seen..].join("\n");
     assert!(
@@ -481,7 +496,7 @@ async fn dev_rebuilds_a_plugin_when_its_source_is_saved() {
         .replace("    extra TEXT,\n    at ", "    at ")
         .replace("version = \"0.2.0\"", "version = \"0.3.0\"");
     std::fs::write(&app, text).unwrap_or_else(|e| panic!("{e}"));
-    next_line(seen, "the fix").await;
+    wait_for(seen, "version 0.3.0").await;
     let lines = watch_lines()[seen..].join("\n");
     assert!(lines.contains("audit-py: fixed"), "{lines}");
     assert!(lines.contains("version 0.3.0"), "{lines}");

@@ -1,4 +1,5 @@
-//! Golden fixtures: each seed plugin ships event files
+//! Golden fixtures: each seed plugin (and any plugin with a `fixtures/`
+//! folder, named as in the config) ships event files
 //! (`plugins/<plugin>/fixtures/<case>.events.json`, with an optional
 //! `<case>.setup.sql`) and what the plugin does with them
 //! (`<case>.expect.json`: outcomes, rows changed, messages published).
@@ -99,11 +100,31 @@ fn test_args<'a>(
     args
 }
 
+/// Every plugin directory with a `fixtures/` folder: the seeds, and any
+/// plugin an author keeps fixtures for (named as in the config).
+fn plugins_with_fixtures() -> Vec<String> {
+    let mut found: Vec<String> = std::fs::read_dir(root().join("plugins"))
+        .unwrap_or_else(|e| panic!("plugins/: {e}"))
+        .filter_map(Result::ok)
+        .filter(|e| e.path().join("fixtures").is_dir())
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .collect();
+    found.sort();
+    for seed in SEEDS {
+        assert!(
+            found.iter().any(|p| p == seed),
+            "plugins/{seed}/fixtures is missing: the seed plugins ship their fixtures"
+        );
+    }
+    found
+}
+
 #[test]
-fn the_seed_plugins_fixtures_match_on_sqlite_and_postgres() {
+fn every_plugins_fixtures_match_on_sqlite_and_postgres() {
     let dir = plugin_dir();
     let mut failures = Vec::new();
-    for plugin in SEEDS {
+    for plugin in plugins_with_fixtures() {
+        let plugin = plugin.as_str();
         let cases = cases(plugin);
         assert!(
             !cases.is_empty(),
@@ -208,11 +229,60 @@ fn the_config_gives_the_test_its_grants_and_settings() {
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
     assert!(stdout.contains("Welcome, Lucía Fernández!"), "{stdout}");
 
-    // A config that does not grant the topic it publishes to: the publish
-    // is refused in the test as it would be in `dev`.
+    // A config of its own: its subject, and a limit that the plugin's one
+    // message exceeds.
     let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let shipped =
         std::fs::read_to_string(root().join("config/switchyard.toml")).unwrap_or_default();
+    let own = shipped.replace(
+        "settings = { subject = \"Welcome, {name}!\" }",
+        "settings = { subject = \"¡Hola, {name}!\" }",
+    );
+    assert_ne!(own, shipped, "the shipped config sets the subject");
+    let config = common::write_config(tmp.path(), &own);
+    let config_s = config.display().to_string();
+    let out = switchyard(&[
+        "plugin",
+        "test",
+        "--config",
+        &config_s,
+        "--plugin",
+        "welcome-notification",
+        "--plugin-dir",
+        &dir,
+        "--event",
+        event,
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains("¡Hola, Lucía Fernández!"),
+        "the config's settings: {stdout}"
+    );
+    let limited = own.replace(
+        "[plugins.welcome-notification]\n",
+        "[plugins.welcome-notification]\nlimits = { max_publishes = 0 }\n",
+    );
+    assert_ne!(limited, own, "{own}");
+    let config = common::write_config(tmp.path(), &limited);
+    let config_s = config.display().to_string();
+    let out = switchyard(&[
+        "plugin",
+        "test",
+        "--config",
+        &config_s,
+        "--plugin",
+        "welcome-notification",
+        "--plugin-dir",
+        &dir,
+        "--event",
+        event,
+    ]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "the config's limits: {stdout}");
+
+    // A config that does not grant the topic it publishes to: the publish
+    // is refused in the test as it would be in `dev`.
     let narrowed = shipped.replace(
         "publish = [\"notification.send.email\"]",
         "publish = [\"notification.send.sms\"]",
@@ -302,7 +372,8 @@ fn both_backends_show_where_they_differ() {
 /// final newline (so that a hand edit or a merge shows as a small diff).
 #[test]
 fn the_expectations_are_in_the_written_form() {
-    for plugin in SEEDS {
+    for plugin in plugins_with_fixtures() {
+        let plugin = plugin.as_str();
         for (_, _, expect) in cases(plugin) {
             let text = std::fs::read_to_string(&expect).unwrap_or_default();
             let value: serde_json::Value =

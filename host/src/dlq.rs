@@ -13,6 +13,7 @@
 
 use crate::bindings::switchyard::plugin::db::Value;
 use crate::database::Database;
+use crate::kafka::ReaderContext;
 use anyhow::Context as _;
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -98,19 +99,10 @@ pub fn read_all(
     topic: &str,
     timeout: Duration,
 ) -> anyhow::Result<Option<Vec<DeadLetter>>> {
-    let consumer: BaseConsumer<ReaderContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set(
-            "group.id",
-            format!("switchyard-dlq-reader-{}", uuid::Uuid::new_v4()),
-        )
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("allow.auto.create.topics", "false")
-        // The end of each partition is reported, so that reading stops
-        // there even when the last offsets hold no record (transaction
-        // markers, compaction).
-        .set("enable.partition.eof", "true")
+    // The reader is told the end of each partition: reading stops there,
+    // even when the last offsets hold no record (transaction markers,
+    // compaction).
+    let consumer: BaseConsumer<ReaderContext> = crate::kafka::reader_config(brokers, "dlq-reader")
         .create_with_context(ReaderContext)
         .context("creating the dead-letter reader")?;
     let metadata = consumer
@@ -166,21 +158,6 @@ pub fn read_all(
     out.sort_by_key(|d| (d.at(), d.partition, d.offset));
     Ok(Some(out))
 }
-
-/// The dead-letter reader's client context: the end of a partition, which
-/// is how reading stops, is no error to log; other errors are.
-struct ReaderContext;
-
-impl rdkafka::ClientContext for ReaderContext {
-    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF) {
-            return;
-        }
-        tracing::error!("librdkafka: {error}: {reason}");
-    }
-}
-
-impl rdkafka::consumer::ConsumerContext for ReaderContext {}
 
 /// A header row, then one line per dead letter with its whole error (on
 /// one line), then the count.

@@ -6,9 +6,10 @@
 //! What a run does that differs from run to run is masked before it is
 //! stored or compared, so that an expectation holds tomorrow and on both
 //! backends:
-//! - instants within a day of the run (a `created_at` from `db.now()`, an
-//!   event time the plugin stamps): `"<now>"`, in RFC 3339 text or as
-//!   epoch seconds or milliseconds;
+//! - instants taken from the clock during the run (a `created_at` from
+//!   `db.now()`), within five seconds of it: `"<now>"`, in RFC 3339 text or
+//!   as epoch seconds or milliseconds — unless the events carried that
+//!   very value (a timestamp recorded today is the same value tomorrow);
 //! - UUIDs the plugin made up (not in any event it was given):
 //!   `"<uuid-1>"`, `"<uuid-2>"`, numbered in order of appearance, so that
 //!   the same id in a row and in a message still reads as the same;
@@ -27,7 +28,7 @@ use std::path::Path;
 /// What an expectation compares, from a `plugin test` report (its JSON):
 /// per event, the topic and key, the outcome, rows changed, messages
 /// published and publishes refused; volatile values masked.
-pub fn effects(report: &Json, inputs: &[String], now: chrono::DateTime<chrono::Utc>) -> Json {
+pub fn effects(report: &Json, inputs: &[String], run: RunSpan) -> Json {
     let events: Vec<Json> = report["events"]
         .as_array()
         .into_iter()
@@ -43,32 +44,94 @@ pub fn effects(report: &Json, inputs: &[String], now: chrono::DateTime<chrono::U
         })
         .collect();
     let mut effects = json!({ "events": events });
-    let mut masker = Masker::new(inputs, now);
+    let mut masker = Masker::new(inputs, run);
     masker.mask(&mut effects);
     effects
 }
 
+/// When the run happened: instants the plugin takes from the clock fall
+/// between these.
+#[derive(Debug, Clone, Copy)]
+pub struct RunSpan {
+    /// Before the first event.
+    pub started: chrono::DateTime<chrono::Utc>,
+    /// After the last.
+    pub finished: chrono::DateTime<chrono::Utc>,
+}
+
+impl RunSpan {
+    /// Slack either side, for clocks read a little before or after.
+    const SLACK_SECS: i64 = 5;
+
+    fn holds(&self, at: chrono::DateTime<chrono::Utc>) -> bool {
+        let slack = chrono::Duration::seconds(Self::SLACK_SECS);
+        at >= self.started - slack && at <= self.finished + slack
+    }
+
+    fn holds_epoch(&self, i: i64) -> bool {
+        let slack = Self::SLACK_SECS;
+        let (s0, s1) = (self.started.timestamp(), self.finished.timestamp());
+        let (m0, m1) = (
+            self.started.timestamp_millis(),
+            self.finished.timestamp_millis(),
+        );
+        (s0 - slack..=s1 + slack).contains(&i)
+            || (m0 - slack * 1000..=m1 + slack * 1000).contains(&i)
+    }
+}
+
 /// Masks volatile values in place.
 struct Masker {
-    known: HashSet<String>,
+    /// UUIDs, texts and integers the events carried: never masked (an
+    /// instant recorded today is the same value tomorrow).
+    known_uuids: HashSet<String>,
+    known_texts: HashSet<String>,
+    known_ints: HashSet<i64>,
     uuids: HashMap<String, usize>,
-    now: chrono::DateTime<chrono::Utc>,
+    run: RunSpan,
+}
+
+/// Every string and integer in a JSON value.
+fn leaves(v: &Json, texts: &mut HashSet<String>, ints: &mut HashSet<i64>) {
+    match v {
+        Json::String(s) => {
+            texts.insert(s.clone());
+        }
+        Json::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                ints.insert(i);
+            }
+        }
+        Json::Array(a) => a.iter().for_each(|x| leaves(x, texts, ints)),
+        Json::Object(o) => o.values().for_each(|x| leaves(x, texts, ints)),
+        _ => {}
+    }
 }
 
 impl Masker {
-    fn new(inputs: &[String], now: chrono::DateTime<chrono::Utc>) -> Self {
-        let mut known = HashSet::new();
+    fn new(inputs: &[String], run: RunSpan) -> Self {
+        let mut known_uuids = HashSet::new();
+        let mut known_texts = HashSet::new();
+        let mut known_ints = HashSet::new();
         for text in inputs {
             for word in text.split(|c: char| !(c.is_ascii_hexdigit() || c == '-')) {
                 if is_uuid(word) {
-                    known.insert(word.to_ascii_lowercase());
+                    known_uuids.insert(word.to_ascii_lowercase());
                 }
+            }
+            for part in std::iter::once(text.as_str()).chain(text.split(' ')) {
+                if let Ok(v) = serde_json::from_str::<Json>(part) {
+                    leaves(&v, &mut known_texts, &mut known_ints);
+                }
+                known_texts.insert(part.to_string());
             }
         }
         Self {
-            known,
+            known_uuids,
+            known_texts,
+            known_ints,
             uuids: HashMap::new(),
-            now,
+            run,
         }
     }
 
@@ -79,7 +142,10 @@ impl Masker {
                     *s = m;
                 }
             }
-            Json::Number(n) if n.as_i64().is_some_and(|i| self.near_now_epoch(i)) => {
+            Json::Number(n)
+                if n.as_i64()
+                    .is_some_and(|i| !self.known_ints.contains(&i) && self.run.holds_epoch(i)) =>
+            {
                 *v = json!("<now>");
             }
             Json::Array(a) => a.iter_mut().for_each(|x| self.mask(x)),
@@ -89,9 +155,12 @@ impl Masker {
     }
 
     fn masked_text(&mut self, s: &str) -> Option<String> {
+        if self.known_texts.contains(s) {
+            return None;
+        }
         if is_uuid(s) {
             let lower = s.to_ascii_lowercase();
-            if self.known.contains(&lower) {
+            if self.known_uuids.contains(&lower) {
                 return None;
             }
             let next = self.uuids.len() + 1;
@@ -99,14 +168,7 @@ impl Masker {
             return Some(format!("<uuid-{n}>"));
         }
         let at = parse_instant(s)?;
-        let near = (at - self.now).num_seconds().abs() <= 86_400;
-        near.then(|| "<now>".to_string())
-    }
-
-    fn near_now_epoch(&self, i: i64) -> bool {
-        let s = self.now.timestamp();
-        let ms = self.now.timestamp_millis();
-        (i - s).abs() <= 86_400 || (i - ms).abs() <= 86_400_000
+        self.run.holds(at).then(|| "<now>".to_string())
     }
 }
 
@@ -270,6 +332,14 @@ mod tests {
             .unwrap_or_default()
     }
 
+    /// A run of two seconds, ending at now().
+    fn span() -> RunSpan {
+        RunSpan {
+            started: now() - chrono::Duration::seconds(2),
+            finished: now(),
+        }
+    }
+
     fn event(changes: Json, published: Json) -> Json {
         json!({
             "event": {"topic": "user.created", "key": "u1", "partition": 0, "offset": 0},
@@ -289,12 +359,16 @@ mod tests {
         let report = report_of(vec![event(
             json!({"users": {"added": [{"id": made, "customer": given,
                 "created_at": "2026-11-30 11:59:58.123", "birth": "1990-01-01",
-                "seen": "2026-11-30T12:00:01.5+00:00", "old": "2001-02-03T04:05:06Z"}],
+                "seen": "2026-11-30T12:00:01.5+00:00", "old": "2001-02-03T04:05:06Z",
+                "hour_ago": "2026-11-30T11:00:00Z", "sent": "2026-11-30T11:59:59Z"}],
                 "removed": []}}),
             json!([{"topic": "t", "key": made, "value": {"at": now().timestamp_millis(), "size": 5368709120_i64}}]),
         )]);
-        let inputs = vec![format!("{{\"customerId\": \"{}\"}}", given.to_uppercase())];
-        let e = effects(&report, &inputs, now());
+        let inputs = vec![format!(
+            "{{\"customerId\": \"{}\", \"sentAt\": \"2026-11-30T11:59:59Z\"}}",
+            given.to_uppercase()
+        )];
+        let e = effects(&report, &inputs, span());
         let row = &e["events"][0]["changes"]["users"]["added"][0];
         assert_eq!(row["id"], "<uuid-1>");
         assert_eq!(row["customer"], given, "an id the event carried stays");
@@ -302,6 +376,11 @@ mod tests {
         assert_eq!(row["seen"], "<now>");
         assert_eq!(row["birth"], "1990-01-01");
         assert_eq!(row["old"], "2001-02-03T04:05:06Z");
+        assert_eq!(
+            row["hour_ago"], "2026-11-30T11:00:00Z",
+            "not during the run"
+        );
+        assert_eq!(row["sent"], "2026-11-30T11:59:59Z", "the event carried it");
         let message = &e["events"][0]["published"][0];
         assert_eq!(message["key"], "<uuid-1>", "the same id reads the same");
         assert_eq!(message["value"]["at"], "<now>");
@@ -314,7 +393,7 @@ mod tests {
     fn a_stored_expectation_matches_or_shows_a_diff() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let file = dir.path().join("fixtures/x.expect.json");
-        let expected = effects(&report_of(vec![event(json!({}), json!([]))]), &[], now());
+        let expected = effects(&report_of(vec![event(json!({}), json!([]))]), &[], span());
         write(&file, &expected)?;
         assert_eq!(check(&file, &expected)?, Verdict::Matches);
         let mut other = expected.clone();

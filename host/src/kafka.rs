@@ -64,6 +64,51 @@ pub fn producer_config(brokers: &str, extra: &BTreeMap<String, String>) -> Clien
     c
 }
 
+/// Settings of a reader that assigns itself every partition of a topic
+/// instead of joining a consumer group (`dlq`, `consume`, `record`): it
+/// never subscribes and never commits, so no group ever sees it; the
+/// group id is one of its own only because librdkafka's `assign` wants
+/// one. The end of each partition is reported (how `dlq` knows it read
+/// everything, and `consume` that it caught up); topics are never created
+/// by reading them; and a fetch waits at most 25 ms, because Tansu 0.6
+/// answers a fetch only when that wait runs out, even with data waiting
+/// (librdkafka's 500 ms would hold each record back that long).
+pub fn reader_config(brokers: &str, purpose: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers)
+        .set(
+            "group.id",
+            format!("switchyard-{purpose}-{}", uuid::Uuid::new_v4()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("allow.auto.create.topics", "false")
+        .set("enable.partition.eof", "true")
+        .set("fetch.wait.max.ms", "25")
+        .set(
+            "client.id",
+            format!("switchyard-{purpose}-{}", std::process::id()),
+        );
+    c
+}
+
+/// The client context of the readers of [`reader_config`]: the end of a
+/// partition, which those readers ask to be told about, is no error to
+/// log; every other client error is logged.
+pub struct ReaderContext;
+
+impl rdkafka::ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) {
+            return;
+        }
+        tracing::error!("librdkafka: {error}: {reason}");
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ReaderContext {}
+
 /// Create the topics that do not exist yet with `partitions` partitions.
 /// Topics that already exist are left alone.
 pub async fn create_topics(

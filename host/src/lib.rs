@@ -21,7 +21,8 @@
 //!   [`pipeline`] (the core's lane on the real ports), [`topics`];
 //! - the process: [`app`] (`run`, `check`), [`loading`] (a config and
 //!   its plugins), [`reload`], [`admin`];
-//! - the tools: [`dev`], [`dlq`], [`explain`], [`plugin_test`].
+//! - the tools: [`dev`], [`dlq`], [`explain`], [`plugin_test`], [`tail`]
+//!   (`consume`, `record`).
 
 pub use switchyard_core::{
     breaker, config, deadletter, decision, event, lane, limits, memory, metrics, outcome, routes,
@@ -54,6 +55,7 @@ pub mod plugin_test;
 pub mod relay;
 pub mod reload;
 pub mod scaffold;
+pub mod tail;
 pub mod topics;
 pub mod watch;
 

@@ -401,13 +401,9 @@ impl Throwaway {
             .await
             .with_context(|| format!("creating the throwaway database {name}"))?;
         let _ = conn.close().await;
-        let base = admin
-            .rsplit_once('/')
-            .map(|(b, _)| b.to_string())
-            .unwrap_or_else(|| admin.to_string());
         Ok(Self {
             admin: admin.to_string(),
-            url: format!("{base}/{name}"),
+            url: with_database(admin, &name),
             name,
         })
     }
@@ -415,7 +411,14 @@ impl Throwaway {
     /// Drop the database (its connections are closed by then).
     pub async fn drop_now(self) {
         use sqlx::Connection as _;
-        if let Ok(mut conn) = sqlx::PgConnection::connect(&self.admin).await {
+        let conn = sqlx::PgConnection::connect(&self.admin).await;
+        if let Err(e) = &conn {
+            eprintln!(
+                "warning: could not reconnect to drop the throwaway database {}: {e}; drop it by hand",
+                self.name
+            );
+        }
+        if let Ok(mut conn) = conn {
             let dropped = sqlx::query(&format!(
                 "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
                 self.name
@@ -431,6 +434,23 @@ impl Throwaway {
             let _ = conn.close().await;
         }
     }
+}
+
+/// `url` with its database name replaced by `name` (or added), its
+/// query (`?sslmode=...`, `?host=/socket`) kept.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let (scheme, rest) = base.split_once("://").unwrap_or(("postgres", base));
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let mut out = format!("{scheme}://{authority}/{name}");
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
 }
 
 /// Run on `choice`: one report per backend, labelled (`sqlite`,
@@ -950,6 +970,27 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("not both"), "{err}");
+    }
+
+    #[test]
+    fn a_throwaway_database_keeps_the_servers_url() {
+        for (admin, want) in [
+            (
+                "postgres://postgres@127.0.0.1:5432/postgres",
+                "postgres://postgres@127.0.0.1:5432/t1",
+            ),
+            ("postgres://u:p@db:5432", "postgres://u:p@db:5432/t1"),
+            (
+                "postgres://u@db/x?sslmode=require",
+                "postgres://u@db/t1?sslmode=require",
+            ),
+            (
+                "postgresql:///postgres?host=/var/run/postgresql",
+                "postgresql:///t1?host=/var/run/postgresql",
+            ),
+        ] {
+            assert_eq!(with_database(admin, "t1"), want, "{admin}");
+        }
     }
 
     #[test]

@@ -283,12 +283,16 @@ impl Reloader {
         let kind = if what == "config" { "config" } else { "plugin" };
         let refused = self.shared.metrics.reload(kind, false);
         let serving = self.serving(what);
+        let fix = if what == "config" {
+            "fix the config and save it again"
+        } else {
+            "fix the plugin and build it again"
+        };
         tracing::error!(
             file = %file.display(),
             %reason,
             reloads_refused = refused,
-            "{what} reload refused: {reason}. STILL SERVING {serving}, not what is on disk; fix {} and save it again (/health lists this until a reload of it succeeds)",
-            file.display()
+            "{what} reload refused; STILL SERVING {serving}, not what is on disk; {fix} (/health lists this until a reload of it takes)"
         );
         self.shared
             .metrics
@@ -342,6 +346,10 @@ impl Reloader {
         let hash = short_hash(&bytes);
         if hash == slot.plugin.hash {
             tracing::debug!(plugin = %name, %hash, "plugin file touched but unchanged");
+            // What is on disk is what serves: a refusal no longer stands.
+            self.shared
+                .metrics
+                .reload_applied(&format!("plugin {name}"));
             self.report(ReloadReport::Unchanged {
                 plugin: name.to_string(),
             });

@@ -136,13 +136,13 @@ pub fn classify(root: &Path, path: &Path) -> Option<Change> {
     if file.starts_with('.') || file.starts_with('#') || file.ends_with('~') {
         return None;
     }
-    let ignored = |c: &&str| {
-        matches!(
-            *c,
-            "node_modules" | "target" | "__pycache__" | "types" | "dist"
-        ) || c.starts_with('.')
-    };
+    let ignored =
+        |c: &&str| matches!(*c, "node_modules" | "target" | "__pycache__") || c.starts_with('.');
     if parts[..parts.len() - 1].iter().any(ignored) {
+        return None;
+    }
+    // The types `jco guest-types` writes for the TypeScript SDK.
+    if parts.starts_with(&["plugins", "sdk-ts", "types"]) {
         return None;
     }
     match parts.as_slice() {
@@ -281,9 +281,11 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(stop);
-    let (tx, mut rx) = mpsc::unbounded_channel::<notify::Result<notify::Event>>();
+    // Each file event carries when it happened: a save made while a build
+    // runs waits in the queue, and its save → serving counts that wait.
+    let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, notify::Result<notify::Event>)>();
     let mut watcher = match notify::recommended_watcher(move |res| {
-        let _ = tx.send(res);
+        let _ = tx.send((Instant::now(), res));
     }) {
         Ok(w) => w,
         Err(e) => {
@@ -313,14 +315,14 @@ pub async fn run(
             },
         };
         let mut changes = BTreeSet::new();
+        let (saved, first) = first;
         collect(&options.root, first, &mut changes);
         if changes.is_empty() {
             continue;
         }
-        let saved = Instant::now();
         loop {
             match tokio::time::timeout(QUIET, rx.recv()).await {
-                Ok(Some(ev)) => collect(&options.root, ev, &mut changes),
+                Ok(Some((_, ev))) => collect(&options.root, ev, &mut changes),
                 Ok(None) => return,
                 Err(_) => break,
             }
@@ -467,7 +469,11 @@ async fn rebuild(
     }
     let after = std::fs::read(&target.output).ok();
     if after.is_some() && after == before {
-        failing.remove(&names);
+        // A build error is fixed; a refused reload of these same bytes is
+        // not (the reloader refuses them again).
+        if failing.get(&names).is_some_and(|f| f.what == "build error") {
+            failing.remove(&names);
+        }
         say(&format!(
             "{names}: built in {}; the component did not change, nothing to reload",
             secs(build_time)
@@ -668,8 +674,12 @@ fn copy_into_place(from: &Path, to: &Path) -> anyhow::Result<()> {
 }
 
 async fn run_captured(mut cmd: tokio::process::Command) -> Result<(), String> {
+    // The tools' own stack traces (componentize-py is a Rust program)
+    // would bury the plugin's error under the tool's frames.
     cmd.stdin(std::process::Stdio::null())
         .env("CARGO_TERM_COLOR", "never")
+        .env("RUST_BACKTRACE", "0")
+        .env("RUST_LIB_BACKTRACE", "0")
         .kill_on_drop(true);
     let program = format!("{:?}", cmd.as_std().get_program());
     match cmd.output().await {
@@ -770,6 +780,10 @@ mod tests {
             ("wit/plugin.wit", Some(Change::Wit)),
             // Not sources, or not read by a build.
             ("plugins/sdk-ts/types/plugin.d.ts", None),
+            (
+                "plugins/audit-ts/src/types/user.ts",
+                Some(Change::Plugin(root.join("plugins/audit-ts"))),
+            ),
             ("plugins/audit-ts/node_modules/x/index.js", None),
             ("plugins/audit-py/__pycache__/plugin.cpython-311.pyc", None),
             ("plugins/audit-trail/src/.lib.rs.swp", None),
