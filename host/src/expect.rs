@@ -241,14 +241,7 @@ pub fn check(file: &Path, effects: &Json) -> anyhow::Result<Verdict> {
 
 /// Write the expectation (a temporary file, then a rename).
 pub fn write(file: &Path, effects: &Json) -> anyhow::Result<()> {
-    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let partial = file.with_extension(format!("partial-{}", std::process::id()));
-    std::fs::write(&partial, render(effects))
-        .with_context(|| format!("writing {}", partial.display()))?;
-    std::fs::rename(&partial, file).with_context(|| format!("writing {}", file.display()))?;
-    Ok(())
+    crate::tail::write_atomically(file, &render(effects))
 }
 
 /// A line diff of two texts: `-` lines only in `old`, `+` lines only in

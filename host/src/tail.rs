@@ -882,12 +882,14 @@ pub fn event_file_text(events: &[RecordedEvent]) -> anyhow::Result<String> {
 
 /// Write `text` to `path` so that a reader sees the old file or the whole
 /// new one, never a part: a temporary file beside it, synced, renamed
-/// over it.
+/// over it. Missing directories above it are made (a plugin's first
+/// `fixtures/`).
 pub fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let name = path
         .file_name()
         .with_context(|| format!("{} names no file", path.display()))?;
@@ -1358,10 +1360,21 @@ value    JSON, 137 bytes
         assert_eq!(std::fs::read_to_string(&path)?, "[]\n");
         let left: Vec<_> = std::fs::read_dir(dir.path())?.flatten().collect();
         assert_eq!(left.len(), 1, "no temporary file stays: {left:?}");
-        let err = write_atomically(&dir.path().join("missing/x.json"), "[]")
+        // A directory that is missing is made (a plugin's first fixtures/).
+        write_atomically(&dir.path().join("fixtures/x.json"), "[]\n")?;
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("fixtures/x.json"))?,
+            "[]\n"
+        );
+        // One that cannot be made: the error names it.
+        let err = write_atomically(&path.join("x.json"), "[]")
             .err()
             .map(|e| format!("{e:#}"));
-        assert!(err.is_some_and(|e| e.contains("missing/x.json")));
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.contains("recorded.events.json")),
+            "{err:?}"
+        );
         Ok(())
     }
 
