@@ -229,84 +229,59 @@ fn the_config_gives_the_test_its_grants_and_settings() {
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
     assert!(stdout.contains("Welcome, Lucía Fernández!"), "{stdout}");
 
-    // A config of its own: its subject, and a limit that the plugin's one
-    // message exceeds.
+    // The same plugin under a config of our own, with one change each.
     let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let shipped =
         std::fs::read_to_string(root().join("config/switchyard.toml")).unwrap_or_default();
-    let own = shipped.replace(
+    let changed = |from: &str, to: &str| {
+        let text = shipped.replace(from, to);
+        assert_ne!(text, shipped, "the shipped config holds {from:?}");
+        text
+    };
+    let under = |config_text: &str| {
+        let config = common::write_config(tmp.path(), config_text);
+        let config = config.display().to_string();
+        let out = switchyard(&[
+            "plugin",
+            "test",
+            "--config",
+            &config,
+            "--plugin",
+            "welcome-notification",
+            "--plugin-dir",
+            &dir,
+            "--event",
+            event,
+        ]);
+        (out.status.code(), text(&out.stdout))
+    };
+
+    // Its settings: the subject.
+    let (code, stdout) = under(&changed(
         "settings = { subject = \"Welcome, {name}!\" }",
         "settings = { subject = \"¡Hola, {name}!\" }",
-    );
-    assert_ne!(own, shipped, "the shipped config sets the subject");
-    let config = common::write_config(tmp.path(), &own);
-    let config_s = config.display().to_string();
-    let out = switchyard(&[
-        "plugin",
-        "test",
-        "--config",
-        &config_s,
-        "--plugin",
-        "welcome-notification",
-        "--plugin-dir",
-        &dir,
-        "--event",
-        event,
-    ]);
-    let stdout = text(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    ));
+    assert_eq!(code, Some(0), "{stdout}");
     assert!(
         stdout.contains("¡Hola, Lucía Fernández!"),
         "the config's settings: {stdout}"
     );
-    let limited = own.replace(
+
+    // Its limits: the plugin's one message is over a cap of none.
+    let (code, stdout) = under(&changed(
         "[plugins.welcome-notification]\n",
         "[plugins.welcome-notification]\nlimits = { max_publishes = 0 }\n",
-    );
-    assert_ne!(limited, own, "{own}");
-    let config = common::write_config(tmp.path(), &limited);
-    let config_s = config.display().to_string();
-    let out = switchyard(&[
-        "plugin",
-        "test",
-        "--config",
-        &config_s,
-        "--plugin",
-        "welcome-notification",
-        "--plugin-dir",
-        &dir,
-        "--event",
-        event,
-    ]);
-    let stdout = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "the config's limits: {stdout}");
+    ));
+    assert_eq!(code, Some(1), "the config's limits: {stdout}");
+    assert!(stdout.contains("publish refused"), "{stdout}");
 
-    // A config that does not grant the topic it publishes to: the publish
-    // is refused in the test as it would be in `dev`.
-    let narrowed = shipped.replace(
+    // Its grants: a topic it does not grant is refused in the test as it
+    // would be in `dev`.
+    let (code, stdout) = under(&changed(
         "publish = [\"notification.send.email\"]",
         "publish = [\"notification.send.sms\"]",
-    );
-    assert_ne!(
-        narrowed, shipped,
-        "the shipped config grants notification.send.email"
-    );
-    let config = common::write_config(tmp.path(), &narrowed);
-    let config_s = config.display().to_string();
-    let out = switchyard(&[
-        "plugin",
-        "test",
-        "--config",
-        &config_s,
-        "--plugin",
-        "welcome-notification",
-        "--plugin-dir",
-        &dir,
-        "--event",
-        event,
-    ]);
-    let stdout = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    ));
+    assert_eq!(code, Some(1), "{stdout}");
     assert!(stdout.contains("publish refused"), "{stdout}");
     assert!(stdout.contains("notification.send.email"), "{stdout}");
 

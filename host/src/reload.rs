@@ -101,7 +101,7 @@ pub struct Reloader {
 
 /// `dir.canonicalize() / file_name`: stable even while the file itself is
 /// being replaced.
-fn absolute(path: &Path) -> PathBuf {
+pub(crate) fn absolute(path: &Path) -> PathBuf {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())

@@ -21,7 +21,7 @@
 //!   first use). The reloader (see [`crate::reload`]) picks the new file
 //!   up and reports back.
 
-use crate::reload::ReloadReport;
+use crate::reload::{ReloadReport, absolute};
 use anyhow::Context as _;
 use notify::{RecursiveMode, Watcher};
 use std::collections::{BTreeMap, BTreeSet};
@@ -182,18 +182,6 @@ fn config_plugins(options: &crate::loading::RunOptions) -> Option<BTreeMap<PathB
         map.entry(absolute(&path)).or_default().push(name);
     }
     Some(map)
-}
-
-fn absolute(path: &Path) -> PathBuf {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-    match path.file_name() {
-        Some(name) => dir.join(name),
-        None => dir,
-    }
 }
 
 /// A plugin the config runs, with the source that builds it.
