@@ -503,3 +503,173 @@ async fn dev_rebuilds_a_plugin_when_its_source_is_saved() {
     let (_, health) = http_get(&admin, "/health").await;
     assert!(health.contains("\"reloads_refused\":[]"), "{health}");
 }
+
+/// The same loop for a Rust plugin: a checkout whose workspace holds the
+/// SDK and a crate made by `plugin new`, built into the tests' cargo
+/// target directory (the registry crates are built there already). A
+/// save rebuilds it with the `plugin-dev` profile and reloads it; a
+/// compile error shows rustc's own message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_rebuilds_a_rust_plugin_when_its_source_is_saved() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let checkout = dir.path();
+    let repo = root();
+    std::fs::create_dir_all(checkout.join("plugins")).unwrap_or_else(|e| panic!("{e}"));
+    for (link, target) in [
+        ("wit", repo.join("wit")),
+        ("scripts", repo.join("scripts")),
+        ("plugins/sdk", repo.join("plugins/sdk")),
+    ] {
+        std::os::unix::fs::symlink(&target, checkout.join(link))
+            .unwrap_or_else(|e| panic!("{link}: {e}"));
+    }
+    std::fs::copy(repo.join("Cargo.lock"), checkout.join("Cargo.lock"))
+        .unwrap_or_else(|e| panic!("Cargo.lock: {e}"));
+    // The repository's workspace settings and profiles, with the SDK as
+    // its one member; `plugin new` adds the plugin.
+    let manifest = std::fs::read_to_string(repo.join("Cargo.toml")).unwrap_or_default();
+    let start = manifest
+        .find("members = [")
+        .unwrap_or_else(|| panic!("{manifest}"));
+    let end = start + manifest[start..].find(']').unwrap_or(0) + 1;
+    let manifest = format!(
+        "{}members = [\n    \"plugins/sdk\",\n]{}",
+        &manifest[..start],
+        &manifest[end..]
+    )
+    .replace("default-members = [\"host\"]", "");
+    std::fs::write(checkout.join("Cargo.toml"), manifest).unwrap_or_else(|e| panic!("{e}"));
+    let made = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .current_dir(checkout)
+        .args(["plugin", "new", "audit-rs", "--lang", "rust"])
+        .output()
+        .unwrap_or_else(|e| panic!("plugin new: {e}"));
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    // cargo's target directory of these tests: .../wasm32-wasip2/plugin/x.wasm.
+    let target_dir = common::plugin_path("role-mapping")
+        .ancestors()
+        .nth(3)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| panic!("no target directory"));
+    let out = checkout.join("out");
+    let built = std::process::Command::new(checkout.join("scripts/build-plugins"))
+        .arg("plugins/audit-rs")
+        .current_dir(checkout)
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .env("SWITCHYARD_PLUGIN_DIR", &out)
+        .output()
+        .unwrap_or_else(|e| panic!("build-plugins: {e}"));
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    assert!(
+        out.join("audit_rs.wasm").is_file(),
+        "build-plugins copies a Rust component into SWITCHYARD_PLUGIN_DIR"
+    );
+    let config = checkout.join("switchyard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka]\nbrokers = \"unused:9092\"\ngroup = \"watch\"\ncreate_topics_partitions = 1\n\
+             [database]\nurl = \"sqlite:{db}\"\n\
+             [plugins]\ndir = \"{out}\"\n\
+             [plugins.audit-rs]\nfile = \"audit_rs.wasm\"\npublish = [\"audit-rs.recorded\"]\n\
+             [[routes]]\ntopics = [\"audit-rs.in\"]\nplugins = [\"audit-rs\"]\n",
+            db = checkout.join("dev.db").display(),
+            out = out.display(),
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let log_path = checkout.join("log.txt");
+    let out_path = checkout.join("stdout.txt");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .env("SWITCHYARD_COMPILE_CACHE", common::compile_cache_dir())
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .current_dir(checkout)
+        .args([
+            "dev",
+            "--broker-port",
+            "0",
+            "--admin",
+            "127.0.0.1:0",
+            "--config",
+        ])
+        .arg(&config)
+        .arg("--tansu")
+        .arg(common::tansu_path())
+        .env_remove("SWITCHYARD_BROKERS")
+        .env_remove("SWITCHYARD_DATABASE_URL")
+        .env_remove("SWITCHYARD_PLUGIN_DIR")
+        .env_remove("SWITCHYARD_LOG")
+        .stdout(std::fs::File::create(&out_path).unwrap_or_else(|e| panic!("{e}")))
+        .stderr(std::fs::File::create(&log_path).unwrap_or_else(|e| panic!("{e}")))
+        .spawn()
+        .unwrap_or_else(|e| panic!("switchyard dev: {e}"));
+    let _child = Child(Some(child));
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let stdout = || std::fs::read_to_string(&out_path).unwrap_or_default();
+    let up = eventually(Duration::from_secs(120), || async {
+        stdout().contains("switchyard dev is up") && log().contains("partitions assigned")
+    })
+    .await;
+    assert!(up, "dev did not come up:\n{}\n{}", stdout(), log());
+    let admin = admin_address(&log()).unwrap_or_default();
+    let (_, before) = http_get(&admin, "/plugins").await;
+    let lib = checkout.join("plugins/audit-rs/src/lib.rs");
+
+    // A save: rebuilt, reloaded, a new hash serving.
+    edit(&lib, "recorded for {}", "recorded (edited) for {}");
+    let rebuilt = eventually(Duration::from_secs(180), || async {
+        log().contains("[watch] audit-rs: rebuilt in ")
+    })
+    .await;
+    assert!(rebuilt, "{}", log());
+    let line = log()
+        .lines()
+        .find(|l| l.starts_with("[watch] audit-rs: rebuilt in "))
+        .map(str::to_string)
+        .unwrap_or_default();
+    assert!(
+        line.contains(" after the write") && line.contains("save → serving "),
+        "{line}"
+    );
+    let (_, after) = http_get(&admin, "/plugins").await;
+    let hash = |plugins: &str| -> String {
+        let v: serde_json::Value = serde_json::from_str(plugins).unwrap_or_default();
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == "audit-rs")
+            .and_then(|p| p["hash"].as_str())
+            .unwrap_or("")
+            .to_string()
+    };
+    assert_ne!(hash(&before), hash(&after), "{before}\n{after}");
+    assert!(!hash(&after).is_empty(), "{after}");
+
+    // A compile error: rustc's message, the last build still serving.
+    edit(
+        &lib,
+        "recorded (edited) for {}",
+        "recorded for {}\" undefined_name",
+    );
+    let failed = eventually(Duration::from_secs(180), || async {
+        log().contains("still failing: audit-rs (build error")
+    })
+    .await;
+    assert!(failed, "{}", log());
+    let text = log();
+    let failure = &text[text.find("[watch] audit-rs: build FAILED").unwrap_or(0)..];
+    assert!(
+        failure.contains("  | error"),
+        "rustc's own error: {failure}"
+    );
+    let (_, still) = http_get(&admin, "/plugins").await;
+    assert_eq!(hash(&still), hash(&after), "the last good build serves");
+}
