@@ -310,6 +310,64 @@ fn watched_checkout(dir: &Path) {
     );
 }
 
+/// `switchyard dev` in `checkout`, watching it, with a config that runs
+/// `plugin` (its component in `checkout/out`); its output in `stdout.txt`
+/// and `log.txt` there. Returns once it is up.
+async fn dev_watching(checkout: &Path, plugin: &str, env: &[(&str, &Path)]) -> Child {
+    let config = checkout.join("switchyard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka]\nbrokers = \"unused:9092\"\ngroup = \"watch\"\ncreate_topics_partitions = 1\n\
+             [database]\nurl = \"sqlite:{db}\"\n\
+             [plugins]\ndir = \"{out}\"\n\
+             [plugins.{plugin}]\nfile = \"{file}.wasm\"\npublish = [\"{plugin}.recorded\"]\n\
+             [[routes]]\ntopics = [\"{plugin}.in\"]\nplugins = [\"{plugin}\"]\n",
+            db = checkout.join("dev.db").display(),
+            out = checkout.join("out").display(),
+            file = plugin.replace('-', "_"),
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let log_path = checkout.join("log.txt");
+    let out_path = checkout.join("stdout.txt");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let child = command
+        .env("SWITCHYARD_COMPILE_CACHE", common::compile_cache_dir())
+        .current_dir(checkout)
+        .args([
+            "dev",
+            "--broker-port",
+            "0",
+            "--admin",
+            "127.0.0.1:0",
+            "--config",
+        ])
+        .arg(&config)
+        .arg("--tansu")
+        .arg(common::tansu_path())
+        .env_remove("SWITCHYARD_BROKERS")
+        .env_remove("SWITCHYARD_DATABASE_URL")
+        .env_remove("SWITCHYARD_PLUGIN_DIR")
+        .env_remove("SWITCHYARD_LOG")
+        .stdout(std::fs::File::create(&out_path).unwrap_or_else(|e| panic!("{e}")))
+        .stderr(std::fs::File::create(&log_path).unwrap_or_else(|e| panic!("{e}")))
+        .spawn()
+        .unwrap_or_else(|e| panic!("switchyard dev: {e}"));
+    let child = Child(Some(child));
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let stdout = || std::fs::read_to_string(&out_path).unwrap_or_default();
+    let up = eventually(Duration::from_secs(120), || async {
+        stdout().contains("switchyard dev is up") && log().contains("partitions assigned")
+    })
+    .await;
+    assert!(up, "dev did not come up:\n{}\n{}", stdout(), log());
+    child
+}
+
 /// Replace `from` with `to` in a file, which must hold `from`.
 fn edit(path: &Path, from: &str, to: &str) {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -336,52 +394,10 @@ async fn dev_rebuilds_a_plugin_when_its_source_is_saved() {
         "{}",
         String::from_utf8_lossy(&built.stderr)
     );
-    let config = checkout.join("switchyard.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[kafka]\nbrokers = \"unused:9092\"\ngroup = \"watch\"\ncreate_topics_partitions = 1\n\
-             [database]\nurl = \"sqlite:{db}\"\n\
-             [plugins]\ndir = \"{out}\"\n\
-             [plugins.audit-py]\nfile = \"audit_py.wasm\"\npublish = [\"audit-py.recorded\"]\n\
-             [[routes]]\ntopics = [\"audit-py.in\"]\nplugins = [\"audit-py\"]\n",
-            db = checkout.join("dev.db").display(),
-            out = out.display(),
-        ),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let log_path = checkout.join("log.txt");
-    let out_path = checkout.join("stdout.txt");
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .env("SWITCHYARD_COMPILE_CACHE", common::compile_cache_dir())
-        .current_dir(checkout)
-        .args([
-            "dev",
-            "--broker-port",
-            "0",
-            "--admin",
-            "127.0.0.1:0",
-            "--config",
-        ])
-        .arg(&config)
-        .arg("--tansu")
-        .arg(common::tansu_path())
-        .env_remove("SWITCHYARD_BROKERS")
-        .env_remove("SWITCHYARD_DATABASE_URL")
-        .env_remove("SWITCHYARD_PLUGIN_DIR")
-        .env_remove("SWITCHYARD_LOG")
-        .stdout(std::fs::File::create(&out_path).unwrap_or_else(|e| panic!("{e}")))
-        .stderr(std::fs::File::create(&log_path).unwrap_or_else(|e| panic!("{e}")))
-        .spawn()
-        .unwrap_or_else(|e| panic!("switchyard dev: {e}"));
-    let _child = Child(Some(child));
+    let _child = dev_watching(checkout, "audit-py", &[]).await;
+    let (log_path, out_path) = (checkout.join("log.txt"), checkout.join("stdout.txt"));
     let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let stdout = || std::fs::read_to_string(&out_path).unwrap_or_default();
-    let up = eventually(Duration::from_secs(120), || async {
-        stdout().contains("switchyard dev is up") && log().contains("partitions assigned")
-    })
-    .await;
-    assert!(up, "dev did not come up:\n{}\n{}", stdout(), log());
     assert!(
         stdout().contains(
             "save a plugin's source to rebuild and reload it: audit-py (plugins/audit-py)"
@@ -572,53 +588,9 @@ async fn dev_rebuilds_a_rust_plugin_when_its_source_is_saved() {
         out.join("audit_rs.wasm").is_file(),
         "build-plugins copies a Rust component into SWITCHYARD_PLUGIN_DIR"
     );
-    let config = checkout.join("switchyard.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[kafka]\nbrokers = \"unused:9092\"\ngroup = \"watch\"\ncreate_topics_partitions = 1\n\
-             [database]\nurl = \"sqlite:{db}\"\n\
-             [plugins]\ndir = \"{out}\"\n\
-             [plugins.audit-rs]\nfile = \"audit_rs.wasm\"\npublish = [\"audit-rs.recorded\"]\n\
-             [[routes]]\ntopics = [\"audit-rs.in\"]\nplugins = [\"audit-rs\"]\n",
-            db = checkout.join("dev.db").display(),
-            out = out.display(),
-        ),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let _child = dev_watching(checkout, "audit-rs", &[("CARGO_TARGET_DIR", &target_dir)]).await;
     let log_path = checkout.join("log.txt");
-    let out_path = checkout.join("stdout.txt");
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .env("SWITCHYARD_COMPILE_CACHE", common::compile_cache_dir())
-        .env("CARGO_TARGET_DIR", &target_dir)
-        .current_dir(checkout)
-        .args([
-            "dev",
-            "--broker-port",
-            "0",
-            "--admin",
-            "127.0.0.1:0",
-            "--config",
-        ])
-        .arg(&config)
-        .arg("--tansu")
-        .arg(common::tansu_path())
-        .env_remove("SWITCHYARD_BROKERS")
-        .env_remove("SWITCHYARD_DATABASE_URL")
-        .env_remove("SWITCHYARD_PLUGIN_DIR")
-        .env_remove("SWITCHYARD_LOG")
-        .stdout(std::fs::File::create(&out_path).unwrap_or_else(|e| panic!("{e}")))
-        .stderr(std::fs::File::create(&log_path).unwrap_or_else(|e| panic!("{e}")))
-        .spawn()
-        .unwrap_or_else(|e| panic!("switchyard dev: {e}"));
-    let _child = Child(Some(child));
     let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
-    let stdout = || std::fs::read_to_string(&out_path).unwrap_or_default();
-    let up = eventually(Duration::from_secs(120), || async {
-        stdout().contains("switchyard dev is up") && log().contains("partitions assigned")
-    })
-    .await;
-    assert!(up, "dev did not come up:\n{}\n{}", stdout(), log());
     let admin = admin_address(&log()).unwrap_or_default();
     let (_, before) = http_get(&admin, "/plugins").await;
     let lib = checkout.join("plugins/audit-rs/src/lib.rs");

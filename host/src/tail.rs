@@ -474,23 +474,40 @@ fn body(payload: &[u8]) -> Body<'_> {
     }
 }
 
+/// Where a scan of JSON text is: inside a string, just after a
+/// backslash in one.
+#[derive(Default)]
+struct StringScan {
+    in_string: bool,
+    escaped: bool,
+}
+
+impl StringScan {
+    /// Take the next character; `true` when it belongs to a string (its
+    /// quotes included).
+    fn take(&mut self, c: char) -> bool {
+        if !self.in_string {
+            self.in_string = c == '"';
+            return self.in_string;
+        }
+        if self.escaped {
+            self.escaped = false;
+        } else if c == '\\' {
+            self.escaped = true;
+        } else if c == '"' {
+            self.in_string = false;
+        }
+        true
+    }
+}
+
 /// Valid JSON without the whitespace between its tokens; strings, numbers
 /// and escapes stay exactly as written.
 fn minify(json: &str) -> String {
     let mut out = String::with_capacity(json.len());
-    let (mut in_string, mut escaped) = (false, false);
+    let mut scan = StringScan::default();
     for c in json.chars() {
-        if in_string {
-            out.push(c);
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == '"' {
-                in_string = false;
-            }
-        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
-            in_string = c == '"';
+        if scan.take(c) || !matches!(c, ' ' | '\t' | '\n' | '\r') {
             out.push(c);
         }
     }
@@ -506,7 +523,7 @@ fn minify(json: &str) -> String {
 fn reindent(min: &str, margin: &str) -> String {
     let mut out = String::with_capacity(min.len() * 2);
     let mut depth = 0usize;
-    let (mut in_string, mut escaped) = (false, false);
+    let mut scan = StringScan::default();
     let newline = |out: &mut String, depth: usize| {
         out.push('\n');
         out.push_str(margin);
@@ -515,26 +532,15 @@ fn reindent(min: &str, margin: &str) -> String {
     out.push_str(margin);
     let mut chars = min.chars().peekable();
     while let Some(c) = chars.next() {
-        if in_string {
+        if scan.take(c) {
             if c.is_control() {
                 let _ = write!(out, "\\u{:04x}", u32::from(c));
-                continue;
-            }
-            out.push(c);
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == '"' {
-                in_string = false;
+            } else {
+                out.push(c);
             }
             continue;
         }
         match c {
-            '"' => {
-                in_string = true;
-                out.push(c);
-            }
             '{' | '[' => {
                 out.push(c);
                 if let Some(&close @ ('}' | ']')) = chars.peek() {

@@ -261,6 +261,17 @@ struct Failing {
     since: chrono::DateTime<chrono::Local>,
 }
 
+/// `names` fails now for `what`; since when it first failed is kept.
+fn mark_failing(failing: &mut BTreeMap<String, Failing>, names: &str, what: &'static str) {
+    failing
+        .entry(names.to_string())
+        .or_insert_with(|| Failing {
+            what,
+            since: chrono::Local::now(),
+        })
+        .what = what;
+}
+
 /// Watch the sources and rebuild until `stop` resolves. Lines go to
 /// standard error, with the router's log.
 pub async fn run(
@@ -441,13 +452,7 @@ async fn rebuild(
     let built = build(&options.root, target).await;
     let build_time = started.elapsed();
     if let Err(output) = built {
-        failing
-            .entry(names.clone())
-            .or_insert_with(|| Failing {
-                what: "build error",
-                since: chrono::Local::now(),
-            })
-            .what = "build error";
+        mark_failing(failing, &names, "build error");
         say(&format!(
             "{names}: build FAILED in {}; the previous build still serves. Fix it and save again:\n{}",
             secs(build_time),
@@ -497,13 +502,7 @@ async fn rebuild(
                     secs(saved.elapsed())
                 ));
             } else {
-                failing
-                    .entry(names.clone())
-                    .or_insert_with(|| Failing {
-                        what: "reload refused",
-                        since: chrono::Local::now(),
-                    })
-                    .what = "reload refused";
+                mark_failing(failing, &names, "reload refused");
                 say(&format!(
                     "{names}: built in {}, but {line}",
                     secs(build_time)

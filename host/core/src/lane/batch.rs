@@ -110,6 +110,8 @@ impl<P: Ports> Lane<P> {
     ) -> Result<Done<'p>, Fallback> {
         let shared = self.ctl.shared.clone();
         let mut done = Done::default();
+        // The per-event line is off in `run`: then nothing is kept for it.
+        let log_each = tracing::enabled!(target: super::HANDLED_TARGET, tracing::Level::INFO);
         for (event, sel, slot) in plan {
             if self.ctl.cancelled() {
                 return Err(Fallback::Cancelled);
@@ -167,15 +169,17 @@ impl<P: Ports> Lane<P> {
             }
             done.counts
                 .push((&sel.plugin, End::of(outcome), event.timestamp_ms));
-            let outcome = outcome.clone();
+            let outcome = log_each.then(|| outcome.clone());
             let produced = report.take_messages();
-            done.handled.push(Handled {
-                span,
-                outcome,
-                elapsed: report.elapsed(),
-                statements: report.statement_count(),
-                messages: produced.len(),
-            });
+            if let Some(outcome) = outcome {
+                done.handled.push(Handled {
+                    span,
+                    outcome,
+                    elapsed: report.elapsed(),
+                    statements: report.statement_count(),
+                    messages: produced.len(),
+                });
+            }
             match done.messages.iter_mut().find(|(p, _)| *p == sel.plugin) {
                 Some((_, queued)) => queued.extend(produced),
                 None => done.messages.push((&sel.plugin, produced)),
